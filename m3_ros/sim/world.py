@@ -1,0 +1,599 @@
+"""The embedded simulator: a pybullet world with a table-top scene, an A1 carrying a Panda,
+and an RGB-D camera on the A1's head. No ROS here (``m3_ros.nodes.sim_node`` wraps it).
+
+Small lerobot-style interface::
+
+    with SimWorld("default", seed=0) as world:
+        while not world.walk_done:
+            world.advance(0.2)
+            frame = world.render()            # SimFrame: rgb, depth, segmentation, K, poses
+            labels = world.oracle_instances(frame)
+        outcome = world.execute_grasp(T_world_tcp)
+
+Frames: the simulator's world frame is ``odom``; ``base_link`` is the A1 trunk;
+the camera is a REP-103 optical frame. The base moves kinematically along the scene's
+walk path (legs are posed with a trot-like swing, not controlled); the objects and the
+arm are simulated with physics at ``physics_hz``.
+"""
+from __future__ import annotations
+
+import logging
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pybullet as p
+import pybullet_data
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
+from m3_ros.geometry import R_LINK_OPTICAL, invert, matrix_to_pose
+from m3_ros.sim.scene import SceneConfig, load_scene
+from m3_ros.types import Instance
+
+log = logging.getLogger(__name__)
+
+# Panda (pybullet_data/franka_panda/panda.urdf) joint and link indices.
+_ARM_JOINTS = list(range(7))
+_FINGER_JOINTS = [9, 10]
+_TCP_LINK = 11  # panda_grasptarget: z = approach, y = finger closing direction, 0.105 m past the hand
+_ARM_HOME = [0.0, -1.2, 0.0, -2.8, 0.0, 1.7, 0.785]  # folded over the back, out of the camera's view
+_ARM_LOWER = [-2.9671, -1.8326, -2.9671, -3.1416, -2.9671, -0.0873, -2.9671]
+_ARM_UPPER = [2.9671, 1.8326, 2.9671, 0.0, 2.9671, 3.8223, 2.9671]
+_ARM_FORCE = [87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0]
+# A1 legs: (hip, upper, lower) joint indices of FR, FL, RR, RL; toe link of FR.
+_LEGS = [(1, 3, 4), (6, 8, 9), (11, 13, 14), (16, 18, 19)]
+_LEG_STAND = (0.0, 0.8, -1.5)
+_FR_TOE = 5
+
+
+@dataclass
+class SimFrame:
+    """One rendered camera frame with everything needed to use it as a keyframe."""
+
+    rgb: np.ndarray  # [H, W, 3] uint8
+    depth: np.ndarray  # [H, W] float32 metric z along the optical axis, 0 = no return
+    segmentation: np.ndarray  # [H, W] int32 segmentation_id of each pixel, -1 = no object
+    K: np.ndarray  # [3, 3] intrinsics
+    T_world_cam: np.ndarray  # [4, 4] optical camera -> world (odom)
+    T_world_base: np.ndarray  # [4, 4] base_link -> world (odom)
+    stamp: float  # simulation time, seconds
+
+
+@dataclass
+class ObjectState:
+    """Ground truth of one scene object (evaluation only; the memory never reads it)."""
+
+    name: str
+    description: str
+    segmentation_id: int
+    T_world_obj: np.ndarray  # [4, 4] the object's base frame in the world
+    aabb_center: np.ndarray  # [3] world axis-aligned bounding-box centre
+    aabb_size: np.ndarray  # [3] extent of that box, metres
+
+
+@dataclass
+class OracleNoise:
+    """Imperfections of the oracle detector, so tests can show the memory copes with them."""
+
+    miss_rate: float = 0.0
+    """Probability that each visible instance is left out of a frame."""
+    erode_px: int = 0
+    """Erode every mask by this many pixels (a detector's masks hug objects loosely)."""
+    synonym_rate: float = 0.0
+    """Probability that an instance is labelled with one of its synonyms instead of its description."""
+    min_pixels: int = 20
+    """Instances with fewer visible pixels (after erosion) are not reported."""
+
+    def __post_init__(self) -> None:
+        for name in ("miss_rate", "synonym_rate"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"OracleNoise.{name} must be in [0, 1], got {v}")
+        if self.erode_px < 0 or self.min_pixels < 0:
+            raise ValueError(f"OracleNoise erode_px/min_pixels must be >= 0, got "
+                             f"{self.erode_px}/{self.min_pixels}")
+
+
+@dataclass
+class GraspOutcome:
+    """How a grasp went: success when the object rose >= 10 cm with contact on both fingers."""
+
+    success: bool
+    object: str  # name of the lifted / touched object, "" when none
+    lift_height: float  # how far that object rose, metres
+    message: str
+    finger_contacts: tuple[bool, bool] = (False, False)
+    ik_error: float = 0.0  # worst TCP position error at the grasp pose, metres
+
+
+@dataclass
+class _Body:
+    name: str
+    description: str
+    synonyms: list[str]
+    uid: int
+    seg_id: int
+
+
+def _yaw_matrix(x: float, y: float, z: float, yaw: float) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_euler("z", yaw).as_matrix()
+    T[:3, 3] = (x, y, z)
+    return T
+
+
+class SimWorld:
+    """The simulated scene and robot. Use as a context manager (connect / disconnect).
+
+    Args:
+        scene: scene name under ``config/scenes`` or a YAML path, or a loaded SceneConfig.
+        seed: seeds the layout randomisation and the oracle's noise (deterministic per seed).
+        renderer: "auto" (EGL when its plugin loads, else Tiny), "egl" or "tiny".
+        walk_speed: base speed along the walk path, m/s.
+        physics_hz: physics step rate.
+    """
+
+    def __init__(self, scene: str | Path | SceneConfig = "default", seed: int = 0,
+                 renderer: Literal["auto", "egl", "tiny"] = "auto", walk_speed: float = 0.4,
+                 physics_hz: float = 240.0):
+        self.scene = scene if isinstance(scene, SceneConfig) else load_scene(scene)
+        if renderer not in ("auto", "egl", "tiny"):
+            raise ValueError(f"renderer must be 'auto', 'egl' or 'tiny', got {renderer!r}")
+        if walk_speed <= 0:
+            raise ValueError(f"walk_speed must be > 0, got {walk_speed}")
+        if physics_hz <= 0:
+            raise ValueError(f"physics_hz must be > 0, got {physics_hz}")
+        cam = self.scene.camera
+        if cam.width <= 0 or cam.height <= 0 or not 0 < cam.near < cam.far:
+            raise ValueError(f"bad camera: {cam.width}x{cam.height}, near {cam.near}, far {cam.far}")
+        self.seed = int(seed)
+        self.renderer_request = renderer
+        self.renderer = "none"
+        self.walk_speed = float(walk_speed)
+        self.dt = 1.0 / physics_hz
+        self.rng = np.random.default_rng(self.seed)
+        self._client: int | None = None
+        self._steps = 0
+        self.bodies: list[_Body] = []
+        self._waypoints = self.scene.walk.waypoints()  # [M, 3]
+        seg = np.linalg.norm(np.diff(self._waypoints[:, :2], axis=0), axis=1)
+        turn = np.abs(np.diff(self._waypoints[:, 2])) * 0.3  # a pure turn still takes time
+        self._cum = np.concatenate([[0.0], np.cumsum(np.maximum(seg, turn))])  # [M]
+        self._walk_s = 0.0  # distance travelled along the path
+        self._base_height = 0.3  # replaced by the standing height at connect
+        self._walk_pose = self._waypoints[0].copy()
+        self._prev_pose = self._walk_pose.copy()
+        self._prev_time = 0.0
+        self.T_base_cam = self._camera_mount()
+        self.K = cam.K()
+
+    # ----------------------------------------------------------------- lifecycle
+    def connect(self) -> "SimWorld":
+        """Start pybullet (DIRECT, headless), pick the renderer, load and settle the scene."""
+        if self._client is not None:
+            return self
+        c = p.connect(p.DIRECT)
+        self._client = c
+        p.setAdditionalSearchPath(pybullet_data.getDataPath(), physicsClientId=c)
+        p.setGravity(0, 0, -9.81, physicsClientId=c)
+        p.setTimeStep(self.dt, physicsClientId=c)
+        p.setPhysicsEngineParameter(deterministicOverlappingPairs=1, physicsClientId=c)
+        self._pick_renderer()
+        self._load()
+        return self
+
+    def disconnect(self) -> None:
+        """Shut pybullet down (idempotent)."""
+        if self._client is not None:
+            p.disconnect(physicsClientId=self._client)
+            self._client = None
+
+    def __enter__(self) -> "SimWorld":
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.disconnect()
+
+    @property
+    def client(self) -> int:
+        if self._client is None:
+            raise RuntimeError("SimWorld is not connected; call connect() or use it as a context manager")
+        return self._client
+
+    def _pick_renderer(self) -> None:
+        self._egl_plugin = -1
+        if self.renderer_request in ("auto", "egl"):
+            loader = pkgutil.get_loader("eglRenderer")
+            if loader is not None:
+                self._egl_plugin = p.loadPlugin(loader.get_filename(), "_eglRendererPlugin",
+                                                physicsClientId=self.client)
+            if self._egl_plugin < 0 and self.renderer_request == "egl":
+                raise RuntimeError("renderer='egl' requested but the pybullet EGL plugin did not load")
+        self.renderer = "egl" if self._egl_plugin >= 0 else "tiny"
+        log.info("SimWorld renderer: %s (requested %s)", self.renderer, self.renderer_request)
+
+    def _load(self) -> None:
+        c = self.client
+        sc = self.scene
+        p.loadURDF("plane.urdf", physicsClientId=c)
+        self.bodies = []
+        table = p.loadURDF(sc.table.urdf, list(sc.table.xyz), useFixedBase=True,
+                           globalScaling=sc.table.scale, physicsClientId=c)
+        self.bodies.append(_Body("table", sc.table.description, [], table, 0))
+        rz = sc.randomize
+        for i, o in enumerate(sc.objects):
+            # Draw for every object, present or not, so one object's absence does not shift the others.
+            dxy = self.rng.uniform(-rz.xy, rz.xy, size=2) if rz.xy > 0 else np.zeros(2)
+            dyaw = self.rng.uniform(-rz.yaw, rz.yaw) if rz.yaw > 0 else 0.0
+            drop = self.rng.random() < rz.drop_prob and o.name in rz.optional
+            if drop:
+                continue
+            xyz = np.asarray(o.xyz) + np.array([dxy[0], dxy[1], 0.0])
+            R = Rotation.from_euler("z", dyaw) * Rotation.from_euler("xyz", o.rpy)
+            uid = p.loadURDF(o.urdf, xyz.tolist(), R.as_quat().tolist(), globalScaling=o.scale,
+                             physicsClientId=c)
+            if o.colour is not None:
+                p.changeVisualShape(uid, -1, rgbaColor=list(o.colour), physicsClientId=c)
+            p.changeDynamics(uid, -1, lateralFriction=1.0, rollingFriction=0.001,
+                             spinningFriction=0.001, physicsClientId=c)
+            self.bodies.append(_Body(o.name, o.description, list(o.synonyms), uid, i + 1))
+        self._seg_lut = np.full(max(b.uid for b in self.bodies) + 1, -1, dtype=np.int32)
+        for b in self.bodies:
+            self._seg_lut[b.uid] = b.seg_id
+        # Robot: both bases fixed and moved kinematically; arm-body collisions off (the arm sits on it).
+        self.a1 = p.loadURDF(sc.robot.quadruped, [0, 0, 1], useFixedBase=True, physicsClientId=c)
+        self.arm = p.loadURDF(sc.robot.arm, [0, 0, 2], useFixedBase=True, physicsClientId=c)
+        for la in range(-1, p.getNumJoints(self.a1, physicsClientId=c)):
+            for lb in range(-1, p.getNumJoints(self.arm, physicsClientId=c)):
+                p.setCollisionFilterPair(self.a1, self.arm, la, lb, 0, physicsClientId=c)
+        self._pose_legs(0.0)
+        self._base_height = self._standing_height()
+        for j, q in zip(_ARM_JOINTS, _ARM_HOME):
+            p.resetJointState(self.arm, j, q, physicsClientId=c)
+        for j in _FINGER_JOINTS:
+            p.resetJointState(self.arm, j, 0.04, physicsClientId=c)
+            p.changeDynamics(self.arm, j, lateralFriction=1.5, physicsClientId=c)
+        self._hold_arm(_ARM_HOME, 0.04)
+        self._place_robot(self._walk_pose)
+        # Let the objects settle on the table before the first frame (counts as sim time).
+        for _ in range(int(round(0.5 / self.dt))):
+            self._step()
+
+    # ----------------------------------------------------------------- robot pose
+    def _camera_mount(self) -> np.ndarray:
+        cam = self.scene.camera
+        T = np.eye(4)
+        # Pitch the camera link down about base y (positive pitch tips +x towards -z).
+        T[:3, :3] = Rotation.from_euler("y", np.radians(cam.pitch_down_deg)).as_matrix() @ R_LINK_OPTICAL
+        T[:3, 3] = cam.mount_xyz
+        return T
+
+    def _pose_legs(self, phase: float, amplitude: float = 0.0) -> None:
+        for k, (hip, upper, lower) in enumerate(_LEGS):
+            # Trot: diagonal pairs (FR, RL) and (FL, RR) swing in antiphase.
+            ph = phase + (0.0 if k in (0, 3) else np.pi)
+            lift = max(0.0, np.sin(ph))
+            p.resetJointState(self.a1, hip, _LEG_STAND[0], physicsClientId=self.client)
+            p.resetJointState(self.a1, upper, _LEG_STAND[1] + amplitude * 0.3 * np.cos(ph),
+                              physicsClientId=self.client)
+            p.resetJointState(self.a1, lower, _LEG_STAND[2] - amplitude * 0.5 * lift,
+                              physicsClientId=self.client)
+
+    def _standing_height(self) -> float:
+        p.resetBasePositionAndOrientation(self.a1, [0, 0, 0], [0, 0, 0, 1], physicsClientId=self.client)
+        toe = p.getLinkState(self.a1, _FR_TOE, computeForwardKinematics=True, physicsClientId=self.client)
+        return 0.02 - float(toe[4][2])  # toe sphere radius 2 cm rests on the floor
+
+    def _place_robot(self, pose: np.ndarray) -> None:
+        T = self.T_world_base_of(pose)
+        pos, quat = matrix_to_pose(T)
+        p.resetBasePositionAndOrientation(self.a1, pos.tolist(), quat.tolist(), physicsClientId=self.client)
+        Ta = T.copy()
+        Ta[:3, 3] = T[:3, :3] @ np.asarray(self.scene.robot.arm_mount_xyz) + T[:3, 3]
+        pos, quat = matrix_to_pose(Ta)
+        p.resetBasePositionAndOrientation(self.arm, pos.tolist(), quat.tolist(), physicsClientId=self.client)
+
+    def T_world_base_of(self, pose: np.ndarray) -> np.ndarray:
+        """base_link -> world [4, 4] for a walk pose (x, y, yaw)."""
+        return _yaw_matrix(float(pose[0]), float(pose[1]), self._base_height,
+                           float(pose[2]))
+
+    @property
+    def T_world_base(self) -> np.ndarray:
+        """Current base_link -> world (odom) [4, 4]."""
+        return self.T_world_base_of(self._walk_pose)
+
+    @property
+    def T_world_cam(self) -> np.ndarray:
+        """Current optical camera -> world [4, 4] (= T_world_base @ T_base_cam)."""
+        return self.T_world_base @ self.T_base_cam
+
+    @property
+    def time(self) -> float:
+        """Simulation time in seconds since connect."""
+        return self._steps * self.dt
+
+    @property
+    def walk_length(self) -> float:
+        """Effective length of the walk path in metres (turns count 0.3 m per radian)."""
+        return float(self._cum[-1])
+
+    @property
+    def walk_duration(self) -> float:
+        """Sim seconds the walk takes at ``walk_speed``."""
+        return self.walk_length / self.walk_speed
+
+    @property
+    def walk_done(self) -> bool:
+        """True once the base has reached the end of the walk path (stopped facing the table)."""
+        return self._walk_s >= self.walk_length - 1e-9
+
+    def base_velocity(self) -> tuple[np.ndarray, np.ndarray]:
+        """(linear [3], angular [3]) velocity of base_link over the last advance, in base_link."""
+        dtime = self.time - self._prev_time
+        if dtime <= 0:
+            return np.zeros(3), np.zeros(3)
+        v_world = np.array([self._walk_pose[0] - self._prev_pose[0],
+                            self._walk_pose[1] - self._prev_pose[1], 0.0]) / dtime
+        R = self.T_world_base[:3, :3]
+        w = np.array([0.0, 0.0, (self._walk_pose[2] - self._prev_pose[2]) / dtime])
+        return R.T @ v_world, w
+
+    def _interp(self, s: float) -> np.ndarray:
+        s = float(np.clip(s, 0.0, self._cum[-1]))
+        i = int(np.searchsorted(self._cum, s, side="right") - 1)
+        i = min(i, len(self._cum) - 2)
+        seg = self._cum[i + 1] - self._cum[i]
+        a = 0.0 if seg <= 0 else (s - self._cum[i]) / seg
+        return (1 - a) * self._waypoints[i] + a * self._waypoints[i + 1]
+
+    # ----------------------------------------------------------------- stepping
+    def _step(self) -> None:
+        p.stepSimulation(physicsClientId=self.client)
+        self._steps += 1
+
+    def advance(self, dt: float) -> None:
+        """Walk on for ``dt`` sim seconds (base moves kinematically) and step the physics."""
+        if dt < 0:
+            raise ValueError(f"advance: dt must be >= 0, got {dt}")
+        self._prev_pose = self._walk_pose.copy()
+        self._prev_time = self.time
+        n = int(round(dt / self.dt))
+        for _ in range(n):
+            self._step()
+        self._walk_s = min(self._walk_s + n * self.dt * self.walk_speed, self.walk_length)
+        self._walk_pose = self._interp(self._walk_s)
+        moving = not self.walk_done
+        self._pose_legs(2 * np.pi * 2.0 * self.time, amplitude=1.0 if moving else 0.0)
+        self._place_robot(self._walk_pose)
+
+    # ----------------------------------------------------------------- sensing
+    def render(self) -> SimFrame:
+        """Render the head camera: RGB, metric depth, per-pixel segmentation id, and poses."""
+        cam = self.scene.camera
+        T_world_cam = self.T_world_cam
+        # OpenGL camera axes are the optical ones with y and z flipped.
+        T_world_gl = T_world_cam @ np.diag([1.0, -1.0, -1.0, 1.0])
+        view = invert(T_world_gl).T.reshape(-1).tolist()  # column-major
+        proj = p.computeProjectionMatrixFOV(cam.fovy_deg, cam.width / cam.height, cam.near, cam.far,
+                                            physicsClientId=self.client)
+        renderer = p.ER_BULLET_HARDWARE_OPENGL if self.renderer == "egl" else p.ER_TINY_RENDERER
+        _, _, rgba, zbuf, seg = p.getCameraImage(cam.width, cam.height, view, proj, renderer=renderer,
+                                                 shadow=0, physicsClientId=self.client)
+        rgb = np.asarray(rgba, dtype=np.uint8).reshape(cam.height, cam.width, 4)[..., :3].copy()
+        zbuf = np.asarray(zbuf, dtype=np.float64).reshape(cam.height, cam.width)
+        depth = cam.far * cam.near / (cam.far - (cam.far - cam.near) * zbuf)  # [H, W] metric z
+        depth[zbuf >= 1.0 - 1e-7] = 0.0  # beyond the far plane: no return
+        seg = np.asarray(seg, dtype=np.int64).reshape(cam.height, cam.width)
+        segmentation = np.full(seg.shape, -1, dtype=np.int32)
+        ok = (seg >= 0) & (seg < len(self._seg_lut))
+        segmentation[ok] = self._seg_lut[seg[ok]]
+        return SimFrame(rgb=rgb, depth=depth.astype(np.float32), segmentation=segmentation,
+                        K=self.K.copy(), T_world_cam=T_world_cam, T_world_base=self.T_world_base,
+                        stamp=self.time)
+
+    def objects(self) -> list[ObjectState]:
+        """Ground truth of the table and every present object, world frame."""
+        out = []
+        for b in self.bodies:
+            pos, quat = p.getBasePositionAndOrientation(b.uid, physicsClientId=self.client)
+            T = np.eye(4)
+            T[:3, :3] = Rotation.from_quat(quat).as_matrix()
+            T[:3, 3] = pos
+            lo, hi = (np.asarray(x) for x in p.getAABB(b.uid, -1, physicsClientId=self.client))
+            out.append(ObjectState(b.name, b.description, b.seg_id, T, (lo + hi) / 2, hi - lo))
+        return out
+
+    def object_state(self, name: str) -> ObjectState:
+        """Ground truth of one object by name (ValueError when it is not in the scene)."""
+        for o in self.objects():
+            if o.name == name:
+                return o
+        raise ValueError(f"no object {name!r} in the scene; present: {[b.name for b in self.bodies]}")
+
+    def oracle_instances(self, frame: SimFrame, noise: OracleNoise | None = None,
+                         rng: np.random.Generator | None = None) -> list[Instance]:
+        """Oracle detector: one Instance per visible object from the ground-truth segmentation.
+
+        Labels are the scene descriptions; ``noise`` drops instances, erodes masks and
+        swaps labels for synonyms, drawing from ``rng`` (default: the world's seeded one).
+        """
+        noise = noise or OracleNoise()
+        rng = rng if rng is not None else self.rng
+        out = []
+        for b in self.bodies:
+            mask = frame.segmentation == b.seg_id  # [H, W]
+            if not mask.any():
+                continue
+            # Draw every random number for every visible object so noise knobs do not reorder the stream.
+            miss, syn, pick = rng.random(), rng.random(), rng.integers(0, 1 << 30)
+            if noise.erode_px > 0:
+                mask = ndimage.binary_erosion(mask, iterations=noise.erode_px)
+            if int(mask.sum()) < max(1, noise.min_pixels) or miss < noise.miss_rate:
+                continue
+            label = b.description
+            if b.synonyms and syn < noise.synonym_rate:
+                label = b.synonyms[int(pick) % len(b.synonyms)]
+            out.append(Instance(mask=mask, label=label, score=1.0, id=b.seg_id))
+        return out
+
+    # ----------------------------------------------------------------- arm
+    def _hold_arm(self, q: list[float], finger: float, finger_force: float = 40.0) -> None:
+        p.setJointMotorControlArray(self.arm, _ARM_JOINTS, p.POSITION_CONTROL, targetPositions=list(q),
+                                    forces=_ARM_FORCE, physicsClientId=self.client)
+        p.setJointMotorControlArray(self.arm, _FINGER_JOINTS, p.POSITION_CONTROL,
+                                    targetPositions=[finger, finger], forces=[finger_force] * 2,
+                                    physicsClientId=self.client)
+
+    def _arm_q(self) -> list[float]:
+        return [p.getJointState(self.arm, j, physicsClientId=self.client)[0] for j in _ARM_JOINTS]
+
+    def tcp_pose(self) -> np.ndarray:
+        """Current gripper TCP -> world [4, 4] (between the fingertips; z = approach)."""
+        st = p.getLinkState(self.arm, _TCP_LINK, computeForwardKinematics=True, physicsClientId=self.client)
+        T = np.eye(4)
+        T[:3, :3] = Rotation.from_quat(st[5]).as_matrix()
+        T[:3, 3] = st[4]
+        return T
+
+    def _ik(self, T_world_tcp: np.ndarray, seed_q: list[float]) -> tuple[list[float], float]:
+        """Joint angles reaching T_world_tcp, refined from seed_q; returns (q [7], position error m).
+
+        pybullet's IK is one damped step from the current joint state, so iterate it on a
+        scratch copy of the joints and put the real state back afterwards.
+        """
+        c = self.client
+        saved = [p.getJointState(self.arm, j, physicsClientId=c)[:2] for j in _ARM_JOINTS]
+        pos, quat = matrix_to_pose(T_world_tcp)
+        q = list(seed_q)
+        err = np.inf
+        for _ in range(30):
+            for j, qj in zip(_ARM_JOINTS, q):
+                p.resetJointState(self.arm, j, qj, physicsClientId=c)
+            sol = p.calculateInverseKinematics(
+                self.arm, _TCP_LINK, pos.tolist(), quat.tolist(), lowerLimits=_ARM_LOWER,
+                upperLimits=_ARM_UPPER, jointRanges=[u - l for l, u in zip(_ARM_LOWER, _ARM_UPPER)],
+                restPoses=list(q), maxNumIterations=100, residualThreshold=1e-5, physicsClientId=c)
+            q = [float(np.clip(a, l, u)) for a, l, u in zip(sol[:7], _ARM_LOWER, _ARM_UPPER)]
+            for j, qj in zip(_ARM_JOINTS, q):
+                p.resetJointState(self.arm, j, qj, physicsClientId=c)
+            err = float(np.linalg.norm(self.tcp_pose()[:3, 3] - pos))
+            if err < 1e-3:
+                break
+        for j, (qj, vj) in zip(_ARM_JOINTS, saved):
+            p.resetJointState(self.arm, j, qj, vj, physicsClientId=c)
+        return q, err
+
+    def _move_joints(self, q_target: list[float], duration: float, finger: float) -> None:
+        q0 = np.asarray(self._arm_q())
+        q1 = np.asarray(q_target)
+        n = max(1, int(round(duration / self.dt)))
+        for k in range(1, n + 1):
+            if k % 4 == 1 or k == n:
+                self._hold_arm((q0 + (q1 - q0) * min(1.0, k / (0.8 * n))).tolist(), finger)
+            self._step()
+
+    def _move_line(self, T_from: np.ndarray, T_to: np.ndarray, duration: float, finger: float,
+                   waypoints: int = 10) -> float:
+        """Straight TCP line (same orientation) in ``waypoints`` IK steps; returns the worst IK error."""
+        q = self._arm_q()
+        worst = 0.0
+        for k in range(1, waypoints + 1):
+            T = T_to.copy()
+            T[:3, 3] = T_from[:3, 3] + (T_to[:3, 3] - T_from[:3, 3]) * k / waypoints
+            q, err = self._ik(T, q)
+            worst = max(worst, err)
+            self._move_joints(q, duration / waypoints, finger)
+        return worst
+
+    def execute_grasp(self, T_world_tcp: np.ndarray, pregrasp: float = 0.12, lift: float = 0.15) -> GraspOutcome:
+        """Approach -> descend -> close -> lift with IK, then judge the grasp.
+
+        Args:
+            T_world_tcp: [4, 4] gripper TCP pose at grasp in the world (odom) frame: origin
+                between the fingertips, z = approach direction (down for top-down), y = the
+                fingers' closing direction.
+            pregrasp: distance back along -z where the approach starts, metres.
+            lift: how far the TCP rises after closing, metres.
+        Returns:
+            GraspOutcome; success = an object rose >= 0.10 m with contact on both fingers.
+        """
+        T_world_tcp = np.asarray(T_world_tcp, dtype=np.float64)
+        if T_world_tcp.shape != (4, 4) or not np.all(np.isfinite(T_world_tcp)):
+            raise ValueError(f"execute_grasp: T_world_tcp must be a finite [4, 4], got shape {T_world_tcp.shape}")
+        R = T_world_tcp[:3, :3]
+        if not np.allclose(R.T @ R, np.eye(3), atol=1e-4) or np.linalg.det(R) < 0:
+            raise ValueError("execute_grasp: T_world_tcp rotation is not a proper rotation matrix")
+        movable = [b for b in self.bodies if b.name != "table"]
+        z0 = {b.name: p.getBasePositionAndOrientation(b.uid, physicsClientId=self.client)[0][2] for b in movable}
+        T_pre = T_world_tcp.copy()
+        T_pre[:3, 3] -= pregrasp * R[:, 2]
+        # Approach: from high above the pre-grasp in joint space, so the swing clears the objects.
+        T_high = T_pre.copy()
+        T_high[:3, 3] += np.array([0.0, 0.0, 0.1])
+        q_high, _ = self._ik(T_high, self._arm_q())
+        self._move_joints(q_high, 1.5, 0.04)
+        self._move_line(self.tcp_pose(), T_pre, 0.5, 0.04, waypoints=5)
+        err = self._move_line(T_pre, T_world_tcp, 1.0, 0.04, waypoints=10)
+        for _ in range(int(round(0.2 / self.dt))):
+            self._step()
+        q = self._arm_q()
+        self._hold_arm(q, 0.0)
+        for _ in range(int(round(0.6 / self.dt))):
+            self._step()
+        T_up = T_world_tcp.copy()
+        T_up[:3, 3] += np.array([0.0, 0.0, lift])
+        # Keep squeezing while lifting.
+        qs = self._arm_q()
+        for k in range(1, 11):
+            T = T_world_tcp.copy()
+            T[:3, 3] += np.array([0.0, 0.0, lift * k / 10])
+            qs, _ = self._ik(T, qs)
+            n = int(round(0.15 / self.dt))
+            for i in range(n):
+                if i % 4 == 0:
+                    self._hold_arm(qs, 0.0)
+                self._step()
+        for _ in range(int(round(0.5 / self.dt))):
+            self._step()
+        best = None
+        for b in movable:
+            z = p.getBasePositionAndOrientation(b.uid, physicsClientId=self.client)[0][2]
+            left = len(p.getContactPoints(self.arm, b.uid, _FINGER_JOINTS[0], -1, physicsClientId=self.client)) > 0
+            right = len(p.getContactPoints(self.arm, b.uid, _FINGER_JOINTS[1], -1, physicsClientId=self.client)) > 0
+            rise = float(z - z0[b.name])
+            key = (left and right, left or right, rise)
+            if best is None or key > best[0]:
+                best = (key, b.name, rise, (left, right))
+        assert best is not None
+        (both, any_contact, rise), name, rise, contacts = best
+        touched = any_contact or rise > 0.02
+        name = name if touched else ""
+        success = both and rise >= 0.10
+        if success:
+            msg = f"lifted {name} by {rise:.3f} m with both fingers in contact"
+        elif touched:
+            msg = f"failed: {name} rose {rise:.3f} m, finger contacts left={contacts[0]} right={contacts[1]}"
+        else:
+            msg = "failed: the gripper closed on nothing"
+        return GraspOutcome(success=bool(success), object=name, lift_height=rise if touched else 0.0,
+                            message=msg, finger_contacts=contacts if touched else (False, False), ik_error=err)
+
+    def top_down_grasp_pose(self, name: str, yaw: float | None = None) -> np.ndarray:
+        """A top-down TCP pose [4, 4] at an object's AABB centre (evaluation helper, uses ground truth).
+
+        The fingers close along the box's shorter horizontal side unless ``yaw`` (the
+        angle of the closing direction, TCP y, about world z) is given.
+        """
+        o = self.object_state(name)
+        if yaw is None:
+            yaw = 0.0 if o.aabb_size[0] <= o.aabb_size[1] else np.pi / 2
+        y_dir = np.array([np.cos(yaw), np.sin(yaw), 0.0])  # finger closing direction
+        z_dir = np.array([0.0, 0.0, -1.0])  # approach: straight down
+        T = np.eye(4)
+        T[:3, :3] = np.stack([np.cross(y_dir, z_dir), y_dir, z_dir], axis=1)
+        T[:3, 3] = o.aabb_center
+        return T
