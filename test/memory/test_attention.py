@@ -1,0 +1,72 @@
+"""Memory attention, chunked decoding and relevance without decoding."""
+import torch
+import torch.nn.functional as F
+
+from m3_ros.memory.attention import RelevanceIndex, decode_chunked, memory_attention
+
+
+def _setup(t=300, d=48, l=8, M=500, seed=0, peaky=True):
+    g = torch.Generator().manual_seed(seed)
+    # Bank rows span an l-dim subspace that W_m's row space covers (as a PCA-initialised W_m does).
+    basis = torch.randn(l, d, generator=g)
+    rows = torch.randn(t, l, generator=g) @ basis + 0.3 * basis[0]
+    unit = F.normalize(rows, dim=-1)
+    W = torch.randn(l, l, generator=g) @ basis
+    if peaky:
+        # Queries whose Q·W_m points at a bank row (as seeded Gaussians do), blended a little.
+        target = unit[torch.randint(0, t, (M,), generator=g)]
+        q = torch.linalg.lstsq(W.T, target.T).solution.T  # [M, l]
+        q = q + 0.05 * torch.randn(M, l, generator=g)
+    else:
+        q = torch.randn(M, l, generator=g)
+    text = torch.randn(d, generator=g)
+    return rows, unit, W, q, text
+
+
+def test_decode_chunked_equals_dense():
+    rows, unit, W, q, _ = _setup()
+    dense = memory_attention(q, W, rows, unit, 0.05)
+    chunked = decode_chunked(q, W, rows, unit, 0.05, budget_bytes=20_000)
+    torch.testing.assert_close(chunked, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_relevance_matches_decode_then_cosine():
+    rows, unit, W, q, text = _setup()
+    ref = F.cosine_similarity(decode_chunked(q, W, rows, unit, 0.05), text[None], dim=-1)
+    idx = RelevanceIndex.build(W, rows, unit, text, 0.05)
+    # All rows and k = t: exact up to float error.
+    torch.testing.assert_close(idx.relevance(q, topk=rows.shape[0]), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_relevance_truncation_error_small_and_shrinks_with_k():
+    for peaky, tol in ((True, 0.02), (False, 0.15)):
+        rows, unit, W, q, text = _setup(peaky=peaky)
+        ref = F.cosine_similarity(decode_chunked(q, W, rows, unit, 0.05), text[None], dim=-1)
+        idx = RelevanceIndex.build(W, rows, unit, text, 0.05)
+        errs = [(idx.relevance(q, topk=k) - ref).abs().max().item() for k in (2, 16, 64, 300)]
+        assert errs[1] < tol, (peaky, errs)
+        assert errs[-1] < 1e-4
+        assert errs[0] >= errs[1] - 1e-6 and errs[1] >= errs[2] - 1e-6
+
+
+def test_candidate_truncation_close_on_peaky_queries():
+    rows, unit, W, q, text = _setup()
+    ref = F.cosine_similarity(decode_chunked(q, W, rows, unit, 0.05), text[None], dim=-1)
+    idx = RelevanceIndex.build(W, rows, unit, text, 0.05)
+    cand = idx.candidates(q[::4], per_query=16)
+    assert cand.numel() < rows.shape[0]
+    err = (idx.relevance(q, candidates=cand) - ref).abs()
+    assert err.median() < 0.02 and err.max() < 0.2
+
+
+def test_queries_stay_valid_when_bank_grows():
+    # W_m maps into feature space: adding rows far from a query's target barely changes its decoding.
+    rows, unit, W, q, _ = _setup()
+    before = decode_chunked(q, W, rows, unit, 0.05)
+    extra = -rows[:10]  # opposite directions: cos ~ -1 with the targets
+    rows2 = torch.cat([rows, extra])
+    after = decode_chunked(q, W, rows2, F.normalize(rows2, dim=-1), 0.05)
+    e = F.normalize(q @ W, dim=-1)
+    far = (e @ F.normalize(extra, dim=-1).T).max(-1).values < (e @ unit.T).max(-1).values - 0.3
+    assert far.sum() > 100
+    assert F.cosine_similarity(before[far], after[far], dim=-1).min() > 0.99
