@@ -1,1 +1,4 @@
-"""m3_ros.grounding"""
+"""Text -> 3D targets from an M3 memory (no ROS)."""
+from m3_ros.grounding.ground import GroundingConfig, GroundingResult, ground, validate_query
+
+__all__ = ["GroundingConfig", "GroundingResult", "ground", "validate_query"]

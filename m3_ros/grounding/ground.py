@@ -1,0 +1,179 @@
+"""Grounding: a text embedding -> relevance in the memory -> best regions -> 3D points.
+
+Two ways to get per-point relevance, both through Gaussian memory attention in the
+model's own feature space (see M3_METHOD.md):
+- ``render``: render the relevance map from the keyframe views that see the most
+  Gaussians and lift confident pixels with the rendered depth and the camera pose;
+- ``gaussians``: decode each Gaussian's principal query directly and score its mean.
+The benchmark ``bench/bench_grounding.py`` measures both; the default is the one it
+found better (see README).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from m3_ros.geometry import backproject, project
+
+
+@dataclass
+class GroundingConfig:
+    mode: Literal["render", "gaussians"] = "render"
+    """How relevance is read out of the memory (see module docstring)."""
+    n_views: int = 3
+    """Keyframe views rendered in ``render`` mode (those that see the most Gaussians)."""
+    view_scale: float = 0.5
+    """Render resolution as a fraction of the keyframe resolution."""
+    cluster_radius: float = 0.03
+    """Points closer than this (m) belong to the same region."""
+    min_region_points: int = 5
+    """Regions with fewer points are noise."""
+    max_query_chars: int = 200
+    """Longer queries are rejected."""
+    min_opacity: float = 0.2
+    """Gaussians below this opacity are ignored in ``gaussians`` mode."""
+
+
+@dataclass
+class GroundingResult:
+    points: np.ndarray  # [k, 3] region centres in the memory frame, best first
+    scores: np.ndarray  # [k] mean relevance (cosine) of each region
+    model: str
+    mode: str
+    n_candidates: int  # points that passed the threshold
+    threshold: float
+    views: list[int] = field(default_factory=list)  # keyframe indices rendered
+    relevance_maps: list[np.ndarray] = field(default_factory=list)  # [h, w] per view (render mode)
+    region_points: list[np.ndarray] = field(default_factory=list)  # [m_i, 3] per returned region
+
+
+def validate_query(query: str, max_chars: int = 200) -> str:
+    """Normalise a text query; ValueError for an empty, over-long or letter-free query."""
+    q = " ".join(query.split())
+    if not q:
+        raise ValueError("query is empty")
+    if len(q) > max_chars:
+        raise ValueError(f"query is {len(q)} characters long; at most {max_chars} are accepted")
+    if not re.search(r"[^\W\d_]", q):
+        raise ValueError(f"query '{q}' contains no words")
+    return q
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
+    """Otsu's threshold of a 1-D sample (the reference code thresholds relevance this way)."""
+    hist, edges = np.histogram(values, bins=bins)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    w0 = np.cumsum(hist).astype(np.float64)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
+    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    return float(edges[1:][np.argmax(between)])
+
+
+def select_regions(points: np.ndarray, scores: np.ndarray, radius: float,
+                   min_points: int) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """Cluster scored points [M, 3] by distance; regions sorted by mean relevance.
+
+    Mean, not total: a large surface (a table) that just passes the threshold must not
+    outrank a small object that matches the query well.
+
+    Returns [(score-weighted centre [3], mean score, member points [m, 3])].
+    """
+    if len(points) == 0:
+        return []
+    tree = cKDTree(points)
+    pairs = tree.query_pairs(radius, output_type="ndarray")
+    # connected components of the radius graph
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    n = len(points)
+    adj = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n)) if len(pairs) else coo_matrix((n, n))
+    _, labels = connected_components(adj, directed=False)
+    regions = []
+    for lab in np.unique(labels):
+        idx = np.flatnonzero(labels == lab)
+        if len(idx) < min_points:
+            continue
+        w = np.maximum(scores[idx] - scores[idx].min() + 1e-3, 1e-3)
+        centre = (points[idx] * w[:, None]).sum(0) / w.sum()
+        regions.append((centre, float(scores[idx].mean()), points[idx]))
+    regions.sort(key=lambda r: -r[1])
+    return regions
+
+
+def _views_covering(memory, n_views: int) -> list[int]:
+    """Indices of the keyframes that see the most Gaussian means."""
+    means = memory.means.detach().cpu().numpy().astype(np.float64)
+    counts = []
+    for i, kf in enumerate(memory.keyframes):
+        H, W = kf.size
+        uv, z = project(means, kf.K, kf.T_world_cam)
+        inside = (z > 0.05) & (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+        counts.append(int(inside.sum()))
+    order = np.argsort(counts)[::-1]
+    return [int(i) for i in order[:n_views]]
+
+
+def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | None = None,
+           top_k: int = 1) -> GroundingResult:
+    """Ground one text embedding [d] (in ``model``'s space) in ``memory`` (an ``M3Memory``).
+
+    Raises ValueError for an empty memory or a model the memory has no bank for.
+    """
+    cfg = cfg or GroundingConfig()
+    if memory.n_gaussians == 0 or len(memory.keyframes) == 0:
+        raise ValueError("memory is empty: no keyframe has been added yet")
+    if model not in memory.banks:
+        raise ValueError(f"memory has no bank for model '{model}' (has: {sorted(memory.banks)})")
+    top_k = max(1, int(top_k))
+    views: list[int] = []
+    maps: list[np.ndarray] = []
+    if cfg.mode == "render":
+        pts_all, sc_all = [], []
+        for i in _views_covering(memory, cfg.n_views):
+            kf = memory.keyframes[i]
+            H, W = kf.size
+            w, h = max(8, int(round(W * cfg.view_scale))), max(8, int(round(H * cfg.view_scale)))
+            K = kf.K.copy()
+            K[0] *= w / W
+            K[1] *= h / H
+            out = memory.relevance(model, text_emb, kf.T_world_cam, K, w, h)
+            rel = np.asarray(out["relevance"], dtype=np.float64)
+            depth = np.asarray(out["depth"], dtype=np.float64)
+            alpha = np.asarray(out["alpha"], dtype=np.float64)
+            depth = np.where(alpha > 0.5, depth, 0.0)
+            pts, pix = backproject(depth, K, kf.T_world_cam)
+            views.append(i)
+            maps.append(np.where(alpha > 0.5, rel, np.nan))
+            pts_all.append(pts)
+            sc_all.append(rel[pix[:, 0], pix[:, 1]])
+        points = np.concatenate(pts_all) if pts_all else np.zeros((0, 3))
+        scores = np.concatenate(sc_all) if sc_all else np.zeros(0)
+    elif cfg.mode == "gaussians":
+        rel = memory.gaussian_relevance(model, text_emb).detach().cpu().numpy().astype(np.float64)
+        keep = memory.opacities.detach().cpu().numpy() >= cfg.min_opacity
+        points = memory.means.detach().cpu().numpy().astype(np.float64)[keep]
+        scores = rel[keep]
+    else:
+        raise ValueError(f"unknown grounding mode '{cfg.mode}' (render | gaussians)")
+    ok = np.isfinite(scores)
+    points, scores = points[ok], scores[ok]
+    if len(scores) < cfg.min_region_points:
+        raise ValueError("memory rendered no usable surface for this query")
+    thr = otsu_threshold(scores)
+    sel = scores >= thr
+    regions = select_regions(points[sel], scores[sel], cfg.cluster_radius, cfg.min_region_points)
+    if not regions:  # a single sharp peak: fall back to the best points
+        best = np.argsort(scores)[::-1][: cfg.min_region_points]
+        regions = [(points[best].mean(0), float(scores[best].mean()), points[best])]
+    regions = regions[:top_k]
+    return GroundingResult(
+        points=np.stack([r[0] for r in regions]), scores=np.array([r[1] for r in regions]),
+        model=model, mode=cfg.mode, n_candidates=int(sel.sum()), threshold=thr,
+        views=views, relevance_maps=maps, region_points=[r[2] for r in regions])

@@ -1,0 +1,212 @@
+"""The thin orchestrator: frames -> keyframes -> features -> memory -> grounding (no ROS).
+
+Nodes, the demo and the benchmarks drive this one class; none of them touches the
+memory's internals.
+
+Threads: ``offer_frame`` runs on the caller's thread and only hands work to the
+feature worker; ``train_for`` (the node's train timer) moves extracted keyframes into
+the memory and trains; ``ground`` may run concurrently (the memory serialises access).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from m3_ros.grounding import GroundingConfig, GroundingResult, ground, validate_query
+from m3_ros.stream import KeyframeSelector, KeyframeSelectorConfig
+from m3_ros.types import Instance, Keyframe
+
+log = logging.getLogger("m3_ros.pipeline")
+
+
+@dataclass
+class PipelineConfig:
+    models: list[str] = field(default_factory=lambda: ["clip", "dinov2_s", "minilm_labels"])
+    """Foundation models to load (missing weights: skipped with a log line)."""
+    channels: dict[str, int] = field(default_factory=lambda: {"clip": 16, "siglip": 32, "dinov2_s": 16, "minilm_labels": 16})
+    """Principal-query channels per model."""
+    thetas: dict[str, float] = field(default_factory=lambda: {"clip": 0.80, "siglip": 0.85, "dinov2_s": 0.75, "minilm_labels": 1.0})
+    """Memory-bank similarity threshold per model (reference values)."""
+    keyframes: KeyframeSelectorConfig = field(default_factory=KeyframeSelectorConfig)
+    """When a frame becomes a keyframe."""
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
+    """How text is turned into points."""
+    max_pending: int = 4
+    """Keyframes waiting for feature extraction at most; newer ones are dropped while full."""
+    memory_overrides: dict = field(default_factory=dict)
+    """Extra MemoryConfig fields (name -> value)."""
+
+
+class MemoryPipeline:
+    """Owns the foundation models, the feature worker, the keyframe selector and the memory."""
+
+    def __init__(self, cfg: PipelineConfig, models: dict | None = None):
+        self.cfg = cfg
+        self._models = models
+        self._worker = None
+        self._text_model = None
+        self.memory = None
+        self.selector = KeyframeSelector(cfg.keyframes)
+        self._ready_kf: deque[Keyframe] = deque()
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._next_index = 0
+        self.first_keyframe_wall: float | None = None
+        self.load_error: str | None = None
+        self._loaded = threading.Event()
+
+    # ---- set-up -----------------------------------------------------------------
+    def load(self) -> None:
+        """Load the models (seconds) and build an empty memory. Call off the executor."""
+        try:
+            from m3_ros.foundation import FeatureWorker, FoundationConfig, grounding_text_model, load_models
+            if self._models is None:
+                self._models = load_models(FoundationConfig(models=list(self.cfg.models)))
+            if not self._models:
+                raise RuntimeError(f"none of the models {self.cfg.models} could be loaded")
+            self._worker = FeatureWorker(self._models)
+            try:
+                self._text_model = grounding_text_model(self._models)
+            except (ValueError, RuntimeError) as e:
+                log.warning("no text model for grounding: %s", e)
+            self.memory = self._new_memory()
+        except Exception as e:  # reported to the node; the node stays up and says why
+            self.load_error = f"{type(e).__name__}: {e}"
+            log.error("pipeline failed to load: %s", self.load_error)
+            raise
+        finally:
+            self._loaded.set()
+
+    def _new_memory(self):
+        from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot
+        slots = {name: ModelSlot(channels=int(self.cfg.channels.get(name, 16)),
+                                 theta=float(self.cfg.thetas.get(name, 0.8)))
+                 for name in self._models}
+        return M3Memory(MemoryConfig(models=slots, **self.cfg.memory_overrides))
+
+    @property
+    def ready(self) -> bool:
+        return self.memory is not None
+
+    @property
+    def model_names(self) -> list[str]:
+        return sorted(self._models) if self._models else []
+
+    @property
+    def text_model_name(self) -> str | None:
+        return self._text_model.name if self._text_model is not None else None
+
+    # ---- streaming ----------------------------------------------------------------
+    def offer_frame(self, stamp: float, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray,
+                    T_world_cam: np.ndarray, instances: list[Instance] | None = None) -> bool:
+        """Consider one synchronised RGB-D frame; True if it became a keyframe."""
+        if not self.ready:
+            return False
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"rgb must be [H, W, 3] uint8, got {rgb.shape} {rgb.dtype}")
+        if depth.shape != rgb.shape[:2]:
+            raise ValueError(f"depth {depth.shape} does not match colour {rgb.shape[:2]}")
+        if not np.any(depth > 0):
+            raise ValueError("depth image has no valid pixel")
+        with self._lock:
+            if self._in_flight >= self.cfg.max_pending:
+                return False
+            if not self.selector.consider(stamp, T_world_cam):
+                return False
+            kf = Keyframe(index=self._next_index, stamp=stamp, rgb=rgb, depth=depth, K=K,
+                          T_world_cam=T_world_cam, instances=list(instances or []))
+            self._next_index += 1
+            self._in_flight += 1
+            if self.first_keyframe_wall is None:
+                self.first_keyframe_wall = time.monotonic()
+        fut = self._worker.submit(kf.index, rgb, kf.instances)
+
+        def done(f, kf=kf):
+            try:
+                kf.features = f.result()
+                with self._lock:
+                    self._ready_kf.append(kf)
+            except Exception as e:  # a failed extraction loses one keyframe, not the node
+                log.error("feature extraction failed for keyframe %d: %s", kf.index, e)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+        fut.add_done_callback(done)
+        return True
+
+    def train_for(self, budget_s: float, max_steps: int = 1000) -> int:
+        """Ingest extracted keyframes, then train until ``budget_s`` is spent; returns steps."""
+        if not self.ready:
+            return 0
+        t0 = time.monotonic()
+        while True:
+            with self._lock:
+                kf = self._ready_kf.popleft() if self._ready_kf else None
+            if kf is None:
+                break
+            self.memory.add_keyframe(kf)
+        steps = 0
+        if self.memory.n_gaussians == 0:
+            return 0
+        while steps < max_steps and time.monotonic() - t0 < budget_s:
+            self.memory.train_step()
+            steps += 1
+        return steps
+
+    def idle(self) -> bool:
+        """True when no keyframe is waiting for extraction or ingestion."""
+        with self._lock:
+            return self._in_flight == 0 and not self._ready_kf
+
+    # ---- queries ------------------------------------------------------------------
+    def ground(self, query: str, top_k: int = 1) -> GroundingResult:
+        """Text -> GroundingResult in the memory frame. ValueError for bad queries / empty memory."""
+        q = validate_query(query, self.cfg.grounding.max_query_chars)
+        if not self.ready:
+            raise ValueError("memory is not ready: models are still loading"
+                             + (f" (load failed: {self.load_error})" if self.load_error else ""))
+        if self._text_model is None:
+            raise ValueError(f"no text model among the loaded models {self.model_names}")
+        if self.memory.n_gaussians == 0:
+            raise ValueError("memory is empty: no keyframe has been added yet")
+        emb = self._text_model.encode_text([q])[0]
+        return ground(self.memory, emb, self._text_model.name, self.cfg.grounding, top_k)
+
+    def stats(self) -> dict:
+        if not self.ready:
+            return {"keyframes": 0, "gaussians": 0, "bank_rows": {}, "iteration": 0,
+                    "last_loss": float("nan"), "train_time_s": 0.0}
+        return self.memory.stats()
+
+    # ---- persistence ---------------------------------------------------------------
+    def save(self, path: str) -> None:
+        if not self.ready:
+            raise ValueError("nothing to save: models are still loading")
+        self.memory.save(path)
+
+    def load_memory(self, path: str) -> None:
+        if not self.ready:
+            raise ValueError("models are still loading; try again")
+        from m3_ros.memory.memory import M3Memory
+        mem = M3Memory.load(path)
+        missing = set(mem.banks) - set(self._models)
+        if missing:
+            raise ValueError(f"memory at {path} needs models {sorted(missing)} that are not loaded")
+        self.memory = mem
+
+    def reset(self) -> None:
+        if self.ready:
+            self.memory = self._new_memory()
+        self.selector.reset()
+        with self._lock:
+            self._ready_kf.clear()
+        self.first_keyframe_wall = None
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown()
