@@ -1,0 +1,287 @@
+"""The main demo: simulator + memory node + grasp planner as separate processes.
+
+The robot walks around the table while the memory trains; the demo asks the memory
+for "yellow bath duck" as it goes (to time the first correct answer), then plans and
+executes the grasp, saves pictures and prints one RESULT line. Same nodes and same
+parameter files as launch/sim_demo.launch.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import TransformStamped
+from nav_msgs.msg import Odometry
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import String
+
+from m3_ros.msg import GraspResult, MemoryStatus, SceneGroundTruth
+from m3_ros.nodes import convert
+from m3_ros.nodes.common import latched_qos
+from m3_ros.procs import CONFIG_DIR, NodeProcess, PACKAGE_ROOT, ros_test_env
+from m3_ros.srv import GroundQuery, MemoryIO, PlanGrasp
+
+QUERY = "yellow bath duck"
+TARGET = "duck"
+
+
+class DemoClient(Node):
+    """Listens to the graph and calls the services; all state is kept for the report."""
+
+    def __init__(self) -> None:
+        super().__init__("m3_demo")
+        self.status: MemoryStatus | None = None
+        self.truth: SceneGroundTruth | None = None
+        self.walk_state = ""
+        self.grasp_result: GraspResult | None = None
+        self.color: Image | None = None
+        self.info: CameraInfo | None = None
+        self.odom: Odometry | None = None
+        self.mount: TransformStamped | None = None
+        self.relevance: Image | None = None
+        rel = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        self.create_subscription(MemoryStatus, "memory/status", lambda m: setattr(self, "status", m), 10)
+        self.create_subscription(SceneGroundTruth, "sim/ground_truth", lambda m: setattr(self, "truth", m), rel)
+        self.create_subscription(String, "sim/walk_state", lambda m: setattr(self, "walk_state", m.data), latched_qos())
+        self.create_subscription(GraspResult, "arm/grasp_result", lambda m: setattr(self, "grasp_result", m), rel)
+        self.create_subscription(Image, "camera/color/image_raw", self._on_color, rel)
+        self.create_subscription(CameraInfo, "camera/color/camera_info", lambda m: setattr(self, "info", m), rel)
+        self.create_subscription(Odometry, "odom", lambda m: setattr(self, "odom", m), rel)
+        self.create_subscription(TransformStamped, "camera/mount", lambda m: setattr(self, "mount", m), latched_qos())
+        self.create_subscription(Image, "memory/relevance_image", lambda m: setattr(self, "relevance", m), latched_qos())
+        self.ground = self.create_client(GroundQuery, "ground")
+        self.plan = self.create_client(PlanGrasp, "plan_grasp")
+        self.save = self.create_client(MemoryIO, "memory/save")
+        self.frame_pose: np.ndarray | None = None
+
+    def _on_color(self, msg: Image) -> None:
+        # keep the colour frame together with the camera pose at that moment
+        self.color = msg
+        if self.odom is not None and self.mount is not None:
+            self.frame_pose = (convert.pose_msg_to_matrix(self.odom.pose.pose)
+                               @ convert.transform_msg_to_matrix(self.mount.transform))
+
+    def call(self, client, request, timeout: float):
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {client.srv_name} not available")
+        done = threading.Event()
+        fut = client.call_async(request)
+        fut.add_done_callback(lambda _: done.set())
+        if not done.wait(timeout):
+            raise TimeoutError(f"service {client.srv_name} did not answer in {timeout}s")
+        return fut.result()
+
+    def true_centre(self, name: str) -> np.ndarray | None:
+        if self.truth is None:
+            return None
+        for o in self.truth.objects:
+            if o.name == name:
+                return np.array([o.center.x, o.center.y, o.center.z])
+        return None
+
+
+def heatmap(values: np.ndarray) -> np.ndarray:
+    """[H, W] float (0 = nothing rendered) -> [H, W, 3] uint8, black -> red -> yellow -> white."""
+    valid = values != 0
+    out = np.zeros(values.shape + (3,), dtype=np.uint8)
+    if not valid.any():
+        return out
+    lo, hi = np.percentile(values[valid], [1, 99.5])
+    t = np.clip((values - lo) / max(hi - lo, 1e-6), 0, 1)
+    stops = np.array([[20, 10, 60], [180, 30, 60], [250, 150, 20], [255, 255, 200]], dtype=np.float64)
+    x = t * (len(stops) - 1)
+    i = np.minimum(x.astype(int), len(stops) - 2)
+    f = (x - i)[..., None]
+    rgb = stops[i] * (1 - f) + stops[i + 1] * f
+    out[valid] = rgb[valid].astype(np.uint8)
+    return out
+
+
+def _save_pictures(out: Path, demo: DemoClient, memory_dir: Path, grasp_pose, log) -> list[str]:
+    """rendered RGB | camera image, relevance heatmap, grasp drawn on the camera image."""
+    from PIL import Image as PILImage, ImageDraw
+
+    from m3_ros.geometry import project
+    from m3_ros.memory.memory import M3Memory
+
+    saved = []
+    if demo.color is None or demo.info is None or demo.frame_pose is None:
+        log("no camera frame to draw on")
+        return saved
+    cam = convert.rgb_from_image(demo.color)
+    K = convert.intrinsics_from_camera_info(demo.info)
+    H, W = cam.shape[:2]
+    try:
+        mem = M3Memory.load(str(memory_dir))
+        r = mem.render(demo.frame_pose, K, W, H)
+        rendered = (np.clip(np.asarray(r["rgb"]), 0, 1) * 255).astype(np.uint8)
+        PILImage.fromarray(np.concatenate([rendered, cam], axis=1)).save(out / "rendered_vs_camera.png")
+        saved.append("rendered_vs_camera.png")
+    except (OSError, ValueError) as e:
+        log(f"could not render the saved memory: {e}")
+    if demo.relevance is not None:
+        rel = convert.image_to_array(demo.relevance)
+        PILImage.fromarray(heatmap(rel)).resize((rel.shape[1] * 2, rel.shape[0] * 2), PILImage.NEAREST).save(out / "relevance.png")
+        saved.append("relevance.png")
+    if grasp_pose is not None:
+        T = convert.pose_msg_to_matrix(grasp_pose.pose)
+        pts = np.array([T[:3, 3], T[:3, 3] - 0.10 * T[:3, 2], T[:3, 3] + 0.04 * T[:3, 1], T[:3, 3] - 0.04 * T[:3, 1]])
+        uv, z = project(pts, K, demo.frame_pose)
+        img = PILImage.fromarray(cam.copy())
+        d = ImageDraw.Draw(img)
+        if np.all(z > 0):
+            c, a, f1, f2 = [tuple(map(float, p)) for p in uv]
+            d.line([a, c], fill=(0, 255, 0), width=2)       # approach
+            d.line([f1, f2], fill=(255, 0, 255), width=2)   # closing axis
+            d.ellipse([c[0] - 3, c[1] - 3, c[0] + 3, c[1] + 3], outline=(255, 0, 0), width=2)
+        img = img.resize((W * 2, H * 2), PILImage.NEAREST)
+        img.save(out / "grasp.png")
+        saved.append("grasp.png")
+    return saved
+
+
+def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None,
+        max_walk_s: float = 240.0, settle_s: float = 3.0, quiet: bool = False) -> dict:
+    """Run the whole loop once; returns the report (also written to out/report.json)."""
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    env = ros_test_env()
+    t_start = time.monotonic()
+
+    def log(msg: str) -> None:
+        if not quiet:
+            print(f"[{time.monotonic() - t_start:6.1f}s] {msg}", flush=True)
+
+    log(f"output folder: {out}  (ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, node logs in {logs})")
+    import os
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    procs = [
+        NodeProcess("sim_node", env, logs, params_file=CONFIG_DIR / "sim.yaml", params=sim_params),
+        NodeProcess("memory_node", env, logs, params_file=CONFIG_DIR / "m3.yaml", params=m3_params),
+        NodeProcess("grasp_planner_node", env, logs, params_file=CONFIG_DIR / "m3.yaml"),
+    ]
+    rclpy.init()
+    demo = DemoClient()
+    spin = threading.Thread(target=rclpy.spin, args=(demo,), daemon=True)
+    spin.start()
+    report: dict = {"query": QUERY, "output": str(out)}
+    try:
+        first_kf_t = None
+        first_correct_s = None
+        last_print = 0.0
+        last_query = 0.0
+        t_walk0 = time.monotonic()
+        while True:
+            for p in procs:
+                if not p.alive():
+                    raise RuntimeError(f"{p.name} exited early (code {p.proc.returncode}); log: {p.log_path}\n"
+                                       + p.log_text()[-3000:])
+            now = time.monotonic()
+            s = demo.status
+            if s is not None and s.keyframes > 0 and first_kf_t is None:
+                first_kf_t = now
+            if s is not None and s.ready and now - last_query > 2.0 and first_correct_s is None:
+                last_query = now
+                truth = demo.true_centre(TARGET)
+                try:
+                    res = demo.call(demo.ground, GroundQuery.Request(query=QUERY, top_k=1), 30.0)
+                    if res.success and truth is not None:
+                        p0 = res.points[0].point
+                        err = np.linalg.norm(np.array([p0.x, p0.y, p0.z]) - truth)
+                        log(f"ground('{QUERY}') -> error {100 * err:.1f} cm ({res.model})")
+                        if err <= 0.05:
+                            first_correct_s = time.monotonic() - first_kf_t
+                except TimeoutError as e:
+                    log(str(e))
+            if now - last_print > 2.0:
+                last_print = now
+                if s is None:
+                    log(f"waiting for the memory node... sim: {demo.walk_state or 'starting'}")
+                else:
+                    rows = ", ".join(f"{m}={r}" for m, r in zip(s.models, s.bank_rows))
+                    log(f"sim: {demo.walk_state or '?':8s} | keyframes {s.keyframes:3d} | gaussians {s.gaussians:6d} | "
+                        f"bank rows [{rows}] | iter {s.train_iteration:5d} @ {s.train_rate_hz:4.1f} Hz | loss {s.last_loss:.3f}")
+            if demo.walk_state == "done" and s is not None and s.ready:
+                break
+            if now - t_walk0 > max_walk_s:
+                raise TimeoutError(f"the walk did not finish in {max_walk_s}s (walk_state={demo.walk_state!r})")
+            time.sleep(0.1)
+        log(f"walk done; training {settle_s:.0f}s more before the final query")
+        time.sleep(settle_s)
+        truth = demo.true_centre(TARGET)
+        res = demo.call(demo.ground, GroundQuery.Request(query=QUERY, top_k=3), 60.0)
+        if not res.success:
+            raise RuntimeError(f"grounding failed: {res.message}")
+        p0 = res.points[0].point
+        point = np.array([p0.x, p0.y, p0.z])
+        err_cm = float(100 * np.linalg.norm(point - truth)) if truth is not None else float("nan")
+        if first_correct_s is None and err_cm <= 5.0 and first_kf_t is not None:
+            first_correct_s = time.monotonic() - first_kf_t
+        log(f"{res.message}")
+        log(f"grounded point {np.round(point, 3).tolist()} vs true duck centre "
+            f"{np.round(truth, 3).tolist() if truth is not None else None}: {err_cm:.1f} cm")
+        demo.grasp_result = None
+        plan = demo.call(demo.plan, PlanGrasp.Request(query=QUERY, execute=True), 60.0)
+        log(f"plan_grasp: {plan.message}")
+        grasp_ok, grasp_obj = False, ""
+        if plan.success:
+            t0 = time.monotonic()
+            while demo.grasp_result is None and time.monotonic() - t0 < 120.0:
+                time.sleep(0.1)
+            if demo.grasp_result is not None:
+                grasp_ok, grasp_obj = bool(demo.grasp_result.success), demo.grasp_result.object
+                log(f"grasp result: {demo.grasp_result.message}")
+            else:
+                log("no grasp result within 120 s")
+        mem_dir = out / "memory"
+        saved = demo.call(demo.save, MemoryIO.Request(path=str(mem_dir)), 60.0)
+        log(saved.message)
+        s = demo.status
+        pictures = _save_pictures(out, demo, mem_dir, plan.grasp if plan.success else None, log)
+        report.update({
+            "error_cm": err_cm, "grasp": "success" if grasp_ok and grasp_obj == TARGET else "failure",
+            "grasped_object": grasp_obj, "keyframes": int(s.keyframes), "gaussians": int(s.gaussians),
+            "bank_rows": dict(zip(s.models, [int(r) for r in s.bank_rows])),
+            "train_s": float(s.train_time_s), "train_iterations": int(s.train_iteration),
+            "first_correct_s": first_correct_s, "model": res.model, "pictures": pictures,
+            "wall_s": time.monotonic() - t_start,
+        })
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        return report
+    finally:
+        demo.destroy_node()
+        rclpy.try_shutdown()
+        codes = {p.name: p.stop() for p in procs}
+        log(f"nodes stopped: {codes}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default out/demo-<time>)")
+    a = ap.parse_args(argv)
+    out = a.out or PACKAGE_ROOT / "out" / time.strftime("demo-%Y%m%d-%H%M%S")
+    try:
+        r = run(out)
+    except (RuntimeError, TimeoutError) as e:
+        print(f"demo failed: {e}", file=sys.stderr)
+        return 1
+    print()
+    print(f"keyframes {r['keyframes']}, gaussians {r['gaussians']}, bank rows {r['bank_rows']}, "
+          f"training {r['train_s']:.1f} s ({r['train_iterations']} steps)")
+    print(f"pictures in {out}: {', '.join(r['pictures'])}")
+    fc = f"{r['first_correct_s']:.1f}" if r["first_correct_s"] is not None else "never"
+    print(f'RESULT query="{QUERY}" error_cm={r["error_cm"]:.1f} grasp={r["grasp"]} keyframes={r["keyframes"]} '
+          f'gaussians={r["gaussians"]} train_s={r["train_s"]:.1f} first_correct_s={fc}')
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
