@@ -1,0 +1,94 @@
+"""Grounding from the memory: rendered relevance vs per-Gaussian decoding, on the sim walk.
+
+Drives the same ``MemoryPipeline`` as the memory node, fed by ``SimWorld`` frames
+(no ROS), then asks each object's query in both modes and measures 3D error and time.
+
+    .venv/bin/python bench/bench_grounding.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_header, table, write_report  # noqa: E402
+
+from m3_ros.grounding import GroundingConfig  # noqa: E402
+from m3_ros.pipeline import MemoryPipeline, PipelineConfig  # noqa: E402
+from m3_ros.sim.world import SimWorld  # noqa: E402
+
+QUERIES = {"duck": "yellow bath duck", "mug": "red coffee cup", "teddy": "teddy bear",
+           "soccerball": "soccer ball", "lego": "blue toy brick", "tray": "serving tray"}
+
+
+def walk_and_train(pipe: MemoryPipeline, world: SimWorld, frame_dt: float, train_s_per_frame: float) -> dict:
+    """Walk the whole path, offering every frame; train between frames; returns timings."""
+    t0 = time.monotonic()
+    n_frames = 0
+    while not world.walk_done:
+        world.advance(frame_dt)
+        f = world.render()
+        inst = world.oracle_instances(f)
+        pipe.offer_frame(f.stamp, f.rgb, f.depth, f.K, f.T_world_cam, inst)
+        pipe.train_for(train_s_per_frame)
+        n_frames += 1
+    while not pipe.idle():
+        time.sleep(0.05)
+    pipe.train_for(0.0)
+    return {"frames": n_frames, "walk_wall_s": time.monotonic() - t0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    extra_train_s = 5.0 if a.quick else 20.0
+    pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"]))
+    pipe.load()
+    rows, errs = [], {"render": [], "gaussians": []}
+    times = {"render": [], "gaussians": []}
+    with SimWorld("default", seed=0) as world:
+        walk = walk_and_train(pipe, world, frame_dt=0.2, train_s_per_frame=0.15)
+        pipe.train_for(extra_train_s, max_steps=100000)
+        truth = {o.name: o.aabb_center for o in world.objects()}
+    st = pipe.stats()
+    for mode in ("render", "gaussians"):
+        pipe.cfg.grounding = GroundingConfig(mode=mode)
+        for name, q in QUERIES.items():
+            if name not in truth:
+                continue
+            t0 = time.perf_counter()
+            res = pipe.ground(q, top_k=1)
+            ms = (time.perf_counter() - t0) * 1e3
+            err = 100 * float(np.linalg.norm(res.points[0] - truth[name]))
+            errs[mode].append(err)
+            times[mode].append(ms)
+            rows.append([mode, name, q, f"{err:.1f}", f"{ms:.0f}", "yes" if err <= 5 else "no"])
+    summary = [[m, f"{np.median(errs[m]):.1f}", f"{np.mean(np.array(errs[m]) <= 5):.2f}", f"{np.median(times[m]):.0f}"]
+               for m in errs]
+    better = min(errs, key=lambda m: (-np.mean(np.array(errs[m]) <= 5), np.median(errs[m])))
+    lines = machine_header() + [
+        "", f"- walk: {walk['frames']} frames in {walk['walk_wall_s']:.1f} s wall, then {extra_train_s:.0f} s more training",
+        f"- memory: {st['keyframes']} keyframes, {st['gaussians']} Gaussians, bank rows {st['bank_rows']}, "
+        f"{st['iteration']} train steps", "",
+        *table(["mode", "object", "query", "error cm", "ms", "within 5 cm"], rows), "",
+        *table(["mode", "median error cm", "fraction within 5 cm", "median ms"], summary), "",
+        f"better mode on this run: **{better}**",
+    ]
+    write_report("grounding", "Grounding: rendered relevance vs per-Gaussian decoding", lines, {
+        "render_median_cm": float(np.median(errs["render"])),
+        "gaussians_median_cm": float(np.median(errs["gaussians"])),
+        "render_within5": float(np.mean(np.array(errs["render"]) <= 5)),
+        "gaussians_within5": float(np.mean(np.array(errs["gaussians"]) <= 5)),
+        "render_ms": float(np.median(times["render"])), "gaussians_ms": float(np.median(times["gaussians"])),
+        "better": better,
+    })
+    pipe.close()
+
+
+if __name__ == "__main__":
+    main()
