@@ -1,0 +1,569 @@
+// Fast CPU Gaussian rasterizer: EWA projection and tile compositing, forward and backward by hand.
+// Same math as m3_ros/memory/_raster_torch.py (the oracle); float32; OpenMP over Gaussians / tiles.
+// Gradients are accumulated per thread and reduced at the end (no atomics).
+#include <torch/extension.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+namespace {
+
+constexpr float kAlphaMax = 0.99f;
+constexpr float kAlphaMin = 1.0f / 255.0f;
+constexpr float kTMin = 1e-4f;
+constexpr float kSigmaCutoff = 9.0f;  // Mahalanobis distance^2 of the 3-sigma ellipse
+constexpr float kGuardBand = 0.3f;
+
+void check_f32(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dtype() == torch::kFloat32, name, " must be float32");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
+}
+
+// Rotation matrix (row major) from a unit quaternion (w, x, y, z).
+inline void quat_to_rot(float w, float x, float y, float z, float* R) {
+  R[0] = 1 - 2 * (y * y + z * z); R[1] = 2 * (x * y - w * z); R[2] = 2 * (x * z + w * y);
+  R[3] = 2 * (x * y + w * z); R[4] = 1 - 2 * (x * x + z * z); R[5] = 2 * (y * z - w * x);
+  R[6] = 2 * (x * z - w * y); R[7] = 2 * (y * z + w * x); R[8] = 1 - 2 * (x * x + y * y);
+}
+
+// Everything the projection of one Gaussian into one camera computes, kept for the backward.
+struct Proj {
+  float p[3];         // view-space position
+  float z_safe;
+  bool in_depth;
+  float tx, ty;       // guard-band clamped x, y
+  bool clamp_x, clamp_y;
+  float lim_x, lim_y; // the active clamp value (x/z) when clamped
+  float J[6];         // 2x3 row major
+  float Rq[9];        // rotation of the Gaussian
+  float qn[4];        // normalised quaternion
+  float qnorm;
+  float V[9];         // view-space covariance
+  float a, b, c;      // 2D covariance incl. eps2d
+  float det;
+  bool ok;
+};
+
+inline void project_one(const float* m, const float* q, const float* s, const float* vm, const float* K, int W, int H,
+                        float near, float far, float eps2d, Proj& P) {
+  const float* Rv = vm;  // rows 0..2, stride 4
+  for (int i = 0; i < 3; ++i) P.p[i] = Rv[4 * i] * m[0] + Rv[4 * i + 1] * m[1] + Rv[4 * i + 2] * m[2] + Rv[4 * i + 3];
+  const float fx = K[0], cx = K[2], fy = K[4], cy = K[5];
+  const float z = P.p[2];
+  P.in_depth = (z > near) && (z < far);
+  P.z_safe = P.in_depth ? z : 1.0f;
+  const float zs = P.z_safe;
+  const float tan_x = 0.5f * W / fx, tan_y = 0.5f * H / fy;
+  const float lxp = (W - cx) / fx + kGuardBand * tan_x, lxn = cx / fx + kGuardBand * tan_x;
+  const float lyp = (H - cy) / fy + kGuardBand * tan_y, lyn = cy / fy + kGuardBand * tan_y;
+  const float xz = P.p[0] / zs, yz = P.p[1] / zs;
+  float cxz = std::min(std::max(xz, -lxn), lxp), cyz = std::min(std::max(yz, -lyn), lyp);
+  P.clamp_x = (cxz != xz); P.clamp_y = (cyz != yz);
+  P.lim_x = cxz; P.lim_y = cyz;
+  P.tx = zs * cxz; P.ty = zs * cyz;
+  P.J[0] = fx / zs; P.J[1] = 0; P.J[2] = -fx * P.tx / (zs * zs);
+  P.J[3] = 0; P.J[4] = fy / zs; P.J[5] = -fy * P.ty / (zs * zs);
+
+  float qq = std::sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]);
+  P.qnorm = qq;
+  for (int i = 0; i < 4; ++i) P.qn[i] = q[i] / qq;
+  quat_to_rot(P.qn[0], P.qn[1], P.qn[2], P.qn[3], P.Rq);
+  // M = Rq S; Sigma = M M^T; V = Rv Sigma Rv^T = (Rv M)(Rv M)^T
+  float RM[9];
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j)
+      RM[3 * i + j] = (Rv[4 * i] * P.Rq[j] + Rv[4 * i + 1] * P.Rq[3 + j] + Rv[4 * i + 2] * P.Rq[6 + j]) * s[j];
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j)
+      P.V[3 * i + j] = RM[3 * i] * RM[3 * j] + RM[3 * i + 1] * RM[3 * j + 1] + RM[3 * i + 2] * RM[3 * j + 2];
+  // cov2d = J V J^T, J rows: (J0, 0, J2), (0, J4, J5)
+  float JV[6];
+  for (int r = 0; r < 2; ++r)
+    for (int j = 0; j < 3; ++j)
+      JV[3 * r + j] = P.J[3 * r] * P.V[j] + P.J[3 * r + 1] * P.V[3 + j] + P.J[3 * r + 2] * P.V[6 + j];
+  P.a = JV[0] * P.J[0] + JV[1] * P.J[1] + JV[2] * P.J[2] + eps2d;
+  P.b = JV[0] * P.J[3] + JV[1] * P.J[4] + JV[2] * P.J[5];
+  P.c = JV[3] * P.J[3] + JV[4] * P.J[4] + JV[5] * P.J[5] + eps2d;
+  P.det = P.a * P.c - P.b * P.b;
+  P.ok = P.in_depth && (P.det > 0);
+}
+
+}  // namespace
+
+// means [N,3], quats [N,4], scales [N,3], viewmats [C,4,4], Ks [C,3,3]
+// -> means2d [C,N,2], conics [C,N,3], depths [C,N], radii [C,N] int32
+std::vector<torch::Tensor> project_fwd(torch::Tensor means, torch::Tensor quats, torch::Tensor scales,
+                                       torch::Tensor viewmats, torch::Tensor Ks, int64_t W, int64_t H,
+                                       double near, double far, double eps2d) {
+  check_f32(means, "means"); check_f32(quats, "quats"); check_f32(scales, "scales");
+  check_f32(viewmats, "viewmats"); check_f32(Ks, "Ks");
+  const int64_t N = means.size(0), C = viewmats.size(0);
+  auto f = torch::TensorOptions().dtype(torch::kFloat32);
+  auto means2d = torch::empty({C, N, 2}, f);
+  auto conics = torch::empty({C, N, 3}, f);
+  auto depths = torch::empty({C, N}, f);
+  auto radii = torch::empty({C, N}, f.dtype(torch::kInt32));
+  const float *pm = means.data_ptr<float>(), *pq = quats.data_ptr<float>(), *ps = scales.data_ptr<float>();
+  const float *pv = viewmats.data_ptr<float>(), *pk = Ks.data_ptr<float>();
+  float *o2 = means2d.data_ptr<float>(), *oc = conics.data_ptr<float>(), *od = depths.data_ptr<float>();
+  int32_t* orad = radii.data_ptr<int32_t>();
+#pragma omp parallel for schedule(static)
+  for (int64_t cn = 0; cn < C * N; ++cn) {
+    const int64_t c = cn / N, n = cn % N;
+    const float* K = pk + 9 * c;
+    Proj P;
+    project_one(pm + 3 * n, pq + 4 * n, ps + 3 * n, pv + 16 * c, K, (int)W, (int)H, (float)near, (float)far,
+                (float)eps2d, P);
+    const float u = K[0] * P.p[0] / P.z_safe + K[2], v = K[4] * P.p[1] / P.z_safe + K[5];
+    o2[2 * cn] = u; o2[2 * cn + 1] = v;
+    od[cn] = P.p[2];
+    const float det = P.ok ? P.det : 1.0f;
+    oc[3 * cn] = P.c / det; oc[3 * cn + 1] = -P.b / det; oc[3 * cn + 2] = P.a / det;
+    int32_t rad = 0;
+    if (P.ok) {
+      const float mid = 0.5f * (P.a + P.c);
+      const float lam = mid + std::sqrt(std::max(mid * mid - P.det, 0.1f));
+      const float r = std::ceil(3.0f * std::sqrt(lam));
+      if (u + r >= 0 && u - r <= W - 1 && v + r >= 0 && v - r <= H - 1) rad = (int32_t)r;
+    }
+    orad[cn] = rad;
+  }
+  return {means2d, conics, depths, radii};
+}
+
+// Gradients of the projection: -> g_means [N,3], g_quats [N,4], g_scales [N,3].
+std::vector<torch::Tensor> project_bwd(torch::Tensor means, torch::Tensor quats, torch::Tensor scales,
+                                       torch::Tensor viewmats, torch::Tensor Ks, int64_t W, int64_t H,
+                                       double near, double far, double eps2d, torch::Tensor radii,
+                                       torch::Tensor conics, torch::Tensor g_means2d, torch::Tensor g_conics,
+                                       torch::Tensor g_depths) {
+  check_f32(g_means2d, "g_means2d"); check_f32(g_conics, "g_conics"); check_f32(g_depths, "g_depths");
+  const int64_t N = means.size(0), C = viewmats.size(0);
+  auto g_means = torch::zeros({N, 3}, means.options());
+  auto g_quats = torch::zeros({N, 4}, means.options());
+  auto g_scales = torch::zeros({N, 3}, means.options());
+  const float *pm = means.data_ptr<float>(), *pq = quats.data_ptr<float>(), *ps = scales.data_ptr<float>();
+  const float *pv = viewmats.data_ptr<float>(), *pk = Ks.data_ptr<float>();
+  const float *gm2 = g_means2d.data_ptr<float>(), *gco = g_conics.data_ptr<float>(), *gd = g_depths.data_ptr<float>();
+  const float* pco = conics.data_ptr<float>();
+  const int32_t* prad = radii.data_ptr<int32_t>();
+  float *ogm = g_means.data_ptr<float>(), *ogq = g_quats.data_ptr<float>(), *ogs = g_scales.data_ptr<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    float gmean[3] = {0, 0, 0}, gq[4] = {0, 0, 0, 0}, gs[3] = {0, 0, 0};
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t cn = c * N + n;
+      const float* vm = pv + 16 * c;
+      float gp[3] = {0, 0, gd[cn]};  // view-space position gradient; depth = p_z
+      if (prad[cn] > 0) {
+        const float* K = pk + 9 * c;
+        const float fx = K[0], fy = K[4];
+        Proj P;
+        project_one(pm + 3 * n, pq + 4 * n, ps + 3 * n, vm, K, (int)W, (int)H, (float)near, (float)far,
+                    (float)eps2d, P);
+        const float z = P.z_safe, x = P.p[0], y = P.p[1];
+        // means2d
+        const float gu = gm2[2 * cn], gv = gm2[2 * cn + 1];
+        gp[0] += gu * fx / z; gp[1] += gv * fy / z; gp[2] += -gu * fx * x / (z * z) - gv * fy * y / (z * z);
+        // conic = inverse of [[a,b],[b,c]]: dL/dSigma2 = -X G X with G the symmetric split of (gA, gB, gC)
+        const float A = pco[3 * cn], B = pco[3 * cn + 1], Cc = pco[3 * cn + 2];
+        const float gA = gco[3 * cn], gB = 0.5f * gco[3 * cn + 1], gC = gco[3 * cn + 2];
+        // X G
+        const float XG00 = A * gA + B * gB, XG01 = A * gB + B * gC, XG10 = B * gA + Cc * gB, XG11 = B * gB + Cc * gC;
+        const float ga = -(XG00 * A + XG01 * B), gb2 = -(XG00 * B + XG01 * Cc), gc = -(XG10 * B + XG11 * Cc);
+        // G2 = [[ga, gb2], [gb2, gc]]: gb2 is already half the gradient of the single b entry.
+        const float G2[4] = {ga, gb2, gb2, gc};
+        // dL/dV = J^T G2 J ; dL/dJ = 2 G2 J V
+        const float* J = P.J;
+        float G2J[6];
+        for (int r = 0; r < 2; ++r)
+          for (int j = 0; j < 3; ++j) G2J[3 * r + j] = G2[2 * r] * J[j] + G2[2 * r + 1] * J[3 + j];
+        float GV[9];
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j) GV[3 * i + j] = J[i] * G2J[j] + J[3 + i] * G2J[3 + j];
+        float gJ[6];
+        for (int r = 0; r < 2; ++r)
+          for (int j = 0; j < 3; ++j)
+            gJ[3 * r + j] = 2.f * (G2J[3 * r] * P.V[j] + G2J[3 * r + 1] * P.V[3 + j] + G2J[3 * r + 2] * P.V[6 + j]);
+        // J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]]
+        const float z2 = z * z, z3 = z2 * z;
+        float gz = gJ[0] * (-fx / z2) + gJ[2] * (2.f * fx * P.tx / z3) + gJ[4] * (-fy / z2) + gJ[5] * (2.f * fy * P.ty / z3);
+        const float gtx = gJ[2] * (-fx / z2), gty = gJ[5] * (-fy / z2);
+        if (P.clamp_x) gz += gtx * P.lim_x; else gp[0] += gtx;
+        if (P.clamp_y) gz += gty * P.lim_y; else gp[1] += gty;
+        gp[2] += gz;
+        // V = Rv Sigma Rv^T -> G_Sigma = Rv^T GV Rv ; Sigma = M M^T -> G_M = 2 G_Sigma M ; M = Rq S
+        float Rv[9];
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j) Rv[3 * i + j] = vm[4 * i + j];
+        float T1[9], GS[9];
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j) T1[3 * i + j] = GV[3 * i] * Rv[j] + GV[3 * i + 1] * Rv[3 + j] + GV[3 * i + 2] * Rv[6 + j];
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j) GS[3 * i + j] = Rv[i] * T1[j] + Rv[3 + i] * T1[3 + j] + Rv[6 + i] * T1[6 + j];
+        const float* s = ps + 3 * n;
+        float GR[9];
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j) {
+            // M[k][j] = Rq[k][j] s[j]
+            float gm = 0;
+            for (int k = 0; k < 3; ++k) gm += 2.f * GS[3 * i + k] * P.Rq[3 * k + j] * s[j];
+            GR[3 * i + j] = gm * s[j];
+            gs[j] += gm * P.Rq[3 * i + j];
+          }
+        const float w = P.qn[0], qx = P.qn[1], qy = P.qn[2], qz = P.qn[3];
+        float gqn[4];
+        gqn[0] = 2.f * (-qz * GR[1] + qy * GR[2] + qz * GR[3] - qx * GR[5] - qy * GR[6] + qx * GR[7]);
+        gqn[1] = 2.f * (qy * GR[1] + qz * GR[2] + qy * GR[3] - 2.f * qx * GR[4] - w * GR[5] + qz * GR[6] + w * GR[7] - 2.f * qx * GR[8]);
+        gqn[2] = 2.f * (-2.f * qy * GR[0] + qx * GR[1] + w * GR[2] + qx * GR[3] + qz * GR[5] - w * GR[6] + qz * GR[7] - 2.f * qy * GR[8]);
+        gqn[3] = 2.f * (-2.f * qz * GR[0] - w * GR[1] + qx * GR[2] + w * GR[3] - 2.f * qz * GR[4] + qy * GR[5] + qx * GR[6] + qy * GR[7]);
+        const float dot = gqn[0] * P.qn[0] + gqn[1] * P.qn[1] + gqn[2] * P.qn[2] + gqn[3] * P.qn[3];
+        for (int i = 0; i < 4; ++i) gq[i] += (gqn[i] - P.qn[i] * dot) / P.qnorm;
+      }
+      for (int j = 0; j < 3; ++j) gmean[j] += vm[j] * gp[0] + vm[4 + j] * gp[1] + vm[8 + j] * gp[2];
+    }
+    for (int j = 0; j < 3; ++j) { ogm[3 * n + j] = gmean[j]; ogs[3 * n + j] = gs[j]; }
+    for (int j = 0; j < 4; ++j) ogq[4 * n + j] = gq[j];
+  }
+  return {g_means, g_quats, g_scales};
+}
+
+namespace {
+
+struct TileLists {
+  std::vector<int64_t> offsets;  // [T + 1]
+  std::vector<int32_t> ids;      // Gaussian indices, front to back within a tile
+};
+
+// Bin the visible Gaussians of one camera into tiles, each list sorted by (depth, index).
+void bin_tiles(const float* m2, const float* dep, const int32_t* rad, int64_t N, int tiles_x, int tiles_y, int ts,
+               TileLists& out) {
+  std::vector<int32_t> vis;
+  vis.reserve(N);
+  for (int64_t n = 0; n < N; ++n)
+    if (rad[n] > 0) vis.push_back((int32_t)n);
+  std::stable_sort(vis.begin(), vis.end(), [dep](int32_t i, int32_t j) { return dep[i] < dep[j]; });
+  const int T = tiles_x * tiles_y;
+  std::vector<int32_t> rect(4 * vis.size());
+  std::vector<int64_t> counts(T + 1, 0);
+  for (size_t k = 0; k < vis.size(); ++k) {
+    const int32_t n = vis[k];
+    const float r = (float)rad[n], u = m2[2 * n], v = m2[2 * n + 1];
+    int x0 = std::min(std::max((int)std::floor((u - r) / ts), 0), tiles_x - 1);
+    int x1 = std::min(std::max((int)std::floor((u + r) / ts), 0), tiles_x - 1);
+    int y0 = std::min(std::max((int)std::floor((v - r) / ts), 0), tiles_y - 1);
+    int y1 = std::min(std::max((int)std::floor((v + r) / ts), 0), tiles_y - 1);
+    rect[4 * k] = x0; rect[4 * k + 1] = x1; rect[4 * k + 2] = y0; rect[4 * k + 3] = y1;
+    for (int ty = y0; ty <= y1; ++ty)
+      for (int tx = x0; tx <= x1; ++tx) counts[ty * tiles_x + tx + 1]++;
+  }
+  out.offsets.assign(T + 1, 0);
+  for (int t = 0; t < T; ++t) out.offsets[t + 1] = out.offsets[t] + counts[t + 1];
+  out.ids.resize(out.offsets[T]);
+  std::vector<int64_t> fill(out.offsets.begin(), out.offsets.end() - 1);
+  for (size_t k = 0; k < vis.size(); ++k)
+    for (int ty = rect[4 * k + 2]; ty <= rect[4 * k + 3]; ++ty)
+      for (int tx = rect[4 * k]; tx <= rect[4 * k + 1]; ++tx) out.ids[fill[ty * tiles_x + tx]++] = vis[k];
+}
+
+// Pixel rectangle [x0, x1] x [y0, y1] of a Gaussian inside a tile (integer pixel centres).
+inline bool gauss_rect(float u, float v, float r, int px0, int py0, int px1, int py1, int& x0, int& x1, int& y0,
+                       int& y1) {
+  x0 = std::max(px0, (int)std::ceil(u - r)); x1 = std::min(px1, (int)std::floor(u + r));
+  y0 = std::max(py0, (int)std::ceil(v - r)); y1 = std::min(py1, (int)std::floor(v + r));
+  return x0 <= x1 && y0 <= y1;
+}
+
+}  // namespace
+
+// Forward compositing. means2d [C,N,2], conics [C,N,3], opacities [N], colors [N,D], depths [C,N], radii [C,N],
+// backgrounds [C,D] or empty. Returns render [C,H,W,D(+1)], alphas [C,H,W,1], last [C,H,W] int32,
+// tile offsets [C, T+1] int64, tile ids [I] int32 (concatenated over cameras).
+std::vector<torch::Tensor> composite_fwd(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
+                                         torch::Tensor colors, torch::Tensor depths, torch::Tensor radii,
+                                         torch::Tensor backgrounds, int64_t W, int64_t H, int64_t ts, bool with_depth) {
+  check_f32(means2d, "means2d"); check_f32(conics, "conics"); check_f32(opacities, "opacities");
+  check_f32(colors, "colors"); check_f32(depths, "depths");
+  const int64_t C = means2d.size(0), N = means2d.size(1), D = colors.size(1);
+  const int64_t Dk = D + (with_depth ? 1 : 0);
+  const bool has_bg = backgrounds.numel() > 0;
+  const int tiles_x = (int)((W + ts - 1) / ts), tiles_y = (int)((H + ts - 1) / ts), T = tiles_x * tiles_y;
+  auto f = torch::TensorOptions().dtype(torch::kFloat32);
+  auto render = torch::empty({C, H, W, Dk}, f);
+  auto alphas = torch::empty({C, H, W, 1}, f);
+  auto last = torch::empty({C, H, W}, f.dtype(torch::kInt32));
+  auto offsets = torch::empty({C, T + 1}, f.dtype(torch::kInt64));
+  std::vector<TileLists> lists(C);
+  for (int64_t c = 0; c < C; ++c)
+    bin_tiles(means2d.data_ptr<float>() + 2 * N * c, depths.data_ptr<float>() + N * c,
+              radii.data_ptr<int32_t>() + N * c, N, tiles_x, tiles_y, (int)ts, lists[c]);
+  int64_t total = 0;
+  for (int64_t c = 0; c < C; ++c) total += (int64_t)lists[c].ids.size();
+  auto ids = torch::empty({total}, f.dtype(torch::kInt32));
+  {
+    int64_t base = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      int64_t* po = offsets.data_ptr<int64_t>() + c * (T + 1);
+      for (int t = 0; t <= T; ++t) po[t] = base + lists[c].offsets[t];
+      std::copy(lists[c].ids.begin(), lists[c].ids.end(), ids.data_ptr<int32_t>() + base);
+      base += (int64_t)lists[c].ids.size();
+    }
+  }
+  const float *pm2 = means2d.data_ptr<float>(), *pco = conics.data_ptr<float>(), *pop = opacities.data_ptr<float>();
+  const float *pcol = colors.data_ptr<float>(), *pdep = depths.data_ptr<float>();
+  const float* pbg = has_bg ? backgrounds.data_ptr<float>() : nullptr;
+  const int32_t* prad = radii.data_ptr<int32_t>();
+  const int32_t* pids = ids.data_ptr<int32_t>();
+  const int64_t* poff = offsets.data_ptr<int64_t>();
+  float *orend = render.data_ptr<float>(), *oal = alphas.data_ptr<float>();
+  int32_t* olast = last.data_ptr<int32_t>();
+
+#pragma omp parallel
+  {
+    const int P = (int)(ts * ts);
+    std::vector<float> acc(P * Dk), Tr(P);
+    std::vector<int32_t> lst(P);
+    std::vector<char> done(P);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t ct = 0; ct < C * T; ++ct) {
+      const int64_t c = ct / T;
+      const int t = (int)(ct % T);
+      const int px0 = (t % tiles_x) * (int)ts, py0 = (t / tiles_x) * (int)ts;
+      const int px1 = std::min(px0 + (int)ts, (int)W) - 1, py1 = std::min(py0 + (int)ts, (int)H) - 1;
+      const int tw = px1 - px0 + 1, th = py1 - py0 + 1, n_pix = tw * th;
+      std::fill(acc.begin(), acc.begin() + n_pix * Dk, 0.f);
+      std::fill(Tr.begin(), Tr.begin() + n_pix, 1.f);
+      std::fill(lst.begin(), lst.begin() + n_pix, 0);
+      std::fill(done.begin(), done.begin() + n_pix, 0);
+      int n_done = 0;
+      const int64_t k0 = poff[c * (T + 1) + t], k1 = poff[c * (T + 1) + t + 1];
+      const int64_t base = poff[c * (T + 1)];
+      for (int64_t k = k0; k < k1 && n_done < n_pix; ++k) {
+        const int32_t g = pids[k];
+        const int64_t cg = c * N + g;
+        const float u = pm2[2 * cg], v = pm2[2 * cg + 1];
+        int x0, x1, y0, y1;
+        if (!gauss_rect(u, v, (float)prad[cg], px0, py0, px1, py1, x0, x1, y0, y1)) continue;
+        const float A = pco[3 * cg], B = pco[3 * cg + 1], Cc = pco[3 * cg + 2], op = pop[g];
+        const float* col = pcol + D * g;
+        const float z = pdep[cg];
+        for (int py = y0; py <= y1; ++py) {
+          const float dy = (float)py - v;
+          for (int px = x0; px <= x1; ++px) {
+            const int p = (py - py0) * tw + (px - px0);
+            if (done[p]) continue;
+            const float dx = (float)px - u;
+            const float maha = A * dx * dx + 2.f * B * dx * dy + Cc * dy * dy;
+            if (maha > kSigmaCutoff) continue;
+            const float alpha = std::min(kAlphaMax, op * std::exp(-0.5f * maha));
+            if (alpha < kAlphaMin) continue;
+            const float Tn = Tr[p] * (1.f - alpha);
+            if (Tn < kTMin) { done[p] = 1; ++n_done; continue; }
+            const float w = alpha * Tr[p];
+            float* a = acc.data() + (int64_t)p * Dk;
+            for (int64_t d = 0; d < D; ++d) a[d] += w * col[d];
+            if (with_depth) a[D] += w * z;
+            Tr[p] = Tn;
+            lst[p] = (int32_t)(k - base + 1);
+          }
+        }
+      }
+      for (int p = 0; p < n_pix; ++p) {
+        const int px = px0 + p % tw, py = py0 + p / tw;
+        const int64_t pix = (c * H + py) * W + px;
+        float* o = orend + pix * Dk;
+        const float* a = acc.data() + (int64_t)p * Dk;
+        const float T_fin = Tr[p], al = 1.f - T_fin;
+        for (int64_t d = 0; d < D; ++d) o[d] = a[d] + (has_bg ? T_fin * pbg[c * D + d] : 0.f);
+        if (with_depth) o[D] = a[D] / std::max(al, 1e-10f);
+        oal[pix] = al;
+        olast[pix] = lst[p];
+      }
+    }
+  }
+  return {render, alphas, last, offsets, ids};
+}
+
+// Backward compositing -> g_means2d [C,N,2], g_conics [C,N,3], g_opacities [N], g_colors [N,D], g_depths [C,N],
+// g_backgrounds [C,D] (zeros when there is no background).
+std::vector<torch::Tensor> composite_bwd(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
+                                         torch::Tensor colors, torch::Tensor depths, torch::Tensor radii,
+                                         torch::Tensor backgrounds, int64_t W, int64_t H, int64_t ts, bool with_depth,
+                                         torch::Tensor render, torch::Tensor alphas, torch::Tensor last,
+                                         torch::Tensor offsets, torch::Tensor ids, torch::Tensor g_render,
+                                         torch::Tensor g_alphas) {
+  check_f32(g_render, "g_render"); check_f32(g_alphas, "g_alphas");
+  const int64_t C = means2d.size(0), N = means2d.size(1), D = colors.size(1);
+  const int64_t Dk = D + (with_depth ? 1 : 0);
+  const bool has_bg = backgrounds.numel() > 0;
+  const int tiles_x = (int)((W + ts - 1) / ts), tiles_y = (int)((H + ts - 1) / ts), T = tiles_x * tiles_y;
+  const int n_threads = omp_get_max_threads();
+  // Per-thread accumulators: per camera-Gaussian (u, v, A, B, C, depth) and per Gaussian (opacity, colours).
+  const int64_t S1 = 6, S2 = 1 + D;
+  std::vector<std::vector<float>> buf1(n_threads), buf2(n_threads), bufbg(n_threads);
+  const float *pm2 = means2d.data_ptr<float>(), *pco = conics.data_ptr<float>(), *pop = opacities.data_ptr<float>();
+  const float *pcol = colors.data_ptr<float>(), *pdep = depths.data_ptr<float>();
+  const float* pbg = has_bg ? backgrounds.data_ptr<float>() : nullptr;
+  const int32_t *prad = radii.data_ptr<int32_t>(), *pids = ids.data_ptr<int32_t>(), *plast = last.data_ptr<int32_t>();
+  const int64_t* poff = offsets.data_ptr<int64_t>();
+  const float *prend = render.data_ptr<float>(), *pal = alphas.data_ptr<float>();
+  const float *pgr = g_render.data_ptr<float>(), *pga = g_alphas.data_ptr<float>();
+
+#pragma omp parallel num_threads(n_threads)
+  {
+    const int tid = omp_get_thread_num();
+    std::vector<float>& b1 = buf1[tid];
+    std::vector<float>& b2 = buf2[tid];
+    std::vector<float>& bbg = bufbg[tid];
+    b1.assign(C * N * S1, 0.f);
+    b2.assign(N * S2, 0.f);
+    bbg.assign(C * D, 0.f);
+    const int P = (int)(ts * ts);
+    std::vector<float> gpix(P * Dk), Tr(P), Tfin(P), kT(P), GB(P);
+    std::vector<int32_t> lst(P);
+    std::vector<float> gcol(Dk);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t ct = 0; ct < C * T; ++ct) {
+      const int64_t c = ct / T;
+      const int t = (int)(ct % T);
+      const int px0 = (t % tiles_x) * (int)ts, py0 = (t / tiles_x) * (int)ts;
+      const int px1 = std::min(px0 + (int)ts, (int)W) - 1, py1 = std::min(py0 + (int)ts, (int)H) - 1;
+      const int tw = px1 - px0 + 1, th = py1 - py0 + 1, n_pix = tw * th;
+      const int64_t base = poff[c * (T + 1)];
+      const int64_t k0 = poff[c * (T + 1) + t];
+      int32_t max_last = 0;
+      for (int p = 0; p < n_pix; ++p) {
+        const int px = px0 + p % tw, py = py0 + p / tw;
+        const int64_t pix = (c * H + py) * W + px;
+        const float al = pal[pix], T_fin = 1.f - al;
+        const float* g = pgr + pix * Dk;
+        float* gp = gpix.data() + (int64_t)p * Dk;
+        float galpha = pga[pix];
+        for (int64_t d = 0; d < D; ++d) gp[d] = g[d];
+        if (with_depth) {
+          // ED = accD / max(alpha, 1e-10): gradient to the accumulated depth and to alpha.
+          const float ac = std::max(al, 1e-10f);
+          gp[D] = g[D] / ac;
+          if (al > 1e-10f) galpha -= g[D] * prend[pix * Dk + D] / ac;
+        }
+        float k = galpha;
+        if (has_bg)
+          for (int64_t d = 0; d < D; ++d) {
+            k -= pbg[c * D + d] * g[d];
+            bbg[c * D + d] += T_fin * g[d];
+          }
+        kT[p] = k;
+        Tr[p] = T_fin;
+        Tfin[p] = T_fin;
+        GB[p] = 0.f;
+        lst[p] = plast[pix];
+        max_last = std::max(max_last, lst[p]);
+      }
+      // Back to front over the Gaussians that any pixel of this tile composited.
+      for (int64_t k = base + max_last - 1; k >= k0; --k) {
+        const int32_t g = pids[k];
+        const int64_t cg = c * N + g;
+        const float u = pm2[2 * cg], v = pm2[2 * cg + 1];
+        int x0, x1, y0, y1;
+        if (!gauss_rect(u, v, (float)prad[cg], px0, py0, px1, py1, x0, x1, y0, y1)) continue;
+        const float A = pco[3 * cg], B = pco[3 * cg + 1], Cc = pco[3 * cg + 2], op = pop[g];
+        const float* col = pcol + D * g;
+        const float z = pdep[cg];
+        const int32_t pos = (int32_t)(k - base);
+        float gu = 0, gv = 0, gA = 0, gB = 0, gC = 0, gop = 0;
+        std::fill(gcol.begin(), gcol.end(), 0.f);
+        bool touched = false;
+        for (int py = y0; py <= y1; ++py) {
+          const float dy = (float)py - v;
+          for (int px = x0; px <= x1; ++px) {
+            const int p = (py - py0) * tw + (px - px0);
+            if (pos >= lst[p]) continue;
+            const float dx = (float)px - u;
+            const float maha = A * dx * dx + 2.f * B * dx * dy + Cc * dy * dy;
+            if (maha > kSigmaCutoff) continue;
+            const float G = std::exp(-0.5f * maha);
+            const float raw = op * G;
+            const float alpha = std::min(kAlphaMax, raw);
+            if (alpha < kAlphaMin) continue;
+            touched = true;
+            const float one_m = 1.f - alpha;
+            const float Ti = Tr[p] / one_m;
+            Tr[p] = Ti;
+            const float w = alpha * Ti;
+            const float* gp = gpix.data() + (int64_t)p * Dk;
+            float gc = 0.f;
+            for (int64_t d = 0; d < D; ++d) {
+              gcol[d] += w * gp[d];
+              gc += gp[d] * col[d];
+            }
+            if (with_depth) {
+              gcol[D] += w * gp[D];
+              gc += gp[D] * z;
+            }
+            const float dalpha = gc * Ti + (kT[p] * Tfin[p] - GB[p]) / one_m;
+            GB[p] += gc * w;
+            if (raw >= kAlphaMax) continue;  // clamped: no gradient to opacity or shape
+            gop += dalpha * G;
+            const float gmaha = -0.5f * dalpha * raw;
+            gA += gmaha * dx * dx;
+            gB += gmaha * 2.f * dx * dy;
+            gC += gmaha * dy * dy;
+            // d maha / d u = -(2 A dx + 2 B dy), d maha / d v = -(2 B dx + 2 C dy)
+            gu -= gmaha * (2.f * A * dx + 2.f * B * dy);
+            gv -= gmaha * (2.f * B * dx + 2.f * Cc * dy);
+          }
+        }
+        if (!touched) continue;
+        float* o1 = b1.data() + cg * S1;
+        o1[0] += gu; o1[1] += gv; o1[2] += gA; o1[3] += gB; o1[4] += gC;
+        if (with_depth) o1[5] += gcol[D];
+        float* o2 = b2.data() + (int64_t)g * S2;
+        o2[0] += gop;
+        for (int64_t d = 0; d < D; ++d) o2[1 + d] += gcol[d];
+      }
+    }
+  }
+  auto f = torch::TensorOptions().dtype(torch::kFloat32);
+  auto g_means2d = torch::empty({C, N, 2}, f);
+  auto g_conics = torch::empty({C, N, 3}, f);
+  auto g_depths = torch::empty({C, N}, f);
+  auto g_opac = torch::empty({N}, f);
+  auto g_colors = torch::empty({N, D}, f);
+  auto g_bg = torch::zeros({C, D}, f);
+  float *om2 = g_means2d.data_ptr<float>(), *oco = g_conics.data_ptr<float>(), *odp = g_depths.data_ptr<float>();
+  float *oop = g_opac.data_ptr<float>(), *ocol = g_colors.data_ptr<float>(), *obg = g_bg.data_ptr<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t cg = 0; cg < C * N; ++cg) {
+    float s[6] = {0, 0, 0, 0, 0, 0};
+    for (int th = 0; th < n_threads; ++th)
+      for (int j = 0; j < 6; ++j) s[j] += buf1[th][cg * S1 + j];
+    om2[2 * cg] = s[0]; om2[2 * cg + 1] = s[1];
+    oco[3 * cg] = s[2]; oco[3 * cg + 1] = s[3]; oco[3 * cg + 2] = s[4];
+    odp[cg] = s[5];
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t g = 0; g < N; ++g) {
+    float so = 0;
+    for (int th = 0; th < n_threads; ++th) so += buf2[th][g * S2];
+    oop[g] = so;
+    for (int64_t d = 0; d < D; ++d) {
+      float sc = 0;
+      for (int th = 0; th < n_threads; ++th) sc += buf2[th][g * S2 + 1 + d];
+      ocol[g * D + d] = sc;
+    }
+  }
+  for (int th = 0; th < n_threads; ++th)
+    for (int64_t i = 0; i < C * D; ++i) obg[i] += bufbg[th][i];
+  return {g_means2d, g_conics, g_opac, g_colors, g_depths, g_bg};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("project_fwd", &project_fwd, "EWA projection (forward)");
+  m.def("project_bwd", &project_bwd, "EWA projection (backward)");
+  m.def("composite_fwd", &composite_fwd, "tile compositing (forward)");
+  m.def("composite_bwd", &composite_bwd, "tile compositing (backward)");
+}
