@@ -72,13 +72,6 @@ def round_to_patch(size_hw: tuple[int, int], patch: int) -> tuple[int, int]:
     return tuple(max(patch, int(round(s / patch)) * patch) for s in size_hw)  # type: ignore[return-value]
 
 
-def crop_input_hw(crop_hw: tuple[int, int], target_area: int, patch: int) -> tuple[int, int]:
-    """Input size for a crop: its aspect ratio kept, scaled to about target_area pixels, rounded to patch."""
-    h, w = crop_hw
-    scale = (target_area / float(h * w)) ** 0.5
-    return round_to_patch((h * scale, w * scale), patch)  # type: ignore[arg-type]
-
-
 def to_model_input(rgb: np.ndarray, size_hw: tuple[int, int], mean: tuple[float, float, float],
                    std: tuple[float, float, float]) -> torch.Tensor:
     """[H, W, 3] uint8 -> normalised [1, 3, h, w] float32 resized to size_hw.

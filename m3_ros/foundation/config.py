@@ -38,6 +38,11 @@ class FoundationConfig:
     dinov2_input_hw: tuple[int, int] | None = None
     """DINOv2 input (H, W), multiples of 14. None: the image size rounded to the nearest multiple
     of 14 (320x240 -> 322x238, a 23x17 patch grid: native resolution, <1 % stretch)."""
+    crop_context: float = 0.5
+    """Crop queries see this fraction of the box size as context on each side (patch features
+    need context; only patches inside the box are averaged)."""
+    crop_side: int = 224
+    """Crop queries are upscaled so the context crop's longer side is about this many pixels."""
 
     minilm_path: str = ""
     """Directory of the sentence-transformers model for labels. Empty: the one shipped in the

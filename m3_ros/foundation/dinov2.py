@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from m3_ros.foundation.base import (FeatureModel, WeightsMissing, check_rgb, crop_box, crop_input_hw,
-                                    round_to_patch, to_model_input)
+from m3_ros.foundation.base import (FeatureModel, WeightsMissing, check_rgb, crop_box, round_to_patch,
+                                    to_model_input)
 from m3_ros.foundation.config import FoundationConfig
 from m3_ros.foundation.convert_dinov2 import IMAGENET_MEAN, IMAGENET_STD, convert, default_output_dir
 from m3_ros.types import FeatureMap, Instance
@@ -29,7 +29,11 @@ class Dinov2Features(FeatureModel):
     kind = "dense"
     patch = 14
 
-    def __init__(self, model: torch.nn.Module, input_hw: tuple[int, int] | None = None):
+    def __init__(self, model: torch.nn.Module, input_hw: tuple[int, int] | None = None,
+                 crop_context: float = 0.5, crop_side: int = 224):
+        if crop_context < 0 or crop_side < self.patch:
+            raise ValueError(f"crop_context must be >= 0 and crop_side >= 14, got {crop_context}, {crop_side}")
+        self.crop_context, self.crop_side = float(crop_context), int(crop_side)
         if input_hw is not None and (input_hw[0] % self.patch or input_hw[1] % self.patch or min(input_hw) <= 0):
             raise ValueError(f"dinov2_input_hw must be positive multiples of 14, got {input_hw}")
         self.model = model.eval()
@@ -53,12 +57,33 @@ class Dinov2Features(FeatureModel):
         return FeatureMap(model=self.name, features=self.patch_grid(x), image_size=(H, W))
 
     def encode_crop(self, rgb: np.ndarray, box: tuple[int, int, int, int]) -> torch.Tensor:
-        """Mean patch feature [384] of the crop, run at its own aspect ratio, about the frame's input area."""
-        crop = crop_box(rgb, box)
-        full_hw = self.input_size(rgb.shape[:2])
-        size = crop_input_hw(crop.shape[:2], full_hw[0] * full_hw[1], self.patch)
-        grid = self.patch_grid(to_model_input(crop, size, IMAGENET_MEAN, IMAGENET_STD))  # [h, w, 384]
-        return grid.reshape(-1, self.dim).mean(0)
+        """Mean patch feature [384] of the box, M3's visual prompt ("find things that look like this").
+
+        The box is cut out with `crop_context` of its size as context on each side and upscaled
+        (never downscaled) to about `crop_side` px: a small object then spans several patches,
+        and the context keeps its patch features like those it has in a full frame. Only patches
+        whose centres fall inside the box are averaged.
+        """
+        crop_box(rgb, box)  # validates
+        H, W = rgb.shape[:2]
+        x0, y0, x1, y1 = (int(b) for b in box)
+        mx, my = self.crop_context * (x1 - x0), self.crop_context * (y1 - y0)
+        cx0, cy0 = max(0, int(x0 - mx)), max(0, int(y0 - my))
+        cx1, cy1 = min(W, int(np.ceil(x1 + mx))), min(H, int(np.ceil(y1 + my)))
+        crop = rgb[cy0:cy1, cx0:cx1]
+        ch, cw = crop.shape[:2]
+        scale = max(1.0, self.crop_side / max(ch, cw))
+        grid = self.patch_grid(to_model_input(crop, round_to_patch((ch * scale, cw * scale), self.patch),
+                                              IMAGENET_MEAN, IMAGENET_STD))  # [h, w, 384]
+        gh, gw = grid.shape[:2]
+        ys = (torch.arange(gh) + 0.5) * ch / gh + cy0  # [h] patch centres, image pixels
+        xs = (torch.arange(gw) + 0.5) * cw / gw + cx0  # [w]
+        rows, cols = (ys >= y0) & (ys < y1), (xs >= x0) & (xs < x1)
+        if not rows.any():  # a box thinner than one patch: take the nearest row / column
+            rows = (ys - (y0 + y1) / 2).abs() == (ys - (y0 + y1) / 2).abs().min()
+        if not cols.any():
+            cols = (xs - (x0 + x1) / 2).abs() == (xs - (x0 + x1) / 2).abs().min()
+        return grid[rows][:, cols].reshape(-1, self.dim).mean(0)
 
 
 def load_dinov2(cfg: FoundationConfig) -> Dinov2Features:
@@ -82,5 +107,5 @@ def load_dinov2(cfg: FoundationConfig) -> Dinov2Features:
     bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if bad:
         raise ValueError(f"dinov2_s weights in {weights} do not fit Dinov2Model: {bad}")
-    return Dinov2Features(model, cfg.dinov2_input_hw)
+    return Dinov2Features(model, cfg.dinov2_input_hw, cfg.crop_context, cfg.crop_side)
 
