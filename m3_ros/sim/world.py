@@ -213,6 +213,12 @@ class SimWorld:
             if self._egl_plugin < 0 and self.renderer_request == "egl":
                 raise RuntimeError("renderer='egl' requested but the pybullet EGL plugin did not load")
         self.renderer = "egl" if self._egl_plugin >= 0 else "tiny"
+        self.K = self.scene.camera.K()
+        if self.renderer == "tiny":
+            # Measured against exact ray casts: the Tiny renderer's raster sits half a pixel
+            # right and up of EGL's (pixel-centre) one, so its principal point moves with it.
+            self.K[0, 2] += 0.5
+            self.K[1, 2] -= 0.5
         log.info("SimWorld renderer: %s (requested %s)", self.renderer, self.renderer_request)
 
     def _load(self) -> None:
