@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 
 from m3_ros import geometry
@@ -349,7 +350,12 @@ class M3Memory:
             alpha = out["alpha"][pix[:, 0], pix[:, 1]]
             dr = out["depth_raw"][pix[:, 0], pix[:, 1]]
             z = np.asarray(kf.depth)[pix[:, 0], pix[:, 1]]
-            unexplained = (alpha < 0.5) | (np.abs(dr - z) > cfg.unexplained_depth_rel * z)
+            # Expected depth blends both sides of a depth edge: edge pixels count as explained
+            # unless nothing is rendered there.
+            dmap = np.where(np.asarray(kf.depth) > 0, np.asarray(kf.depth), np.nan)
+            span = ndimage.maximum_filter(np.nan_to_num(dmap, nan=0.0), 3) - ndimage.minimum_filter(np.nan_to_num(dmap, nan=np.inf), 3)
+            edge = (span > cfg.unexplained_depth_rel * np.nan_to_num(dmap, nan=0.0))[pix[:, 0], pix[:, 1]]
+            unexplained = (alpha < 0.5) | ((np.abs(dr - z) > cfg.unexplained_depth_rel * z) & ~edge)
             pts, pix = pts[unexplained], pix[unexplained]
             if len(pts) == 0:
                 return

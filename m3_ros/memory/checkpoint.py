@@ -1,0 +1,173 @@
+"""One directory per memory: tensors.safetensors + meta.json, written atomically, loaded with validation.
+
+Layout:
+    meta.json            format version, config (models, theta, tau, ...), conventions, counts
+    tensors.safetensors  "param/<name>" Gaussian parameters, "wm/<model>" W_m, "bank/<model>" PSC rows
+
+Atomicity: everything is written and fsync'ed into a sibling temp directory, then renamed into
+place; an existing memory is first renamed aside and removed only after the new one is in
+place, so a save killed at any point leaves either the previous memory intact at `path` or (in
+the instant between the two renames) at `path.with_suffix(".old")`, which `load` falls back to.
+Loading never unpickles (safetensors + JSON only). Keyframes and optimiser moments are not
+stored: a loaded memory answers queries at once and resumes training from new keyframes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from m3_ros.memory.bank import MemoryBank
+from m3_ros.memory.gaussians import query_key
+
+FORMAT = "m3_ros.memory"
+FORMAT_VERSION = 1
+CONVENTIONS = {
+    "quats": "w,x,y,z (gsplat order)",
+    "scales": "log_scales stored; activated = exp",
+    "opacity": "opacity_logits stored; activated = sigmoid",
+    "colors": "SH degree 0, logits of RGB in 0..1; activated = sigmoid",
+    "frames": "means in the memory (odom) frame; cameras REP-103 optical, T_world_cam maps camera to world",
+    "wm": "W_m [l, d]: decoded = softmax(cos(q W_m, PSC) / tau) PSC",
+}
+_PARAMS = ("means", "log_scales", "quats", "opacity_logits", "colors")
+
+
+class CheckpointError(ValueError):
+    """A memory directory is missing, incomplete, of another version, or inconsistent."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_memory(mem, path: Path) -> None:
+    """Write mem (an M3Memory) to directory path atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"param/{k}": v.detach().contiguous().clone() for k, v in mem.params.items()}
+    tensors.update({f"wm/{m}": w.detach().contiguous().clone() for m, w in mem.W.items()})
+    tensors.update({f"bank/{m}": b.rows.contiguous().clone() for m, b in mem.banks.items()})
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": dataclasses.asdict(mem.cfg),
+        "models": {m: {"channels": s.channels, "theta": s.theta, "max_rows": s.max_rows,
+                       "dim": mem.banks[m].dim if m in mem.banks else None,
+                       "bank_rows": len(mem.banks[m]) if m in mem.banks else 0,
+                       "bank_seen": mem.banks[m].seen if m in mem.banks else 0}
+                   for m, s in mem.cfg.models.items()},
+        "tau": mem.cfg.tau,
+        "n_gaussians": mem.n_gaussians,
+        "iteration": mem.iteration,
+        "extent": mem.extent,
+        "conventions": CONVENTIONS,
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_suffix(".old")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(tensors, str(tmp / "tensors.safetensors"), metadata={"format": FORMAT})
+    with open(tmp / "meta.json", "w") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    with open(tmp / "tensors.safetensors", "rb+") as f:
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    if old.exists():
+        shutil.rmtree(old)
+    if path.exists():
+        os.rename(path, old)
+    os.rename(tmp, path)
+    _fsync_dir(path.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    meta_p, tens_p = path / "meta.json", path / "tensors.safetensors"
+    if not path.is_dir():
+        raise CheckpointError(f"no memory directory at {path}")
+    for p in (meta_p, tens_p):
+        if not p.is_file():
+            raise CheckpointError(f"memory at {path} is incomplete: missing {p.name}")
+    try:
+        meta = json.loads(meta_p.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_p} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_p} is not an {FORMAT} checkpoint (format={meta.get('format') if isinstance(meta, dict) else None!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+    try:
+        tensors = load_file(str(tens_p))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{tens_p} is not a readable safetensors file: {e}") from e
+    return meta, tensors
+
+
+def load_memory(cls, path: Path):
+    """Build an M3Memory (cls) from directory path, validating version, names and shapes."""
+    from m3_ros.memory.memory import MemoryConfig
+
+    path = Path(path)
+    if not path.exists() and path.with_suffix(".old").is_dir():
+        path = path.with_suffix(".old")  # a save was killed between its two renames
+    meta, tensors = _read(path)
+    try:
+        cfg = MemoryConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad config in meta.json: {e}") from e
+    names = list(_PARAMS) + [query_key(m) for m in cfg.models]
+    missing = [n for n in names if f"param/{n}" not in tensors]
+    if missing:
+        raise CheckpointError(f"{path}: tensors missing parameters {missing}")
+    N = int(meta.get("n_gaussians", -1))
+    widths = {"means": 3, "log_scales": 3, "quats": 4, "colors": 3}
+    widths.update({query_key(m): s.channels for m, s in cfg.models.items()})
+    for n in names:
+        t = tensors[f"param/{n}"]
+        want = (N,) if n == "opacity_logits" else (N, widths[n])
+        if tuple(t.shape) != want:
+            raise CheckpointError(f"{path}: param/{n} has shape {tuple(t.shape)}, expected {want}")
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"{path}: param/{n} has non-finite values")
+    mem = cls(cfg)
+    with mem._lock:
+        mem.params = nn.ParameterDict({n: nn.Parameter(tensors[f"param/{n}"].clone()) for n in names})
+        for m, s in cfg.models.items():
+            info = meta["models"].get(m, {})
+            has_bank, has_wm = f"bank/{m}" in tensors, f"wm/{m}" in tensors
+            if not has_bank:
+                continue
+            rows = tensors[f"bank/{m}"]
+            d = info.get("dim")
+            if rows.ndim != 2 or rows.shape[1] != d or rows.shape[0] > s.max_rows or rows.shape[0] != info.get("bank_rows"):
+                raise CheckpointError(f"{path}: bank/{m} has shape {tuple(rows.shape)}, meta says dim={d}, "
+                                      f"rows={info.get('bank_rows')}, max_rows={s.max_rows}")
+            bank = MemoryBank(d, s.theta, s.max_rows)
+            bank.set_rows(rows.clone())
+            bank.seen = int(info.get("bank_seen", 0))
+            mem.banks[m] = bank
+            if has_wm:
+                W = tensors[f"wm/{m}"]
+                if tuple(W.shape) != (s.channels, d):
+                    raise CheckpointError(f"{path}: wm/{m} has shape {tuple(W.shape)}, expected {(s.channels, d)}")
+                mem.W[m] = nn.Parameter(W.clone(), requires_grad=cfg.learnable_wm)
+        mem.iteration = int(meta.get("iteration", 0))
+        mem.extent = float(meta.get("extent", 1.0))
+        mem._build_optimizers()
+    return mem

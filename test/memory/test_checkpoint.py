@@ -1,0 +1,101 @@
+"""Checkpoint: bit-exact round trip, atomic saves, clear errors on bad directories."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from m3_ros.memory import checkpoint
+from m3_ros.memory.checkpoint import CheckpointError
+from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot
+from synthetic_scene import render_view
+
+
+@pytest.fixture(scope="module")
+def mem():
+    m = M3Memory(MemoryConfig(models={"dino": ModelSlot(channels=8, theta=0.9, max_rows=100),
+                                      "text": ModelSlot(channels=4, theta=1.0, max_rows=10)},
+                              voxel_size=0.05, backend="torch"))
+    m.add_keyframe(render_view(0.0)[0])
+    m.train_step()
+    return m
+
+
+def _assert_same(a: M3Memory, b: M3Memory) -> None:
+    assert set(a.params.keys()) == set(b.params.keys())
+    for k in a.params.keys():
+        assert torch.equal(a.params[k].detach(), b.params[k].detach()), k
+    assert set(a.W) == set(b.W) and all(torch.equal(a.W[m].detach(), b.W[m].detach()) for m in a.W)
+    assert set(a.banks) == set(b.banks) and all(torch.equal(a.banks[m].rows, b.banks[m].rows) for m in a.banks)
+    assert a.cfg == b.cfg and a.iteration == b.iteration
+
+
+def test_round_trip_bit_exact(mem, tmp_path):
+    mem.save(tmp_path / "m")
+    loaded = M3Memory.load(tmp_path / "m")
+    _assert_same(mem, loaded)
+    kf, _ = render_view(0.0)
+    ra, rb = mem.render(kf.T_world_cam, kf.K, 40, 30), loaded.render(kf.T_world_cam, kf.K, 40, 30)
+    assert np.array_equal(ra["rgb"], rb["rgb"]) and torch.equal(ra["queries"]["dino"], rb["queries"]["dino"])
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    assert meta["format_version"] == checkpoint.FORMAT_VERSION and meta["tau"] == 0.05
+    assert meta["models"]["dino"]["theta"] == 0.9 and "quats" in meta["conventions"]
+    # Saving over an existing memory replaces it; no temp or .old directory is left behind.
+    mem.save(tmp_path / "m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_killed_save_keeps_previous_memory(mem, tmp_path, monkeypatch):
+    path = tmp_path / "m"
+    mem.save(path)
+    before = M3Memory.load(path)
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt("killed while writing tensors")
+    monkeypatch.setattr(checkpoint, "save_file", boom)
+    with pytest.raises(KeyboardInterrupt):
+        mem.save(path)
+    monkeypatch.undo()
+    _assert_same(before, M3Memory.load(path))
+
+    # Killed between moving the old memory aside and moving the new one in: load finds the old one.
+    real = checkpoint.os.rename
+    calls = []
+
+    def rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed between renames")
+        real(src, dst)
+    monkeypatch.setattr(checkpoint.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        mem.save(path)
+    monkeypatch.undo()
+    assert not path.exists()
+    _assert_same(before, M3Memory.load(path))
+
+
+def test_bad_directories_give_clear_errors(mem, tmp_path):
+    with pytest.raises(CheckpointError, match="no memory directory"):
+        M3Memory.load(tmp_path / "nothing")
+    path = tmp_path / "m"
+    mem.save(path)
+    meta = json.loads((path / "meta.json").read_text())
+
+    (path / "meta.json").write_text(json.dumps(dict(meta, format_version=99)))
+    with pytest.raises(CheckpointError, match="format_version 99"):
+        M3Memory.load(path)
+    (path / "meta.json").write_text(json.dumps(dict(meta, n_gaussians=meta["n_gaussians"] + 1)))
+    with pytest.raises(CheckpointError, match="param/means has shape"):
+        M3Memory.load(path)
+    (path / "meta.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        M3Memory.load(path)
+    (path / "meta.json").write_text(json.dumps(meta))
+    data = (path / "tensors.safetensors").read_bytes()
+    (path / "tensors.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="safetensors"):
+        M3Memory.load(path)
+    (path / "tensors.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing tensors.safetensors"):
+        M3Memory.load(path)
