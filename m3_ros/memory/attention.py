@@ -12,19 +12,29 @@ import torch.nn.functional as F
 
 
 def attention_logits(queries: torch.Tensor, W_m: torch.Tensor, bank_unit: torch.Tensor, tau: float) -> torch.Tensor:
-    """cos(Q·W_m, PSC)/tau for queries [M, l], W_m [l, d], unit bank rows [t, d] -> [M, t]."""
-    emb = F.normalize(queries @ W_m, dim=-1, eps=1e-6)  # [M, d]
-    return emb @ bank_unit.T / tau
+    """cos(Q·W_m, PSC)/tau for queries [M, l], W_m [l, d], unit bank rows [t, d] -> [M, t].
+
+    Computed as (q / ‖q·W_m‖) · (W_m·PSĈᵀ): l-dim products instead of d-dim ones.
+    """
+    A = W_m @ bank_unit.T  # [l, t]
+    n2 = ((queries @ (W_m @ W_m.T)) * queries).sum(-1)  # [M] ‖q·W_m‖²
+    inv = 1.0 / (n2.clamp_min(0.0).sqrt().clamp_min(1e-6) * tau)
+    return (queries @ A) * inv.unsqueeze(-1)
 
 
 def memory_attention(queries: torch.Tensor, W_m: torch.Tensor, bank_rows: torch.Tensor,
-                     bank_unit: torch.Tensor, tau: float) -> torch.Tensor:
+                     bank_unit: torch.Tensor, tau: float, topk: int = 0) -> torch.Tensor:
     """Decoded features [M, d] for queries [M, l] (differentiable; for a few thousand points).
 
-    bank_rows [t, d] raw PSC, bank_unit [t, d] the same rows L2-normalised.
+    bank_rows [t, d] raw PSC, bank_unit [t, d] the same rows L2-normalised. topk > 0 keeps only
+    each query's top-k logits in the softmax (sparse attention for training: [M, k, d] instead
+    of [M, t] x [t, d]; tau = 0.05 puts almost all the weight there); 0 = the full softmax.
     """
-    w = torch.softmax(attention_logits(queries, W_m, bank_unit, tau), dim=-1)  # [M, t]
-    return w @ bank_rows
+    logits = attention_logits(queries, W_m, bank_unit, tau)  # [M, t]
+    if 0 < topk < logits.shape[-1]:
+        vals, idx = torch.topk(logits, topk, dim=-1)  # [M, k]
+        return torch.einsum("mk,mkd->md", torch.softmax(vals, dim=-1), bank_rows[idx])
+    return torch.softmax(logits, dim=-1) @ bank_rows
 
 
 @torch.no_grad()

@@ -79,6 +79,9 @@ class MemoryConfig:
     """Training renders at this fraction of the keyframe resolution."""
     feature_points: int = 2000
     """Feature-loss sample points per view and model."""
+    attention_topk: int = 64
+    """Training decodes feature points with each point's top-k bank rows (0 = full softmax, the
+    method's exact form; the top-k form keeps the train step cheap with large banks)."""
     lambda_ssim: float = 0.2
     """SSIM weight in the RGB loss."""
     lambda_depth: float = 0.1
@@ -519,7 +522,7 @@ class M3Memory:
                     uv = torch.stack([(pu.float() + 0.5) / v.scale - 0.5, (pv.float() + 0.5) / v.scale - 0.5], -1)
                     gt = fm.sample(uv, mode=cfg.models[m].sample_mode)  # [n, d]
                     b = self.banks[m]
-                    pred = memory_attention(q, self.W[m], b.rows, b.unit_rows, cfg.tau)
+                    pred = memory_attention(q, self.W[m], b.rows, b.unit_rows, cfg.tau, cfg.attention_topk)
                     losses[f"feat_{m}"] = feature_loss(pred, gt)
                     loss = loss + cfg.lambda_feature * cfg.models[m].weight * losses[f"feat_{m}"]
                 c += l

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from m3_ros.memory.attention import RelevanceIndex, decode_chunked, memory_attention
+from m3_ros.memory.attention import RelevanceIndex, attention_logits, decode_chunked, memory_attention
 
 
 def _setup(t=300, d=48, l=8, M=500, seed=0, peaky=True):
@@ -28,6 +28,24 @@ def test_decode_chunked_equals_dense():
     dense = memory_attention(q, W, rows, unit, 0.05)
     chunked = decode_chunked(q, W, rows, unit, 0.05, budget_bytes=20_000)
     torch.testing.assert_close(chunked, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_logits_equal_normalised_embedding_cosine():
+    rows, unit, W, q, _ = _setup()
+    ref = F.normalize(q @ W, dim=-1) @ unit.T / 0.05
+    torch.testing.assert_close(attention_logits(q, W, unit, 0.05), ref, rtol=1e-4, atol=1e-3)
+
+
+def test_topk_attention_close_and_exact_at_t():
+    rows, unit, W, q, _ = _setup()
+    full = memory_attention(q, W, rows, unit, 0.05)
+    torch.testing.assert_close(memory_attention(q, W, rows, unit, 0.05, topk=rows.shape[0]), full)
+    sparse = memory_attention(q, W, rows, unit, 0.05, topk=32)
+    assert F.cosine_similarity(sparse, full, dim=-1).min() > 0.98
+    # Gradients flow to queries and W_m through the sparse path.
+    qg, Wg = q.clone().requires_grad_(), W.clone().requires_grad_()
+    memory_attention(qg, Wg, rows, unit, 0.05, topk=8).sum().backward()
+    assert qg.grad.abs().sum() > 0 and Wg.grad.abs().sum() > 0
 
 
 def test_relevance_matches_decode_then_cosine():
