@@ -19,7 +19,7 @@ OBJECTS: dict[str, tuple[str, tuple[float, float, float], float, float, str, str
     "mug": ("objects/mug.urdf", (-0.12, 0.15, 0.64), 0.3, 1.0, "a red ceramic coffee mug", "a cup to drink coffee from"),
     "teddy": ("teddy_vhacd.urdf", (-0.12, -0.05, 0.70), 2.0, 2.5, "a plush teddy bear", "a stuffed toy bear"),
     "soccerball": ("soccerball.urdf", (0.15, -0.15, 0.70), 0.0, 0.12, "a black and white soccer ball", "a football for kicking"),
-    "lego": ("lego/lego.urdf", (0.02, -0.28, 0.66), 0.4, 2.0, "a yellow lego brick", "a plastic building block"),
+    "lego": ("lego/lego.urdf", (0.02, -0.28, 0.66), 0.4, 2.0, "a yellow lego brick", "a small plastic toy brick"),
 }
 
 
