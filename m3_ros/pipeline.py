@@ -36,6 +36,9 @@ class PipelineConfig:
     """When a frame becomes a keyframe."""
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     """How text is turned into points."""
+    max_depth: float = 2.5
+    """Depth beyond this (m) is dropped before it reaches the memory: far walls and floor cost
+    Gaussians and training time but matter neither for grounding nor for grasping."""
     max_pending: int = 4
     """Keyframes waiting for feature extraction at most; newer ones are dropped while full."""
     memory_overrides: dict = field(default_factory=dict)
@@ -84,9 +87,11 @@ class MemoryPipeline:
 
     def _new_memory(self):
         from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot
+        # region models give piecewise-constant maps: bilinear sampling would blend two labels
         slots = {name: ModelSlot(channels=int(self.cfg.channels.get(name, 16)),
-                                 theta=float(self.cfg.thetas.get(name, 0.8)))
-                 for name in self._models}
+                                 theta=float(self.cfg.thetas.get(name, 0.8)),
+                                 sample_mode="nearest" if model.kind == "regions" else "bilinear")
+                 for name, model in self._models.items()}
         return M3Memory(MemoryConfig(models=slots, **self.cfg.memory_overrides))
 
     @property
@@ -111,8 +116,9 @@ class MemoryPipeline:
             raise ValueError(f"rgb must be [H, W, 3] uint8, got {rgb.shape} {rgb.dtype}")
         if depth.shape != rgb.shape[:2]:
             raise ValueError(f"depth {depth.shape} does not match colour {rgb.shape[:2]}")
+        depth = np.where(np.isfinite(depth) & (depth <= self.cfg.max_depth), depth, 0.0).astype(np.float32)
         if not np.any(depth > 0):
-            raise ValueError("depth image has no valid pixel")
+            raise ValueError(f"depth image has no valid pixel within {self.cfg.max_depth} m")
         with self._lock:
             if self._in_flight >= self.cfg.max_pending:
                 return False

@@ -77,11 +77,12 @@ def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
 
 
 def select_regions(points: np.ndarray, scores: np.ndarray, radius: float,
-                   min_points: int) -> list[tuple[np.ndarray, float, np.ndarray]]:
-    """Cluster scored points [M, 3] by distance; regions sorted by mean relevance.
+                   min_points: int, threshold: float) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """Cluster scored points [M, 3] by distance; regions sorted by relevance above threshold.
 
-    Mean, not total: a large surface (a table) that just passes the threshold must not
-    outrank a small object that matches the query well.
+    The rank is the sum of (score - threshold) over a region: a large surface that only
+    just passes the threshold gains little, and a few stray points that match as well as
+    the object (scores saturate at the same bank row) lose to the object's many points.
 
     Returns [(score-weighted centre [3], mean score, member points [m, 3])].
     """
@@ -102,9 +103,9 @@ def select_regions(points: np.ndarray, scores: np.ndarray, radius: float,
             continue
         w = np.maximum(scores[idx] - scores[idx].min() + 1e-3, 1e-3)
         centre = (points[idx] * w[:, None]).sum(0) / w.sum()
-        regions.append((centre, float(scores[idx].mean()), points[idx]))
-    regions.sort(key=lambda r: -r[1])
-    return regions
+        regions.append((centre, float(scores[idx].mean()), points[idx], float(np.sum(scores[idx] - threshold))))
+    regions.sort(key=lambda r: -r[3])
+    return [(c, s, p) for c, s, p, _ in regions]
 
 
 def _views_covering(memory, n_views: int) -> list[int]:
@@ -168,7 +169,7 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
         raise ValueError("memory rendered no usable surface for this query")
     thr = otsu_threshold(scores)
     sel = scores >= thr
-    regions = select_regions(points[sel], scores[sel], cfg.cluster_radius, cfg.min_region_points)
+    regions = select_regions(points[sel], scores[sel], cfg.cluster_radius, cfg.min_region_points, thr)
     if not regions:  # a single sharp peak: fall back to the best points
         best = np.argsort(scores)[::-1][: cfg.min_region_points]
         regions = [(points[best].mean(0), float(scores[best].mean()), points[best])]
