@@ -11,15 +11,19 @@ import torch
 import torch.nn.functional as F
 
 
+def _scaled_queries(queries: torch.Tensor, W_m: torch.Tensor, tau: float) -> torch.Tensor:
+    """q / (‖q·W_m‖ · tau) [M, l], so that logits = scaled · (W_m·PSĈᵀ)."""
+    n2 = ((queries @ (W_m @ W_m.T)) * queries).sum(-1)  # [M] ‖q·W_m‖²
+    return queries / (n2.clamp_min(0.0).sqrt().clamp_min(1e-6) * tau).unsqueeze(-1)
+
+
 def attention_logits(queries: torch.Tensor, W_m: torch.Tensor, bank_unit: torch.Tensor, tau: float) -> torch.Tensor:
     """cos(Q·W_m, PSC)/tau for queries [M, l], W_m [l, d], unit bank rows [t, d] -> [M, t].
 
-    Computed as (q / ‖q·W_m‖) · (W_m·PSĈᵀ): l-dim products instead of d-dim ones.
+    Computed as (q / ‖q·W_m‖) · (W_m·PSĈᵀ): l-dim products instead of d-dim ones, and the
+    scaling touches [M, l], not [M, t].
     """
-    A = W_m @ bank_unit.T  # [l, t]
-    n2 = ((queries @ (W_m @ W_m.T)) * queries).sum(-1)  # [M] ‖q·W_m‖²
-    inv = 1.0 / (n2.clamp_min(0.0).sqrt().clamp_min(1e-6) * tau)
-    return (queries @ A) * inv.unsqueeze(-1)
+    return _scaled_queries(queries, W_m, tau) @ (W_m @ bank_unit.T)
 
 
 def memory_attention(queries: torch.Tensor, W_m: torch.Tensor, bank_rows: torch.Tensor,
@@ -27,14 +31,19 @@ def memory_attention(queries: torch.Tensor, W_m: torch.Tensor, bank_rows: torch.
     """Decoded features [M, d] for queries [M, l] (differentiable; for a few thousand points).
 
     bank_rows [t, d] raw PSC, bank_unit [t, d] the same rows L2-normalised. topk > 0 keeps only
-    each query's top-k logits in the softmax (sparse attention for training: [M, k, d] instead
-    of [M, t] x [t, d]; tau = 0.05 puts almost all the weight there); 0 = the full softmax.
+    each query's top-k logits in the softmax (sparse attention for training: tau = 0.05 puts
+    almost all the weight there); 0 = the full softmax. The top-k rows are picked without
+    autograd and their logits recomputed from [M, k, l] gathers, so the backward pass never
+    touches an [M, t] tensor.
     """
-    logits = attention_logits(queries, W_m, bank_unit, tau)  # [M, t]
-    if 0 < topk < logits.shape[-1]:
-        vals, idx = torch.topk(logits, topk, dim=-1)  # [M, k]
-        return torch.einsum("mk,mkd->md", torch.softmax(vals, dim=-1), bank_rows[idx])
-    return torch.softmax(logits, dim=-1) @ bank_rows
+    A = W_m @ bank_unit.T  # [l, t]
+    qs = _scaled_queries(queries, W_m, tau)  # [M, l]
+    if 0 < topk < A.shape[-1]:
+        with torch.no_grad():
+            idx = torch.topk(qs @ A, topk, dim=-1).indices  # [M, k]
+        logits = torch.einsum("ml,mkl->mk", qs, A.T[idx])  # [M, k]
+        return torch.einsum("mk,mkd->md", torch.softmax(logits, dim=-1), bank_rows[idx])
+    return torch.softmax(qs @ A, dim=-1) @ bank_rows
 
 
 @torch.no_grad()

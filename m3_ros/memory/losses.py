@@ -5,14 +5,21 @@ import torch
 import torch.nn.functional as F
 
 
-def _gauss_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def _gauss_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float32) - size // 2
     g = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]  # [size, size]
+    return g / g.sum()  # [size]
 
 
-_WINDOW = _gauss_window()
+_G1 = _gauss_1d()
+
+
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    """Separable 11x11 Gaussian blur of x [1, C, H, W] with zero padding (same as the 2D window)."""
+    C, k = x.shape[1], _G1.shape[0]
+    g = _G1.to(x.dtype)
+    x = F.conv2d(x, g.view(1, 1, k, 1).expand(C, 1, k, 1), padding=(k // 2, 0), groups=C)
+    return F.conv2d(x, g.view(1, 1, 1, k).expand(C, 1, 1, k), padding=(0, k // 2), groups=C)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -20,13 +27,12 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     C = a.shape[-1]
     x = a.permute(2, 0, 1).unsqueeze(0)  # [1, C, H, W]
     y = b.permute(2, 0, 1).unsqueeze(0)
-    w = _WINDOW.to(a.dtype).expand(C, 1, -1, -1)
-    pad = _WINDOW.shape[-1] // 2
-    mu_x = F.conv2d(x, w, padding=pad, groups=C)
-    mu_y = F.conv2d(y, w, padding=pad, groups=C)
-    sxx = F.conv2d(x * x, w, padding=pad, groups=C) - mu_x ** 2
-    syy = F.conv2d(y * y, w, padding=pad, groups=C) - mu_y ** 2
-    sxy = F.conv2d(x * y, w, padding=pad, groups=C) - mu_x * mu_y
+    # One blur over the five stacked maps: mu_x, mu_y, E[x²], E[y²], E[xy].
+    stats = _blur(torch.cat([x, y, x * x, y * y, x * y], 1))
+    mu_x, mu_y, exx, eyy, exy = stats.split(C, 1)
+    sxx = exx - mu_x ** 2
+    syy = eyy - mu_y ** 2
+    sxy = exy - mu_x * mu_y
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     m = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
     return m.mean()

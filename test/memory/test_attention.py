@@ -88,3 +88,17 @@ def test_queries_stay_valid_when_bank_grows():
     far = (e @ F.normalize(extra, dim=-1).T).max(-1).values < (e @ unit.T).max(-1).values - 0.3
     assert far.sum() > 100
     assert F.cosine_similarity(before[far], after[far], dim=-1).min() > 0.99
+
+
+def test_ssim_matches_direct_2d_window():
+    from m3_ros.memory.losses import _G1, ssim
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(20, 24, 3, generator=g), torch.rand(20, 24, 3, generator=g)
+    assert abs(float(ssim(a, a)) - 1.0) < 1e-5
+    w2 = (_G1[:, None] * _G1[None, :]).expand(3, 1, -1, -1)
+    x, y = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
+    c = lambda z: F.conv2d(z, w2, padding=5, groups=3)  # noqa: E731
+    mx, my = c(x), c(y)
+    sxx, syy, sxy = c(x * x) - mx ** 2, c(y * y) - my ** 2, c(x * y) - mx * my
+    ref = ((2 * mx * my + 1e-4) * (2 * sxy + 9e-4)) / ((mx ** 2 + my ** 2 + 1e-4) * (sxx + syy + 9e-4))
+    torch.testing.assert_close(ssim(a, b), ref.mean(), rtol=1e-4, atol=1e-5)
