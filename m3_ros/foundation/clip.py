@@ -150,7 +150,8 @@ def find_clip_checkpoint(cfg: FoundationConfig) -> Path:
         from huggingface_hub import try_to_load_from_cache  # reads the local cache only
 
         for fname in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-            hit = try_to_load_from_cache(hub_id, fname)
+            # open_clip's cache_dir is a hub-layout cache too (it downloads with hf_hub_download)
+            hit = try_to_load_from_cache(hub_id, fname, cache_dir=cfg.clip_cache_dir or None)
             if isinstance(hit, str):
                 candidates.append(Path(hit))
     url = str(pcfg.get("url", ""))

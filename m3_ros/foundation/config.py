@@ -20,7 +20,8 @@ class FoundationConfig:
     clip_pretrained: str = "openai"
     """open_clip pretrained tag whose files are looked up in the local caches when no checkpoint is given."""
     clip_cache_dir: str = ""
-    """Extra open_clip cache directory to search (besides the Hugging Face hub cache). Empty: none."""
+    """open_clip cache_dir (hub layout) to search instead of the default Hugging Face hub cache;
+    also searched for OpenAI-style `<url basename>` files. Empty: the default caches."""
     clip_input_hw: tuple[int, int] | None = None
     """CLIP input (H, W) in pixels, multiples of the patch size. None: the image size rounded to
     the nearest multiple of the patch (320x240 -> 320x240 for ViT-B/16: 20x15 patches)."""

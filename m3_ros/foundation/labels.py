@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -44,6 +45,7 @@ class LabelRegionFeatures(FeatureModel):
         self.min_coverage = min_coverage
         self.cache_size = cache_size
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()  # extract may run on a worker while another thread queries
         self.dim = int(self._encode(["object"]).shape[1])
 
     def _encode(self, texts: list[str]) -> torch.Tensor:
@@ -52,15 +54,16 @@ class LabelRegionFeatures(FeatureModel):
 
     def encode_labels(self, labels: list[str]) -> torch.Tensor:
         """Label strings -> [n, d] through an LRU cache (labels repeat every frame)."""
-        todo = list(dict.fromkeys(lab for lab in labels if lab not in self._cache))
-        if todo:
-            for lab, vec in zip(todo, self._encode(todo)):
-                self._cache[lab] = vec
-        for lab in labels:
-            self._cache.move_to_end(lab)
-        out = torch.stack([self._cache[lab] for lab in labels]) if labels else torch.zeros(0, self.dim)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            todo = list(dict.fromkeys(lab for lab in labels if lab not in self._cache))
+            if todo:
+                for lab, vec in zip(todo, self._encode(todo)):
+                    self._cache[lab] = vec
+            for lab in labels:
+                self._cache.move_to_end(lab)
+            out = torch.stack([self._cache[lab] for lab in labels]) if labels else torch.zeros(0, self.dim)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         return out
 
     def grid_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:

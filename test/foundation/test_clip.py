@@ -122,3 +122,22 @@ def test_input_size_validation(tiny_clip_ckpt):
         clip.extract(np.zeros((24, 32, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="box"):
         clip.encode_crop(np.zeros((24, 32, 3), dtype=np.uint8), (10, 10, 5, 20))
+
+
+def test_pretrained_tag_found_in_local_hub_cache(tmp_path, no_network):
+    """A cache that already holds the tag's files (hub layout) is used; nothing is fetched."""
+    import open_clip
+
+    hub_id = open_clip.get_pretrained_cfg("ViT-B-16", "openai")["hf_hub"].strip("/")
+    repo = tmp_path / ("models--" + hub_id.replace("/", "--"))
+    snap = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snap.name)
+    (snap / "open_clip_model.safetensors").write_bytes(b"not loaded by this test")
+    from m3_ros.foundation.clip import find_clip_checkpoint
+
+    found = find_clip_checkpoint(FoundationConfig(clip_arch="ViT-B-16", clip_pretrained="openai",
+                                                  clip_cache_dir=str(tmp_path)))
+    assert found.resolve() == (snap / "open_clip_model.safetensors").resolve()
+    assert no_network == []
