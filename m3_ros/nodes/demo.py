@@ -18,6 +18,7 @@ import numpy as np
 import rclpy
 from geometry_msgs.msg import TransformStamped
 from nav_msgs.msg import Odometry
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
@@ -170,7 +171,9 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
     ]
     rclpy.init()
     demo = DemoClient()
-    spin = threading.Thread(target=rclpy.spin, args=(demo,), daemon=True)
+    executor = SingleThreadedExecutor()
+    executor.add_node(demo)
+    spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
     report: dict = {"query": QUERY, "output": str(out)}
     try:
@@ -257,6 +260,7 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
         (out / "report.json").write_text(json.dumps(report, indent=2))
         return report
     finally:
+        executor.shutdown(timeout_sec=2.0)
         demo.destroy_node()
         rclpy.try_shutdown()
         codes = {p.name: p.stop() for p in procs}

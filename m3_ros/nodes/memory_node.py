@@ -44,6 +44,7 @@ PARAMS: dict[str, object] = {
     "reliable_sensors": False,
     "sync_slop": 0.05,
     "instances_slop": 0.02,
+    "instances_wait": 1.0,
     "models": ["clip", "dinov2_s", "minilm_labels"],
     "channels": [16, 16, 16],
     "thetas": [0.80, 0.75, 1.0],
@@ -98,7 +99,10 @@ class MemoryNode(Node):
         self.last_T_odom_cam: np.ndarray | None = None
         self.last_header = Header(frame_id=self.odom_frame)
         self.sync = ApproximateSync(["color", "depth", "odom"], slop=float(p["sync_slop"]))
-        self.instances: dict[float, object] = {}
+        # Once a detector publishes instances, each frame waits (up to instances_wait) for its own.
+        self.instances: dict[float, LabeledInstanceArray] = {}
+        self.waiting: dict[float, tuple] = {}
+        self._frame_lock = threading.Lock()
         self._rejects = 0
         self._steps_since_status = 0
         self._last_status_t = time.monotonic()
@@ -164,9 +168,29 @@ class MemoryNode(Node):
 
     def _on_instances(self, msg: LabeledInstanceArray) -> None:
         t = convert.stamp_to_sec(msg.header.stamp)
-        self.instances[t] = msg
-        for old in sorted(self.instances)[:-20]:
-            del self.instances[old]
+        with self._frame_lock:
+            self.instances[t] = msg
+            for old in sorted(self.instances)[:-20]:
+                del self.instances[old]
+        self._flush_waiting()
+
+    def _flush_waiting(self) -> None:
+        """Process waiting frames whose instances arrived, or that waited long enough."""
+        ready = []
+        with self._frame_lock:
+            newest = max(self.waiting, default=-np.inf)
+            for t in sorted(self.waiting):
+                match = self._instances_for(t)
+                if match is not None or newest - t > float(self.p["instances_wait"]):
+                    ready.append((self.waiting.pop(t), match))
+        for frame, inst in ready:
+            self._process(*frame, inst)
+
+    def _instances_for(self, stamp: float) -> LabeledInstanceArray | None:
+        if not self.instances:
+            return None
+        t_near = min(self.instances, key=lambda t: abs(t - stamp))
+        return self.instances[t_near] if abs(t_near - stamp) <= float(self.p["instances_slop"]) else None
 
     def _reject(self, why: str) -> None:
         self._rejects += 1
@@ -177,10 +201,16 @@ class MemoryNode(Node):
             match = self.sync.add(name, convert.stamp_to_sec(msg.header.stamp), msg)
         except ValueError as e:
             return self._reject(str(e))
-        if match is not None:
-            self._on_frame(match["color"], match["depth"], match["odom"])
+        if match is None:
+            return
+        frame = (match["color"], match["depth"], match["odom"])
+        if not self.instances:  # no detector on this robot (yet): go on without instances
+            return self._process(*frame, None)
+        with self._frame_lock:
+            self.waiting[convert.stamp_to_sec(match["color"].header.stamp)] = frame
+        self._flush_waiting()
 
-    def _on_frame(self, color: Image, depth: Image, odom: Odometry) -> None:
+    def _process(self, color: Image, depth: Image, odom: Odometry, inst_msg: LabeledInstanceArray | None) -> None:
         if self.K is None:
             return self._reject("no camera_info received yet")
         if self.T_base_cam is None:
@@ -193,11 +223,7 @@ class MemoryNode(Node):
                 raise ValueError(f"colour {rgb.shape[:2]} and depth {d.shape} differ in size")
             T_odom_cam = T_odom_base @ self.T_base_cam
             stamp = convert.stamp_to_sec(color.header.stamp)
-            inst = []
-            if self.instances:
-                t_near = min(self.instances, key=lambda t: abs(t - stamp))
-                if abs(t_near - stamp) <= float(self.p["instances_slop"]):
-                    inst = convert.instances_from_msg(self.instances[t_near], rgb.shape[:2])
+            inst = convert.instances_from_msg(inst_msg, rgb.shape[:2]) if inst_msg is not None else []
             self.last_T_odom_base, self.last_T_odom_cam = T_odom_base, T_odom_cam
             self.last_header = Header(stamp=color.header.stamp, frame_id=self.odom_frame)
             self.pipeline.offer_frame(stamp, rgb, d, self.K, T_odom_cam, inst)
