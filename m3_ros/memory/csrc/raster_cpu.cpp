@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <numeric>
 #include <vector>
@@ -234,62 +235,116 @@ std::vector<torch::Tensor> project_bwd(torch::Tensor means, torch::Tensor quats,
 
 namespace {
 
-struct TileLists {
-  std::vector<int64_t> offsets;  // [T + 1]
-  std::vector<int32_t> ids;      // Gaussian indices, front to back within a tile
+// exp(x) for x <= 0 (Cephes-style: x = n ln2 + r, degree-6 polynomial in r, scaled by 2^n).
+// Branch-free; within ~2 ulp of expf on [-4.5, 0], the only range the 3-sigma cutoff uses.
+inline float fast_exp(float x) {
+  x = std::max(x, -80.f);
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.f;
+  int32_t bits = ((int32_t)n + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(float));
+  return y * scale;
+}
+
+constexpr float kSpanEps = 1e-3f;  // widen extents so rounding never drops a pixel the ellipse test keeps
+
+inline int64_t round_up8(int64_t x) { return (x + 7) / 8 * 8; }
+
+// One visible Gaussian of one camera, stored contiguously in depth order (cache-friendly tile walks).
+struct Splat {
+  float u, v, A, B, C, op, detc, hy;  // centre, conic, opacity, conic determinant, 3-sigma y half-extent
 };
 
-// Bin the visible Gaussians of one camera into tiles, each list sorted by (depth, index).
-void bin_tiles(const float* m2, const float* dep, const int32_t* rad, int64_t N, int tiles_x, int tiles_y, int ts,
-               TileLists& out) {
-  std::vector<int32_t> vis;
-  vis.reserve(N);
+// Visible Gaussians of one camera in (depth, index) order, their data, and per-tile lists of ranks.
+struct CameraBins {
+  std::vector<int32_t> order;    // rank -> Gaussian index
+  std::vector<Splat> splats;     // [M]
+  std::vector<float> colors;     // [M, Dp] colours (+ view depth) padded with zeros
+  std::vector<int64_t> offsets;  // [T + 1] into ranks
+  std::vector<int32_t> ranks;    // tile lists, front to back
+};
+
+// Sort the visible Gaussians by (depth, index), gather their data, and bin them into tiles by the
+// bounding box of their 3-sigma ellipse (tighter than the isotropic radius; the image is the same).
+void bin_camera(const float* m2, const float* con, const float* dep, const int32_t* rad, const float* op,
+                const float* col, int64_t N, int64_t D, int64_t Dp, bool with_depth, int tiles_x, int tiles_y, int ts,
+                bool bin, CameraBins& out) {
+  std::vector<std::pair<float, int32_t>> key;
+  key.reserve(N);
   for (int64_t n = 0; n < N; ++n)
-    if (rad[n] > 0) vis.push_back((int32_t)n);
-  std::stable_sort(vis.begin(), vis.end(), [dep](int32_t i, int32_t j) { return dep[i] < dep[j]; });
+    if (rad[n] > 0) key.emplace_back(dep[n], (int32_t)n);
+  std::sort(key.begin(), key.end());
+  const int64_t M = (int64_t)key.size();
+  out.order.resize(M);
+  out.splats.resize(M);
+  out.colors.assign(M * Dp, 0.f);
+  std::vector<int32_t> rect(4 * M);
   const int T = tiles_x * tiles_y;
-  std::vector<int32_t> rect(4 * vis.size());
   std::vector<int64_t> counts(T + 1, 0);
-  for (size_t k = 0; k < vis.size(); ++k) {
-    const int32_t n = vis[k];
-    const float r = (float)rad[n], u = m2[2 * n], v = m2[2 * n + 1];
-    int x0 = std::min(std::max((int)std::floor((u - r) / ts), 0), tiles_x - 1);
-    int x1 = std::min(std::max((int)std::floor((u + r) / ts), 0), tiles_x - 1);
-    int y0 = std::min(std::max((int)std::floor((v - r) / ts), 0), tiles_y - 1);
-    int y1 = std::min(std::max((int)std::floor((v + r) / ts), 0), tiles_y - 1);
-    rect[4 * k] = x0; rect[4 * k + 1] = x1; rect[4 * k + 2] = y0; rect[4 * k + 3] = y1;
+  for (int64_t r = 0; r < M; ++r) {
+    const int32_t n = key[r].second;
+    out.order[r] = n;
+    Splat& s = out.splats[r];
+    s.u = m2[2 * n]; s.v = m2[2 * n + 1];
+    s.A = con[3 * n]; s.B = con[3 * n + 1]; s.C = con[3 * n + 2];
+    s.op = op[n];
+    s.detc = s.A * s.C - s.B * s.B;
+    const bool ok = s.detc > 0.f && s.A > 0.f && s.C > 0.f;
+    s.hy = ok ? 3.f * std::sqrt(s.A / s.detc) + kSpanEps : -1.f;
+    std::copy(col + n * D, col + (n + 1) * D, out.colors.data() + r * Dp);
+    if (with_depth) out.colors[r * Dp + D] = dep[n];
+    if (!bin) continue;
+    int x0 = 1, x1 = 0, y0 = 1, y1 = 0;
+    if (ok) {
+      const float hx = 3.f * std::sqrt(s.C / s.detc) + kSpanEps;
+      x0 = std::max((int)std::floor((s.u - hx) / ts), 0); x1 = std::min((int)std::floor((s.u + hx) / ts), tiles_x - 1);
+      y0 = std::max((int)std::floor((s.v - s.hy) / ts), 0); y1 = std::min((int)std::floor((s.v + s.hy) / ts), tiles_y - 1);
+    }
+    rect[4 * r] = x0; rect[4 * r + 1] = x1; rect[4 * r + 2] = y0; rect[4 * r + 3] = y1;
     for (int ty = y0; ty <= y1; ++ty)
       for (int tx = x0; tx <= x1; ++tx) counts[ty * tiles_x + tx + 1]++;
   }
+  if (!bin) return;
   out.offsets.assign(T + 1, 0);
   for (int t = 0; t < T; ++t) out.offsets[t + 1] = out.offsets[t] + counts[t + 1];
-  out.ids.resize(out.offsets[T]);
+  out.ranks.resize(out.offsets[T]);
   std::vector<int64_t> fill(out.offsets.begin(), out.offsets.end() - 1);
-  for (size_t k = 0; k < vis.size(); ++k)
-    for (int ty = rect[4 * k + 2]; ty <= rect[4 * k + 3]; ++ty)
-      for (int tx = rect[4 * k]; tx <= rect[4 * k + 1]; ++tx) out.ids[fill[ty * tiles_x + tx]++] = vis[k];
+  for (int64_t r = 0; r < M; ++r)
+    for (int ty = rect[4 * r + 2]; ty <= rect[4 * r + 3]; ++ty)
+      for (int tx = rect[4 * r]; tx <= rect[4 * r + 1]; ++tx) out.ranks[fill[ty * tiles_x + tx]++] = (int32_t)r;
 }
 
-// Pixel rectangle [x0, x1] x [y0, y1] of a Gaussian inside a tile (integer pixel centres).
-inline bool gauss_rect(float u, float v, float r, int px0, int py0, int px1, int py1, int& x0, int& x1, int& y0,
-                       int& y1) {
-  x0 = std::max(px0, (int)std::ceil(u - r)); x1 = std::min(px1, (int)std::floor(u + r));
-  y0 = std::max(py0, (int)std::ceil(v - r)); y1 = std::min(py1, (int)std::floor(v + r));
-  return x0 <= x1 && y0 <= y1;
+// Columns [x0, x1] of the 3-sigma ellipse on the row at offset dy: A dx^2 + 2 B dx dy + C dy^2 <= 9.
+inline bool ellipse_span(const Splat& s, float dy, int px0, int px1, int& x0, int& x1) {
+  const float disc = 9.f * s.A - s.detc * dy * dy;
+  if (disc < 0.f) return false;
+  const float sq = std::sqrt(disc), inv_a = 1.f / s.A;
+  x0 = std::max(px0, (int)std::ceil(s.u + (-s.B * dy - sq) * inv_a - kSpanEps));
+  x1 = std::min(px1, (int)std::floor(s.u + (-s.B * dy + sq) * inv_a + kSpanEps));
+  return x0 <= x1;
 }
 
 }  // namespace
 
 // Forward compositing. means2d [C,N,2], conics [C,N,3], opacities [N], colors [N,D], depths [C,N], radii [C,N],
-// backgrounds [C,D] or empty. Returns render [C,H,W,D(+1)], alphas [C,H,W,1], last [C,H,W] int32,
-// tile offsets [C, T+1] int64, tile ids [I] int32 (concatenated over cameras).
+// backgrounds [C,D] or empty. Returns render [C,H,W,D(+1)], alphas [C,H,W,1], last [C,H,W] int32 (number of
+// tile-list entries up to the last one composited), tile offsets [C, T+1] int64 and tile lists [I] int32 (ranks
+// in depth order, concatenated over cameras).
 std::vector<torch::Tensor> composite_fwd(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
                                          torch::Tensor colors, torch::Tensor depths, torch::Tensor radii,
                                          torch::Tensor backgrounds, int64_t W, int64_t H, int64_t ts, bool with_depth) {
   check_f32(means2d, "means2d"); check_f32(conics, "conics"); check_f32(opacities, "opacities");
   check_f32(colors, "colors"); check_f32(depths, "depths");
   const int64_t C = means2d.size(0), N = means2d.size(1), D = colors.size(1);
-  const int64_t Dk = D + (with_depth ? 1 : 0);
+  const int64_t Dk = D + (with_depth ? 1 : 0), Dp = round_up8(Dk);
   const bool has_bg = backgrounds.numel() > 0;
   const int tiles_x = (int)((W + ts - 1) / ts), tiles_y = (int)((H + ts - 1) / ts), T = tiles_x * tiles_y;
   auto f = torch::TensorOptions().dtype(torch::kFloat32);
@@ -297,27 +352,26 @@ std::vector<torch::Tensor> composite_fwd(torch::Tensor means2d, torch::Tensor co
   auto alphas = torch::empty({C, H, W, 1}, f);
   auto last = torch::empty({C, H, W}, f.dtype(torch::kInt32));
   auto offsets = torch::empty({C, T + 1}, f.dtype(torch::kInt64));
-  std::vector<TileLists> lists(C);
+  std::vector<CameraBins> bins(C);
+#pragma omp parallel for schedule(dynamic, 1) if (C > 1)
   for (int64_t c = 0; c < C; ++c)
-    bin_tiles(means2d.data_ptr<float>() + 2 * N * c, depths.data_ptr<float>() + N * c,
-              radii.data_ptr<int32_t>() + N * c, N, tiles_x, tiles_y, (int)ts, lists[c]);
+    bin_camera(means2d.data_ptr<float>() + 2 * N * c, conics.data_ptr<float>() + 3 * N * c,
+               depths.data_ptr<float>() + N * c, radii.data_ptr<int32_t>() + N * c, opacities.data_ptr<float>(),
+               colors.data_ptr<float>(), N, D, Dp, with_depth, tiles_x, tiles_y, (int)ts, true, bins[c]);
   int64_t total = 0;
-  for (int64_t c = 0; c < C; ++c) total += (int64_t)lists[c].ids.size();
-  auto ids = torch::empty({total}, f.dtype(torch::kInt32));
+  for (int64_t c = 0; c < C; ++c) total += (int64_t)bins[c].ranks.size();
+  auto lists = torch::empty({total}, f.dtype(torch::kInt32));
   {
     int64_t base = 0;
     for (int64_t c = 0; c < C; ++c) {
       int64_t* po = offsets.data_ptr<int64_t>() + c * (T + 1);
-      for (int t = 0; t <= T; ++t) po[t] = base + lists[c].offsets[t];
-      std::copy(lists[c].ids.begin(), lists[c].ids.end(), ids.data_ptr<int32_t>() + base);
-      base += (int64_t)lists[c].ids.size();
+      for (int t = 0; t <= T; ++t) po[t] = base + bins[c].offsets[t];
+      std::copy(bins[c].ranks.begin(), bins[c].ranks.end(), lists.data_ptr<int32_t>() + base);
+      base += (int64_t)bins[c].ranks.size();
     }
   }
-  const float *pm2 = means2d.data_ptr<float>(), *pco = conics.data_ptr<float>(), *pop = opacities.data_ptr<float>();
-  const float *pcol = colors.data_ptr<float>(), *pdep = depths.data_ptr<float>();
   const float* pbg = has_bg ? backgrounds.data_ptr<float>() : nullptr;
-  const int32_t* prad = radii.data_ptr<int32_t>();
-  const int32_t* pids = ids.data_ptr<int32_t>();
+  const int32_t* plist = lists.data_ptr<int32_t>();
   const int64_t* poff = offsets.data_ptr<int64_t>();
   float *orend = render.data_ptr<float>(), *oal = alphas.data_ptr<float>();
   int32_t* olast = last.data_ptr<int32_t>();
@@ -325,48 +379,54 @@ std::vector<torch::Tensor> composite_fwd(torch::Tensor means2d, torch::Tensor co
 #pragma omp parallel
   {
     const int P = (int)(ts * ts);
-    std::vector<float> acc(P * Dk), Tr(P);
+    std::vector<float> acc(P * Dp), Tr(P), al(ts + 1);
     std::vector<int32_t> lst(P);
     std::vector<char> done(P);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t ct = 0; ct < C * T; ++ct) {
       const int64_t c = ct / T;
       const int t = (int)(ct % T);
+      const Splat* splats = bins[c].splats.data();
+      const float* pcol = bins[c].colors.data();
       const int px0 = (t % tiles_x) * (int)ts, py0 = (t / tiles_x) * (int)ts;
       const int px1 = std::min(px0 + (int)ts, (int)W) - 1, py1 = std::min(py0 + (int)ts, (int)H) - 1;
       const int tw = px1 - px0 + 1, th = py1 - py0 + 1, n_pix = tw * th;
-      std::fill(acc.begin(), acc.begin() + n_pix * Dk, 0.f);
+      std::fill(acc.begin(), acc.begin() + n_pix * Dp, 0.f);
       std::fill(Tr.begin(), Tr.begin() + n_pix, 1.f);
       std::fill(lst.begin(), lst.begin() + n_pix, 0);
       std::fill(done.begin(), done.begin() + n_pix, 0);
       int n_done = 0;
-      const int64_t k0 = poff[c * (T + 1) + t], k1 = poff[c * (T + 1) + t + 1];
       const int64_t base = poff[c * (T + 1)];
+      const int64_t k0 = poff[c * (T + 1) + t], k1 = poff[c * (T + 1) + t + 1];
       for (int64_t k = k0; k < k1 && n_done < n_pix; ++k) {
-        const int32_t g = pids[k];
-        const int64_t cg = c * N + g;
-        const float u = pm2[2 * cg], v = pm2[2 * cg + 1];
-        int x0, x1, y0, y1;
-        if (!gauss_rect(u, v, (float)prad[cg], px0, py0, px1, py1, x0, x1, y0, y1)) continue;
-        const float A = pco[3 * cg], B = pco[3 * cg + 1], Cc = pco[3 * cg + 2], op = pop[g];
-        const float* col = pcol + D * g;
-        const float z = pdep[cg];
+        const int32_t r = plist[k];
+        const Splat s = splats[r];
+        const int y0 = std::max(py0, (int)std::ceil(s.v - s.hy)), y1 = std::min(py1, (int)std::floor(s.v + s.hy));
+        const float* col = pcol + (int64_t)r * Dp;
         for (int py = y0; py <= y1; ++py) {
-          const float dy = (float)py - v;
-          for (int px = x0; px <= x1; ++px) {
-            const int p = (py - py0) * tw + (px - px0);
-            if (done[p]) continue;
-            const float dx = (float)px - u;
-            const float maha = A * dx * dx + 2.f * B * dx * dy + Cc * dy * dy;
-            if (maha > kSigmaCutoff) continue;
-            const float alpha = std::min(kAlphaMax, op * std::exp(-0.5f * maha));
-            if (alpha < kAlphaMin) continue;
+          const float dy = (float)py - s.v;
+          int x0, x1;
+          if (!ellipse_span(s, dy, px0, px1, x0, x1)) continue;
+          const int cnt = x1 - x0 + 1;
+          // Pass 1: alpha of every pixel of the span, 0 where the ellipse test fails.
+          for (int j = 0; j < cnt; ++j) {
+            const float dx = (float)(x0 + j) - s.u;
+            const float maha = s.A * dx * dx + 2.f * s.B * dx * dy + s.C * dy * dy;
+            const float a = std::min(kAlphaMax, s.op * fast_exp(-0.5f * maha));
+            al[j] = maha <= kSigmaCutoff ? a : 0.f;
+          }
+          // Pass 2: front-to-back compositing, channels vectorised.
+          const int prow = (py - py0) * tw + (x0 - px0);
+          for (int j = 0; j < cnt; ++j) {
+            const float alpha = al[j];
+            const int p = prow + j;
+            if (alpha < kAlphaMin || done[p]) continue;
             const float Tn = Tr[p] * (1.f - alpha);
             if (Tn < kTMin) { done[p] = 1; ++n_done; continue; }
             const float w = alpha * Tr[p];
-            float* a = acc.data() + (int64_t)p * Dk;
-            for (int64_t d = 0; d < D; ++d) a[d] += w * col[d];
-            if (with_depth) a[D] += w * z;
+            float* a = acc.data() + (int64_t)p * Dp;
+#pragma omp simd
+            for (int64_t d = 0; d < Dp; ++d) a[d] += w * col[d];
             Tr[p] = Tn;
             lst[p] = (int32_t)(k - base + 1);
           }
@@ -376,16 +436,16 @@ std::vector<torch::Tensor> composite_fwd(torch::Tensor means2d, torch::Tensor co
         const int px = px0 + p % tw, py = py0 + p / tw;
         const int64_t pix = (c * H + py) * W + px;
         float* o = orend + pix * Dk;
-        const float* a = acc.data() + (int64_t)p * Dk;
-        const float T_fin = Tr[p], al = 1.f - T_fin;
+        const float* a = acc.data() + (int64_t)p * Dp;
+        const float T_fin = Tr[p], alpha_pix = 1.f - T_fin;
         for (int64_t d = 0; d < D; ++d) o[d] = a[d] + (has_bg ? T_fin * pbg[c * D + d] : 0.f);
-        if (with_depth) o[D] = a[D] / std::max(al, 1e-10f);
-        oal[pix] = al;
+        if (with_depth) o[D] = a[D] / std::max(alpha_pix, 1e-10f);
+        oal[pix] = alpha_pix;
         olast[pix] = lst[p];
       }
     }
   }
-  return {render, alphas, last, offsets, ids};
+  return {render, alphas, last, offsets, lists};
 }
 
 // Backward compositing -> g_means2d [C,N,2], g_conics [C,N,3], g_opacities [N], g_colors [N,D], g_depths [C,N],
@@ -394,166 +454,166 @@ std::vector<torch::Tensor> composite_bwd(torch::Tensor means2d, torch::Tensor co
                                          torch::Tensor colors, torch::Tensor depths, torch::Tensor radii,
                                          torch::Tensor backgrounds, int64_t W, int64_t H, int64_t ts, bool with_depth,
                                          torch::Tensor render, torch::Tensor alphas, torch::Tensor last,
-                                         torch::Tensor offsets, torch::Tensor ids, torch::Tensor g_render,
+                                         torch::Tensor offsets, torch::Tensor lists, torch::Tensor g_render,
                                          torch::Tensor g_alphas) {
   check_f32(g_render, "g_render"); check_f32(g_alphas, "g_alphas");
   const int64_t C = means2d.size(0), N = means2d.size(1), D = colors.size(1);
-  const int64_t Dk = D + (with_depth ? 1 : 0);
+  const int64_t Dk = D + (with_depth ? 1 : 0), Dp = round_up8(Dk);
   const bool has_bg = backgrounds.numel() > 0;
   const int tiles_x = (int)((W + ts - 1) / ts), tiles_y = (int)((H + ts - 1) / ts), T = tiles_x * tiles_y;
   const int n_threads = omp_get_max_threads();
-  // Per-thread accumulators: per camera-Gaussian (u, v, A, B, C, depth) and per Gaussian (opacity, colours).
-  const int64_t S1 = 6, S2 = 1 + D;
-  std::vector<std::vector<float>> buf1(n_threads), buf2(n_threads), bufbg(n_threads);
-  const float *pm2 = means2d.data_ptr<float>(), *pco = conics.data_ptr<float>(), *pop = opacities.data_ptr<float>();
-  const float *pcol = colors.data_ptr<float>(), *pdep = depths.data_ptr<float>();
+  // Per-thread accumulators indexed by depth rank: (u, v, A, B, C, opacity) and colours (+ depth) padded.
+  const int64_t S = 6 + Dp;
+  std::vector<std::vector<float>> buf(n_threads), bufbg(n_threads);
   const float* pbg = has_bg ? backgrounds.data_ptr<float>() : nullptr;
-  const int32_t *prad = radii.data_ptr<int32_t>(), *pids = ids.data_ptr<int32_t>(), *plast = last.data_ptr<int32_t>();
+  const int32_t *plist = lists.data_ptr<int32_t>(), *plast = last.data_ptr<int32_t>();
   const int64_t* poff = offsets.data_ptr<int64_t>();
   const float *prend = render.data_ptr<float>(), *pal = alphas.data_ptr<float>();
   const float *pgr = g_render.data_ptr<float>(), *pga = g_alphas.data_ptr<float>();
-
-#pragma omp parallel num_threads(n_threads)
-  {
-    const int tid = omp_get_thread_num();
-    std::vector<float>& b1 = buf1[tid];
-    std::vector<float>& b2 = buf2[tid];
-    std::vector<float>& bbg = bufbg[tid];
-    b1.assign(C * N * S1, 0.f);
-    b2.assign(N * S2, 0.f);
-    bbg.assign(C * D, 0.f);
-    const int P = (int)(ts * ts);
-    std::vector<float> gpix(P * Dk), Tr(P), Tfin(P), kT(P), GB(P);
-    std::vector<int32_t> lst(P);
-    std::vector<float> gcol(Dk);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t ct = 0; ct < C * T; ++ct) {
-      const int64_t c = ct / T;
-      const int t = (int)(ct % T);
-      const int px0 = (t % tiles_x) * (int)ts, py0 = (t / tiles_x) * (int)ts;
-      const int px1 = std::min(px0 + (int)ts, (int)W) - 1, py1 = std::min(py0 + (int)ts, (int)H) - 1;
-      const int tw = px1 - px0 + 1, th = py1 - py0 + 1, n_pix = tw * th;
-      const int64_t base = poff[c * (T + 1)];
-      const int64_t k0 = poff[c * (T + 1) + t];
-      int32_t max_last = 0;
-      for (int p = 0; p < n_pix; ++p) {
-        const int px = px0 + p % tw, py = py0 + p / tw;
-        const int64_t pix = (c * H + py) * W + px;
-        const float al = pal[pix], T_fin = 1.f - al;
-        const float* g = pgr + pix * Dk;
-        float* gp = gpix.data() + (int64_t)p * Dk;
-        float galpha = pga[pix];
-        for (int64_t d = 0; d < D; ++d) gp[d] = g[d];
-        if (with_depth) {
-          // ED = accD / max(alpha, 1e-10): gradient to the accumulated depth and to alpha.
-          const float ac = std::max(al, 1e-10f);
-          gp[D] = g[D] / ac;
-          if (al > 1e-10f) galpha -= g[D] * prend[pix * Dk + D] / ac;
-        }
-        float k = galpha;
-        if (has_bg)
-          for (int64_t d = 0; d < D; ++d) {
-            k -= pbg[c * D + d] * g[d];
-            bbg[c * D + d] += T_fin * g[d];
-          }
-        kT[p] = k;
-        Tr[p] = T_fin;
-        Tfin[p] = T_fin;
-        GB[p] = 0.f;
-        lst[p] = plast[pix];
-        max_last = std::max(max_last, lst[p]);
-      }
-      // Back to front over the Gaussians that any pixel of this tile composited.
-      for (int64_t k = base + max_last - 1; k >= k0; --k) {
-        const int32_t g = pids[k];
-        const int64_t cg = c * N + g;
-        const float u = pm2[2 * cg], v = pm2[2 * cg + 1];
-        int x0, x1, y0, y1;
-        if (!gauss_rect(u, v, (float)prad[cg], px0, py0, px1, py1, x0, x1, y0, y1)) continue;
-        const float A = pco[3 * cg], B = pco[3 * cg + 1], Cc = pco[3 * cg + 2], op = pop[g];
-        const float* col = pcol + D * g;
-        const float z = pdep[cg];
-        const int32_t pos = (int32_t)(k - base);
-        float gu = 0, gv = 0, gA = 0, gB = 0, gC = 0, gop = 0;
-        std::fill(gcol.begin(), gcol.end(), 0.f);
-        bool touched = false;
-        for (int py = y0; py <= y1; ++py) {
-          const float dy = (float)py - v;
-          for (int px = x0; px <= x1; ++px) {
-            const int p = (py - py0) * tw + (px - px0);
-            if (pos >= lst[p]) continue;
-            const float dx = (float)px - u;
-            const float maha = A * dx * dx + 2.f * B * dx * dy + Cc * dy * dy;
-            if (maha > kSigmaCutoff) continue;
-            const float G = std::exp(-0.5f * maha);
-            const float raw = op * G;
-            const float alpha = std::min(kAlphaMax, raw);
-            if (alpha < kAlphaMin) continue;
-            touched = true;
-            const float one_m = 1.f - alpha;
-            const float Ti = Tr[p] / one_m;
-            Tr[p] = Ti;
-            const float w = alpha * Ti;
-            const float* gp = gpix.data() + (int64_t)p * Dk;
-            float gc = 0.f;
-            for (int64_t d = 0; d < D; ++d) {
-              gcol[d] += w * gp[d];
-              gc += gp[d] * col[d];
-            }
-            if (with_depth) {
-              gcol[D] += w * gp[D];
-              gc += gp[D] * z;
-            }
-            const float dalpha = gc * Ti + (kT[p] * Tfin[p] - GB[p]) / one_m;
-            GB[p] += gc * w;
-            if (raw >= kAlphaMax) continue;  // clamped: no gradient to opacity or shape
-            gop += dalpha * G;
-            const float gmaha = -0.5f * dalpha * raw;
-            gA += gmaha * dx * dx;
-            gB += gmaha * 2.f * dx * dy;
-            gC += gmaha * dy * dy;
-            // d maha / d u = -(2 A dx + 2 B dy), d maha / d v = -(2 B dx + 2 C dy)
-            gu -= gmaha * (2.f * A * dx + 2.f * B * dy);
-            gv -= gmaha * (2.f * B * dx + 2.f * Cc * dy);
-          }
-        }
-        if (!touched) continue;
-        float* o1 = b1.data() + cg * S1;
-        o1[0] += gu; o1[1] += gv; o1[2] += gA; o1[3] += gB; o1[4] += gC;
-        if (with_depth) o1[5] += gcol[D];
-        float* o2 = b2.data() + (int64_t)g * S2;
-        o2[0] += gop;
-        for (int64_t d = 0; d < D; ++d) o2[1 + d] += gcol[d];
-      }
-    }
-  }
   auto f = torch::TensorOptions().dtype(torch::kFloat32);
-  auto g_means2d = torch::empty({C, N, 2}, f);
-  auto g_conics = torch::empty({C, N, 3}, f);
-  auto g_depths = torch::empty({C, N}, f);
-  auto g_opac = torch::empty({N}, f);
-  auto g_colors = torch::empty({N, D}, f);
+  auto g_means2d = torch::zeros({C, N, 2}, f);
+  auto g_conics = torch::zeros({C, N, 3}, f);
+  auto g_depths = torch::zeros({C, N}, f);
+  auto g_opac = torch::zeros({N}, f);
+  auto g_colors = torch::zeros({N, D}, f);
   auto g_bg = torch::zeros({C, D}, f);
   float *om2 = g_means2d.data_ptr<float>(), *oco = g_conics.data_ptr<float>(), *odp = g_depths.data_ptr<float>();
   float *oop = g_opac.data_ptr<float>(), *ocol = g_colors.data_ptr<float>(), *obg = g_bg.data_ptr<float>();
-#pragma omp parallel for schedule(static)
-  for (int64_t cg = 0; cg < C * N; ++cg) {
-    float s[6] = {0, 0, 0, 0, 0, 0};
-    for (int th = 0; th < n_threads; ++th)
-      for (int j = 0; j < 6; ++j) s[j] += buf1[th][cg * S1 + j];
-    om2[2 * cg] = s[0]; om2[2 * cg + 1] = s[1];
-    oco[3 * cg] = s[2]; oco[3 * cg + 1] = s[3]; oco[3 * cg + 2] = s[4];
-    odp[cg] = s[5];
-  }
-#pragma omp parallel for schedule(static)
-  for (int64_t g = 0; g < N; ++g) {
-    float so = 0;
-    for (int th = 0; th < n_threads; ++th) so += buf2[th][g * S2];
-    oop[g] = so;
-    for (int64_t d = 0; d < D; ++d) {
-      float sc = 0;
-      for (int th = 0; th < n_threads; ++th) sc += buf2[th][g * S2 + 1 + d];
-      ocol[g * D + d] = sc;
+  for (int th = 0; th < n_threads; ++th) bufbg[th].assign(C * D, 0.f);
+
+  for (int64_t c = 0; c < C; ++c) {
+    CameraBins bins;
+    bin_camera(means2d.data_ptr<float>() + 2 * N * c, conics.data_ptr<float>() + 3 * N * c,
+               depths.data_ptr<float>() + N * c, radii.data_ptr<int32_t>() + N * c, opacities.data_ptr<float>(),
+               colors.data_ptr<float>(), N, D, Dp, with_depth, tiles_x, tiles_y, (int)ts, false, bins);
+    const int64_t M = (int64_t)bins.order.size();
+    const Splat* splats = bins.splats.data();
+    const float* pcol = bins.colors.data();
+#pragma omp parallel num_threads(n_threads)
+    {
+      const int tid = omp_get_thread_num();
+      buf[tid].assign(M * S, 0.f);
+      float* bacc = buf[tid].data();
+      float* bbg = bufbg[tid].data();
+      const int P = (int)(ts * ts);
+      std::vector<float> gpix(P * Dp, 0.f), Tr(P), kTT(P), GB(P), Gs(ts + 1), al(ts + 1);
+      std::vector<int32_t> lst(P);
+      std::vector<float> gcol(Dp);
+#pragma omp for schedule(dynamic, 1)
+      for (int t = 0; t < T; ++t) {
+        const int px0 = (t % tiles_x) * (int)ts, py0 = (t / tiles_x) * (int)ts;
+        const int px1 = std::min(px0 + (int)ts, (int)W) - 1, py1 = std::min(py0 + (int)ts, (int)H) - 1;
+        const int tw = px1 - px0 + 1, th = py1 - py0 + 1, n_pix = tw * th;
+        const int64_t base = poff[c * (T + 1)];
+        const int64_t k0 = poff[c * (T + 1) + t];
+        int32_t max_last = 0;
+        for (int p = 0; p < n_pix; ++p) {
+          const int px = px0 + p % tw, py = py0 + p / tw;
+          const int64_t pix = (c * H + py) * W + px;
+          const float alpha_pix = pal[pix], T_fin = 1.f - alpha_pix;
+          const float* g = pgr + pix * Dk;
+          float* gp = gpix.data() + (int64_t)p * Dp;
+          float galpha = pga[pix];
+          for (int64_t d = 0; d < D; ++d) gp[d] = g[d];
+          if (with_depth) {
+            // ED = accD / max(alpha, 1e-10): gradient to the accumulated depth and to alpha.
+            const float ac = std::max(alpha_pix, 1e-10f);
+            gp[D] = g[D] / ac;
+            if (alpha_pix > 1e-10f) galpha -= g[D] * prend[pix * Dk + D] / ac;
+          }
+          float k = galpha;
+          if (has_bg)
+            for (int64_t d = 0; d < D; ++d) {
+              k -= pbg[c * D + d] * g[d];
+              bbg[c * D + d] += T_fin * g[d];
+            }
+          kTT[p] = k * T_fin;
+          Tr[p] = T_fin;
+          GB[p] = 0.f;
+          lst[p] = plast[pix];
+          max_last = std::max(max_last, lst[p]);
+        }
+        // Back to front over the Gaussians that any pixel of this tile composited.
+        for (int64_t k = base + max_last - 1; k >= k0; --k) {
+          const int32_t r = plist[k];
+          const Splat s = splats[r];
+          const int y0 = std::max(py0, (int)std::ceil(s.v - s.hy)), y1 = std::min(py1, (int)std::floor(s.v + s.hy));
+          const float* col = pcol + (int64_t)r * Dp;
+          const int32_t pos = (int32_t)(k - base);
+          float gu = 0, gv = 0, gA = 0, gB = 0, gC = 0, gop = 0;
+          bool touched = false;
+          for (int py = y0; py <= y1; ++py) {
+            const float dy = (float)py - s.v;
+            int x0, x1;
+            if (!ellipse_span(s, dy, px0, px1, x0, x1)) continue;
+            const int cnt = x1 - x0 + 1;
+            for (int j = 0; j < cnt; ++j) {
+              const float dx = (float)(x0 + j) - s.u;
+              const float maha = s.A * dx * dx + 2.f * s.B * dx * dy + s.C * dy * dy;
+              const float G = fast_exp(-0.5f * maha);
+              Gs[j] = G;
+              al[j] = maha <= kSigmaCutoff ? std::min(kAlphaMax, s.op * G) : 0.f;
+            }
+            const int prow = (py - py0) * tw + (x0 - px0);
+            for (int j = 0; j < cnt; ++j) {
+              const int p = prow + j;
+              const float alpha = al[j];
+              if (alpha < kAlphaMin || pos >= lst[p]) continue;
+              if (!touched) { touched = true; std::fill(gcol.begin(), gcol.end(), 0.f); }
+              const float one_m = 1.f - alpha;
+              const float Ti = Tr[p] / one_m;
+              Tr[p] = Ti;
+              const float w = alpha * Ti;
+              const float* gp = gpix.data() + (int64_t)p * Dp;
+              float gc = 0.f;
+#pragma omp simd reduction(+ : gc)
+              for (int64_t d = 0; d < Dp; ++d) {
+                gcol[d] += w * gp[d];
+                gc += gp[d] * col[d];
+              }
+              const float dalpha = gc * Ti + (kTT[p] - GB[p]) / one_m;
+              GB[p] += gc * w;
+              const float raw = s.op * Gs[j];
+              if (raw >= kAlphaMax) continue;  // clamped: no gradient to opacity or shape
+              gop += dalpha * Gs[j];
+              const float gmaha = -0.5f * dalpha * raw;
+              const float dx = (float)(x0 + j) - s.u;
+              gA += gmaha * dx * dx;
+              gB += gmaha * 2.f * dx * dy;
+              gC += gmaha * dy * dy;
+              // d maha / d u = -(2 A dx + 2 B dy), d maha / d v = -(2 B dx + 2 C dy)
+              gu -= gmaha * (2.f * s.A * dx + 2.f * s.B * dy);
+              gv -= gmaha * (2.f * s.B * dx + 2.f * s.C * dy);
+            }
+          }
+          if (!touched) continue;
+          float* o = bacc + (int64_t)r * S;
+          o[0] += gu; o[1] += gv; o[2] += gA; o[3] += gB; o[4] += gC; o[5] += gop;
+#pragma omp simd
+          for (int64_t d = 0; d < Dp; ++d) o[6 + d] += gcol[d];
+        }
+      }
+      // Reduce the per-thread buffers of this camera (ranks map to distinct Gaussians: no races).
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < M; ++r) {
+        const int64_t g = bins.order[r], cg = c * N + g;
+        float s[6] = {0, 0, 0, 0, 0, 0};
+        for (int th = 0; th < n_threads; ++th)
+          for (int j = 0; j < 6; ++j) s[j] += buf[th][r * S + j];
+        om2[2 * cg] = s[0]; om2[2 * cg + 1] = s[1];
+        oco[3 * cg] = s[2]; oco[3 * cg + 1] = s[3]; oco[3 * cg + 2] = s[4];
+        oop[g] += s[5];
+        for (int64_t d = 0; d < D; ++d) {
+          float sc = 0;
+          for (int th = 0; th < n_threads; ++th) sc += buf[th][r * S + 6 + d];
+          ocol[g * D + d] += sc;
+        }
+        if (with_depth) {
+          float sd = 0;
+          for (int th = 0; th < n_threads; ++th) sd += buf[th][r * S + 6 + D];
+          odp[cg] = sd;
+        }
+      }
     }
   }
   for (int th = 0; th < n_threads; ++th)
