@@ -35,6 +35,9 @@ class GroundingConfig:
     """Regions with fewer points are noise."""
     max_query_chars: int = 200
     """Longer queries are rejected."""
+    relative_margin: float = 0.1
+    """Candidates score within this of the best (99th-percentile) score, as well as above Otsu's
+    threshold: surfaces without a feature decode to a bank average that can pass Otsu alone."""
     min_opacity: float = 0.2
     """Gaussians below this opacity are ignored in ``gaussians`` mode."""
 
@@ -167,7 +170,7 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
     points, scores = points[ok], scores[ok]
     if len(scores) < cfg.min_region_points:
         raise ValueError("memory rendered no usable surface for this query")
-    thr = otsu_threshold(scores)
+    thr = max(otsu_threshold(scores), float(np.percentile(scores, 99)) - cfg.relative_margin)
     sel = scores >= thr
     regions = select_regions(points[sel], scores[sel], cfg.cluster_radius, cfg.min_region_points, thr)
     if not regions:  # a single sharp peak: fall back to the best points

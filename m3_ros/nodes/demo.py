@@ -164,8 +164,8 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
     log(f"output folder: {out}  (ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, node logs in {logs})")
     import os
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    # The memory node loads its models first (seconds); the robot starts walking once it listens.
     procs = [
-        NodeProcess("sim_node", env, logs, params_file=CONFIG_DIR / "sim.yaml", params=sim_params),
         NodeProcess("memory_node", env, logs, params_file=CONFIG_DIR / "m3.yaml", params=m3_params),
         NodeProcess("grasp_planner_node", env, logs, params_file=CONFIG_DIR / "m3.yaml"),
     ]
@@ -177,6 +177,15 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
     spin.start()
     report: dict = {"query": QUERY, "output": str(out)}
     try:
+        t_load = time.monotonic()
+        while demo.status is None or not demo.status.models:
+            if not procs[0].alive():
+                raise RuntimeError(f"memory_node exited early; log: {procs[0].log_path}\n" + procs[0].log_text()[-3000:])
+            if time.monotonic() - t_load > 180:
+                raise TimeoutError("memory_node did not load its models in 180 s")
+            time.sleep(0.2)
+        log(f"memory node ready with models {list(demo.status.models)}; starting the simulator")
+        procs.append(NodeProcess("sim_node", env, logs, params_file=CONFIG_DIR / "sim.yaml", params=sim_params))
         first_kf_t = None
         first_correct_s = None
         last_print = 0.0

@@ -241,8 +241,8 @@ class MemoryNode(Node):
         msg.header = self.last_header
         msg.keyframes = int(s["keyframes"])
         msg.gaussians = int(s["gaussians"])
-        msg.models = list(s["bank_rows"].keys())
-        msg.bank_rows = [int(v) for v in s["bank_rows"].values()]
+        msg.models = self.pipeline.model_names
+        msg.bank_rows = [int(s["bank_rows"].get(m, 0)) for m in msg.models]
         msg.train_iteration = int(s["iteration"])
         msg.last_loss = float(s["last_loss"])
         msg.train_rate_hz = float(self._steps_since_status / max(now - self._last_status_t, 1e-6))
