@@ -37,7 +37,10 @@ class GroundingConfig:
     """Longer queries are rejected."""
     relative_margin: float = 0.1
     """Candidates score within this of the best (99th-percentile) score, as well as above Otsu's
-    threshold: surfaces without a feature decode to a bank average that can pass Otsu alone."""
+    threshold."""
+    baseline_margin: float = 0.03
+    """Candidates also beat, by this much, the score of a zero principal query (what a surface
+    that never had a feature decodes to: the attention-weighted bank average)."""
     min_opacity: float = 0.2
     """Gaussians below this opacity are ignored in ``gaussians`` mode."""
 
@@ -104,11 +107,22 @@ def select_regions(points: np.ndarray, scores: np.ndarray, radius: float,
         idx = np.flatnonzero(labels == lab)
         if len(idx) < min_points:
             continue
-        w = np.maximum(scores[idx] - scores[idx].min() + 1e-3, 1e-3)
-        centre = (points[idx] * w[:, None]).sum(0) / w.sum()
+        # centre of the region's better-scoring half: edge points (a label bleeding onto the
+        # surface behind an object) score lower and would drag a plain mean off the object
+        core = idx[scores[idx] >= np.median(scores[idx])]
+        lo, hi = np.percentile(points[core], [5, 95], axis=0)
+        centre = 0.5 * (lo + hi)
         regions.append((centre, float(scores[idx].mean()), points[idx], float(np.sum(scores[idx] - threshold))))
     regions.sort(key=lambda r: -r[3])
     return [(c, s, p) for c, s, p, _ in regions]
+
+
+def _baseline_score(memory, model: str, text_emb: torch.Tensor) -> float:
+    """Cosine between the text and what a zero principal query decodes to."""
+    channels = memory.cfg.models[model].channels
+    with torch.no_grad():
+        f = memory.decode(model, torch.zeros(1, channels))[0]
+        return float(torch.nn.functional.cosine_similarity(f.float(), text_emb.float().reshape(-1), dim=0))
 
 
 def _views_covering(memory, n_views: int) -> list[int]:
@@ -131,14 +145,17 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
     Raises ValueError for an empty memory or a model the memory has no bank for.
     """
     cfg = cfg or GroundingConfig()
-    if memory.n_gaussians == 0 or len(memory.keyframes) == 0:
+    if memory.n_gaussians == 0:
         raise ValueError("memory is empty: no keyframe has been added yet")
     if model not in memory.banks:
         raise ValueError(f"memory has no bank for model '{model}' (has: {sorted(memory.banks)})")
     top_k = max(1, int(top_k))
     views: list[int] = []
     maps: list[np.ndarray] = []
-    if cfg.mode == "render":
+    mode = cfg.mode
+    if mode == "render" and len(memory.keyframes) == 0:
+        mode = "gaussians"  # a loaded memory carries no keyframe views to render from
+    if mode == "render":
         pts_all, sc_all = [], []
         for i in _views_covering(memory, cfg.n_views):
             kf = memory.keyframes[i]
@@ -159,7 +176,7 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
             sc_all.append(rel[pix[:, 0], pix[:, 1]])
         points = np.concatenate(pts_all) if pts_all else np.zeros((0, 3))
         scores = np.concatenate(sc_all) if sc_all else np.zeros(0)
-    elif cfg.mode == "gaussians":
+    elif mode == "gaussians":
         rel = memory.gaussian_relevance(model, text_emb).detach().cpu().numpy().astype(np.float64)
         keep = memory.opacities.detach().cpu().numpy() >= cfg.min_opacity
         points = memory.means.detach().cpu().numpy().astype(np.float64)[keep]
@@ -170,7 +187,12 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
     points, scores = points[ok], scores[ok]
     if len(scores) < cfg.min_region_points:
         raise ValueError("memory rendered no usable surface for this query")
-    thr = max(otsu_threshold(scores), float(np.percentile(scores, 99)) - cfg.relative_margin)
+    baseline = _baseline_score(memory, model, text_emb)
+    thr = max(otsu_threshold(scores), float(np.percentile(scores, 99)) - cfg.relative_margin,
+              baseline + cfg.baseline_margin)
+    if not np.any(scores >= thr):
+        raise ValueError(f"nothing in the memory matches the query better than an unlabelled surface "
+                         f"(best {float(scores.max()):.2f}, baseline {baseline:.2f})")
     sel = scores >= thr
     regions = select_regions(points[sel], scores[sel], cfg.cluster_radius, cfg.min_region_points, thr)
     if not regions:  # a single sharp peak: fall back to the best points
@@ -179,5 +201,5 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
     regions = regions[:top_k]
     return GroundingResult(
         points=np.stack([r[0] for r in regions]), scores=np.array([r[1] for r in regions]),
-        model=model, mode=cfg.mode, n_candidates=int(sel.sum()), threshold=thr,
+        model=model, mode=mode, n_candidates=int(sel.sum()), threshold=thr,
         views=views, relevance_maps=maps, region_points=[r[2] for r in regions])
