@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,8 +95,13 @@ def camera(width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(viewmat, dtype=torch.float32)[None], torch.tensor(intrinsics(width, height), dtype=torch.float32)[None]
 
 
-def measure(backend: str, scene: dict[str, torch.Tensor], width: int, height: int, repeats: int) -> tuple[float, float]:
-    """(forward ms, forward+backward ms) for one render with the loss sum(w * colours) + sum(alphas)."""
+def measure(backend: str, scene: dict[str, torch.Tensor], width: int, height: int,
+            repeats: int) -> tuple[float, float, float]:
+    """(forward ms, forward+backward ms, forward+backward CPU ms over all threads), medians.
+
+    The loss is sum(w * colours) + sum(alphas). CPU ms is reported beside wall ms because a shared
+    2-core machine under load stretches wall time (threads wait for each other), CPU time much less.
+    """
     viewmats, Ks = camera(width, height)
     params = {k: v.clone().requires_grad_(True) for k, v in scene.items()}
     weight = torch.rand(1, height, width, N_QUERY + 4, generator=torch.Generator().manual_seed(0))
@@ -113,13 +120,20 @@ def measure(backend: str, scene: dict[str, torch.Tensor], width: int, height: in
         render, alphas, meta = forward()
         ((render * weight).sum() + alphas.sum()).backward()
 
-    return time_ms(fwd_only, repeats=repeats), time_ms(fwd_bwd, repeats=repeats)
+    fwd_ms, fb_ms = time_ms(fwd_only, repeats=repeats), time_ms(fwd_bwd, repeats=repeats)
+    cpu = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fwd_bwd()
+        cpu.append((time.process_time() - t0) * 1e3)
+    return fwd_ms, fb_ms, sorted(cpu)[len(cpu) // 2]
 
 
 def run(quick: bool) -> tuple[list[str], dict[str, float]]:
     """Markdown lines (machine header + table) and the RESULT dict (fwd+bwd ms)."""
     if not _raster_cpu.available():
         raise RuntimeError(f"compiled CPU rasterizer unavailable: {_raster_cpu.load_error()}")
+    load_before = os.getloadavg()[0]
     counts = [5000, 20000, 50000]
     resolutions = [(160, 120), (320, 240)]
     scenes = {n: seed_gaussians(n) for n in counts}
@@ -130,13 +144,15 @@ def run(quick: bool) -> tuple[list[str], dict[str, float]]:
                 if backend == "torch" and quick and (n == 50000 or (width, height) == (320, 240) and n != 20000):
                     continue
                 reps = (7 if not quick else 5) if backend == "cpu" else (3 if not quick else 2)
-                fwd, fb = measure(backend, scenes[n], width, height, reps)
-                rows.append([backend, f"{width}x{height}", n, fwd, fb])
+                fwd, fb, fb_cpu = measure(backend, scenes[n], width, height, reps)
+                rows.append([backend, f"{width}x{height}", n, fwd, fb, fb_cpu])
                 res[f"{backend}_{width}x{height}_{n}"] = fb
     speedup = res["torch_160x120_20000"] / res["cpu_160x120_20000"]
     lines = ["## Rasterizer: forward / forward+backward, RGB + 16 query channels + expected depth", ""]
-    lines += machine_header({"m3_ros_raster_cpu": "cached build"}) + [""]
-    lines += table(["backend", "resolution", "N", "forward ms", "fwd+bwd ms"], rows)
+    lines += machine_header({"m3_ros_raster_cpu": "cached build"})
+    lines += [f"- load average (1 min) at start / end: {load_before:.2f} / {os.getloadavg()[0]:.2f}"
+              " (other processes on the 2 cores stretch the wall-clock columns)", ""]
+    lines += table(["backend", "resolution", "N", "forward ms", "fwd+bwd ms", "fwd+bwd CPU ms (all threads)"], rows)
     lines += ["", f"- speed-up of the compiled kernel over the PyTorch reference, 160x120, 20k: {speedup:.1f}x",
               "- loss: sum(w * colours) + sum(alphas); times are medians; 'cpu' = compiled C++/OpenMP kernel,"
               " 'torch' = vectorised PyTorch reference"]

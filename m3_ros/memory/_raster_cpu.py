@@ -93,23 +93,23 @@ class _Composite(torch.autograd.Function):
     def forward(ctx, means2d, conics, opacities, colors, depths, radii, backgrounds, width, height, tile_size,
                 with_depth):  # type: ignore[override]
         lib = load_library()
-        render, alphas, last, offsets, ids = lib.composite_fwd(
+        render, alphas, last, offsets, ids, order = lib.composite_fwd(
             means2d, conics, opacities, colors, depths, radii, backgrounds, width, height, tile_size, with_depth)
         ctx.save_for_backward(means2d, conics, opacities, colors, depths, radii, backgrounds, render, alphas,
-                              last, offsets, ids)
+                              last, offsets, ids, order)
         ctx.args = (width, height, tile_size, with_depth)
         return render, alphas
 
     @staticmethod
     def backward(ctx, g_render, g_alphas):  # type: ignore[override]
         (means2d, conics, opacities, colors, depths, radii, backgrounds, render, alphas, last, offsets,
-         ids) = ctx.saved_tensors
+         ids, order) = ctx.saved_tensors
         width, height, tile_size, with_depth = ctx.args
         g_render = torch.zeros_like(render) if g_render is None else g_render.contiguous()
         g_alphas = torch.zeros_like(alphas) if g_alphas is None else g_alphas.contiguous()
         g_m2, g_con, g_op, g_col, g_dep, g_bg = load_library().composite_bwd(
             means2d, conics, opacities, colors, depths, radii, backgrounds, width, height, tile_size, with_depth,
-            render, alphas, last, offsets, ids, g_render, g_alphas)
+            render, alphas, last, offsets, ids, order, g_render, g_alphas)
         g_bg_out = g_bg if backgrounds.numel() > 0 else None
         return g_m2, g_con, g_op, g_col, g_dep, None, g_bg_out, None, None, None, None
 

@@ -144,9 +144,10 @@ std::vector<torch::Tensor> project_bwd(torch::Tensor means, torch::Tensor quats,
                                        torch::Tensor g_depths) {
   check_f32(g_means2d, "g_means2d"); check_f32(g_conics, "g_conics"); check_f32(g_depths, "g_depths");
   const int64_t N = means.size(0), C = viewmats.size(0);
-  auto g_means = torch::zeros({N, 3}, means.options());
-  auto g_quats = torch::zeros({N, 4}, means.options());
-  auto g_scales = torch::zeros({N, 3}, means.options());
+  // Every entry is written below; no zero fill (a parallel fill is a sync point under load).
+  auto g_means = torch::empty({N, 3}, means.options());
+  auto g_quats = torch::empty({N, 4}, means.options());
+  auto g_scales = torch::empty({N, 3}, means.options());
   const float *pm = means.data_ptr<float>(), *pq = quats.data_ptr<float>(), *ps = scales.data_ptr<float>();
   const float *pv = viewmats.data_ptr<float>(), *pk = Ks.data_ptr<float>();
   const float *gm2 = g_means2d.data_ptr<float>(), *gco = g_conics.data_ptr<float>(), *gd = g_depths.data_ptr<float>();
@@ -276,22 +277,28 @@ struct CameraBins {
 // bounding box of their 3-sigma ellipse (tighter than the isotropic radius; the image is the same).
 void bin_camera(const float* m2, const float* con, const float* dep, const int32_t* rad, const float* op,
                 const float* col, int64_t N, int64_t D, int64_t Dp, bool with_depth, int tiles_x, int tiles_y, int ts,
-                bool bin, CameraBins& out) {
-  std::vector<std::pair<float, int32_t>> key;
-  key.reserve(N);
-  for (int64_t n = 0; n < N; ++n)
-    if (rad[n] > 0) key.emplace_back(dep[n], (int32_t)n);
-  std::sort(key.begin(), key.end());
-  const int64_t M = (int64_t)key.size();
-  out.order.resize(M);
+                bool bin, const int32_t* given_order, CameraBins& out) {
+  if (given_order != nullptr) {  // the backward reuses the forward's order: no second sort
+    int64_t M = 0;
+    while (M < N && given_order[M] >= 0) ++M;
+    out.order.assign(given_order, given_order + M);
+  } else {
+    std::vector<std::pair<float, int32_t>> key;
+    key.reserve(N);
+    for (int64_t n = 0; n < N; ++n)
+      if (rad[n] > 0) key.emplace_back(dep[n], (int32_t)n);
+    std::sort(key.begin(), key.end());
+    out.order.resize(key.size());
+    for (size_t r = 0; r < key.size(); ++r) out.order[r] = key[r].second;
+  }
+  const int64_t M = (int64_t)out.order.size();
   out.splats.resize(M);
   out.colors.assign(M * Dp, 0.f);
   std::vector<int32_t> rect(4 * M);
   const int T = tiles_x * tiles_y;
   std::vector<int64_t> counts(T + 1, 0);
   for (int64_t r = 0; r < M; ++r) {
-    const int32_t n = key[r].second;
-    out.order[r] = n;
+    const int32_t n = out.order[r];
     Splat& s = out.splats[r];
     s.u = m2[2 * n]; s.v = m2[2 * n + 1];
     s.A = con[3 * n]; s.B = con[3 * n + 1]; s.C = con[3 * n + 2];
@@ -336,8 +343,8 @@ inline bool ellipse_span(const Splat& s, float dy, int px0, int px1, int& x0, in
 
 // Forward compositing. means2d [C,N,2], conics [C,N,3], opacities [N], colors [N,D], depths [C,N], radii [C,N],
 // backgrounds [C,D] or empty. Returns render [C,H,W,D(+1)], alphas [C,H,W,1], last [C,H,W] int32 (number of
-// tile-list entries up to the last one composited), tile offsets [C, T+1] int64 and tile lists [I] int32 (ranks
-// in depth order, concatenated over cameras).
+// tile-list entries up to the last one composited), tile offsets [C, T+1] int64, tile lists [I] int32 (ranks
+// in depth order, concatenated over cameras) and order [C, N] int32 (rank -> Gaussian, -1 padded).
 std::vector<torch::Tensor> composite_fwd(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
                                          torch::Tensor colors, torch::Tensor depths, torch::Tensor radii,
                                          torch::Tensor backgrounds, int64_t W, int64_t H, int64_t ts, bool with_depth) {
@@ -357,7 +364,10 @@ std::vector<torch::Tensor> composite_fwd(torch::Tensor means2d, torch::Tensor co
   for (int64_t c = 0; c < C; ++c)
     bin_camera(means2d.data_ptr<float>() + 2 * N * c, conics.data_ptr<float>() + 3 * N * c,
                depths.data_ptr<float>() + N * c, radii.data_ptr<int32_t>() + N * c, opacities.data_ptr<float>(),
-               colors.data_ptr<float>(), N, D, Dp, with_depth, tiles_x, tiles_y, (int)ts, true, bins[c]);
+               colors.data_ptr<float>(), N, D, Dp, with_depth, tiles_x, tiles_y, (int)ts, true, nullptr, bins[c]);
+  auto order = torch::full({C, N}, -1, f.dtype(torch::kInt32));
+  for (int64_t c = 0; c < C; ++c)
+    std::copy(bins[c].order.begin(), bins[c].order.end(), order.data_ptr<int32_t>() + c * N);
   int64_t total = 0;
   for (int64_t c = 0; c < C; ++c) total += (int64_t)bins[c].ranks.size();
   auto lists = torch::empty({total}, f.dtype(torch::kInt32));
@@ -445,7 +455,7 @@ std::vector<torch::Tensor> composite_fwd(torch::Tensor means2d, torch::Tensor co
       }
     }
   }
-  return {render, alphas, last, offsets, lists};
+  return {render, alphas, last, offsets, lists, order};
 }
 
 // Backward compositing -> g_means2d [C,N,2], g_conics [C,N,3], g_opacities [N], g_colors [N,D], g_depths [C,N],
@@ -454,7 +464,8 @@ std::vector<torch::Tensor> composite_bwd(torch::Tensor means2d, torch::Tensor co
                                          torch::Tensor colors, torch::Tensor depths, torch::Tensor radii,
                                          torch::Tensor backgrounds, int64_t W, int64_t H, int64_t ts, bool with_depth,
                                          torch::Tensor render, torch::Tensor alphas, torch::Tensor last,
-                                         torch::Tensor offsets, torch::Tensor lists, torch::Tensor g_render,
+                                         torch::Tensor offsets, torch::Tensor lists, torch::Tensor order,
+                                         torch::Tensor g_render,
                                          torch::Tensor g_alphas) {
   check_f32(g_render, "g_render"); check_f32(g_alphas, "g_alphas");
   const int64_t C = means2d.size(0), N = means2d.size(1), D = colors.size(1);
@@ -471,21 +482,25 @@ std::vector<torch::Tensor> composite_bwd(torch::Tensor means2d, torch::Tensor co
   const float *prend = render.data_ptr<float>(), *pal = alphas.data_ptr<float>();
   const float *pgr = g_render.data_ptr<float>(), *pga = g_alphas.data_ptr<float>();
   auto f = torch::TensorOptions().dtype(torch::kFloat32);
-  auto g_means2d = torch::zeros({C, N, 2}, f);
-  auto g_conics = torch::zeros({C, N, 3}, f);
-  auto g_depths = torch::zeros({C, N}, f);
-  auto g_opac = torch::zeros({N}, f);
-  auto g_colors = torch::zeros({N, D}, f);
-  auto g_bg = torch::zeros({C, D}, f);
+  auto g_means2d = torch::empty({C, N, 2}, f);
+  auto g_conics = torch::empty({C, N, 3}, f);
+  auto g_depths = torch::empty({C, N}, f);
+  auto g_opac = torch::empty({N}, f);
+  auto g_colors = torch::empty({N, D}, f);
+  auto g_bg = torch::empty({C, D}, f);
   float *om2 = g_means2d.data_ptr<float>(), *oco = g_conics.data_ptr<float>(), *odp = g_depths.data_ptr<float>();
   float *oop = g_opac.data_ptr<float>(), *ocol = g_colors.data_ptr<float>(), *obg = g_bg.data_ptr<float>();
+  // Serial zeroing: torch::zeros would open a parallel region per tensor.
+  for (auto& t : {g_means2d, g_conics, g_depths, g_opac, g_colors, g_bg})
+    std::fill(t.data_ptr<float>(), t.data_ptr<float>() + t.numel(), 0.f);
   for (int th = 0; th < n_threads; ++th) bufbg[th].assign(C * D, 0.f);
 
   for (int64_t c = 0; c < C; ++c) {
     CameraBins bins;
     bin_camera(means2d.data_ptr<float>() + 2 * N * c, conics.data_ptr<float>() + 3 * N * c,
                depths.data_ptr<float>() + N * c, radii.data_ptr<int32_t>() + N * c, opacities.data_ptr<float>(),
-               colors.data_ptr<float>(), N, D, Dp, with_depth, tiles_x, tiles_y, (int)ts, false, bins);
+               colors.data_ptr<float>(), N, D, Dp, with_depth, tiles_x, tiles_y, (int)ts, false,
+               order.data_ptr<int32_t>() + c * N, bins);
     const int64_t M = (int64_t)bins.order.size();
     const Splat* splats = bins.splats.data();
     const float* pcol = bins.colors.data();
@@ -560,8 +575,8 @@ std::vector<torch::Tensor> composite_bwd(torch::Tensor means2d, torch::Tensor co
               const float alpha = al[j];
               if (alpha < kAlphaMin || pos >= lst[p]) continue;
               if (!touched) { touched = true; std::fill(gcol.begin(), gcol.end(), 0.f); }
-              const float one_m = 1.f - alpha;
-              const float Ti = Tr[p] / one_m;
+              const float inv_one_m = 1.f / (1.f - alpha);
+              const float Ti = Tr[p] * inv_one_m;
               Tr[p] = Ti;
               const float w = alpha * Ti;
               const float* gp = gpix.data() + (int64_t)p * Dp;
@@ -571,7 +586,7 @@ std::vector<torch::Tensor> composite_bwd(torch::Tensor means2d, torch::Tensor co
                 gcol[d] += w * gp[d];
                 gc += gp[d] * col[d];
               }
-              const float dalpha = gc * Ti + (kTT[p] - GB[p]) / one_m;
+              const float dalpha = gc * Ti + (kTT[p] - GB[p]) * inv_one_m;
               GB[p] += gc * w;
               const float raw = s.op * Gs[j];
               if (raw >= kAlphaMax) continue;  // clamped: no gradient to opacity or shape
