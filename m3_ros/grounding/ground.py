@@ -107,11 +107,9 @@ def select_regions(points: np.ndarray, scores: np.ndarray, radius: float,
         idx = np.flatnonzero(labels == lab)
         if len(idx) < min_points:
             continue
-        # centre of the region's better-scoring half: edge points (a label bleeding onto the
-        # surface behind an object) score lower and would drag a plain mean off the object
-        core = idx[scores[idx] >= np.median(scores[idx])]
-        lo, hi = np.percentile(points[core], [5, 95], axis=0)
-        centre = 0.5 * (lo + hi)
+        # coordinate-wise median: stray points (a label bleeding onto the surface behind an
+        # object, a few mis-seeded Gaussians) stretch a bounding box or a mean, not the median
+        centre = np.median(points[idx], axis=0)
         regions.append((centre, float(scores[idx].mean()), points[idx], float(np.sum(scores[idx] - threshold))))
     regions.sort(key=lambda r: -r[3])
     return [(c, s, p) for c, s, p, _ in regions]
