@@ -120,13 +120,15 @@ def measure(backend: str, scene: dict[str, torch.Tensor], width: int, height: in
         render, alphas, meta = forward()
         ((render * weight).sum() + alphas.sum()).backward()
 
-    fwd_ms, fb_ms = time_ms(fwd_only, repeats=repeats), time_ms(fwd_bwd, repeats=repeats)
-    cpu = []
+    fwd_ms = time_ms(fwd_only, repeats=repeats)
+    fwd_bwd()  # warm-up
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.process_time()
+        t0, c0 = time.perf_counter(), time.process_time()
         fwd_bwd()
-        cpu.append((time.process_time() - t0) * 1e3)
-    return fwd_ms, fb_ms, sorted(cpu)[len(cpu) // 2]
+        wall.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
+    return fwd_ms, sorted(wall)[len(wall) // 2], sorted(cpu)[len(cpu) // 2]
 
 
 def run(quick: bool) -> tuple[list[str], dict[str, float]]:
@@ -143,7 +145,7 @@ def run(quick: bool) -> tuple[list[str], dict[str, float]]:
             for n in counts:
                 if backend == "torch" and quick and (n == 50000 or (width, height) == (320, 240) and n != 20000):
                     continue
-                reps = (7 if not quick else 5) if backend == "cpu" else (3 if not quick else 2)
+                reps = (9 if not quick else 5) if backend == "cpu" else (3 if not quick else 1)
                 fwd, fb, fb_cpu = measure(backend, scenes[n], width, height, reps)
                 rows.append([backend, f"{width}x{height}", n, fwd, fb, fb_cpu])
                 res[f"{backend}_{width}x{height}_{n}"] = fb

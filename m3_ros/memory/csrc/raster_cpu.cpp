@@ -504,9 +504,12 @@ std::vector<torch::Tensor> composite_bwd(torch::Tensor means2d, torch::Tensor co
     const int64_t M = (int64_t)bins.order.size();
     const Splat* splats = bins.splats.data();
     const float* pcol = bins.colors.data();
+    int team = 1;  // the runtime may grant fewer threads than asked (e.g. when nested): reduce over the real team
 #pragma omp parallel num_threads(n_threads)
     {
       const int tid = omp_get_thread_num();
+#pragma omp single
+      team = omp_get_num_threads();
       buf[tid].assign(M * S, 0.f);
       float* bacc = buf[tid].data();
       float* bbg = bufbg[tid].data();
@@ -613,19 +616,19 @@ std::vector<torch::Tensor> composite_bwd(torch::Tensor means2d, torch::Tensor co
       for (int64_t r = 0; r < M; ++r) {
         const int64_t g = bins.order[r], cg = c * N + g;
         float s[6] = {0, 0, 0, 0, 0, 0};
-        for (int th = 0; th < n_threads; ++th)
+        for (int th = 0; th < team; ++th)
           for (int j = 0; j < 6; ++j) s[j] += buf[th][r * S + j];
         om2[2 * cg] = s[0]; om2[2 * cg + 1] = s[1];
         oco[3 * cg] = s[2]; oco[3 * cg + 1] = s[3]; oco[3 * cg + 2] = s[4];
         oop[g] += s[5];
         for (int64_t d = 0; d < D; ++d) {
           float sc = 0;
-          for (int th = 0; th < n_threads; ++th) sc += buf[th][r * S + 6 + d];
+          for (int th = 0; th < team; ++th) sc += buf[th][r * S + 6 + d];
           ocol[g * D + d] += sc;
         }
         if (with_depth) {
           float sd = 0;
-          for (int th = 0; th < n_threads; ++th) sd += buf[th][r * S + 6 + D];
+          for (int th = 0; th < team; ++th) sd += buf[th][r * S + 6 + D];
           odp[cg] = sd;
         }
       }
