@@ -168,11 +168,15 @@ def composite_torch(
         accum: [H, W, D] sum_i w_i c_i (no background).
         alpha: [H, W, 1] sum_i w_i = 1 - final transmittance.
     """
+    D = colors.shape[-1]
+    if means2d.shape[0] == 0:
+        # Nothing to draw; stay connected to the inputs' graph so backward still runs.
+        zero = (means2d.sum() + conics.sum() + opacities.sum() + colors.sum()) * 0
+        return zero.expand(height, width, D), zero.expand(height, width, 1)
     tiles_x = (width + tile_size - 1) // tile_size
     tiles_y = (height + tile_size - 1) // tile_size
     lists, _ = _tile_lists(means2d, depths, radii, tiles_x, tiles_y, tile_size)  # [T, K]
     n_tiles, K = lists.shape
-    D = colors.shape[-1]
     P = tile_size * tile_size
     dev, dt = means2d.device, means2d.dtype
     # Pixel centres (integer coordinates) of every tile: [T, P, 2].

@@ -198,3 +198,32 @@ def test_culled_gaussians_get_no_gradient():
     (r.sum() + a.sum()).backward()
     assert torch.all(meta["radii"][:, 0] == 0)
     assert torch.all(means.grad[0] == 0) and torch.isfinite(means.grad).all()
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_no_gaussians_renders_background(backend):
+    means = torch.zeros(0, 3, requires_grad=True)
+    colors = torch.zeros(0, 3, requires_grad=True)
+    vm = torch.eye(4)[None]
+    Ks = torch.tensor([[[10.0, 0, 5], [0, 10, 4], [0, 0, 1]]])
+    bg = torch.tensor([[0.2, 0.4, 0.6]])
+    r, a, meta = rasterize(means, torch.zeros(0, 4), torch.zeros(0, 3), torch.zeros(0), colors, vm, Ks, 11, 9,
+                           render_mode="RGB+ED", backgrounds=bg, backend=backend)
+    (r.sum() + a.sum()).backward()
+    assert r.shape == (1, 9, 11, 4) and torch.all(a == 0) and torch.all(r[..., 3] == 0)
+    torch.testing.assert_close(r[..., :3], bg[:, None, None, :].expand(1, 9, 11, 3))
+    assert means.grad.shape == (0, 3) and meta["radii"].shape == (1, 0)
+
+
+def test_auto_falls_back_to_torch_with_one_warning(monkeypatch, caplog):
+    from m3_ros.memory import rasterize as rz
+
+    monkeypatch.setattr(rz, "_cpu_kernel_available", lambda: False)
+    monkeypatch.setattr(rz, "_warned_fallback", False)
+    args = _good_args()
+    with caplog.at_level("WARNING", logger=rz.__name__):
+        _, _, meta = rasterize(**args)
+        _, _, meta2 = rasterize(**args)
+    assert meta["backend"] == "torch" and meta2["backend"] == "torch"
+    warnings = [r for r in caplog.records if "scripts/setup.sh" in r.getMessage()]
+    assert len(warnings) == 1
