@@ -222,9 +222,12 @@ def _rasterize_gsplat(
         eps2d=eps2d, tile_size=tile_size, packed=False, sh_degree=None, absgrad=False,
         rasterize_mode="classic",
     )
-    means2d = info["means2d"]
+    means2d = info["means2d"]  # gsplat's pixel frame: ours + 0.5 (same gradient)
+    radii = info["radii"]
+    if radii.dim() == means2d.dim():  # gsplat >= 1.5 gives per-axis radii [C, N, 2]
+        radii = radii.max(dim=-1).values
     meta = {
-        "means2d": means2d, "radii": info["radii"], "depths": info["depths"],
+        "means2d": means2d, "radii": radii.to(torch.int32), "depths": info["depths"],
         "conics": info.get("conics"), "backend": "cuda", "width": width, "height": height,
         "n_cameras": viewmats.shape[0], "tile_size": tile_size,
     }
