@@ -175,8 +175,8 @@ def composite_torch(
         return zero.expand(height, width, D), zero.expand(height, width, 1)
     tiles_x = (width + tile_size - 1) // tile_size
     tiles_y = (height + tile_size - 1) // tile_size
-    lists, _ = _tile_lists(means2d, depths, radii, tiles_x, tiles_y, tile_size)  # [T, K]
-    n_tiles, K = lists.shape
+    lists, counts = _tile_lists(means2d, depths, radii, tiles_x, tiles_y, tile_size)  # [T, K], [T]
+    n_tiles = lists.shape[0]
     P = tile_size * tile_size
     dev, dt = means2d.device, means2d.dtype
     # Pixel centres (integer coordinates) of every tile: [T, P, 2].
@@ -186,13 +186,20 @@ def composite_torch(
         [tx[:, None] * tile_size + px.reshape(1, P), ty[:, None] * tile_size + py.reshape(1, P)], dim=-1
     ).to(dt)
 
+    # Process tiles in order of list length, each chunk padded only to its own longest list.
+    by_len = torch.argsort(counts, descending=True)  # [T]
+    counts_sorted = counts[by_len].tolist()
     accum_chunks, alpha_chunks = [], []
-    chunk = max(1, max_chunk_elems // max(1, P * K))
-    for t0 in range(0, n_tiles, chunk):
-        lst = lists[t0:t0 + chunk]  # [t, K]
+    t0 = 0
+    while t0 < n_tiles:
+        K = max(1, counts_sorted[t0])
+        chunk = max(1, max_chunk_elems // (P * K))
+        sel = by_len[t0:t0 + chunk]  # [t]
+        t0 += chunk
+        lst = lists[sel, :K]  # [t, K]
         valid = lst >= 0
         g = lst.clamp(min=0)
-        d = pix[t0:t0 + chunk, :, None, :] - means2d[g][:, None, :, :]  # [t, P, K, 2]
+        d = pix[sel][:, :, None, :] - means2d[g][:, None, :, :]  # [t, P, K, 2]
         con = conics[g][:, None, :, :]  # [t, 1, K, 3]
         maha = con[..., 0] * d[..., 0] ** 2 + 2 * con[..., 1] * d[..., 0] * d[..., 1] + con[..., 2] * d[..., 1] ** 2
         alpha = torch.clamp(opacities[g][:, None, :] * torch.exp(-0.5 * maha), max=ALPHA_MAX)  # [t, P, K]
@@ -205,8 +212,9 @@ def composite_torch(
         w = alpha * T_before * (T_after.detach() >= T_MIN)  # [t, P, K]
         accum_chunks.append(torch.einsum("tpk,tkd->tpd", w, colors[g]))
         alpha_chunks.append(w.sum(-1, keepdim=True))
-    accum = torch.cat(accum_chunks)  # [T, P, D]
-    alpha_img = torch.cat(alpha_chunks)  # [T, P, 1]
+    back = torch.argsort(by_len)  # chunk order -> tile order
+    accum = torch.cat(accum_chunks)[back]  # [T, P, D]
+    alpha_img = torch.cat(alpha_chunks)[back]  # [T, P, 1]
 
     def untile(x: Tensor) -> Tensor:
         x = x.reshape(tiles_y, tiles_x, tile_size, tile_size, -1).permute(0, 2, 1, 3, 4)
