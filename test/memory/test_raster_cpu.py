@@ -147,3 +147,10 @@ def test_cuda_backend_agrees_with_reference():
     # gsplat also draws a Gaussian's tail outside its 3-sigma ellipse inside touched tiles: small differences.
     assert (out.cpu()[..., :-1] - ref[..., :-1]).abs().mean() < 5e-3
     assert (out_a.cpu() - ref_a).abs().mean() < 5e-3
+
+
+def test_build_stamp_depends_on_cpu_features(monkeypatch):
+    # The kernel is compiled with -march=native: a venv moved to another CPU must see a stale cache.
+    here = build_ext.source_hash()
+    monkeypatch.setattr(build_ext, "_cpu_flags", lambda: "sse2")
+    assert build_ext.source_hash() != here
