@@ -153,7 +153,12 @@ def section_bank(quick: bool, frames: list, feats: list[FeatureMap], extract_ms:
         res[theta] = per_1k
     lines += table(["theta", "bank rows", "rows per 1k offered", "streaming rows/s", "ms per keyframe",
                     "batch Algorithm 1 rows (all at once)"], rows)
+    un = F.normalize(rows_all, dim=-1)
+    pick = torch.randperm(un.shape[0], generator=torch.Generator().manual_seed(0))[:2000]
+    mean_cos = float((un[pick] @ un[pick].T).mean())
     lines += ["", f"- feature extraction: {extract_ms:.0f} ms per 320x240 frame (not part of the bank timing).",
+              f"- mean pairwise cosine of these patch features: {mean_cos:.2f} (final-LayerNorm DINOv2 tokens share a "
+              "large common component, so few rows survive moderate theta).",
               "- streaming adds one keyframe per call (look-ahead within the keyframe, bank rows walked first);"
               " batch runs Algorithm 1 over all rows at once, so it may drop a few more rows (see bank.py)."]
     return lines, {"bank_rows_per_1k_at_0.80": round(res[0.8], 1)}
@@ -228,7 +233,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer cases and iterations (< 5 min on 2 cores)")
     args = parser.parse_args()
     t_start = time.perf_counter()
-    sections = ["## Machine", ""] + machine_header() + [""]
+    load0 = os.getloadavg()
+    sections = ["## Machine", ""] + machine_header() + [f"- load average at start: {load0[0]:.1f} / {load0[1]:.1f} / "
+                                                         f"{load0[2]:.1f} (1 / 5 / 15 min; other work on the 2 cores "
+                                                         "inflates every figure below)", ""]
     result: dict[str, object] = {}
     raster_lines, raster_res = bench_raster.run(args.quick)
     sections += raster_lines + [""]
@@ -239,8 +247,9 @@ def main() -> None:
         result.update(res)
     from m3_ros.foundation.config import FoundationConfig
     from m3_ros.foundation.dinov2 import load_dinov2
-    frames = sim_frames(12 if args.quick else 32)
+    # Load the model before pybullet's EGL renderer starts: the other order segfaults here.
     model = load_dinov2(FoundationConfig())
+    frames = sim_frames(12 if args.quick else 32)
     model.extract(frames[0].rgb)  # warm-up
     t0 = time.perf_counter()
     feats = [model.extract(f.rgb) for f in frames]
@@ -249,7 +258,9 @@ def main() -> None:
     sections += lines + [""]
     result.update(res)
     sections += section_distill(args.quick, frames, feats) + [""]
-    sections += [f"- total benchmark time: {time.perf_counter() - t_start:.0f} s"]
+    load1 = os.getloadavg()
+    sections += [f"- total benchmark time: {time.perf_counter() - t_start:.0f} s; load average at the end: "
+                 f"{load1[0]:.1f} / {load1[1]:.1f} / {load1[2]:.1f}"]
     order = ["raster_ms_160x120_20k", "reference_ms_160x120_20k", "raster_ms_320x240_20k",
              "train_step_ms_160x120_20k", "relevance_ms_160x120_5k", "bank_rows_per_1k_at_0.80"]
     write_report("memory", "M3 memory benchmark", sections, {k: result[k] for k in order})

@@ -85,12 +85,20 @@ class RelevanceIndex:
         return queries / (n2.sqrt() * self.tau).unsqueeze(-1)
 
     @torch.no_grad()
-    def candidates(self, queries: torch.Tensor, per_query: int = 8) -> torch.Tensor:
-        """Union [c] of the per_query highest-weight rows over queries [B, l] (e.g. a pixel subsample)."""
+    def candidates(self, queries: torch.Tensor, per_query: int = 8, max_rows: int = 512) -> torch.Tensor:
+        """Rows [c] among the per_query highest-weight rows of queries [B, l] (e.g. a pixel subsample).
+
+        At most max_rows are kept, those picked by the most queries, so the per-pixel work of
+        `relevance` stays bounded however large the bank is.
+        """
         t = self.A.shape[1]
         k = min(per_query, t)
-        logits = self.scaled(queries) @ self.A  # [B, t]
-        return torch.unique(torch.topk(logits, k, dim=-1).indices)
+        idx = torch.topk(self.scaled(queries) @ self.A, k, dim=-1).indices  # [B, k]
+        votes = torch.bincount(idx.reshape(-1), minlength=t)  # [t]
+        rows = torch.nonzero(votes).squeeze(-1)
+        if rows.numel() > max_rows:
+            rows = rows[torch.topk(votes[rows], max_rows).indices]
+        return torch.sort(rows).values
 
     @torch.no_grad()
     def relevance(self, queries: torch.Tensor, candidates: torch.Tensor | None = None, topk: int = 16,

@@ -116,6 +116,8 @@ class MemoryConfig:
     """Pixel stride of the subsample that picks candidate bank rows for a relevance map."""
     relevance_candidates: int = 8
     """Rows taken per subsampled pixel into the candidate set."""
+    relevance_max_rows: int = 512
+    """Cap on the candidate set (rows picked by the most subsampled pixels win)."""
     decode_budget_bytes: int = 256 << 20
     """Memory budget of one chunk of full decoding."""
     seed: int = 0
@@ -464,7 +466,8 @@ class M3Memory:
             if hit.any():
                 st = self.cfg.relevance_stride
                 sub = q[::st, ::st].reshape(-1, q.shape[-1])[torch.from_numpy(alpha[::st, ::st].reshape(-1) >= 0.01)]
-                cand = idx.candidates(sub if len(sub) else flat[hit], self.cfg.relevance_candidates)
+                cand = idx.candidates(sub if len(sub) else flat[hit], self.cfg.relevance_candidates,
+                                      self.cfg.relevance_max_rows)
                 rel[hit] = idx.relevance(flat[hit], candidates=cand, topk=self.cfg.relevance_topk)
         depth = np.where(alpha >= 0.5, out["depth_raw"], 0.0).astype(np.float32)
         return {"relevance": rel.reshape(H, W).numpy(), "depth": depth, "alpha": alpha}
