@@ -42,7 +42,7 @@ def synthetic_bank(rows: int, seed: int = 0) -> torch.Tensor:
     return centres[torch.randint(0, 60, (rows,), generator=g)] + 0.8 * torch.randn(rows, D, generator=g)
 
 
-def synthetic_memory(n: int, width: int, height: int, bank_rows: int, backend: str, topk: int = 64) -> M3Memory:
+def synthetic_memory(n: int, width: int, height: int, bank_rows: int, backend: str, topk: int = 32) -> M3Memory:
     """A memory with n Gaussians seeded from the ray-cast room, and a bank of bank_rows rows.
 
     The keyframe is 320x240; train_scale makes training render at width x height. Its feature
@@ -69,11 +69,11 @@ def synthetic_memory(n: int, width: int, height: int, bank_rows: int, backend: s
 
 
 def section_train(quick: bool) -> tuple[list[str], dict[str, float]]:
-    cases = [("cpu", 160, 120, 20000, 5000, 64), ("cpu", 160, 120, 20000, 5000, 0), ("cpu", 160, 120, 5000, 5000, 64),
-             ("cpu", 320, 240, 20000, 5000, 64), ("cpu", 160, 120, 20000, 500, 64), ("torch", 160, 120, 5000, 5000, 64)]
+    cases = [("cpu", 160, 120, 20000, 5000, 32), ("cpu", 160, 120, 20000, 5000, 0), ("cpu", 160, 120, 5000, 5000, 32),
+             ("cpu", 320, 240, 20000, 5000, 32), ("cpu", 160, 120, 20000, 500, 32), ("torch", 160, 120, 5000, 5000, 32)]
     if not quick:
-        cases += [("cpu", 160, 120, 50000, 5000, 64), ("cpu", 320, 240, 5000, 5000, 64),
-                  ("cpu", 320, 240, 50000, 5000, 64), ("torch", 160, 120, 20000, 5000, 64)]
+        cases += [("cpu", 160, 120, 50000, 5000, 32), ("cpu", 320, 240, 5000, 5000, 32),
+                  ("cpu", 320, 240, 50000, 5000, 32), ("torch", 160, 120, 20000, 5000, 32)]
     rows, res = [], {}
     for backend, w, h, n, t, k in cases:
         mem = synthetic_memory(n, w, h, t, backend, k)
@@ -88,9 +88,9 @@ def section_train(quick: bool) -> tuple[list[str], dict[str, float]]:
     lines += table(["raster backend", "train res", "N", "bank rows", "attention (training)", "step ms", "loss"], rows)
     lines += ["", "- keyframe 320x240 (ray-cast room), training renders at the listed resolution; densify off "
               "so N stays fixed; medians of 5 (cpu) / 2 (torch) steps after 2 warm-up steps.",
-              "- 'top-64': each feature point decodes with its 64 highest-weight bank rows (default, "
+              "- 'top-32': each feature point decodes with its 32 highest-weight bank rows (default, "
               "`attention_topk`); 'full softmax': the method's exact form over all rows."]
-    return lines, {"train_step_ms_160x120_20k": res[("cpu", 160, 20000, 5000, 64)]}
+    return lines, {"train_step_ms_160x120_20k": res[("cpu", 160, 20000, 5000, 32)]}
 
 
 def section_relevance(quick: bool) -> tuple[list[str], dict[str, float]]:

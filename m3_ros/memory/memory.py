@@ -79,7 +79,7 @@ class MemoryConfig:
     """Training renders at this fraction of the keyframe resolution."""
     feature_points: int = 2000
     """Feature-loss sample points per view and model."""
-    attention_topk: int = 64
+    attention_topk: int = 32
     """Training decodes feature points with each point's top-k bank rows (0 = full softmax, the
     method's exact form; the top-k form keeps the train step cheap with large banks)."""
     lambda_ssim: float = 0.2
@@ -116,7 +116,7 @@ class MemoryConfig:
     """Pixel stride of the subsample that picks candidate bank rows for a relevance map."""
     relevance_candidates: int = 8
     """Rows taken per subsampled pixel into the candidate set."""
-    relevance_max_rows: int = 512
+    relevance_max_rows: int = 256
     """Cap on the candidate set (rows picked by the most subsampled pixels win)."""
     decode_budget_bytes: int = 256 << 20
     """Memory budget of one chunk of full decoding."""
