@@ -61,31 +61,56 @@ def _fill_pose(pose_msg, T: np.ndarray) -> None:
         float(x) for x in q)
 
 
+# One place for every parameter and its default (config/sim.yaml overrides).
+PARAMS: dict[str, object] = {
+    "scene": "default",
+    "seed": 0,
+    "renderer": "auto",
+    "camera_rate_hz": 5.0,
+    "clock_rate_hz": 20.0,
+    "real_time_factor": 1.0,
+    "walk_speed": 0.4,
+    "camera_width": 0,
+    "camera_height": 0,
+    "depth_encoding": "32FC1",
+    "label_miss_rate": 0.0,
+    "label_erode_px": 0,
+    "label_synonym_rate": 0.0,
+    "grasp_pose_topic": "arm/grasp_pose",
+    "grasp_result_topic": "arm/grasp_result",
+    "camera_reliable": True,
+    "odom_frame": "odom",
+    "base_frame": "base_link",
+    "camera_frame": "camera_color_optical_frame",
+}
+
+
 class SimNode(Node):
     """Thin wrapper: parameters and QoS here, everything simulated in SimWorld."""
 
     def __init__(self) -> None:
         super().__init__("sim_node")
-        P = self.declare_parameter
-        self.scene_name = P("scene", "default").value
-        self.seed = int(P("seed", 0).value)
-        renderer = P("renderer", "auto").value
-        self.camera_rate = float(P("camera_rate_hz", 5.0).value)
-        self.clock_rate = float(P("clock_rate_hz", 20.0).value)
-        self.rtf = float(P("real_time_factor", 1.0).value)
-        walk_speed = float(P("walk_speed", 0.4).value)
-        width = int(P("camera_width", 0).value)
-        height = int(P("camera_height", 0).value)
-        self.depth_encoding = P("depth_encoding", "32FC1").value
-        self.noise = OracleNoise(miss_rate=float(P("label_miss_rate", 0.0).value),
-                                 erode_px=int(P("label_erode_px", 0).value),
-                                 synonym_rate=float(P("label_synonym_rate", 0.0).value))
-        grasp_topic = P("grasp_pose_topic", "arm/grasp_pose").value
-        result_topic = P("grasp_result_topic", "arm/grasp_result").value
-        reliable = bool(P("camera_reliable", True).value)
-        self.odom_frame = P("odom_frame", "odom").value
-        self.base_frame = P("base_frame", "base_link").value
-        self.camera_frame = P("camera_frame", "camera_color_optical_frame").value
+        def P(name: str):
+            return self.declare_parameter(name, PARAMS[name])
+        self.scene_name = P("scene").value
+        self.seed = int(P("seed").value)
+        renderer = P("renderer").value
+        self.camera_rate = float(P("camera_rate_hz").value)
+        self.clock_rate = float(P("clock_rate_hz").value)
+        self.rtf = float(P("real_time_factor").value)
+        walk_speed = float(P("walk_speed").value)
+        width = int(P("camera_width").value)
+        height = int(P("camera_height").value)
+        self.depth_encoding = P("depth_encoding").value
+        self.noise = OracleNoise(miss_rate=float(P("label_miss_rate").value),
+                                 erode_px=int(P("label_erode_px").value),
+                                 synonym_rate=float(P("label_synonym_rate").value))
+        grasp_topic = P("grasp_pose_topic").value
+        result_topic = P("grasp_result_topic").value
+        reliable = bool(P("camera_reliable").value)
+        self.odom_frame = P("odom_frame").value
+        self.base_frame = P("base_frame").value
+        self.camera_frame = P("camera_frame").value
         if self.depth_encoding not in ("32FC1", "16UC1"):
             raise ValueError(f"depth_encoding must be 32FC1 or 16UC1, got {self.depth_encoding!r}")
         if self.camera_rate <= 0 or self.clock_rate <= 0:
