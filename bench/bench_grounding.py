@@ -36,9 +36,8 @@ def walk_and_train(pipe: MemoryPipeline, world: SimWorld, frame_dt: float, train
         pipe.offer_frame(f.stamp, f.rgb, f.depth, f.K, f.T_world_cam, inst)
         pipe.train_for(train_s_per_frame)
         n_frames += 1
-    while not pipe.idle():
-        time.sleep(0.05)
-    pipe.train_for(0.0)
+    while not pipe.idle():  # let the worker finish and ingest what it extracted
+        pipe.train_for(0.05)
     return {"frames": n_frames, "walk_wall_s": time.monotonic() - t0}
 
 

@@ -25,6 +25,8 @@ def ros_test_env(domain_id: int | None = None) -> dict[str, str]:
     env["ROS_DOMAIN_ID"] = str(domain_id)
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # Several node processes share 2 cores: spinning OpenMP workers would steal them from each other.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 

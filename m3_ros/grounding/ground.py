@@ -23,7 +23,7 @@ from m3_ros.geometry import backproject, project
 
 @dataclass
 class GroundingConfig:
-    mode: Literal["render", "gaussians"] = "render"
+    mode: Literal["render", "gaussians"] = "gaussians"
     """How relevance is read out of the memory (see module docstring)."""
     n_views: int = 3
     """Keyframe views rendered in ``render`` mode (those that see the most Gaussians)."""

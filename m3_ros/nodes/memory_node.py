@@ -58,7 +58,7 @@ PARAMS: dict[str, object] = {
     "cloud_period": 2.0,
     "cloud_min_opacity": 0.3,
     "memory_dir": "",
-    "grounding_mode": "render",
+    "grounding_mode": "gaussians",
     "grounding_views": 3,
     "grounding_view_scale": 0.5,
     "max_query_chars": 200,
