@@ -47,6 +47,29 @@ def memory_attention(queries: torch.Tensor, W_m: torch.Tensor, bank_rows: torch.
 
 
 @torch.no_grad()
+def candidate_rows(queries: torch.Tensor, W_m: torch.Tensor, bank_unit: torch.Tensor, tau: float,
+                   per_query: int = 8, max_rows: int = 512, sample: int = 256,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bank rows [c] worth attending for queries [M, l]: the per_query best rows of a random
+    subsample of `sample` queries, at most max_rows of them (most-voted first).
+
+    Training then attends over these c rows instead of all t, so its cost stops growing with the
+    bank; queries whose best rows were missed are pulled towards the nearest candidate instead.
+    """
+    t = bank_unit.shape[0]
+    if t <= max_rows:
+        return torch.arange(t)
+    pick = torch.randperm(queries.shape[0], generator=generator)[:sample]
+    logits = attention_logits(queries[pick], W_m, bank_unit, tau)  # [sample, t]
+    idx = torch.topk(logits, min(per_query, t), dim=-1).indices
+    votes = torch.bincount(idx.reshape(-1), minlength=t)
+    rows = torch.nonzero(votes).squeeze(-1)
+    if rows.numel() > max_rows:
+        rows = rows[torch.topk(votes[rows], max_rows).indices]
+    return torch.sort(rows).values
+
+
+@torch.no_grad()
 def decode_chunked(queries: torch.Tensor, W_m: torch.Tensor, bank_rows: torch.Tensor, bank_unit: torch.Tensor,
                    tau: float, budget_bytes: int = 256 << 20) -> torch.Tensor:
     """Full decoding [M, d] of queries [M, l], in chunks so the [chunk, t] weights fit the budget."""

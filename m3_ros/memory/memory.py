@@ -22,7 +22,7 @@ from torch import nn
 
 from m3_ros import geometry
 from m3_ros.memory import ops
-from m3_ros.memory.attention import RelevanceIndex, decode_chunked, memory_attention
+from m3_ros.memory.attention import RelevanceIndex, candidate_rows, decode_chunked, memory_attention
 from m3_ros.memory.bank import MemoryBank
 from m3_ros.memory.gaussians import empty_params, logit, nn_log_scales, query_key, voxel_downsample
 from m3_ros.memory.losses import depth_loss, feature_loss, rgb_loss
@@ -82,6 +82,9 @@ class MemoryConfig:
     attention_topk: int = 32
     """Training decodes feature points with each point's top-k bank rows (0 = full softmax, the
     method's exact form; the top-k form keeps the train step cheap with large banks)."""
+    train_max_rows: int = 512
+    """Banks larger than this are attended in training over at most this many candidate rows,
+    picked per step from a subsample of the feature points (0 = always all rows)."""
     lambda_ssim: float = 0.2
     """SSIM weight in the RGB loss."""
     lambda_depth: float = 0.1
@@ -525,7 +528,12 @@ class M3Memory:
                     uv = torch.stack([(pu.float() + 0.5) / v.scale - 0.5, (pv.float() + 0.5) / v.scale - 0.5], -1)
                     gt = fm.sample(uv, mode=cfg.models[m].sample_mode)  # [n, d]
                     b = self.banks[m]
-                    pred = memory_attention(q, self.W[m], b.rows, b.unit_rows, cfg.tau, cfg.attention_topk)
+                    rows, unit = b.rows, b.unit_rows
+                    if 0 < cfg.train_max_rows < len(b):
+                        cand = candidate_rows(q.detach(), self.W[m].detach(), unit, cfg.tau,
+                                              max_rows=cfg.train_max_rows, generator=self._gen)
+                        rows, unit = rows[cand], unit[cand]
+                    pred = memory_attention(q, self.W[m], rows, unit, cfg.tau, cfg.attention_topk)
                     losses[f"feat_{m}"] = feature_loss(pred, gt)
                     loss = loss + cfg.lambda_feature * cfg.models[m].weight * losses[f"feat_{m}"]
                 c += l

@@ -102,3 +102,15 @@ def test_ssim_matches_direct_2d_window():
     sxx, syy, sxy = c(x * x) - mx ** 2, c(y * y) - my ** 2, c(x * y) - mx * my
     ref = ((2 * mx * my + 1e-4) * (2 * sxy + 9e-4)) / ((mx ** 2 + my ** 2 + 1e-4) * (sxx + syy + 9e-4))
     torch.testing.assert_close(ssim(a, b), ref.mean(), rtol=1e-4, atol=1e-5)
+
+
+def test_candidate_rows_cover_peaky_queries():
+    from m3_ros.memory.attention import candidate_rows
+    rows, unit, W, q, _ = _setup(t=2000, M=1500)
+    cand = candidate_rows(q, W, unit, 0.05, max_rows=300, sample=256, generator=torch.Generator().manual_seed(0))
+    assert cand.numel() <= 300 and torch.equal(cand, torch.sort(torch.unique(cand)).values)
+    full = memory_attention(q, W, rows, unit, 0.05)
+    sub = memory_attention(q, W, rows[cand], unit[cand], 0.05, topk=32)
+    # Most points decode as with the whole bank (their rows were voted in by the subsample).
+    assert F.cosine_similarity(sub, full, dim=-1).median() > 0.95
+    assert torch.equal(candidate_rows(q, W, unit, 0.05, max_rows=5000), torch.arange(2000))
