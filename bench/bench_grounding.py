@@ -1,4 +1,5 @@
-"""Grounding from the memory: rendered relevance vs per-Gaussian decoding, on the sim walk.
+"""Grounding from the memory: rendered relevance (with / without the all-around refinement)
+vs per-Gaussian decoding, on the sim walk.
 
 Drives the same ``MemoryPipeline`` as the memory node, fed by ``SimWorld`` frames
 (no ROS), then asks each object's query in both modes and measures 3D error and time.
@@ -48,15 +49,17 @@ def main() -> None:
     extra_train_s = 5.0 if a.quick else 20.0
     pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"]))
     pipe.load()
-    rows, errs = [], {"render": [], "gaussians": []}
-    times = {"render": [], "gaussians": []}
+    modes = {"render": GroundingConfig(mode="render"),
+             "render_coarse": GroundingConfig(mode="render", refine_views=0),
+             "gaussians": GroundingConfig(mode="gaussians")}
+    rows, errs, times = [], {m: [] for m in modes}, {m: [] for m in modes}
     with SimWorld("default", seed=0) as world:
         walk = walk_and_train(pipe, world, frame_dt=0.2, train_s_per_frame=0.15)
         pipe.train_for(extra_train_s, max_steps=100000)
         truth = {o.name: o.aabb_center for o in world.objects()}
     st = pipe.stats()
-    for mode in ("render", "gaussians"):
-        pipe.cfg.grounding = GroundingConfig(mode=mode)
+    for mode, gcfg in modes.items():
+        pipe.cfg.grounding = gcfg
         for name, q in QUERIES.items():
             if name not in truth:
                 continue
@@ -79,11 +82,9 @@ def main() -> None:
         f"better mode on this run: **{better}**",
     ]
     write_report("grounding", "Grounding: rendered relevance vs per-Gaussian decoding", lines, {
-        "render_median_cm": float(np.median(errs["render"])),
-        "gaussians_median_cm": float(np.median(errs["gaussians"])),
-        "render_within5": float(np.mean(np.array(errs["render"]) <= 5)),
-        "gaussians_within5": float(np.mean(np.array(errs["gaussians"]) <= 5)),
-        "render_ms": float(np.median(times["render"])), "gaussians_ms": float(np.median(times["gaussians"])),
+        **{f"{m}_median_cm": float(np.median(errs[m])) for m in modes},
+        **{f"{m}_within5": float(np.mean(np.array(errs[m]) <= 5)) for m in modes},
+        **{f"{m}_ms": float(np.median(times[m])) for m in modes},
         "better": better,
     })
     pipe.close()

@@ -16,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from m3_ros.geometry import backproject, project
@@ -23,7 +24,7 @@ from m3_ros.geometry import backproject, project
 
 @dataclass
 class GroundingConfig:
-    mode: Literal["render", "gaussians"] = "gaussians"
+    mode: Literal["render", "gaussians"] = "render"
     """How relevance is read out of the memory (see module docstring)."""
     n_views: int = 3
     """Keyframe views rendered in ``render`` mode (those that see the most Gaussians)."""
@@ -41,6 +42,13 @@ class GroundingConfig:
     baseline_margin: float = 0.03
     """Candidates also beat, by this much, the score of a zero principal query (what a surface
     that never had a feature decodes to: the attention-weighted bank average)."""
+    edge_depth_rel: float = 0.05
+    """Render mode: pixels whose 3x3 neighbourhood spans more depth than this fraction are
+    silhouette pixels and are not lifted."""
+    refine_views: int = 6
+    """Render mode: views spread around the best region that re-estimate its centre (0 = off)."""
+    refine_radius: float = 0.12
+    """Render mode: lifted pixels this close (m) to the coarse centre take part in the refinement."""
     min_opacity: float = 0.2
     """Gaussians below this opacity are ignored in ``gaussians`` mode."""
 
@@ -123,6 +131,77 @@ def _baseline_score(memory, model: str, text_emb: torch.Tensor) -> float:
         return float(torch.nn.functional.cosine_similarity(f.float(), text_emb.float().reshape(-1), dim=0))
 
 
+def _render_points(memory, model: str, text_emb: torch.Tensor, view_ids: list[int],
+                   cfg: GroundingConfig) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Render relevance + depth from keyframe views; lift rendered pixels to 3D.
+
+    Returns points [M, 3] (memory frame), their relevance [M], one relevance map [h, w] per view.
+    """
+    pts_all, sc_all, maps = [np.zeros((0, 3))], [np.zeros(0)], []
+    for i in view_ids:
+        kf = memory.keyframes[i]
+        H, W = kf.size
+        w, h = max(8, int(round(W * cfg.view_scale))), max(8, int(round(H * cfg.view_scale)))
+        K = kf.K.copy()
+        K[0] *= w / W
+        K[1] *= h / H
+        out = memory.relevance(model, text_emb, kf.T_world_cam, K, w, h)
+        rel = np.asarray(out["relevance"], dtype=np.float64)
+        alpha = np.asarray(out["alpha"], dtype=np.float64)
+        depth = np.where(alpha > 0.5, np.asarray(out["depth"], dtype=np.float64), 0.0)
+        # expected depth blends both sides of a silhouette: such pixels float between surfaces
+        span = ndimage.maximum_filter(depth, 3) - ndimage.minimum_filter(np.where(depth > 0, depth, np.inf), 3)
+        depth = np.where(span <= cfg.edge_depth_rel * depth, depth, 0.0)
+        pts, pix = backproject(depth, K, kf.T_world_cam)
+        maps.append(np.where(alpha > 0.5, rel, np.nan))
+        pts_all.append(pts)
+        sc_all.append(rel[pix[:, 0], pix[:, 1]])
+    return np.concatenate(pts_all), np.concatenate(sc_all), maps
+
+
+def _views_seeing(memory, point: np.ndarray, n: int) -> list[int]:
+    """Up to n keyframes whose image contains ``point`` [3], spread over viewing directions."""
+    cands, dirs = [], []
+    for i, kf in enumerate(memory.keyframes):
+        H, W = kf.size
+        uv, z = project(point[None], kf.K, kf.T_world_cam)
+        u, v = uv[0]
+        if 0.1 < z[0] < 4.0 and 0.1 * W <= u < 0.9 * W and 0.1 * H <= v < 0.9 * H:
+            d = point - kf.T_world_cam[:3, 3]
+            cands.append(i)
+            dirs.append(d / np.linalg.norm(d))
+    if not cands:
+        return []
+    dirs = np.array(dirs)
+    chosen = [0]
+    while len(chosen) < min(n, len(cands)):
+        # farthest-point sampling on the viewing directions: see the object from all around
+        sim = dirs @ dirs[chosen].T  # [c, k]
+        chosen.append(int(np.argmin(sim.max(axis=1))))
+    return [cands[j] for j in chosen]
+
+
+def _refine(memory, model: str, text_emb: torch.Tensor, region: tuple, thr: float, cfg: GroundingConfig,
+            views: list[int], maps: list[np.ndarray]) -> tuple:
+    """Re-estimate the best region's centre from views all around it.
+
+    The first pass renders the views that see the most of the memory; their lifted pixels
+    lie on the faces turned towards those cameras, so their centre sits on the near side
+    of the object. Views spread around the coarse centre see every face.
+    """
+    centre = region[0]
+    ids = _views_seeing(memory, centre, cfg.refine_views)
+    if len(ids) < 2:
+        return region
+    pts, sc, new_maps = _render_points(memory, model, text_emb, ids, cfg)
+    near = (sc >= thr) & (np.linalg.norm(pts - centre, axis=1) <= cfg.refine_radius)
+    if near.sum() < cfg.min_region_points:
+        return region
+    views.extend(ids)
+    maps.extend(new_maps)
+    return (np.median(pts[near], axis=0), float(sc[near].mean()), pts[near])
+
+
 def _views_covering(memory, n_views: int) -> list[int]:
     """Indices of the keyframes that see the most Gaussian means."""
     means = memory.means.detach().cpu().numpy().astype(np.float64)
@@ -154,26 +233,8 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
     if mode == "render" and len(memory.keyframes) == 0:
         mode = "gaussians"  # a loaded memory carries no keyframe views to render from
     if mode == "render":
-        pts_all, sc_all = [], []
-        for i in _views_covering(memory, cfg.n_views):
-            kf = memory.keyframes[i]
-            H, W = kf.size
-            w, h = max(8, int(round(W * cfg.view_scale))), max(8, int(round(H * cfg.view_scale)))
-            K = kf.K.copy()
-            K[0] *= w / W
-            K[1] *= h / H
-            out = memory.relevance(model, text_emb, kf.T_world_cam, K, w, h)
-            rel = np.asarray(out["relevance"], dtype=np.float64)
-            depth = np.asarray(out["depth"], dtype=np.float64)
-            alpha = np.asarray(out["alpha"], dtype=np.float64)
-            depth = np.where(alpha > 0.5, depth, 0.0)
-            pts, pix = backproject(depth, K, kf.T_world_cam)
-            views.append(i)
-            maps.append(np.where(alpha > 0.5, rel, np.nan))
-            pts_all.append(pts)
-            sc_all.append(rel[pix[:, 0], pix[:, 1]])
-        points = np.concatenate(pts_all) if pts_all else np.zeros((0, 3))
-        scores = np.concatenate(sc_all) if sc_all else np.zeros(0)
+        views = _views_covering(memory, cfg.n_views)
+        points, scores, maps = _render_points(memory, model, text_emb, views, cfg)
     elif mode == "gaussians":
         rel = memory.gaussian_relevance(model, text_emb).detach().cpu().numpy().astype(np.float64)
         keep = memory.opacities.detach().cpu().numpy() >= cfg.min_opacity
@@ -197,6 +258,8 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
         best = np.argsort(scores)[::-1][: cfg.min_region_points]
         regions = [(points[best].mean(0), float(scores[best].mean()), points[best])]
     regions = regions[:top_k]
+    if mode == "render" and cfg.refine_views > 0:
+        regions[0] = _refine(memory, model, text_emb, regions[0], thr, cfg, views, maps)
     return GroundingResult(
         points=np.stack([r[0] for r in regions]), scores=np.array([r[1] for r in regions]),
         model=model, mode=mode, n_candidates=int(sel.sum()), threshold=thr,
