@@ -5,8 +5,11 @@ model's own feature space (see M3_METHOD.md):
 - ``render``: render the relevance map from the keyframe views that see the most
   Gaussians and lift confident pixels with the rendered depth and the camera pose;
 - ``gaussians``: decode each Gaussian's principal query directly and score its mean.
-The benchmark ``bench/bench_grounding.py`` measures both; the default is the one it
-found better (see README).
+The benchmark ``bench/bench_grounding.py`` measures both on the simulator walk. The
+default is ``gaussians``: it scores every Gaussian, so every object in the memory and every
+side of it takes part, while ``render`` only sees what a few chosen views see (an object
+outside them is missed, and lifted surface points sit on the faces turned to the camera);
+it is also the cheaper of the two.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from m3_ros.geometry import backproject, project
 
 @dataclass
 class GroundingConfig:
-    mode: Literal["render", "gaussians"] = "render"
+    mode: Literal["render", "gaussians"] = "gaussians"
     """How relevance is read out of the memory (see module docstring)."""
     n_views: int = 3
     """Keyframe views rendered in ``render`` mode (those that see the most Gaussians)."""

@@ -322,23 +322,22 @@ class MemoryNode(Node):
             raise ValueError("no path given and the memory_dir parameter is empty")
         return path
 
-    def _on_save(self, req: MemoryIO.Request, res: MemoryIO.Response) -> MemoryIO.Response:
+    def _memory_io(self, req: MemoryIO.Request, res: MemoryIO.Response, action, done: str,
+                   verb: str) -> MemoryIO.Response:
         try:
             path = self._path(req.path)
-            self.pipeline.save(path)
-            res.success, res.message = True, f"saved memory to {path}"
-        except (ValueError, OSError) as e:
-            res.success, res.message = False, f"save failed: {e}"
+            action(path)
+            res.success, res.message = True, f"{done} {path}"
+        except (ValueError, OSError) as e:  # CheckpointError is a ValueError
+            res.success, res.message = False, f"{verb} failed: {e}"
+        self.get_logger().info(res.message)
         return res
 
+    def _on_save(self, req: MemoryIO.Request, res: MemoryIO.Response) -> MemoryIO.Response:
+        return self._memory_io(req, res, self.pipeline.save, "saved memory to", "save")
+
     def _on_load(self, req: MemoryIO.Request, res: MemoryIO.Response) -> MemoryIO.Response:
-        try:
-            path = self._path(req.path)
-            self.pipeline.load_memory(path)
-            res.success, res.message = True, f"loaded memory from {path}"
-        except (ValueError, OSError) as e:
-            res.success, res.message = False, f"load failed: {e}"
-        return res
+        return self._memory_io(req, res, self.pipeline.load_memory, "loaded memory from", "load")
 
     def _on_reset(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
         self.pipeline.reset()
