@@ -183,6 +183,16 @@ class MemoryPipeline:
         emb = self._text_model.encode_text([q])[0]
         return ground(self.memory, emb, self._text_model.name, self.cfg.grounding, top_k)
 
+    def relevance_map(self, query: str, T_world_cam: np.ndarray, K: np.ndarray, width: int,
+                      height: int) -> np.ndarray:
+        """Relevance [height, width] of a text query rendered from one camera pose (NaN = nothing)."""
+        q = validate_query(query, self.cfg.grounding.max_query_chars)
+        if not self.ready or self._text_model is None or self.memory.n_gaussians == 0:
+            raise ValueError("memory is not ready for queries")
+        emb = self._text_model.encode_text([q])[0]
+        out = self.memory.relevance(self._text_model.name, emb, T_world_cam, K, width, height)
+        return np.where(np.asarray(out["alpha"]) > 0.5, np.asarray(out["relevance"]), np.nan)
+
     def stats(self) -> dict:
         if not self.ready:
             return {"keyframes": 0, "gaussians": 0, "bank_rows": {}, "iteration": 0,

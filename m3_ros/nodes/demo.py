@@ -106,23 +106,28 @@ def heatmap(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _save_pictures(out: Path, demo: DemoClient, memory_dir: Path, grasp_pose, log) -> list[str]:
-    """rendered RGB | camera image, relevance heatmap, grasp drawn on the camera image."""
+def _save_pictures(out: Path, demo: DemoClient, snapshot: tuple, memory_dir: Path, grasp_pose, log) -> list[str]:
+    """rendered RGB | camera image, relevance heatmap, grasp drawn on the camera image.
+
+    snapshot: (colour Image, camera_info, T_odom_cam) taken when the query was asked,
+    before the arm moved anything.
+    """
     from PIL import Image as PILImage, ImageDraw
 
     from m3_ros.geometry import project
     from m3_ros.memory.memory import M3Memory
 
     saved = []
-    if demo.color is None or demo.info is None or demo.frame_pose is None:
+    color, info, frame_pose = snapshot
+    if color is None or info is None or frame_pose is None:
         log("no camera frame to draw on")
         return saved
-    cam = convert.rgb_from_image(demo.color)
-    K = convert.intrinsics_from_camera_info(demo.info)
+    cam = convert.rgb_from_image(color)
+    K = convert.intrinsics_from_camera_info(info)
     H, W = cam.shape[:2]
     try:
         mem = M3Memory.load(str(memory_dir))
-        r = mem.render(demo.frame_pose, K, W, H)
+        r = mem.render(frame_pose, K, W, H)
         rendered = (np.clip(np.asarray(r["rgb"]), 0, 1) * 255).astype(np.uint8)
         PILImage.fromarray(np.concatenate([rendered, cam], axis=1)).save(out / "rendered_vs_camera.png")
         saved.append("rendered_vs_camera.png")
@@ -135,7 +140,7 @@ def _save_pictures(out: Path, demo: DemoClient, memory_dir: Path, grasp_pose, lo
     if grasp_pose is not None:
         T = convert.pose_msg_to_matrix(grasp_pose.pose)
         pts = np.array([T[:3, 3], T[:3, 3] - 0.10 * T[:3, 2], T[:3, 3] + 0.04 * T[:3, 1], T[:3, 3] - 0.04 * T[:3, 1]])
-        uv, z = project(pts, K, demo.frame_pose)
+        uv, z = project(pts, K, frame_pose)
         img = PILImage.fromarray(cam.copy())
         d = ImageDraw.Draw(img)
         if np.all(z > 0):
@@ -240,6 +245,7 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
         log(f"{res.message}")
         log(f"grounded point {np.round(point, 3).tolist()} vs true duck centre "
             f"{np.round(truth, 3).tolist() if truth is not None else None}: {err_cm:.1f} cm")
+        snapshot = (demo.color, demo.info, demo.frame_pose)
         demo.grasp_result = None
         plan = demo.call(demo.plan, PlanGrasp.Request(query=QUERY, execute=True), 60.0)
         log(f"plan_grasp: {plan.message}")
@@ -257,7 +263,7 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
         saved = demo.call(demo.save, MemoryIO.Request(path=str(mem_dir)), 60.0)
         log(saved.message)
         s = demo.status
-        pictures = _save_pictures(out, demo, mem_dir, plan.grasp if plan.success else None, log)
+        pictures = _save_pictures(out, demo, snapshot, mem_dir, plan.grasp if plan.success else None, log)
         report.update({
             "error_cm": err_cm, "grasp": "success" if grasp_ok and grasp_obj == TARGET else "failure",
             "grasped_object": grasp_obj, "keyframes": int(s.keyframes), "gaussians": int(s.gaussians),

@@ -225,6 +225,7 @@ class MemoryNode(Node):
             stamp = convert.stamp_to_sec(color.header.stamp)
             inst = convert.instances_from_msg(inst_msg, rgb.shape[:2]) if inst_msg is not None else []
             self.last_T_odom_base, self.last_T_odom_cam = T_odom_base, T_odom_cam
+            self.last_size, self.camera_frame = rgb.shape[:2], color.header.frame_id
             self.last_header = Header(stamp=color.header.stamp, frame_id=self.odom_frame)
             self.pipeline.offer_frame(stamp, rgb, d, self.K, T_odom_cam, inst)
         except ValueError as e:
@@ -312,9 +313,19 @@ class MemoryNode(Node):
                     m.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
                 ma.markers.append(m)
         self.marker_pub.publish(ma)
-        if self.p["publish_relevance"] and out.relevance_maps:
-            rel = np.nan_to_num(out.relevance_maps[0], nan=0.0).astype(np.float32)
-            self.relevance_pub.publish(convert.array_to_image(rel, "32FC1", header))
+        if self.p["publish_relevance"] and self.last_T_odom_cam is not None and self.K is not None:
+            # the query's relevance as seen from the robot's current camera, at half resolution
+            h, w = self.last_size[0] // 2, self.last_size[1] // 2
+            K = self.K.copy()
+            K[:2] *= 0.5
+            try:
+                rel = self.pipeline.relevance_map(query, self.last_T_odom_cam, K, max(w, 8), max(h, 8))
+            except ValueError as e:
+                self.get_logger().warning(f"no relevance image: {e}")
+                return
+            img = np.nan_to_num(rel, nan=0.0).astype(np.float32)
+            header = Header(stamp=self.last_header.stamp, frame_id=self.camera_frame)
+            self.relevance_pub.publish(convert.array_to_image(img, "32FC1", header))
 
     def _path(self, req_path: str) -> str:
         path = req_path or self.p["memory_dir"]
