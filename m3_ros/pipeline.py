@@ -43,6 +43,8 @@ class PipelineConfig:
     """Keyframes waiting for feature extraction at most; newer ones are dropped while full."""
     memory_overrides: dict = field(default_factory=dict)
     """Extra MemoryConfig fields (name -> value)."""
+    foundation_overrides: dict = field(default_factory=dict)
+    """Extra FoundationConfig fields (name -> value), e.g. clip_checkpoint."""
 
 
 class MemoryPipeline:
@@ -69,7 +71,7 @@ class MemoryPipeline:
         try:
             from m3_ros.foundation import FeatureWorker, FoundationConfig, grounding_text_model, load_models
             if self._models is None:
-                self._models = load_models(FoundationConfig(models=list(self.cfg.models)))
+                self._models = load_models(FoundationConfig(models=list(self.cfg.models), **self.cfg.foundation_overrides))
             if not self._models:
                 raise RuntimeError(f"none of the models {self.cfg.models} could be loaded")
             self._worker = FeatureWorker(self._models)

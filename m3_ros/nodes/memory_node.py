@@ -46,6 +46,9 @@ PARAMS: dict[str, object] = {
     "instances_slop": 0.02,
     "instances_wait": 1.0,
     "models": ["clip", "dinov2_s", "minilm_labels"],
+    "clip_arch": "ViT-B-16",
+    "clip_checkpoint": "",
+    "siglip_path": "",
     "channels": [16, 16, 16],
     "thetas": [0.80, 0.75, 1.0],
     "kf_min_translation": 0.10,
@@ -85,6 +88,8 @@ class MemoryNode(Node):
             grounding=GroundingConfig(mode=p["grounding_mode"], n_views=int(p["grounding_views"]),
                                       view_scale=float(p["grounding_view_scale"]),
                                       max_query_chars=int(p["max_query_chars"])),
+            foundation_overrides={"clip_arch": p["clip_arch"], "clip_checkpoint": p["clip_checkpoint"],
+                                  "siglip_path": p["siglip_path"]},
         )
         self.pipeline = MemoryPipeline(cfg)
         self.odom_frame = p["odom_frame"]
