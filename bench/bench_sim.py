@@ -6,8 +6,12 @@ import time
 import numpy as np
 import pybullet as p
 
-from bench._common import machine_header, table, time_ms, write_report
-from m3_ros.sim import SimWorld
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_header, table, time_ms, write_report  # noqa: E402
+from m3_ros.sim import SimWorld  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +42,7 @@ def main() -> None:
                 *table(["renderer", "size", "render ms", "advance 0.05 s ms", "oracle ms",
                         "walk sim s", "walk wall s (4 Hz frames)", "duck grasp wall s", "grasp ok"], rows)]
     result["grasp_ok"] = all(r[-1] for r in rows)
-    write_report("sim_bench", "Embedded simulator speed", sections, result)
+    write_report("sim", "Embedded simulator speed", sections, result)
 
 
 if __name__ == "__main__":
