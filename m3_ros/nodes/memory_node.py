@@ -109,6 +109,7 @@ class MemoryNode(Node):
         self.waiting: dict[float, tuple] = {}
         self._frame_lock = threading.Lock()
         self._rejects = 0
+        self._last_reject: dict[str, float] = {}
         self._steps_since_status = 0
         self._last_status_t = time.monotonic()
 
@@ -198,8 +199,13 @@ class MemoryNode(Node):
         return self.instances[t_near] if abs(t_near - stamp) <= float(self.p["instances_slop"]) else None
 
     def _reject(self, why: str) -> None:
+        """Log a dropped input once per kind of problem every 5 s (a bad stream would flood the log)."""
         self._rejects += 1
-        self.get_logger().warning(f"dropped input: {why}", throttle_duration_sec=5.0)
+        kind = why.split(":")[0][:40]
+        now = time.monotonic()
+        if now - self._last_reject.get(kind, -np.inf) >= 5.0:
+            self._last_reject[kind] = now
+            self.get_logger().warning(f"dropped input ({self._rejects} so far): {why}")
 
     def _on(self, name: str, msg) -> None:
         try:
