@@ -26,14 +26,19 @@ from torch import nn
 
 from m3_ros.memory.bank import MemoryBank
 from m3_ros.memory.gaussians import query_key
+from m3_ros.memory.sh import colors_shape
 
 FORMAT = "m3_ros.memory"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 predates sh_degree: its colours are degree 0 ([N, 3] logits), which version 2 stores alike.
+READABLE_VERSIONS = (1, 2)
 CONVENTIONS = {
     "quats": "w,x,y,z (gsplat order)",
     "scales": "log_scales stored; activated = exp",
     "opacity": "opacity_logits stored; activated = sigmoid",
-    "colors": "SH degree 0, logits of RGB in 0..1; activated = sigmoid",
+    "colors": "sh_degree 0: [N, 3] logits of RGB, activated = sigmoid; sh_degree D > 0: [N, (D+1)^2, 3] real SH "
+              "coefficients (index 0 DC with basis 1, then l = 1..D, m = -l..l, Condon-Shortley phase), "
+              "activated = sigmoid(sum_k Y_k(unit(mean - camera centre)) c_k)",
     "frames": "means in the memory (odom) frame; cameras REP-103 optical, T_world_cam maps camera to world",
     "wm": "W_m [l, d]: decoded = softmax(cos(q W_m, PSC) / tau) PSC",
 }
@@ -69,6 +74,7 @@ def save_memory(mem, path: Path) -> None:
                        "bank_seen": mem.banks[m].seen if m in mem.banks else 0}
                    for m, s in mem.cfg.models.items()},
         "tau": mem.cfg.tau,
+        "sh_degree": mem.cfg.sh_degree,
         "n_gaussians": mem.n_gaussians,
         "iteration": mem.iteration,
         "extent": mem.extent,
@@ -110,8 +116,9 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise CheckpointError(f"{meta_p} is not valid JSON: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_p} is not an {FORMAT} checkpoint (format={meta.get('format') if isinstance(meta, dict) else None!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+    if meta.get("format_version") not in READABLE_VERSIONS:
+        raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r} is not supported "
+                              f"(readable: {list(READABLE_VERSIONS)})")
     try:
         tensors = load_file(str(tens_p))
     except (SafetensorError, OSError, ValueError) as e:
@@ -135,12 +142,16 @@ def load_memory(cls, path: Path):
     missing = [n for n in names if f"param/{n}" not in tensors]
     if missing:
         raise CheckpointError(f"{path}: tensors missing parameters {missing}")
+    if meta.get("sh_degree", 0) != cfg.sh_degree:
+        raise CheckpointError(f"{path}: meta sh_degree {meta.get('sh_degree')!r} disagrees with config "
+                              f"sh_degree {cfg.sh_degree}")
     N = int(meta.get("n_gaussians", -1))
-    widths = {"means": 3, "log_scales": 3, "quats": 4, "colors": 3}
-    widths.update({query_key(m): s.channels for m, s in cfg.models.items()})
+    shapes = {"means": (N, 3), "log_scales": (N, 3), "quats": (N, 4), "opacity_logits": (N,),
+              "colors": colors_shape(N, cfg.sh_degree)}
+    shapes.update({query_key(m): (N, s.channels) for m, s in cfg.models.items()})
     for n in names:
         t = tensors[f"param/{n}"]
-        want = (N,) if n == "opacity_logits" else (N, widths[n])
+        want = shapes[n]
         if tuple(t.shape) != want:
             raise CheckpointError(f"{path}: param/{n} has shape {tuple(t.shape)}, expected {want}")
         if not torch.isfinite(t).all():

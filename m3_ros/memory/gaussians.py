@@ -1,7 +1,8 @@
 """Gaussian scene parameters and their seeding from back-projected RGB-D.
 
 Parameters sit in one ParameterDict: means [N, 3], log_scales [N, 3], quats [N, 4] (w, x, y, z,
-gsplat order), opacity_logits [N], colors [N, 3] (SH degree 0, stored as logits of RGB) and one
+gsplat order), opacity_logits [N], colors ([N, 3] logits of RGB at SH degree 0, [N, (D+1)^2, 3] SH
+coefficients at degree D > 0; see sh.py) and one
 principal-query slice per foundation model, "q_<model>" [N, l_model].
 """
 from __future__ import annotations
@@ -11,16 +12,18 @@ import torch
 from scipy.spatial import cKDTree
 from torch import nn
 
+from m3_ros.memory.sh import colors_shape
+
 
 def query_key(model: str) -> str:
     """ParameterDict key of a model's principal-query slice."""
     return f"q_{model}"
 
 
-def empty_params(channels: dict[str, int]) -> nn.ParameterDict:
-    """A scene with no Gaussians and the given query channels per model."""
+def empty_params(channels: dict[str, int], sh_degree: int = 0) -> nn.ParameterDict:
+    """A scene with no Gaussians, the given query channels per model and colour SH degree."""
     p = {"means": torch.zeros(0, 3), "log_scales": torch.zeros(0, 3), "quats": torch.zeros(0, 4),
-         "opacity_logits": torch.zeros(0), "colors": torch.zeros(0, 3)}
+         "opacity_logits": torch.zeros(0), "colors": torch.zeros(colors_shape(0, sh_degree))}
     for m, l in channels.items():
         p[query_key(m)] = torch.zeros(0, l)
     return nn.ParameterDict({k: nn.Parameter(v) for k, v in p.items()})

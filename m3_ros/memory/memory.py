@@ -27,6 +27,7 @@ from m3_ros.memory.bank import MemoryBank
 from m3_ros.memory.gaussians import empty_params, logit, nn_log_scales, query_key, voxel_downsample
 from m3_ros.memory.losses import depth_loss, feature_loss, rgb_loss
 from m3_ros.memory.rasterize import rasterize
+from m3_ros.memory.sh import camera_centre, check_sh_degree, dc_to_colors, sh_to_rgb
 from m3_ros.memory.strategy import DensifyConfig, DensifyStrategy
 from m3_ros.types import Keyframe
 
@@ -59,6 +60,8 @@ class MemoryConfig:
     """Learn W_m (paper); False keeps the reference code's fixed random N(0, 1) W_m."""
     wm_init: Literal["pca", "random"] = "pca"
     """Learnable W_m starts from the first bank's top-l principal directions, or N(0, 1)."""
+    sh_degree: int = 0
+    """Colour SH degree 0..3 (0 = one view-independent RGB per Gaussian, the cheap CPU default)."""
     max_gaussians: int = 50_000
     """Hard cap on the Gaussian count (seeding and densification)."""
     voxel_size: float = 0.02
@@ -136,6 +139,7 @@ class MemoryConfig:
             raise ValueError(f"tau must be positive, got {self.tau}")
         if not 0.0 < self.train_scale <= 1.0:
             raise ValueError(f"train_scale must be in (0, 1], got {self.train_scale}")
+        check_sh_degree(self.sh_degree)
         if self.max_gaussians <= 0:
             raise ValueError(f"max_gaussians must be positive, got {self.max_gaussians}")
 
@@ -201,7 +205,7 @@ class M3Memory:
             cfg = self.cfg
             self._gen = torch.Generator().manual_seed(cfg.seed)
             self._rng = random.Random(cfg.seed)
-            self.params = empty_params({m: s.channels for m, s in cfg.models.items()})
+            self.params = empty_params({m: s.channels for m, s in cfg.models.items()}, cfg.sh_degree)
             self.banks: dict[str, MemoryBank] = {}
             self.W: dict[str, nn.Parameter] = {}
             self._wm_version = 0
@@ -378,7 +382,7 @@ class M3Memory:
             "log_scales": torch.from_numpy(nn_log_scales(pts, self.means.numpy().astype(np.float64))).float(),
             "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(M, 1),
             "opacity_logits": torch.full((M,), float(logit(torch.tensor(cfg.init_opacity)))),
-            "colors": logit(rgb),
+            "colors": dc_to_colors(logit(rgb), cfg.sh_degree),  # higher SH orders start at 0
         }
         uv = torch.from_numpy(pix[:, ::-1].astype(np.float32).copy())  # (u, v)
         for m, slot in cfg.models.items():
@@ -393,6 +397,11 @@ class M3Memory:
     def _activated(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         p = self.params
         return p["means"], p["quats"], p["log_scales"].exp(), torch.sigmoid(p["opacity_logits"])
+
+    def _rgb(self, viewmat: torch.Tensor) -> torch.Tensor:
+        """Activated colours [N, 3] seen through viewmat [4, 4] (view-dependent when sh_degree > 0)."""
+        p = self.params
+        return sh_to_rgb(p["colors"], p["means"], camera_centre(viewmat), self.cfg.sh_degree)
 
     def _raster(self, colors: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int):
         means, quats, scales, opac = self._activated()
@@ -409,10 +418,10 @@ class M3Memory:
             return {"rgb": np.zeros((H, W, 3), np.float32), "alpha": np.zeros((H, W), np.float32),
                     "depth_raw": np.zeros((H, W), np.float32),
                     "queries": {m: torch.zeros(H, W, self.cfg.models[m].channels) for m in models} if with_queries else {}}
-        chans = [torch.sigmoid(self.params["colors"])]
+        viewmat = torch.tensor(geometry.invert(np.asarray(T_world_cam, dtype=np.float64)), dtype=torch.float32)
+        chans = [self._rgb(viewmat)]
         if with_queries:
             chans += [self.params[query_key(m)] for m in models]
-        viewmat = torch.tensor(geometry.invert(np.asarray(T_world_cam, dtype=np.float64)), dtype=torch.float32)
         img, alpha, _ = self._raster(torch.cat(chans, -1), viewmat, torch.tensor(K, dtype=torch.float32), W, H)
         img, alpha = img[0], alpha[0, ..., 0]
         out = {"rgb": img[..., :3].clamp(0, 1).numpy(), "alpha": alpha.numpy(), "depth_raw": img[..., -1].numpy()}
@@ -509,7 +518,7 @@ class M3Memory:
             v = self._sample_view()
             h, w = v.rgb.shape[:2]
             models = [m for m in cfg.models if m in self.W]
-            chans = [torch.sigmoid(self.params["colors"])] + [self.params[query_key(m)] for m in models]
+            chans = [self._rgb(v.viewmat)] + [self.params[query_key(m)] for m in models]
             img, alpha, meta = self._raster(torch.cat(chans, -1), v.viewmat, v.K, w, h)
             img = img[0]
             losses: dict[str, torch.Tensor] = {}

@@ -99,3 +99,45 @@ def test_bad_directories_give_clear_errors(mem, tmp_path):
     (path / "tensors.safetensors").unlink()
     with pytest.raises(CheckpointError, match="missing tensors.safetensors"):
         M3Memory.load(path)
+
+
+def test_round_trip_bit_exact_with_sh_degree_2(tmp_path):
+    m = M3Memory(MemoryConfig(models={"dino": ModelSlot(channels=8, theta=0.9, max_rows=100)}, voxel_size=0.05,
+                              backend="torch", sh_degree=2))
+    m.add_keyframe(render_view(0.0)[0])
+    m.train_step()
+    assert m.params["colors"].shape[1:] == (9, 3) and m.params["colors"][:, 1:].abs().max() > 0
+    m.save(tmp_path / "m")
+    loaded = M3Memory.load(tmp_path / "m")
+    _assert_same(m, loaded)
+    assert loaded.cfg.sh_degree == 2
+    side = np.eye(4)
+    side[0, 3] = 0.3
+    kf, _ = render_view(0.0)
+    for T in (kf.T_world_cam, side):
+        assert np.array_equal(m.render(T, kf.K, 40, 30)["rgb"], loaded.render(T, kf.K, 40, 30)["rgb"])
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    assert meta["sh_degree"] == 2 and meta["config"]["sh_degree"] == 2
+    # Colours of the wrong degree are refused with the shape named.
+    meta["config"]["sh_degree"], meta["sh_degree"] = 1, 1
+    (tmp_path / "m" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"param/colors has shape \(\d+, 9, 3\), expected \(\d+, 4, 3\)"):
+        M3Memory.load(tmp_path / "m")
+    meta["sh_degree"] = 2
+    (tmp_path / "m" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="sh_degree"):
+        M3Memory.load(tmp_path / "m")
+
+
+def test_version_1_checkpoint_loads_as_degree_0(mem, tmp_path):
+    path = tmp_path / "m"
+    mem.save(path)
+    meta = json.loads((path / "meta.json").read_text())
+    # What format version 1 wrote: no sh_degree anywhere, colours [N, 3] logits.
+    meta["format_version"] = 1
+    del meta["sh_degree"]
+    del meta["config"]["sh_degree"]
+    (path / "meta.json").write_text(json.dumps(meta))
+    loaded = M3Memory.load(path)
+    assert loaded.cfg.sh_degree == 0
+    _assert_same(mem, loaded)
