@@ -117,7 +117,7 @@ def section_relevance(quick: bool) -> tuple[list[str], dict[str, float]]:
     lines += table(["bank rows", "relevance() ms", "of which attention ms", "render ms", "full decode ms",
                     "median |err|", "max |err|"], rows)
     lines += ["", "- relevance(): render the query slice + per-pixel cosine without decoding (bank scored against "
-              "the text once, candidate rows from a stride-4 pixel subsample, top-16 norm); error vs full "
+              "the text once, candidate rows per 32x32 tile from its stride-4 pixel subsample, at most 64, softmax and norm exact over them); error vs full "
               "decoding then cosine, over pixels with alpha >= 0.01."]
     return lines, {"relevance_ms_160x120_5k": res[5000]}
 

@@ -151,3 +151,43 @@ class RelevanceIndex:
                 n2 = (torch.einsum("bk,bkd->bd", wk, rows[ik]) ** 2).sum(-1)
             out[b:b + chunk] = (num / n2.clamp_min(1e-12).sqrt()).clamp(-1.0, 1.0)
         return out
+
+    @torch.no_grad()
+    def relevance_image(self, queries: torch.Tensor, stride: int = 4, per_query: int = 8, max_rows: int = 64,
+                        tile: int = 32) -> torch.Tensor:
+        """cos(decoded feature, text) [H, W] for a rendered query image [H, W, l], tile by tile.
+
+        Each tile x tile block gets its own candidate rows: the per_query best rows of its
+        stride-subsampled pixels, at most max_rows (most-voted first). A block of a real view
+        sees few objects, so a few dozen rows cover it, and with so few rows the softmax and
+        the norm ‖R̂‖² = wᵀGw are exact over them (no top-k truncation): per pixel only
+        c logits, c weights and one [c] x [c, c] product. The only approximation is the
+        candidate truncation. All tiles run as one batch (candidate lists padded, masked).
+        """
+        H, W, l = queries.shape
+        t = self.A.shape[1]
+        ty, tx = -(-H // tile), -(-W // tile)
+        q = F.pad(queries, (0, 0, 0, tx * tile - W, 0, ty * tile - H))  # [ty*tile, tx*tile, l]
+        q = q.reshape(ty, tile, tx, tile, l).permute(0, 2, 1, 3, 4).reshape(ty * tx, tile * tile, l)  # [T, P, l]
+        T = q.shape[0]
+        # Candidates: votes of each tile's subsampled pixels (ranking needs no query scaling).
+        sub = q.reshape(T, tile, tile, l)[:, ::stride, ::stride].reshape(T, -1, l)  # [T, S, l]
+        live = sub.abs().sum(-1) > 0  # [T, S] padding and empty pixels do not vote
+        k = min(per_query, t)
+        top = torch.topk(sub.reshape(-1, l) @ self.A, k, dim=-1).indices.reshape(T, -1, k)  # [T, S, k]
+        keys = (torch.arange(T).view(T, 1, 1) * t + top)[live]  # [V, k]
+        votes = torch.bincount(keys.reshape(-1), minlength=T * t).view(T, t).float()  # [T, t]
+        c = max(1, min(max_rows, int((votes > 0).sum(-1).max())))
+        v, cand = torch.topk(votes, c, dim=-1)  # [T, c] most-voted rows per tile
+        valid = v > 0  # [T, c]
+        A = self.A.T[cand].transpose(1, 2)  # [T, l, c]
+        rows = self.rows[cand]  # [T, c, d]
+        G = torch.bmm(rows, rows.transpose(1, 2))  # [T, c, c]
+        logits = torch.bmm(self.scaled(q.reshape(-1, l)).view(T, -1, l), A)  # [T, P, c]
+        logits.masked_fill_(~valid.unsqueeze(1), float("-inf"))
+        w = torch.softmax(logits, dim=-1)  # [T, P, c]
+        num = torch.bmm(w, self.s[cand].unsqueeze(-1)).squeeze(-1)  # [T, P] w·(PSC·t̂)
+        n2 = (torch.bmm(w, G) * w).sum(-1)  # [T, P] wᵀGw
+        rel = (num / n2.clamp_min(1e-12).sqrt()).clamp(-1.0, 1.0)
+        rel = rel.view(ty, tx, tile, tile).permute(0, 2, 1, 3).reshape(ty * tile, tx * tile)
+        return rel[:H, :W].contiguous()

@@ -116,14 +116,14 @@ class MemoryConfig:
     """Rasterizer far plane (m)."""
     backend: Literal["auto", "torch", "cpu", "cuda"] = "auto"
     """Rasterizer backend."""
-    relevance_topk: int = 16
-    """Top-k attention weights used for the decoded-feature norm in relevance maps."""
+    relevance_tile: int = 32
+    """Relevance maps pick candidate bank rows per tile x tile pixel block (see RelevanceIndex.relevance_image)."""
     relevance_stride: int = 4
-    """Pixel stride of the subsample that picks candidate bank rows for a relevance map."""
+    """Pixel stride of the subsample that votes for each tile's candidate rows."""
     relevance_candidates: int = 8
-    """Rows taken per subsampled pixel into the candidate set."""
-    relevance_max_rows: int = 256
-    """Cap on the candidate set (rows picked by the most subsampled pixels win)."""
+    """Rows each subsampled pixel votes for."""
+    relevance_max_rows: int = 64
+    """Cap on a tile's candidate rows (most-voted win); softmax and norm are exact over them."""
     decode_budget_bytes: int = 256 << 20
     """Memory budget of one chunk of full decoding."""
     seed: int = 0
@@ -140,6 +140,9 @@ class MemoryConfig:
         if not 0.0 < self.train_scale <= 1.0:
             raise ValueError(f"train_scale must be in (0, 1], got {self.train_scale}")
         check_sh_degree(self.sh_degree)
+        for name in ("relevance_tile", "relevance_stride", "relevance_candidates", "relevance_max_rows"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_gaussians <= 0:
             raise ValueError(f"max_gaussians must be positive, got {self.max_gaussians}")
 
@@ -471,18 +474,12 @@ class M3Memory:
             out = self._render_raw(T_world_cam, K, width, height, models=[model])
             q = out["queries"][model]  # [H, W, l]
             alpha = out["alpha"]
-            H, W = alpha.shape
-            flat = q.reshape(-1, q.shape[-1])
-            hit = torch.from_numpy(alpha.reshape(-1) >= 0.01)
-            rel = torch.zeros(H * W)
-            if hit.any():
-                st = self.cfg.relevance_stride
-                sub = q[::st, ::st].reshape(-1, q.shape[-1])[torch.from_numpy(alpha[::st, ::st].reshape(-1) >= 0.01)]
-                cand = idx.candidates(sub if len(sub) else flat[hit], self.cfg.relevance_candidates,
-                                      self.cfg.relevance_max_rows)
-                rel[hit] = idx.relevance(flat[hit], candidates=cand, topk=self.cfg.relevance_topk)
+            cfg = self.cfg
+            rel = idx.relevance_image(q, cfg.relevance_stride, cfg.relevance_candidates, cfg.relevance_max_rows,
+                                      cfg.relevance_tile)
+            rel = torch.where(torch.from_numpy(alpha >= 0.01), rel, 0.0)
         depth = np.where(alpha >= 0.5, out["depth_raw"], 0.0).astype(np.float32)
-        return {"relevance": rel.reshape(H, W).numpy(), "depth": depth, "alpha": alpha}
+        return {"relevance": rel.numpy(), "depth": depth, "alpha": alpha}
 
     def decode(self, model: str, queries: torch.Tensor) -> torch.Tensor:
         """Full decoding of queries [M, l] -> features [M, d], chunked under cfg.decode_budget_bytes."""
