@@ -60,6 +60,9 @@ class MemoryPipeline:
         self._ready_kf: deque[Keyframe] = deque()
         self._in_flight = 0
         self._lock = threading.Lock()
+        # A query holds this for its whole duration so its several renders do not each wait
+        # behind a train step; training takes it one step at a time.
+        self._query_lock = threading.Lock()
         self._next_index = 0
         self.first_keyframe_wall: float | None = None
         self.load_error: str | None = None
@@ -162,7 +165,8 @@ class MemoryPipeline:
         if self.memory.n_gaussians == 0:
             return 0
         while steps < max_steps and time.monotonic() - t0 < budget_s:
-            self.memory.train_step()
+            with self._query_lock:
+                self.memory.train_step()
             steps += 1
         return steps
 
@@ -183,7 +187,8 @@ class MemoryPipeline:
         if self.memory.n_gaussians == 0:
             raise ValueError("memory is empty: no keyframe has been added yet")
         emb = self._text_model.encode_text([q])[0]
-        return ground(self.memory, emb, self._text_model.name, self.cfg.grounding, top_k)
+        with self._query_lock:
+            return ground(self.memory, emb, self._text_model.name, self.cfg.grounding, top_k)
 
     def relevance_map(self, query: str, T_world_cam: np.ndarray, K: np.ndarray, width: int,
                       height: int) -> np.ndarray:
@@ -192,7 +197,8 @@ class MemoryPipeline:
         if not self.ready or self._text_model is None or self.memory.n_gaussians == 0:
             raise ValueError("memory is not ready for queries")
         emb = self._text_model.encode_text([q])[0]
-        out = self.memory.relevance(self._text_model.name, emb, T_world_cam, K, width, height)
+        with self._query_lock:
+            out = self.memory.relevance(self._text_model.name, emb, T_world_cam, K, width, height)
         return np.where(np.asarray(out["alpha"]) > 0.5, np.asarray(out["relevance"]), np.nan)
 
     def stats(self) -> dict:

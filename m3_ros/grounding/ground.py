@@ -48,6 +48,14 @@ class GroundingConfig:
     edge_depth_rel: float = 0.05
     """Render mode: pixels whose 3x3 neighbourhood spans more depth than this fraction are
     silhouette pixels and are not lifted."""
+    verify_views: int = 2
+    """Gaussians mode: the best regions are re-ranked by their relevance rendered from this
+    many keyframes that see them (0 = off). Training supervises rendered pixels, so a Gaussian
+    hidden behind an object can carry that object's query; rendering composites as training did."""
+    verify_regions: int = 3
+    """Gaussians mode: how many of the best regions are verified by rendering."""
+    verify_radius: float = 0.06
+    """Lifted pixels this close (m) to a region's centre count for its rendered relevance."""
     refine_views: int = 6
     """Render mode: views spread around the best region that re-estimate its centre (0 = off)."""
     refine_radius: float = 0.12
@@ -205,6 +213,28 @@ def _refine(memory, model: str, text_emb: torch.Tensor, region: tuple, thr: floa
     return (np.median(pts[near], axis=0), float(sc[near].mean()), pts[near])
 
 
+def _verify(memory, model: str, text_emb: torch.Tensor, regions: list, cfg: GroundingConfig,
+            views: list[int], maps: list[np.ndarray]) -> list:
+    """Re-rank the best regions by rendered relevance around their centres.
+
+    Regions no keyframe sees keep their place behind the verified ones.
+    """
+    head, tail = regions[: cfg.verify_regions], regions[cfg.verify_regions:]
+    verified, unseen = [], []
+    for region in head:
+        ids = _views_seeing(memory, region[0], cfg.verify_views)
+        pts, sc, new_maps = _render_points(memory, model, text_emb, ids, cfg)
+        near = np.linalg.norm(pts - region[0], axis=1) <= cfg.verify_radius
+        if near.sum() < cfg.min_region_points:
+            unseen.append(region)
+            continue
+        views.extend(ids)
+        maps.extend(new_maps)
+        verified.append((float(np.mean(sc[near])), region))
+    verified.sort(key=lambda v: -v[0])
+    return [(c, score, p) for score, (c, _, p) in verified] + unseen + tail
+
+
 def _views_covering(memory, n_views: int) -> list[int]:
     """Indices of the keyframes that see the most Gaussian means."""
     means = memory.means.detach().cpu().numpy().astype(np.float64)
@@ -260,6 +290,8 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
     if not regions:  # a single sharp peak: fall back to the best points
         best = np.argsort(scores)[::-1][: cfg.min_region_points]
         regions = [(points[best].mean(0), float(scores[best].mean()), points[best])]
+    if mode == "gaussians" and cfg.verify_views > 0 and len(memory.keyframes) > 0:
+        regions = _verify(memory, model, text_emb, regions, cfg, views, maps)
     regions = regions[:top_k]
     if mode == "render" and cfg.refine_views > 0:
         regions[0] = _refine(memory, model, text_emb, regions[0], thr, cfg, views, maps)

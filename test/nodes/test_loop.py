@@ -7,12 +7,19 @@ duck's true centre and the executed grasp must lift the duck.
 """
 import json
 
+import pytest
+
 from m3_ros.nodes.demo import run
 
+# The oracle detector, perfect and imperfect (misses 30 % of instances, erodes masks by 2 px,
+# labels 30 % of them with a synonym from the scene file).
+DETECTORS = {"oracle": {}, "noisy": {"label_miss_rate": 0.3, "label_erode_px": 2, "label_synonym_rate": 0.3}}
 
-def test_full_loop_grounds_and_grasps_the_duck(tmp_path):
+
+@pytest.mark.parametrize("detector", sorted(DETECTORS))
+def test_full_loop_grounds_and_grasps_the_duck(tmp_path, detector):
     out = tmp_path / "demo"
-    report = run(out, settle_s=2.0)
+    report = run(out, sim_params=DETECTORS[detector], settle_s=2.0)
     assert report["keyframes"] > 0 and report["gaussians"] > 0
     assert report["error_cm"] <= 5.0, report
     assert report["grasp"] == "success", report
