@@ -33,6 +33,7 @@ def test_ground_finds_the_matching_face(memory, mode, region, centre):
     # the 40x30 test views put ~5 cm between neighbouring pixels at 1.7 m: cluster at that scale
     res = ground(memory, text, "dino", GroundingConfig(mode=mode, cluster_radius=0.08, view_scale=1.0), top_k=2)
     assert res.mode == mode
+    assert res.views, "render mode renders views; gaussians mode verifies its regions by rendering"
     # a face is seen from the front only: its centre is found in x, y and on its plane in z
     assert np.linalg.norm(res.points[0] - centre) < 0.06, res.points
     assert res.scores[0] > 0.9
@@ -46,6 +47,18 @@ def test_render_mode_refines_from_views_around_the_target(memory):
     fine = ground(memory, text, "dino", GroundingConfig(refine_views=3, **kw))
     assert len(fine.views) > len(coarse.views)
     assert np.linalg.norm(fine.points[0] - RED_CENTRE) < 0.06
+
+
+def test_verification_reorders_by_rendered_relevance(memory):
+    text = region_features()[2]
+    plain = ground(memory, text, "dino", GroundingConfig(mode="gaussians", cluster_radius=0.08, view_scale=1.0,
+                                                          verify_views=0), top_k=3)
+    checked = ground(memory, text, "dino", GroundingConfig(mode="gaussians", cluster_radius=0.08, view_scale=1.0,
+                                                            verify_views=2), top_k=3)
+    assert plain.views == [] and checked.views
+    assert np.linalg.norm(checked.points[0] - GREEN_CENTRE) < 0.06
+    # verified scores are rendered relevance, sorted
+    assert list(checked.scores) == sorted(checked.scores, reverse=True)
 
 
 def test_ground_errors(memory):
