@@ -69,11 +69,11 @@ def synthetic_memory(n: int, width: int, height: int, bank_rows: int, backend: s
 
 
 def section_train(quick: bool) -> tuple[list[str], dict[str, float]]:
-    cases = [("cpu", 160, 120, 20000, 5000, 32), ("cpu", 160, 120, 20000, 5000, 0), ("cpu", 160, 120, 5000, 5000, 32),
-             ("cpu", 320, 240, 20000, 5000, 32), ("cpu", 160, 120, 20000, 500, 32), ("torch", 160, 120, 5000, 5000, 32)]
+    cases = [("cpu", 160, 120, 20000, 5000, 0), ("cpu", 160, 120, 20000, 5000, 32), ("cpu", 160, 120, 5000, 5000, 0),
+             ("cpu", 320, 240, 20000, 5000, 0), ("cpu", 160, 120, 20000, 500, 0), ("torch", 160, 120, 5000, 5000, 0)]
     if not quick:
-        cases += [("cpu", 160, 120, 50000, 5000, 32), ("cpu", 320, 240, 5000, 5000, 32),
-                  ("cpu", 320, 240, 50000, 5000, 32), ("torch", 160, 120, 20000, 5000, 32)]
+        cases += [("cpu", 160, 120, 50000, 5000, 0), ("cpu", 320, 240, 5000, 5000, 0),
+                  ("cpu", 320, 240, 50000, 5000, 0), ("torch", 160, 120, 20000, 5000, 0)]
     rows, res = [], {}
     for backend, w, h, n, t, k in cases:
         mem = synthetic_memory(n, w, h, t, backend, k)
@@ -88,9 +88,10 @@ def section_train(quick: bool) -> tuple[list[str], dict[str, float]]:
     lines += table(["raster backend", "train res", "N", "bank rows", "attention (training)", "step ms", "loss"], rows)
     lines += ["", "- keyframe 320x240 (ray-cast room), training renders at the listed resolution; densify off "
               "so N stays fixed; medians of 5 (cpu) / 2 (torch) steps after 2 warm-up steps.",
-              "- 'top-32': each feature point decodes with its 32 highest-weight bank rows (default, "
-              "`attention_topk`); 'full softmax': the method's exact form over all rows."]
-    return lines, {"train_step_ms_160x120_20k": res[("cpu", 160, 20000, 5000, 32)]}
+              "- 'full softmax' (default, `attention_topk=0`): the method's exact form over the step's "
+              "candidate rows (at most `train_max_rows`); 'top-32': each feature point decodes with its 32 "
+              "highest-weight rows."]
+    return lines, {"train_step_ms_160x120_20k": res[("cpu", 160, 20000, 5000, 0)]}
 
 
 def section_relevance(quick: bool) -> tuple[list[str], dict[str, float]]:
