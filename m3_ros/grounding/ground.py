@@ -49,11 +49,12 @@ class GroundingConfig:
     """Render mode: pixels whose 3x3 neighbourhood spans more depth than this fraction are
     silhouette pixels and are not lifted."""
     verify_views: int = 2
-    """Gaussians mode: the best regions are re-ranked by their relevance rendered from this
-    many keyframes that see them (0 = off). Training supervises rendered pixels, so a Gaussian
-    hidden behind an object can carry that object's query; rendering composites as training did."""
+    """Gaussians mode: the best regions are checked by rendering their relevance from this many
+    keyframes that see them; one whose rendered relevance fails the threshold goes last (0 = off).
+    Training supervises rendered pixels, so a Gaussian hidden behind an object can carry that
+    object's query; rendering composites as training did."""
     verify_regions: int = 3
-    """Gaussians mode: how many of the best regions are verified by rendering."""
+    """Gaussians mode: how many of the best regions are checked by rendering."""
     verify_radius: float = 0.06
     """Lifted pixels this close (m) to a region's centre count for its rendered relevance."""
     refine_views: int = 6
@@ -213,26 +214,34 @@ def _refine(memory, model: str, text_emb: torch.Tensor, region: tuple, thr: floa
     return (np.median(pts[near], axis=0), float(sc[near].mean()), pts[near])
 
 
-def _verify(memory, model: str, text_emb: torch.Tensor, regions: list, cfg: GroundingConfig,
+def _verify(memory, model: str, text_emb: torch.Tensor, regions: list, thr: float, cfg: GroundingConfig,
             views: list[int], maps: list[np.ndarray]) -> list:
-    """Re-rank the best regions by rendered relevance around their centres.
+    """Veto regions whose rendered relevance does not pass ``thr``; keep the others' order.
 
-    Regions no keyframe sees keep their place behind the verified ones.
+    ``thr`` is the absolute floor (Otsu / zero-query baseline), not the near-the-best cut:
+    rendering blends neighbours, so rendered scores run a little below per-Gaussian ones.
+
+    Rendered from keyframes whose image contains a region, the pixels around its centre show
+    what is actually visible there (nothing near it, when something stands in front). A region of Gaussians hidden behind (or inside) another object
+    can decode the query without being it; rendered, that spot shows the other object. The
+    veto uses the 90th percentile near the centre, since pixels of the support surface
+    around a real object dilute a mean.
     """
     head, tail = regions[: cfg.verify_regions], regions[cfg.verify_regions:]
-    verified, unseen = [], []
+    kept, vetoed = [], []
     for region in head:
         ids = _views_seeing(memory, region[0], cfg.verify_views)
         pts, sc, new_maps = _render_points(memory, model, text_emb, ids, cfg)
         near = np.linalg.norm(pts - region[0], axis=1) <= cfg.verify_radius
-        if near.sum() < cfg.min_region_points:
-            unseen.append(region)
-            continue
-        views.extend(ids)
-        maps.extend(new_maps)
-        verified.append((float(np.mean(sc[near])), region))
-    verified.sort(key=lambda v: -v[0])
-    return [(c, score, p) for score, (c, _, p) in verified] + unseen + tail
+        if ids:
+            views.extend(ids)
+            maps.extend(new_maps)
+            # in view but never visible (something renders in front of it), or visible but not relevant
+            if near.sum() < cfg.min_region_points or np.percentile(sc[near], 90) < thr:
+                vetoed.append(region)
+                continue
+        kept.append(region)
+    return kept + tail + vetoed
 
 
 def _views_covering(memory, n_views: int) -> list[int]:
@@ -280,8 +289,8 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
     if len(scores) < cfg.min_region_points:
         raise ValueError("memory rendered no usable surface for this query")
     baseline = _baseline_score(memory, model, text_emb)
-    thr = max(otsu_threshold(scores), float(np.percentile(scores, 99)) - cfg.relative_margin,
-              baseline + cfg.baseline_margin)
+    floor = max(otsu_threshold(scores), baseline + cfg.baseline_margin)
+    thr = max(floor, float(np.percentile(scores, 99)) - cfg.relative_margin)
     if not np.any(scores >= thr):
         raise ValueError(f"nothing in the memory matches the query better than an unlabelled surface "
                          f"(best {float(scores.max()):.2f}, baseline {baseline:.2f})")
@@ -291,7 +300,7 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
         best = np.argsort(scores)[::-1][: cfg.min_region_points]
         regions = [(points[best].mean(0), float(scores[best].mean()), points[best])]
     if mode == "gaussians" and cfg.verify_views > 0 and len(memory.keyframes) > 0:
-        regions = _verify(memory, model, text_emb, regions, cfg, views, maps)
+        regions = _verify(memory, model, text_emb, regions, floor, cfg, views, maps)
     regions = regions[:top_k]
     if mode == "render" and cfg.refine_views > 0:
         regions[0] = _refine(memory, model, text_emb, regions[0], thr, cfg, views, maps)
