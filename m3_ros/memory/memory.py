@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from scipy.spatial import cKDTree
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
@@ -70,6 +71,9 @@ class MemoryConfig:
     """Back-project every seed_stride-th pixel."""
     unexplained_depth_rel: float = 0.1
     """A pixel is unexplained if the rendered alpha < 0.5 or its depth is off by this fraction."""
+    inherit_radius: float = 0.02
+    """A new Gaussian whose pixel has no feature for a model takes the query of the nearest
+    existing Gaussian within this distance (m); 0 = leave it at zero."""
     init_opacity: float = 0.5
     """Opacity of new Gaussians."""
     window: int = 64
@@ -389,11 +393,21 @@ class M3Memory:
             "colors": dc_to_colors(logit(rgb), cfg.sh_degree),  # higher SH orders start at 0
         }
         uv = torch.from_numpy(pix[:, ::-1].astype(np.float32).copy())  # (u, v)
+        tree = cKDTree(self.means.numpy()) if self.n_gaussians > 0 and cfg.inherit_radius > 0 else None
         for m, slot in cfg.models.items():
             q = torch.zeros(M, slot.channels)
             if m in feats and m in self.W:
                 gt = feats[m].sample(uv, mode="nearest")  # [M, d]
                 q = self._queries_for_rows(m, self.banks[m].assign(gt))
+            if tree is not None:
+                # No feature here in this keyframe (a missed detection, a model that skipped it):
+                # geometry the memory already knows keeps what it decoded before.
+                none = torch.nonzero(q.abs().sum(1) == 0).flatten()
+                if len(none):
+                    dist, nn = tree.query(pts[none.numpy()], distance_upper_bound=cfg.inherit_radius)
+                    ok = np.isfinite(dist)
+                    if ok.any():
+                        q[none[torch.from_numpy(ok)]] = self.params[query_key(m)].detach()[torch.from_numpy(nn[ok])]
             new[query_key(m)] = q
         ops.append_gaussians(self.params, self.optimizer, new)
 

@@ -133,3 +133,23 @@ def test_distill_baseline_learns_on_same_gaussians():
     # M3 decodes the seeded scene near-perfectly without training (queryable at once).
     q = mem.render(kf.T_world_cam, kf.K, 24, 18)["queries"]["dino"].reshape(-1, 8)
     assert feature_distance(mem.decode("dino", q), gt)["cos_dist"] < 0.15
+
+
+@pytest.mark.parametrize("radius", [0.0, 0.1])
+def test_featureless_keyframe_inherits_queries_from_known_geometry(radius):
+    """A keyframe without features (e.g. the detector missed everything) seeds Gaussians whose
+    queries come from the nearest known Gaussian, instead of zero, when inherit_radius > 0."""
+    from m3_ros.memory.gaussians import query_key
+
+    mem = M3Memory(_cfg(inherit_radius=radius, unexplained_depth_rel=0.0))
+    mem.add_keyframe(render_view(0.0)[0])
+    n0 = mem.n_gaussians
+    kf, _ = render_view(0.25, index=1, with_features=False)
+    mem.add_keyframe(kf)
+    q_new = mem.params[query_key("dino")].detach()[n0:]
+    assert len(q_new) > 0
+    nonzero = (q_new.abs().sum(1) > 0).float().mean().item()
+    if radius == 0.0:
+        assert nonzero == 0.0
+    else:
+        assert nonzero > 0.5
