@@ -221,11 +221,13 @@ class MemoryPipeline:
         missing = set(mem.banks) - set(self._models)
         if missing:
             raise ValueError(f"memory at {path} needs models {sorted(missing)} that are not loaded")
-        self.memory = mem
+        with self._query_lock:  # never swap the memory under a running train step or query
+            self.memory = mem
 
     def reset(self) -> None:
         if self.ready:
-            self.memory = self._new_memory()
+            with self._query_lock:
+                self.memory = self._new_memory()
         self.selector.reset()
         with self._lock:
             self._ready_kf.clear()
