@@ -58,6 +58,23 @@ def _frame(z_axis: np.ndarray, y_hint: np.ndarray, origin: np.ndarray) -> np.nda
     return T
 
 
+def _support_height(z: np.ndarray, bin_size: float = 0.01, min_fraction: float = 0.2) -> float:
+    """Height of the highest well-populated level among points around the target [M].
+
+    The highest, not the most common: an object near a table's edge has floor points in its
+    surrounding ring too, and the table top is the surface it stands on.
+    """
+    edges = np.arange(z.min(), z.max() + 2 * bin_size, bin_size)
+    counts, edges = np.histogram(z, bins=edges)
+    need = max(10, int(min_fraction * len(z)))
+    levels = np.flatnonzero(counts >= need)
+    if len(levels) == 0:
+        return float(np.median(z))
+    top = levels[-1]
+    in_bin = (z >= edges[top]) & (z <= edges[top + 1])
+    return float(np.median(z[in_bin]))
+
+
 def plan_grasp(target: np.ndarray, points: np.ndarray, cfg: GraspConfig | None = None,
                viewpoint: np.ndarray | None = None) -> GraspPlan:
     """Plan a grasp for the object at ``target`` [3] from surface points [N, 3] (world, z up).
@@ -75,8 +92,8 @@ def plan_grasp(target: np.ndarray, points: np.ndarray, cfg: GraspConfig | None =
     near = points[(dxy <= cfg.radius) & (np.abs(points[:, 2] - target[2]) < 0.3)]
     if len(near) < 5:
         raise ValueError(f"only {len(near)} memory points within {cfg.radius} m of the target")
-    ring = points[(dxy > cfg.radius * 0.6) & (dxy <= cfg.support_ring) & (points[:, 2] < target[2] + 0.01)]
-    support_z = float(np.median(ring[:, 2])) if len(ring) >= 10 else float(np.percentile(near[:, 2], 2))
+    ring = points[(dxy > cfg.radius * 0.6) & (dxy <= cfg.support_ring) & (points[:, 2] < target[2] - 0.005)]
+    support_z = _support_height(ring[:, 2]) if len(ring) >= 10 else float(np.percentile(near[:, 2], 2))
     above = near[near[:, 2] > support_z + cfg.support_margin]
     if len(above) < 3:
         raise ValueError("nothing stands above the support surface at the target")

@@ -37,6 +37,16 @@ def test_small_box_top_down_across_its_narrow_side():
     assert np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-9)
 
 
+def test_box_near_the_table_edge_stands_on_the_table_not_the_floor():
+    # table top at 0.4 spans y in [-0.3, 0.3]; floor points beyond its edge also fall in the ring
+    floor = np.array([[x, y, 0.0] for x in np.arange(-0.3, 0.3, 0.01) for y in np.arange(-0.6, -0.3, 0.01)])
+    pts = np.concatenate([table(0.4), floor, box_surface((0.0, -0.26), (0.04, 0.06, 0.06), 0.4)])
+    plan = plan_grasp(np.array([0.0, -0.26, 0.43]), pts)
+    assert abs(plan.support_z - 0.4) < 0.01
+    assert plan.approach == "top_down"
+    assert np.linalg.norm(plan.T_world_tcp[:2, 3] - [0.0, -0.26]) < 0.015
+
+
 def test_tall_box_from_the_side_facing_away_from_the_robot():
     pts = np.concatenate([table(0.4), box_surface((0.0, 0.1), (0.05, 0.05, 0.25), 0.4)])
     plan = plan_grasp(np.array([0.0, 0.1, 0.5]), pts, viewpoint=np.array([0.0, -0.6, 0.3]))
