@@ -1,0 +1,1 @@
+"""Baselines the memory is compared against (no ROS)."""
