@@ -106,15 +106,17 @@ class TransformBuffer:
         e = self._edges.get(child)
         return None if e is None or e.static or not e.stamps else e.stamps[-1]
 
-    def can_transform(self, target: str, source: str, stamp: float) -> bool:
+    def can_transform(self, target: str, source: str, stamp: float | None) -> bool:
         try:
             self.lookup(target, source, stamp)
         except TransformError:
             return False
         return True
 
-    def lookup(self, target: str, source: str, stamp: float) -> np.ndarray:
+    def lookup(self, target: str, source: str, stamp: float | None) -> np.ndarray:
         """T_target_source [4, 4] at ``stamp``: maps points in ``source`` into ``target``.
+
+        ``stamp=None``: every edge at its newest sample (for "where is it now" questions).
 
         Raises ConnectivityError when no chain joins the frames and ExtrapolationError
         when the stamp lies outside a dynamic edge's samples.
@@ -143,19 +145,19 @@ class TransformBuffer:
     def _would_loop(self, parent: str, child: str) -> bool:
         return child in self._chain_to_root(parent)
 
-    def _compose(self, chain: list[str], stamp: float) -> np.ndarray:
+    def _compose(self, chain: list[str], stamp: float | None) -> np.ndarray:
         """T_chain[-1]_chain[0] from the edges child -> parent along ``chain``."""
         T = np.eye(4)
         for child in chain[:-1]:
             T = self._edge_at(child, stamp) @ T
         return T
 
-    def _edge_at(self, child: str, stamp: float) -> np.ndarray:
+    def _edge_at(self, child: str, stamp: float | None) -> np.ndarray:
         e = self._edges[child]
         T = np.eye(4)
-        if e.static:
-            T[:3, :3] = Rotation.from_quat(e.quats[0]).as_matrix()
-            T[:3, 3] = e.positions[0]
+        if e.static or stamp is None:
+            T[:3, :3] = Rotation.from_quat(e.quats[-1]).as_matrix()
+            T[:3, 3] = e.positions[-1]
             return T
         t0, t1 = e.stamps[0], e.stamps[-1]
         if stamp < t0 - self.tolerance or stamp > t1 + self.tolerance:

@@ -35,6 +35,8 @@ class GraspConfig:
     """Objects taller than this ..."""
     side_aspect: float = 1.6
     """... and this much taller than wide are grasped from the side."""
+    min_object_points: int = 5
+    """Fewer points connected to the target are too few to estimate a width and an axis."""
 
 
 @dataclass
@@ -80,7 +82,8 @@ def plan_grasp(target: np.ndarray, points: np.ndarray, cfg: GraspConfig | None =
     """Plan a grasp for the object at ``target`` [3] from surface points [N, 3] (world, z up).
 
     viewpoint: [3] where the robot stands; a side approach comes from there.
-    Raises ValueError when there are no points near the target.
+    Raises ValueError when there are too few points at the target to plan from; a
+    returned pose is always finite.
     """
     cfg = cfg or GraspConfig()
     target = np.asarray(target, dtype=np.float64).reshape(3)
@@ -112,6 +115,9 @@ def plan_grasp(target: np.ndarray, points: np.ndarray, cfg: GraspConfig | None =
                     nxt.append(j)
         frontier = nxt
     obj = above[member]
+    if len(obj) < cfg.min_object_points:
+        raise ValueError(f"only {len(obj)} memory points belong to the object at the target "
+                         f"(need {cfg.min_object_points}): too few to plan a grasp")
     top_z = float(np.percentile(obj[:, 2], 95))
     height = top_z - support_z
     centre_xy = 0.5 * (np.percentile(obj[:, :2], 5, axis=0) + np.percentile(obj[:, :2], 95, axis=0))
@@ -141,5 +147,7 @@ def plan_grasp(target: np.ndarray, points: np.ndarray, cfg: GraspConfig | None =
     width = float(min(cfg.max_width, width_obj + cfg.width_margin))
     fits = width_obj + 0.005 <= cfg.max_width
     score = float(np.clip(len(obj) / 50.0, 0.0, 1.0) * (1.0 if fits else 0.3))
+    if not (np.all(np.isfinite(T)) and np.isfinite(width)):
+        raise ValueError("the grasp for this target came out non-finite (degenerate object points)")
     return GraspPlan(T_world_tcp=T, width=width, score=score, approach=approach,
                      object_points=obj, support_z=support_z, top_z=top_z)

@@ -65,6 +65,7 @@ def test_cache_keeps_only_recent_samples_and_out_of_order_inserts():
     for t in [3.0, 1.0, 2.0, 2.5]:
         buf.set_transform("odom", "base_link", t, T_of([t, 0, 0], [0, 0, 0]))
     assert buf.latest_stamp("base_link") == 3.0
+    assert buf.lookup("odom", "base_link", None)[0, 3] == pytest.approx(3.0)  # None: the newest sample
     assert buf.lookup("odom", "base_link", 2.25)[0, 3] == pytest.approx(2.25)
     with pytest.raises(ExtrapolationError):
         buf.lookup("odom", "base_link", 1.5)  # 1.0 fell out of the 1 s cache
