@@ -105,6 +105,15 @@ fi
 # 6. The source tree on the venv's path (m3_ros/__init__.py merges it with the generated modules).
 echo "$ROOT" >"$SITE/m3_ros_source.pth"
 
+# 6b. The m3-ros command (setup.py's console script; the .pth above installs no scripts).
+cat >"$VENV/bin/m3-ros" <<EOF_M3
+#!$PY
+import sys
+from m3_ros.cli.main import main
+sys.exit(main())
+EOF_M3
+chmod +x "$VENV/bin/m3-ros"
+
 # 7. The compiled CPU rasterizer (torch cpp_extension, cached under .venv).
 if [ -f "$ROOT/m3_ros/memory/build_ext.py" ]; then
   KERNEL_INPUTS=("$ROOT/m3_ros/memory/build_ext.py" "$ROOT"/m3_ros/memory/csrc/*)

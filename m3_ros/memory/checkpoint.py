@@ -8,12 +8,18 @@ Atomicity: everything is written and fsync'ed into a sibling temp directory, the
 place; an existing memory is first renamed aside and removed only after the new one is in
 place, so a save killed at any point leaves either the previous memory intact at `path` or (in
 the instant between the two renames) at `path.with_suffix(".old")`, which `load` falls back to.
-Loading never unpickles (safetensors + JSON only). Keyframes and optimiser moments are not
+Loading never unpickles (safetensors + JSON only) and never executes code; every failure
+(missing, truncated, corrupted, another version) is one ``CheckpointError`` with a one-line
+message. meta.json records the SHA-256 of the tensor file, so bytes flipped inside the tensor
+data (which safetensors cannot notice) are refused too. Keyframes and optimiser moments are not
 stored: a loaded memory answers queries at once and resumes training from new keyframes.
+``extra`` (JSON) carries what a front end needs beside the memory (the offline builder's
+progress and camera views).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -46,7 +52,21 @@ _PARAMS = ("means", "log_scales", "quats", "opacity_logits", "colors")
 
 
 class CheckpointError(ValueError):
-    """A memory directory is missing, incomplete, of another version, or inconsistent."""
+    """A memory directory is missing, incomplete, corrupted, of another version, or inconsistent.
+
+    The message is one line naming the directory and what is wrong with it.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -57,8 +77,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_memory(mem, path: Path) -> None:
-    """Write mem (an M3Memory) to directory path atomically."""
+def save_memory(mem, path: Path, extra: dict | None = None) -> None:
+    """Write mem (an M3Memory) to directory path atomically; ``extra`` (JSON-able) goes into meta.json."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"param/{k}": v.detach().contiguous().clone() for k, v in mem.params.items()}
@@ -78,7 +98,9 @@ def save_memory(mem, path: Path) -> None:
         "n_gaussians": mem.n_gaussians,
         "iteration": mem.iteration,
         "extent": mem.extent,
+        "keyframes": len(mem.keyframes),
         "conventions": CONVENTIONS,
+        "extra": extra or {},
     }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     old = path.with_suffix(".old")
@@ -86,6 +108,7 @@ def save_memory(mem, path: Path) -> None:
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_file(tensors, str(tmp / "tensors.safetensors"), metadata={"format": FORMAT})
+    meta["tensors_sha256"] = _sha256(tmp / "tensors.safetensors")
     with open(tmp / "meta.json", "w") as f:
         json.dump(meta, f, indent=1, sort_keys=True)
         f.flush()
@@ -103,22 +126,37 @@ def save_memory(mem, path: Path) -> None:
         shutil.rmtree(old)
 
 
-def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_meta(path: Path) -> dict:
+    """meta.json of the memory at path, validated (format, version); CheckpointError otherwise."""
+    path = Path(path)
+    if not path.exists() and path.with_suffix(".old").is_dir():
+        path = path.with_suffix(".old")
     meta_p, tens_p = path / "meta.json", path / "tensors.safetensors"
     if not path.is_dir():
         raise CheckpointError(f"no memory directory at {path}")
+    if not meta_p.is_file() and not tens_p.is_file():
+        raise CheckpointError(f"{path} is not a memory directory (no meta.json, no tensors.safetensors)")
     for p in (meta_p, tens_p):
         if not p.is_file():
             raise CheckpointError(f"memory at {path} is incomplete: missing {p.name}")
     try:
         meta = json.loads(meta_p.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{meta_p} is not valid JSON: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_p} is not an {FORMAT} checkpoint (format={meta.get('format') if isinstance(meta, dict) else None!r})")
     if meta.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{path}: format_version {meta.get('format_version')!r} is not supported "
                               f"(readable: {list(READABLE_VERSIONS)})")
+    return meta
+
+
+def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    meta = read_meta(path)
+    tens_p = path / "tensors.safetensors"
+    want = meta.get("tensors_sha256")
+    if want is not None and _sha256(tens_p) != want:
+        raise CheckpointError(f"{tens_p} is corrupted or truncated (its SHA-256 differs from the one in meta.json)")
     try:
         tensors = load_file(str(tens_p))
     except (SafetensorError, OSError, ValueError) as e:
@@ -135,8 +173,18 @@ def load_memory(cls, path: Path):
         path = path.with_suffix(".old")  # a save was killed between its two renames
     meta, tensors = _read(path)
     try:
+        return _build(cls, path, meta, tensors)
+    except (KeyError, TypeError, AttributeError, RuntimeError) as e:  # a hand-edited or foreign meta.json
+        raise CheckpointError(f"{path}: meta.json does not describe the stored tensors "
+                              f"({type(e).__name__}: {e})") from e
+
+
+def _build(cls, path: Path, meta: dict, tensors: dict[str, torch.Tensor]):
+    from m3_ros.memory.memory import MemoryConfig
+
+    try:
         cfg = MemoryConfig.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: bad config in meta.json: {e}") from e
     names = list(_PARAMS) + [query_key(m) for m in cfg.models]
     missing = [n for n in names if f"param/{n}" not in tensors]
