@@ -52,6 +52,8 @@ class LibraryObject:
     """AABB centre minus the base-frame origin, metres, same pose."""
     graspable: bool = True
     """Whether a top-down grasp with an 8 cm gripper can lift it."""
+    static: bool = False
+    """A static body (the URDF's mass is 0 and ``mass`` is None): placed exactly, never moves."""
 
     @property
     def footprint_radius(self) -> float:
@@ -110,7 +112,7 @@ def _load_library(path: str) -> dict[str, LibraryObject]:
                 synonyms=tuple(str(s).format(colour=colour) for s in m.get("synonyms", [])),
                 size=_floats(m["size"], 3, f"{model}.size"),
                 offset=_floats(m.get("offset", (0, 0, 0)), 3, f"{model}.offset"),
-                graspable=bool(m.get("graspable", True)))
+                graspable=bool(m.get("graspable", True)), static=bool(m.get("static", False)))
     return out
 
 

@@ -69,6 +69,11 @@ class TableConfig:
         return 0.625 * self.scale + self.xyz[2]
 
     @property
+    def kind(self) -> str:
+        """Always ``table`` (the same attribute as FixtureConfig.kind)."""
+        return "table"
+
+    @property
     def top_half_extents(self) -> tuple[float, float]:
         """Half length and half width of the top in its own frame (table.urdf: 1.5 m x 1 m)."""
         return 0.75 * self.scale, 0.5 * self.scale

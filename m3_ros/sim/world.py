@@ -21,7 +21,7 @@ import logging
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import pybullet as p
@@ -30,6 +30,8 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from m3_ros.geometry import R_LINK_OPTICAL, invert, matrix_to_pose
+from m3_ros.sim.build import build_fixture, set_object_dynamics, yaw_quat
+from m3_ros.sim.sensors import SensorConfig, SensorModel
 from m3_ros.sim.scene import SceneConfig, load_scene
 from m3_ros.types import Instance
 
@@ -60,6 +62,9 @@ class SimFrame:
     T_world_cam: np.ndarray  # [4, 4] optical camera -> world (odom)
     T_world_base: np.ndarray  # [4, 4] base_link -> world (odom)
     stamp: float  # simulation time, seconds
+    T_odom_cam: np.ndarray | None = None  # [4, 4] optical camera -> odom, as the drifting odometry says
+    T_odom_base: np.ndarray | None = None  # [4, 4] base_link -> odom, as the drifting odometry says
+    dropped: bool = False  # the sensor model lost this frame: a robot would never receive it
 
 
 @dataclass
@@ -109,6 +114,10 @@ class GraspOutcome:
     ik_error: float = 0.0  # worst TCP position error at the grasp pose, metres
 
 
+class _GraspAborted(Exception):
+    """Raised inside the physics loop when execute_grasp's should_abort says so."""
+
+
 @dataclass
 class _Body:
     name: str
@@ -133,12 +142,15 @@ class SimWorld:
         seed: seeds the layout randomisation and the oracle's noise (deterministic per seed).
         renderer: "auto" (EGL when its plugin loads, else Tiny), "egl" or "tiny".
         walk_speed: base speed along the walk path, m/s.
+        sensors: "ideal", "realistic" or a SensorConfig (m3_ros.sim.sensors): depth noise,
+            odometry drift (``T_odom_base``; the truth stays in ``T_world_base``), image noise,
+            dropped frames (``SimFrame.dropped``) and the default detector noise.
         physics_hz: physics step rate.
     """
 
     def __init__(self, scene: str | Path | SceneConfig = "default", seed: int = 0,
                  renderer: Literal["auto", "egl", "tiny"] = "auto", walk_speed: float = 0.4,
-                 physics_hz: float = 240.0):
+                 physics_hz: float = 240.0, sensors: SensorConfig | str | None = "ideal"):
         self.scene = scene if isinstance(scene, SceneConfig) else load_scene(scene)
         if renderer not in ("auto", "egl", "tiny"):
             raise ValueError(f"renderer must be 'auto', 'egl' or 'tiny', got {renderer!r}")
@@ -155,8 +167,12 @@ class SimWorld:
         self.walk_speed = float(walk_speed)
         self.dt = 1.0 / physics_hz
         self.rng = np.random.default_rng(self.seed)
+        # sensor noise draws from its own stream: switching it on leaves layout and detector draws alone
+        self.sensors = SensorModel(SensorConfig.resolve(sensors), self.seed)
+        self._T_odom_base: np.ndarray | None = None
         self._client: int | None = None
         self._steps = 0
+        self._should_abort: Callable[[], bool] | None = None  # set only while a grasp executes
         self.bodies: list[_Body] = []
         self._waypoints = self.scene.walk.waypoints()  # [M, 3]
         seg = np.linalg.norm(np.diff(self._waypoints[:, :2], axis=0), axis=1)
@@ -165,6 +181,8 @@ class SimWorld:
         self._walk_s = 0.0  # distance travelled along the path
         self._base_height = 0.3  # replaced by the standing height at connect
         self._walk_pose = self._waypoints[0].copy()
+        self._parked = False  # set by teleport_base: the base stays where it was put
+        self.fixture_names: set[str] = {"table"}
         self._prev_pose = self._walk_pose.copy()
         self._prev_time = 0.0
         self.T_base_cam = self._camera_mount()
@@ -226,7 +244,7 @@ class SimWorld:
         sc = self.scene
         p.loadURDF("plane.urdf", physicsClientId=c)
         self.bodies = []
-        table = p.loadURDF(sc.table.urdf, list(sc.table.xyz), useFixedBase=True,
+        table = p.loadURDF(sc.table.urdf, list(sc.table.xyz), yaw_quat(sc.table.yaw), useFixedBase=True,
                            globalScaling=sc.table.scale, physicsClientId=c)
         self.bodies.append(_Body("table", sc.table.description, [], table, 0))
         rz = sc.randomize
@@ -243,9 +261,16 @@ class SimWorld:
                              physicsClientId=c)
             if o.colour is not None:
                 p.changeVisualShape(uid, -1, rgbaColor=list(o.colour), physicsClientId=c)
-            p.changeDynamics(uid, -1, lateralFriction=1.0, rollingFriction=0.001,
-                             spinningFriction=0.001, physicsClientId=c)
+            set_object_dynamics(uid, o, c)
             self.bodies.append(_Body(o.name, o.description, list(o.synonyms), uid, i + 1))
+        # Fixtures after the objects, so a scene without them keeps its uids and segmentation ids.
+        self.fixture_names = {"table"}
+        for k, fx in enumerate(sc.fixtures):
+            uid = build_fixture(fx, c)
+            if uid is not None:
+                self.bodies.append(_Body(fx.name, fx.description or fx.name, [], uid,
+                                         len(sc.objects) + 1 + k))
+                self.fixture_names.add(fx.name)
         self._seg_lut = np.full(max(b.uid for b in self.bodies) + 1, -1, dtype=np.int32)
         for b in self.bodies:
             self._seg_lut[b.uid] = b.seg_id
@@ -313,6 +338,13 @@ class SimWorld:
         return self.T_world_base_of(self._walk_pose)
 
     @property
+    def T_odom_base(self) -> np.ndarray:
+        """base_link -> odom [4, 4] as the robot's odometry reports it (the truth under ideal sensors)."""
+        if self._T_odom_base is None:
+            self._T_odom_base = self.sensors.drift.reset(self.T_world_base)
+        return self._T_odom_base
+
+    @property
     def T_world_cam(self) -> np.ndarray:
         """Current optical camera -> world [4, 4] (= T_world_base @ T_base_cam)."""
         return self.T_world_base @ self.T_base_cam
@@ -356,8 +388,28 @@ class SimWorld:
         a = 0.0 if seg <= 0 else (s - self._cum[i]) / seg
         return (1 - a) * self._waypoints[i] + a * self._waypoints[i + 1]
 
+    def teleport_base(self, pose: np.ndarray | tuple[float, float, float]) -> None:
+        """Put base_link at ``pose`` (x, y, yaw) at once and end the walk there.
+
+        The stand-in for navigation: a grasp starts from an object's ``grasp_base``.
+        Later ``advance`` calls step the physics with the base standing still.
+        """
+        pose = np.asarray(pose, dtype=np.float64).reshape(-1)
+        if pose.shape != (3,) or not np.all(np.isfinite(pose)):
+            raise ValueError(f"teleport_base: pose must be 3 finite numbers (x, y, yaw), got {pose!r}")
+        self._parked = True
+        self._walk_s = self.walk_length
+        self._walk_pose = pose.copy()
+        self._prev_pose = pose.copy()
+        self._prev_time = self.time
+        self._pose_legs(0.0)
+        self._place_robot(pose)
+        self._T_odom_base = self.sensors.odometry(self.T_world_base)  # the walk there drifts odometry too
+
     # ----------------------------------------------------------------- stepping
     def _step(self) -> None:
+        if self._should_abort is not None and self._should_abort():
+            raise _GraspAborted()
         p.stepSimulation(physicsClientId=self.client)
         self._steps += 1
 
@@ -365,16 +417,19 @@ class SimWorld:
         """Walk on for ``dt`` sim seconds (base moves kinematically) and step the physics."""
         if dt < 0:
             raise ValueError(f"advance: dt must be >= 0, got {dt}")
+        self.T_odom_base  # odometry starts from the pose before the first move
         self._prev_pose = self._walk_pose.copy()
         self._prev_time = self.time
         n = int(round(dt / self.dt))
         for _ in range(n):
             self._step()
         self._walk_s = min(self._walk_s + n * self.dt * self.walk_speed, self.walk_length)
-        self._walk_pose = self._interp(self._walk_s)
+        if not self._parked:
+            self._walk_pose = self._interp(self._walk_s)
         moving = not self.walk_done
         self._pose_legs(2 * np.pi * 2.0 * self.time, amplitude=1.0 if moving else 0.0)
         self._place_robot(self._walk_pose)
+        self._T_odom_base = self.sensors.odometry(self.T_world_base)
 
     # ----------------------------------------------------------------- sensing
     def render(self) -> SimFrame:
@@ -397,9 +452,11 @@ class SimWorld:
         segmentation = np.full(seg.shape, -1, dtype=np.int32)
         ok = (seg >= 0) & (seg < len(self._seg_lut))
         segmentation[ok] = self._seg_lut[seg[ok]]
-        return SimFrame(rgb=rgb, depth=depth.astype(np.float32), segmentation=segmentation,
+        rgb, depth, dropped = self.sensors.camera(rgb, depth.astype(np.float32))
+        return SimFrame(rgb=rgb, depth=depth, segmentation=segmentation,
                         K=self.K.copy(), T_world_cam=T_world_cam, T_world_base=self.T_world_base,
-                        stamp=self.time)
+                        stamp=self.time, T_odom_cam=self.T_odom_base @ self.T_base_cam,
+                        T_odom_base=self.T_odom_base.copy(), dropped=dropped)
 
     def objects(self) -> list[ObjectState]:
         """Ground truth of the table and every present object, world frame."""
@@ -427,7 +484,9 @@ class SimWorld:
         Labels are the scene descriptions; ``noise`` drops instances, erodes masks and
         swaps labels for synonyms, drawing from ``rng`` (default: the world's seeded one).
         """
-        noise = noise or OracleNoise()
+        if noise is None:  # the sensor model's detector (a perfect one under ideal sensors)
+            d = self.sensors.cfg.detector
+            noise = OracleNoise(miss_rate=d.miss_rate, erode_px=d.erode_px, synonym_rate=d.synonym_rate)
         rng = rng if rng is not None else self.rng
         out = []
         for b in self.bodies:
@@ -515,8 +574,32 @@ class SimWorld:
             self._move_joints(q, duration / waypoints, finger)
         return worst
 
-    def execute_grasp(self, T_world_tcp: np.ndarray, pregrasp: float = 0.12, lift: float = 0.15) -> GraspOutcome:
+    def execute_grasp(self, T_world_tcp: np.ndarray, pregrasp: float = 0.12, lift: float = 0.15,
+                      on_stage: Callable[[str], None] | None = None,
+                      should_abort: Callable[[], bool] | None = None) -> GraspOutcome:
         """Approach -> descend -> close -> lift with IK, then judge the grasp.
+
+        on_stage: called with "approaching", "closing", "lifting" as each stage begins.
+        should_abort: polled before every physics step of the grasp; when it returns True the
+            arm stops and holds where it is, and the outcome says "aborted".
+        """
+        self._should_abort = should_abort
+        try:
+            return self._execute_grasp(T_world_tcp, pregrasp, lift, on_stage or (lambda stage: None))
+        except _GraspAborted:
+            self._should_abort = None
+            finger = p.getJointState(self.arm, _FINGER_JOINTS[0], physicsClientId=self.client)[0]
+            self._hold_arm(self._arm_q(), finger)
+            tcp = self.tcp_pose()[:3, 3]
+            return GraspOutcome(success=False, object="", lift_height=0.0,
+                                message=f"aborted: the arm stopped and holds at ({tcp[0]:.3f}, {tcp[1]:.3f}, "
+                                        f"{tcp[2]:.3f})")
+        finally:
+            self._should_abort = None
+
+    def _execute_grasp(self, T_world_tcp: np.ndarray, pregrasp: float, lift: float,
+                       on_stage: Callable[[str], None]) -> GraspOutcome:
+        """execute_grasp's motion (Args as there).
 
         Args:
             T_world_tcp: [4, 4] gripper TCP pose at grasp in the world (odom) frame: origin
@@ -533,7 +616,7 @@ class SimWorld:
         R = T_world_tcp[:3, :3]
         if not np.allclose(R.T @ R, np.eye(3), atol=1e-4) or np.linalg.det(R) < 0:
             raise ValueError("execute_grasp: T_world_tcp rotation is not a proper rotation matrix")
-        movable = [b for b in self.bodies if b.name != "table"]
+        movable = [b for b in self.bodies if b.name not in self.fixture_names]
         z0 = {b.name: p.getBasePositionAndOrientation(b.uid, physicsClientId=self.client)[0][2] for b in movable}
         T_pre = T_world_tcp.copy()
         T_pre[:3, 3] -= pregrasp * R[:, 2]
@@ -541,18 +624,21 @@ class SimWorld:
         T_high = T_pre.copy()
         T_high[:3, 3] += np.array([0.0, 0.0, 0.1])
         q_high, _ = self._ik(T_high, self._arm_q())
+        on_stage("approaching")
         self._move_joints(q_high, 1.5, 0.04)
         self._move_line(self.tcp_pose(), T_pre, 0.5, 0.04, waypoints=5)
         err = self._move_line(T_pre, T_world_tcp, 1.0, 0.04, waypoints=10)
         for _ in range(int(round(0.2 / self.dt))):
             self._step()
         q = self._arm_q()
+        on_stage("closing")
         self._hold_arm(q, 0.0)
         for _ in range(int(round(0.6 / self.dt))):
             self._step()
         T_up = T_world_tcp.copy()
         T_up[:3, 3] += np.array([0.0, 0.0, lift])
         # Keep squeezing while lifting.
+        on_stage("lifting")
         qs = self._arm_q()
         for k in range(1, 11):
             T = T_world_tcp.copy()
