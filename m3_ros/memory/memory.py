@@ -1,8 +1,9 @@
 """M3Memory: the orchestrator the nodes, CLI and benchmarks drive (keyframes -> Gaussians + banks -> training -> queries).
 
 Thread safety: one re-entrant lock guards every mutation (add_keyframe, train_step, train,
-load_state, reset) and every query (render, relevance, gaussian_relevance, decode, stats,
-save), so a node may call them from different callbacks/threads; calls simply serialise.
+load, reset) and the direct queries (render, relevance, gaussian_relevance, decode, stats, save).
+Each mutation ends by publishing a read-only ``MemorySnapshot`` (snapshot.py); ``snapshot()``
+hands it out without taking the lock, so queries run on it while a train step is in progress.
 """
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ from torch import nn
 
 from m3_ros import geometry
 from m3_ros.memory import ops
-from m3_ros.memory.attention import RelevanceIndex, candidate_rows, decode_chunked, memory_attention
+from m3_ros.memory.attention import candidate_rows, memory_attention
 from m3_ros.memory.bank import MemoryBank
 from m3_ros.memory.gaussians import empty_params, logit, nn_log_scales, query_key, voxel_downsample
 from m3_ros.memory.losses import depth_loss, feature_loss, rgb_loss
 from m3_ros.memory.rasterize import rasterize
 from m3_ros.memory.sh import camera_centre, check_sh_degree, dc_to_colors, sh_to_rgb
+from m3_ros.memory.snapshot import AttentionCache, BankView, MemorySnapshot
 from m3_ros.memory.strategy import DensifyConfig, DensifyStrategy
 from m3_ros.types import Keyframe
 
@@ -131,6 +133,12 @@ class MemoryConfig:
     """Cap on a tile's candidate rows (most-voted win); softmax and norm are exact over them."""
     decode_budget_bytes: int = 256 << 20
     """Memory budget of one chunk of full decoding."""
+    cache_top_rows: int = 64
+    """Per-Gaussian attention cache: rows kept per Gaussian (all rows, i.e. exact, for banks up to this size)."""
+    cache_q_tol: float = 1e-3
+    """The cache re-decodes a Gaussian whose query moved more than this (relative) since it was decoded."""
+    cache_w_tol: float = 2e-3
+    """The cache re-decodes everything once W_m moved more than this (relative Frobenius) since the last full refresh."""
     seed: int = 0
     """Seed for all randomness (W_m init, sampling)."""
 
@@ -226,7 +234,10 @@ class M3Memory:
             self._build_optimizers()
             self.strategy = DensifyStrategy(cfg.densify, cfg.max_gaussians)
             self._strategy_state = self.strategy.initial_state()
-            self._rel_cache: dict[str, tuple] = {}
+            self._caches = {m: AttentionCache(cfg.cache_top_rows, cfg.cache_q_tol, cfg.cache_w_tol,
+                                              cfg.decode_budget_bytes) for m in cfg.models}
+            self._version = getattr(self, "_version", 0) + 1
+            self._snapshot: MemorySnapshot | None = None
 
     def _build_optimizers(self) -> None:
         cfg = self.cfg
@@ -323,6 +334,7 @@ class M3Memory:
                 # Evict a random keyframe among the older ones: the window keeps spanning history.
                 old = len(self._views) - cfg.recent
                 self._views.pop(self._rng.randrange(max(old, 1)))
+            self._publish()
 
     def _update_extent(self) -> None:
         c = np.stack(self._cam_centres)
@@ -427,37 +439,57 @@ class M3Memory:
                          near_plane=self.cfg.near_plane, far_plane=self.cfg.far_plane, render_mode="RGB+ED",
                          backend=self.cfg.backend)
 
-    @torch.no_grad()
     def _render_raw(self, T_world_cam: np.ndarray, K: np.ndarray, width: int, height: int,
                     with_queries: bool = True, models: list[str] | None = None) -> dict:
-        models = list(self.cfg.models) if models is None else models
-        H, W = int(height), int(width)
-        if self.n_gaussians == 0:
-            return {"rgb": np.zeros((H, W, 3), np.float32), "alpha": np.zeros((H, W), np.float32),
-                    "depth_raw": np.zeros((H, W), np.float32),
-                    "queries": {m: torch.zeros(H, W, self.cfg.models[m].channels) for m in models} if with_queries else {}}
-        viewmat = torch.tensor(geometry.invert(np.asarray(T_world_cam, dtype=np.float64)), dtype=torch.float32)
-        chans = [self._rgb(viewmat)]
-        if with_queries:
-            chans += [self.params[query_key(m)] for m in models]
-        img, alpha, _ = self._raster(torch.cat(chans, -1), viewmat, torch.tensor(K, dtype=torch.float32), W, H)
-        img, alpha = img[0], alpha[0, ..., 0]
-        out = {"rgb": img[..., :3].clamp(0, 1).numpy(), "alpha": alpha.numpy(), "depth_raw": img[..., -1].numpy()}
-        if with_queries:
-            qs, c = {}, 3
-            for m in models:
-                l = self.cfg.models[m].channels
-                qs[m] = img[..., c:c + l]
-                c += l
-            out["queries"] = qs
-        return out
+        with self._lock:
+            return self._capture(copy=False).render_raw(T_world_cam, K, width, height, with_queries, models)
 
     def render(self, T_world_cam: np.ndarray, K: np.ndarray, width: int, height: int) -> dict:
         """"rgb" [H, W, 3] 0..1, "depth" [H, W] (0 where alpha < 0.5), "alpha" [H, W], "queries" {model: [H, W, l]}."""
         with self._lock:
-            out = self._render_raw(T_world_cam, K, width, height)
-        depth = np.where(out["alpha"] >= 0.5, out.pop("depth_raw"), 0.0).astype(np.float32)
-        return {"rgb": out["rgb"], "depth": depth, "alpha": out["alpha"], "queries": out["queries"]}
+            return self._capture(copy=False).render(T_world_cam, K, width, height)
+
+    # ---- snapshots -----------------------------------------------------------------------------
+    def _capture(self, copy: bool) -> MemorySnapshot:
+        """The current state as a MemorySnapshot (copy=False shares the live tensors: hold the lock)."""
+        def c(x: torch.Tensor) -> torch.Tensor:
+            x = x.detach()
+            return x.clone() if copy else x
+        means, quats, scales, opac = self._activated()
+        return MemorySnapshot(
+            cfg=self.cfg, version=self._version, iteration=self.iteration, means=c(means), quats=c(quats),
+            scales=c(scales), opacities=c(opac), colors=c(self.params["colors"]),
+            queries={m: c(self.params[query_key(m)]) for m in self.cfg.models},
+            W={m: c(w) for m, w in self.W.items()},
+            banks={m: BankView(b.rows, b.unit_rows, b.version) for m, b in self.banks.items()},
+            keyframes=self.keyframes, caches=self._caches)
+
+    def _publish(self) -> None:
+        """Hand queries a fresh snapshot (call holding the lock, at the end of a mutation).
+
+        Attention caches that queries use are brought up to date here, by the writer, so a
+        query right after a train step finds them ready.
+        """
+        self._version += 1
+        snap = self._capture(copy=True)
+        for m, cache in self._caches.items():
+            if cache._state is not None and m in snap.W and m in snap.banks and len(snap.banks[m]):
+                snap.attention(m)
+        self._snapshot = snap
+
+    def snapshot(self) -> MemorySnapshot:
+        """The last published snapshot, without waiting for a running train step.
+
+        The lock is taken only when nothing was published since the last mutation that did not
+        publish (e.g. parameters edited by hand).
+        """
+        snap = self._snapshot
+        if snap is None:
+            with self._lock:
+                if self._snapshot is None:
+                    self._publish()
+                snap = self._snapshot
+        return snap
 
     # ---- queries -----------------------------------------------------------------------------
     def _check_model(self, model: str) -> None:
@@ -466,52 +498,21 @@ class M3Memory:
         if model not in self.banks or len(self.banks[model]) == 0 or model not in self.W:
             raise ValueError(f"model {model!r} has no memory yet (no keyframe carried its features)")
 
-    def _index(self, model: str, text_emb: torch.Tensor) -> RelevanceIndex:
-        bank, W = self.banks[model], self.W[model].detach()
-        key = (bank.version, self._wm_version, self.iteration)
-        cached = self._rel_cache.get(model)
-        if cached is None or cached[0] != key:
-            base = RelevanceIndex.build(W, bank.rows, bank.unit_rows, torch.zeros(bank.dim), self.cfg.tau)
-            self._rel_cache[model] = (key, base)
-        base = self._rel_cache[model][1]
-        if text_emb.ndim != 1 or text_emb.shape[0] != bank.dim:
-            raise ValueError(f"text_emb must be [{bank.dim}] for model {model!r}, got {tuple(text_emb.shape)}")
-        # Only the bank-vs-text scores depend on the text: t values, computed once per query.
-        s = bank.rows @ F.normalize(text_emb.float(), dim=0)
-        return dataclasses.replace(base, s=s)
-
     def relevance(self, model: str, text_emb: torch.Tensor, T_world_cam: np.ndarray, K: np.ndarray,
                   width: int, height: int) -> dict:
         """"relevance" [H, W] cos(decoded feature, text) without decoding (0 where alpha < 0.01), "depth", "alpha"."""
         with self._lock:
-            self._check_model(model)
-            idx = self._index(model, text_emb)
-            out = self._render_raw(T_world_cam, K, width, height, models=[model])
-            q = out["queries"][model]  # [H, W, l]
-            alpha = out["alpha"]
-            cfg = self.cfg
-            rel = idx.relevance_image(q, cfg.relevance_stride, cfg.relevance_candidates, cfg.relevance_max_rows,
-                                      cfg.relevance_tile)
-            rel = torch.where(torch.from_numpy(alpha >= 0.01), rel, 0.0)
-        depth = np.where(alpha >= 0.5, out["depth_raw"], 0.0).astype(np.float32)
-        return {"relevance": rel.numpy(), "depth": depth, "alpha": alpha}
+            return self._capture(copy=False).relevance(model, text_emb, T_world_cam, K, width, height)
 
     def decode(self, model: str, queries: torch.Tensor) -> torch.Tensor:
         """Full decoding of queries [M, l] -> features [M, d], chunked under cfg.decode_budget_bytes."""
         with self._lock:
-            self._check_model(model)
-            l = self.cfg.models[model].channels
-            if queries.ndim != 2 or queries.shape[1] != l:
-                raise ValueError(f"queries must be [M, {l}] for model {model!r}, got {tuple(queries.shape)}")
-            b = self.banks[model]
-            return decode_chunked(queries.float(), self.W[model].detach(), b.rows, b.unit_rows, self.cfg.tau,
-                                  self.cfg.decode_budget_bytes)
+            return self._capture(copy=False).decode(model, queries)
 
     def gaussian_relevance(self, model: str, text_emb: torch.Tensor) -> torch.Tensor:
-        """[N] cosine between each Gaussian's decoded query and the text."""
+        """[N] cosine between each Gaussian's decoded query and the text (per-Gaussian attention cache)."""
         with self._lock:
-            dec = self.decode(model, self.params[query_key(model)].detach())
-            return F.cosine_similarity(dec, F.normalize(text_emb.float(), dim=0)[None], dim=-1)
+            return self._capture(copy=False).gaussian_relevance(model, text_emb)
 
     # ---- training ----------------------------------------------------------------------------
     def _sample_view(self) -> _TrainView:
@@ -577,6 +578,7 @@ class M3Memory:
             out.update({k: float(x) for k, x in refined.items()})
             self.last_loss = out["loss"]
             self.train_time_s += time.perf_counter() - t0
+            self._publish()
             return out
 
     def train(self, iterations: int) -> dict[str, float]:
@@ -599,4 +601,7 @@ class M3Memory:
     def load(cls, path: str | Path) -> "M3Memory":
         """Load a memory saved by `save` (validated; never unpickles). Keyframes are not stored."""
         from m3_ros.memory.checkpoint import load_memory
-        return load_memory(cls, Path(path))
+        mem = load_memory(cls, Path(path))
+        with mem._lock:
+            mem._publish()
+        return mem

@@ -1,0 +1,251 @@
+"""Queries without waiting for training: read-only memory snapshots and the per-Gaussian attention cache.
+
+Reader/writer scheme: ``M3Memory`` mutates under its lock (add_keyframe, train_step, reset, load)
+and, at the end of each mutation, publishes a ``MemorySnapshot``: detached copies of the Gaussian
+parameters and W_m, plus references to the bank rows (the bank never edits its tensors in place, it
+replaces them). Queries render and score a snapshot with no lock held, so a query never waits for a
+train step; it sees the memory as of the last finished step.
+
+``AttentionCache`` keeps, per model, each Gaussian's attention weights (its top rows, all rows for
+banks up to ``top_rows``) and the norm of its decoded feature. Relevance of Gaussian i to a text is
+``R̂_i·t̂ / ‖R̂_i‖ = (w_i·(PSC·t̂)) / ‖R̂_i‖`` (M3_METHOD.md, "relevance without decoding"): the bank is
+scored against the text once (t values) and each Gaussian mixes k of them, instead of decoding
+N x d features per query.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from m3_ros import geometry
+from m3_ros.memory.attention import RelevanceIndex, attention_logits, decode_chunked
+from m3_ros.memory.rasterize import rasterize
+from m3_ros.memory.sh import camera_centre, sh_to_rgb
+
+
+@dataclass(frozen=True)
+class BankView:
+    """A bank's rows at one moment (the tensors are replaced, never edited, when the bank grows)."""
+
+    rows: torch.Tensor  # [t, d] raw PSC
+    unit_rows: torch.Tensor  # [t, d] L2-normalised rows
+    version: int
+
+    @property
+    def dim(self) -> int:
+        return int(self.rows.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+
+@dataclass(frozen=True)
+class _Attn:
+    """One consistent state of the cache (swapped whole, so readers never see half a refresh)."""
+
+    idx: torch.Tensor  # [N, k] bank rows with the highest weights (all rows when t <= top_rows)
+    w: torch.Tensor  # [N, k] their softmax weights (over all t rows, not renormalised)
+    inv_norm: torch.Tensor  # [N] 1 / ‖R̂_i‖ of the full decoding
+    queries: torch.Tensor  # [N, l] the queries these were computed from
+    W: torch.Tensor  # [l, d] W_m of the last full refresh (drift reference)
+    bank_version: int
+
+
+class AttentionCache:
+    """Per-Gaussian attention of one model's principal queries, refreshed where they moved.
+
+    A row is recomputed when its query moved by more than ``q_tol`` (relative); everything is
+    recomputed when the bank changed, the Gaussian count changed (densify / prune) or W_m moved
+    by more than ``w_tol`` (relative Frobenius norm) since the last full refresh. The tolerances
+    bound the staleness error (test_snapshot.py checks cached against fresh decoding after train
+    steps, and bench_query.py reports it).
+    """
+
+    def __init__(self, top_rows: int = 64, q_tol: float = 1e-3, w_tol: float = 2e-3,
+                 budget_bytes: int = 256 << 20) -> None:
+        self.top_rows = top_rows
+        self.q_tol = q_tol
+        self.w_tol = w_tol
+        self.budget_bytes = budget_bytes
+        self._state: _Attn | None = None
+        self._lock = threading.Lock()
+        self.full_refreshes = 0
+        self.rows_refreshed = 0
+
+    @torch.no_grad()
+    def _compute(self, queries: torch.Tensor, W: torch.Tensor, bank: BankView, tau: float):
+        """(idx [M, k], w [M, k], inv_norm [M]) for queries [M, l], chunked under the byte budget."""
+        M, t, d = queries.shape[0], len(bank), bank.dim
+        k = min(self.top_rows, t)
+        idx = torch.empty(M, k, dtype=torch.long)
+        w = torch.empty(M, k)
+        inv = torch.empty(M)
+        chunk = max(1, self.budget_bytes // (4 * (t + d)))
+        for s in range(0, M, chunk):
+            wf = torch.softmax(attention_logits(queries[s:s + chunk], W, bank.unit_rows, tau), dim=-1)  # [c, t]
+            inv[s:s + chunk] = 1.0 / (wf @ bank.rows).norm(dim=-1).clamp_min(1e-12)
+            if k == t:
+                w[s:s + chunk], idx[s:s + chunk] = wf, torch.arange(t).expand(wf.shape[0], t)
+            else:
+                w[s:s + chunk], idx[s:s + chunk] = torch.topk(wf, k, dim=-1)
+        return idx, w, inv
+
+    @torch.no_grad()
+    def get(self, queries: torch.Tensor, W: torch.Tensor, bank: BankView, tau: float) -> _Attn:
+        """The cache brought up to queries [N, l], W [l, d], bank (within the tolerances)."""
+        queries, W = queries.detach(), W.detach()
+        with self._lock:
+            st = self._state
+            full = (st is None or st.bank_version != bank.version or st.queries.shape != queries.shape
+                    or float((W - st.W).norm()) > self.w_tol * float(st.W.norm()))
+            if full:
+                idx, w, inv = self._compute(queries, W, bank, tau)
+                st = _Attn(idx, w, inv, queries.clone(), W.clone(), bank.version)
+                self.full_refreshes += 1
+            else:
+                moved = (queries - st.queries).norm(dim=1) > self.q_tol * st.queries.norm(dim=1).clamp_min(1e-6)
+                rows = torch.nonzero(moved).flatten()
+                if len(rows):
+                    idx, w, inv = self._compute(queries[rows], W, bank, tau)
+                    q_new, i_new, w_new, n_new = st.queries.clone(), st.idx.clone(), st.w.clone(), st.inv_norm.clone()
+                    q_new[rows], i_new[rows], w_new[rows], n_new[rows] = queries[rows], idx, w, inv
+                    st = _Attn(i_new, w_new, n_new, q_new, st.W, st.bank_version)
+                    self.rows_refreshed += len(rows)
+            self._state = st
+            return st
+
+    def relevance(self, state: _Attn, bank: BankView, text_emb: torch.Tensor) -> torch.Tensor:
+        """cos(decoded feature, text) [N] from a cache state: (w·(PSC·t̂)) / ‖R̂‖.
+
+        Exact when the bank has at most top_rows rows; otherwise the numerator misses the
+        weight outside each Gaussian's top rows (tau = 0.05 makes it small).
+        """
+        s = bank.rows @ F.normalize(text_emb.float(), dim=0)  # [t] the bank scored once
+        return ((state.w * s[state.idx]).sum(-1) * state.inv_norm).clamp(-1.0, 1.0)
+
+
+@dataclass
+class MemorySnapshot:
+    """What a query needs of an M3Memory at one moment; read-only, safe to use from any thread."""
+
+    cfg: object  # MemoryConfig
+    version: int
+    iteration: int
+    means: torch.Tensor  # [N, 3]
+    quats: torch.Tensor  # [N, 4]
+    scales: torch.Tensor  # [N, 3] activated
+    opacities: torch.Tensor  # [N] activated
+    colors: torch.Tensor  # colour parameters (see gaussians.py)
+    queries: dict[str, torch.Tensor]  # model -> [N, l]
+    W: dict[str, torch.Tensor]  # model -> [l, d]
+    banks: dict[str, BankView]
+    keyframes: list
+    caches: dict[str, AttentionCache]
+    _index_base: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def n_gaussians(self) -> int:
+        return int(self.means.shape[0])
+
+    # ---- rendering -------------------------------------------------------------------------
+    @torch.no_grad()
+    def render_raw(self, T_world_cam: np.ndarray, K: np.ndarray, width: int, height: int,
+                   with_queries: bool = True, models: list[str] | None = None) -> dict:
+        """Rendered "rgb" [H, W, 3], "alpha" [H, W], "depth_raw" [H, W] (expected depth) and
+        "queries" {model: [H, W, l]} from camera T_world_cam [4, 4], K [3, 3]."""
+        models = list(self.cfg.models) if models is None else models
+        H, W = int(height), int(width)
+        if self.n_gaussians == 0:
+            return {"rgb": np.zeros((H, W, 3), np.float32), "alpha": np.zeros((H, W), np.float32),
+                    "depth_raw": np.zeros((H, W), np.float32),
+                    "queries": {m: torch.zeros(H, W, self.cfg.models[m].channels) for m in models} if with_queries else {}}
+        viewmat = torch.tensor(geometry.invert(np.asarray(T_world_cam, dtype=np.float64)), dtype=torch.float32)
+        chans = [sh_to_rgb(self.colors, self.means, camera_centre(viewmat), self.cfg.sh_degree)]
+        if with_queries:
+            chans += [self.queries[m] for m in models]
+        img, alpha, _ = rasterize(self.means, self.quats, self.scales, self.opacities, torch.cat(chans, -1),
+                                  viewmat[None], torch.tensor(K, dtype=torch.float32)[None], W, H,
+                                  near_plane=self.cfg.near_plane, far_plane=self.cfg.far_plane,
+                                  render_mode="RGB+ED", backend=self.cfg.backend)
+        img, alpha = img[0], alpha[0, ..., 0]
+        out = {"rgb": img[..., :3].clamp(0, 1).numpy(), "alpha": alpha.numpy(), "depth_raw": img[..., -1].numpy()}
+        if with_queries:
+            qs, c = {}, 3
+            for m in models:
+                l = self.cfg.models[m].channels
+                qs[m] = img[..., c:c + l]
+                c += l
+            out["queries"] = qs
+        return out
+
+    def render(self, T_world_cam: np.ndarray, K: np.ndarray, width: int, height: int) -> dict:
+        """"rgb" [H, W, 3] 0..1, "depth" [H, W] (0 where alpha < 0.5), "alpha" [H, W], "queries" {model: [H, W, l]}."""
+        out = self.render_raw(T_world_cam, K, width, height)
+        depth = np.where(out["alpha"] >= 0.5, out.pop("depth_raw"), 0.0).astype(np.float32)
+        return {"rgb": out["rgb"], "depth": depth, "alpha": out["alpha"], "queries": out["queries"]}
+
+    # ---- queries ---------------------------------------------------------------------------
+    def check_model(self, model: str) -> None:
+        if model not in self.cfg.models:
+            raise ValueError(f"unknown model {model!r}; configured: {sorted(self.cfg.models)}")
+        if model not in self.banks or len(self.banks[model]) == 0 or model not in self.W:
+            raise ValueError(f"model {model!r} has no memory yet (no keyframe carried its features)")
+
+    def index(self, model: str, text_emb: torch.Tensor) -> RelevanceIndex:
+        """The relevance index for one text: A and M once per snapshot, the bank scored per text."""
+        bank = self.banks[model]
+        if text_emb.ndim != 1 or text_emb.shape[0] != bank.dim:
+            raise ValueError(f"text_emb must be [{bank.dim}] for model {model!r}, got {tuple(text_emb.shape)}")
+        with self._lock:
+            base = self._index_base.get(model)
+            if base is None:
+                base = RelevanceIndex.build(self.W[model], bank.rows, bank.unit_rows, torch.zeros(bank.dim),
+                                            self.cfg.tau)
+                self._index_base[model] = base
+        return dataclasses.replace(base, s=bank.rows @ F.normalize(text_emb.float(), dim=0))
+
+    @torch.no_grad()
+    def relevance(self, model: str, text_emb: torch.Tensor, T_world_cam: np.ndarray, K: np.ndarray,
+                  width: int, height: int) -> dict:
+        """"relevance" [H, W] cos(decoded feature, text) without decoding (0 where alpha < 0.01), "depth", "alpha"."""
+        self.check_model(model)
+        idx = self.index(model, text_emb)
+        out = self.render_raw(T_world_cam, K, width, height, models=[model])
+        alpha = out["alpha"]
+        cfg = self.cfg
+        rel = idx.relevance_image(out["queries"][model], cfg.relevance_stride, cfg.relevance_candidates,
+                                  cfg.relevance_max_rows, cfg.relevance_tile)
+        rel = torch.where(torch.from_numpy(alpha >= 0.01), rel, 0.0)
+        depth = np.where(alpha >= 0.5, out["depth_raw"], 0.0).astype(np.float32)
+        return {"relevance": rel.numpy(), "depth": depth, "alpha": alpha}
+
+    @torch.no_grad()
+    def decode(self, model: str, queries: torch.Tensor) -> torch.Tensor:
+        """Full decoding of queries [M, l] -> features [M, d], chunked under cfg.decode_budget_bytes."""
+        self.check_model(model)
+        l = self.cfg.models[model].channels
+        if queries.ndim != 2 or queries.shape[1] != l:
+            raise ValueError(f"queries must be [M, {l}] for model {model!r}, got {tuple(queries.shape)}")
+        b = self.banks[model]
+        return decode_chunked(queries.float(), self.W[model], b.rows, b.unit_rows, self.cfg.tau,
+                              self.cfg.decode_budget_bytes)
+
+    def attention(self, model: str) -> _Attn:
+        """The per-Gaussian attention cache brought up to this snapshot."""
+        self.check_model(model)
+        return self.caches[model].get(self.queries[model], self.W[model], self.banks[model], self.cfg.tau)
+
+    @torch.no_grad()
+    def gaussian_relevance(self, model: str, text_emb: torch.Tensor) -> torch.Tensor:
+        """[N] cosine between each Gaussian's decoded query and the text (from the attention cache)."""
+        self.check_model(model)
+        bank = self.banks[model]
+        if text_emb.ndim != 1 or text_emb.shape[0] != bank.dim:
+            raise ValueError(f"text_emb must be [{bank.dim}] for model {model!r}, got {tuple(text_emb.shape)}")
+        return self.caches[model].relevance(self.attention(model), bank, text_emb)
