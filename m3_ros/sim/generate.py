@@ -99,6 +99,8 @@ class _Rect:
 
 def _rects_overlap(a: _Rect, b: _Rect) -> bool:
     """Separating-axis test of two oriented rectangles."""
+    if np.hypot(*(a.c - b.c)) > np.hypot(*a.h) + np.hypot(*b.h):  # bounding circles apart: cheap exit
+        return False
     ca, cb = a.corners(), b.corners()
     for yaw in (a.yaw, a.yaw + np.pi / 2, b.yaw, b.yaw + np.pi / 2):
         axis = np.array([np.cos(yaw), np.sin(yaw)])
@@ -258,14 +260,17 @@ def _orbit_radius(s: TableConfig | FixtureConfig, cfg: GeneratorConfig) -> float
     return float(np.hypot(*s.top_half_extents)) + cfg.orbit_clearance
 
 
-def _standoff(s: TableConfig | FixtureConfig, angle: float, reach: ArmReach) -> np.ndarray:
-    """The pose on the ray from a support's centre at ``angle`` just clear of it, facing it."""
+def _standoff(scene: SceneConfig, s: TableConfig | FixtureConfig, angle: float, reach: ArmReach) -> np.ndarray:
+    """The closest clear pose on the ray from a support's centre at ``angle``, facing the centre."""
     rect = _support_rect(s)
     d_loc = _rot2(rect.yaw).T @ np.array([np.cos(angle), np.sin(angle)])
     with np.errstate(divide="ignore"):
-        t = min(rect.h[0] / abs(d_loc[0]) if d_loc[0] else np.inf, rect.h[1] / abs(d_loc[1]) if d_loc[1] else np.inf)
-    dist = t + reach.body_front + reach.clearance + 0.02
-    return np.array([rect.c[0] + dist * np.cos(angle), rect.c[1] + dist * np.sin(angle), angle + np.pi])
+        t = float(np.min(np.array(rect.h) / np.abs(d_loc)))  # where the ray leaves the top
+    for dist in t + reach.body_front + reach.clearance + np.arange(0.01, 1.0, 0.01):
+        pose = np.array([rect.c[0] + dist * np.cos(angle), rect.c[1] + dist * np.sin(angle), angle + np.pi])
+        if robot_pose_clear(scene, pose, reach):
+            return pose
+    raise RuntimeError(f"no clear stand-off at angle {angle:.2f} rad from {s}")
 
 
 def _finish(name: str, table: TableConfig, fixtures: list[FixtureConfig], placed: list[_Placed],
@@ -325,10 +330,16 @@ def _gen_table(rng: np.random.Generator, cfg: GeneratorConfig, name: str) -> Sce
     items = _pick_objects(rng, n, lib, lookalike_groups=int(rng.integers(1, 3)))
     placed: list[_Placed] = []
     _put_all(items, [table] * len(items), rng, cfg, placed, set())
-    start = float(rng.uniform(-np.pi, np.pi))
+    # Start (and end) the lap square to one long side and finish facing it, like the
+    # hand-made default scene: the near half of the table is then in arm's reach.
+    start = table.yaw + (np.pi / 2 if rng.random() < 0.5 else -np.pi / 2)
     c = np.asarray(table.xyz[:2])
     points = _orbit(c, _orbit_radius(table, cfg), start, 2 * np.pi, cfg.orbit_step_deg)
-    return _finish(name, table, [], placed, points, _standoff(table, start, cfg.reach), cfg)
+    scene = _finish(name, table, [], placed, points, None, cfg)
+    final = _standoff(scene, table, start, cfg.reach)
+    final[2] = scene.walk.points[-1][2]  # the lap's last yaw: no extra turn
+    scene.walk.final = tuple(float(v) for v in final)
+    return scene
 
 
 def _gen_two_tables(rng: np.random.Generator, cfg: GeneratorConfig, name: str) -> SceneConfig:

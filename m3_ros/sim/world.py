@@ -1,4 +1,5 @@
-"""The embedded simulator: a pybullet world with a table-top scene, an A1 carrying a Panda,
+"""The embedded simulator: a pybullet world with a table-top scene (or any generated one:
+more tables, a cabinet, walls, objects on the floor), an A1 carrying a Panda,
 and an RGB-D camera on the A1's head. No ROS here (``m3_ros.nodes.sim_node`` wraps it).
 
 Small lerobot-style interface::
@@ -459,7 +460,7 @@ class SimWorld:
                         T_odom_base=self.T_odom_base.copy(), dropped=dropped)
 
     def objects(self) -> list[ObjectState]:
-        """Ground truth of the table and every present object, world frame."""
+        """Ground truth of the table, every fixture with a body (walls too) and every present object, world frame."""
         out = []
         for b in self.bodies:
             pos, quat = p.getBasePositionAndOrientation(b.uid, physicsClientId=self.client)
@@ -673,6 +674,21 @@ class SimWorld:
             msg = "failed: the gripper closed on nothing"
         return GraspOutcome(success=bool(success), object=name, lift_height=rise if touched else 0.0,
                             message=msg, finger_contacts=contacts if touched else (False, False), ik_error=err)
+
+    def reach_error(self, T_world_tcp: np.ndarray, pregrasp: float = 0.12) -> float:
+        """Worst IK position error (m) over the poses ``execute_grasp`` visits for this grasp.
+
+        The grasp itself, the pre-grasp ``pregrasp`` back along its approach and the
+        approach 0.1 m above that; the arm is left as it was. Under ~1 cm: in reach.
+        """
+        T = np.asarray(T_world_tcp, dtype=np.float64)
+        if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+            raise ValueError(f"reach_error: T_world_tcp must be a finite [4, 4], got shape {T.shape}")
+        T_pre = T.copy()
+        T_pre[:3, 3] -= pregrasp * T[:3, 2]
+        T_high = T_pre.copy()
+        T_high[:3, 3] += np.array([0.0, 0.0, 0.1])
+        return max(self._ik(X, list(_ARM_HOME))[1] for X in (T_high, T_pre, T))
 
     def top_down_grasp_pose(self, name: str, yaw: float | None = None) -> np.ndarray:
         """A top-down TCP pose [4, 4] at an object's AABB centre (evaluation helper, uses ground truth).
