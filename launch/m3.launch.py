@@ -1,8 +1,10 @@
 """Memory node (with the `ground` service) and the grasp planner, for a real robot.
 
-    ros2 launch m3_ros m3.launch.py camera_ns:=/camera odom_topic:=/odom
+    ros2 launch m3_ros m3.launch.py odom_topic:=/odom use_sim_time:=false
 
-Topic remaps map the package's relative names onto the robot's drivers.
+Topic remaps map the package's relative names onto the robot's drivers. Camera poses come
+from /tf (odom -> base_link) and /tf_static (base_link -> camera optical frame) as the
+robot publishes them; odometry and the camera_mount parameter are fallbacks.
 """
 import os
 
@@ -19,6 +21,7 @@ def generate_launch_description():
     depth = LaunchConfiguration("depth_topic")
     info = LaunchConfiguration("camera_info_topic")
     odom = LaunchConfiguration("odom_topic")
+    sim_time = {"use_sim_time": LaunchConfiguration("use_sim_time")}
     remaps = [
         ("camera/color/image_raw", color),
         ("camera/depth/image_raw", depth),
@@ -30,8 +33,10 @@ def generate_launch_description():
         DeclareLaunchArgument("depth_topic", default_value="camera/depth/image_raw"),
         DeclareLaunchArgument("camera_info_topic", default_value="camera/color/camera_info"),
         DeclareLaunchArgument("odom_topic", default_value="odom"),
+        DeclareLaunchArgument("use_sim_time", default_value="false",
+                              description="true when a simulator or a bag publishes /clock"),
         Node(package="m3_ros", executable="memory_node", name="memory_node",
-             parameters=[params], remappings=remaps, output="screen"),
+             parameters=[params, sim_time], remappings=remaps, output="screen"),
         Node(package="m3_ros", executable="grasp_planner_node", name="grasp_planner_node",
-             parameters=[params], remappings=[("odom", odom)], output="screen"),
+             parameters=[params, sim_time], remappings=[("odom", odom)], output="screen"),
     ])

@@ -1,9 +1,11 @@
 """The main demo: simulator + memory node + grasp planner as separate processes.
 
 The robot walks around the table while the memory trains; the demo asks the memory
-for "yellow bath duck" as it goes (to time the first correct answer), then plans and
-executes the grasp, saves pictures and prints one RESULT line. Same nodes and same
-parameter files as launch/sim_demo.launch.py.
+for "yellow bath duck" as it goes (to time the first correct answer), then grasps it
+through the ``grasp`` action (feedback: grounding, planning, approaching, closing,
+lifting), saves pictures and prints one RESULT line. Same nodes and same parameter files
+as launch/sim_demo.launch.py, and like it every process but the simulator runs on the
+simulator's ``/clock`` (``use_sim_time``); camera poses come from ``/tf`` + ``/tf_static``.
 """
 from __future__ import annotations
 
@@ -16,19 +18,21 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
-from geometry_msgs.msg import TransformStamped
-from nav_msgs.msg import Odometry
+from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
-from m3_ros.msg import GraspResult, MemoryStatus, SceneGroundTruth
+from m3_ros.action import Grasp
+from m3_ros.msg import MemoryStatus, SceneGroundTruth
 from m3_ros.nodes import convert
-from m3_ros.nodes.common import latched_qos
+from m3_ros.nodes.common import TFListener, latched_qos
 from m3_ros.procs import CONFIG_DIR, NodeProcess, PACKAGE_ROOT, ros_test_env
-from m3_ros.srv import GroundQuery, MemoryIO, PlanGrasp
+from m3_ros.srv import GroundQuery, MemoryIO
+from m3_ros.tf_buffer import TransformError
 
 QUERY = "yellow bath duck"
 TARGET = "duck"
@@ -38,37 +42,55 @@ class DemoClient(Node):
     """Listens to the graph and calls the services; all state is kept for the report."""
 
     def __init__(self) -> None:
-        super().__init__("m3_demo")
+        super().__init__("m3_demo", parameter_overrides=[Parameter("use_sim_time", value=True)])
         self.status: MemoryStatus | None = None
         self.truth: SceneGroundTruth | None = None
         self.walk_state = ""
-        self.grasp_result: GraspResult | None = None
         self.color: Image | None = None
         self.info: CameraInfo | None = None
-        self.odom: Odometry | None = None
-        self.mount: TransformStamped | None = None
         self.relevance: Image | None = None
+        self.tf = TFListener(self)
         rel = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(MemoryStatus, "memory/status", lambda m: setattr(self, "status", m), 10)
         self.create_subscription(SceneGroundTruth, "sim/ground_truth", lambda m: setattr(self, "truth", m), rel)
         self.create_subscription(String, "sim/walk_state", lambda m: setattr(self, "walk_state", m.data), latched_qos())
-        self.create_subscription(GraspResult, "arm/grasp_result", lambda m: setattr(self, "grasp_result", m), rel)
-        self.create_subscription(Image, "camera/color/image_raw", self._on_color, rel)
+        self.create_subscription(Image, "camera/color/image_raw", lambda m: setattr(self, "color", m), rel)
         self.create_subscription(CameraInfo, "camera/color/camera_info", lambda m: setattr(self, "info", m), rel)
-        self.create_subscription(Odometry, "odom", lambda m: setattr(self, "odom", m), rel)
-        self.create_subscription(TransformStamped, "camera/mount", lambda m: setattr(self, "mount", m), latched_qos())
         self.create_subscription(Image, "memory/relevance_image", lambda m: setattr(self, "relevance", m), latched_qos())
         self.ground = self.create_client(GroundQuery, "ground")
-        self.plan = self.create_client(PlanGrasp, "plan_grasp")
+        self.grasp_client = ActionClient(self, Grasp, "grasp")
         self.save = self.create_client(MemoryIO, "memory/save")
-        self.frame_pose: np.ndarray | None = None
 
-    def _on_color(self, msg: Image) -> None:
-        # keep the colour frame together with the camera pose at that moment
-        self.color = msg
-        if self.odom is not None and self.mount is not None:
-            self.frame_pose = (convert.pose_msg_to_matrix(self.odom.pose.pose)
-                               @ convert.transform_msg_to_matrix(self.mount.transform))
+    def camera_pose(self, color: Image) -> np.ndarray | None:
+        """T_odom_cam [4, 4] at the colour frame's stamp, from /tf + /tf_static."""
+        try:
+            return self.tf.lookup("odom", color.header.frame_id, convert.stamp_to_sec(color.header.stamp))
+        except TransformError:
+            return None
+
+    def _wait(self, fut, timeout: float, what: str):
+        done = threading.Event()
+        fut.add_done_callback(lambda _: done.set())
+        if not done.wait(timeout):
+            raise TimeoutError(f"{what} did not finish in {timeout}s")
+        return fut.result()
+
+    def grasp(self, query: str, timeout: float, log) -> tuple[Grasp.Result, int, list[str]]:
+        """Send a grasp goal; returns (result, GoalStatus, the feedback stages in order)."""
+        if not self.grasp_client.wait_for_server(timeout_sec=timeout):
+            raise TimeoutError("action server 'grasp' not available")
+        stages: list[str] = []
+
+        def on_feedback(msg) -> None:
+            stages.append(msg.feedback.stage)
+            log(f"grasp feedback: {msg.feedback.stage} {msg.feedback.message}".rstrip())
+
+        handle = self._wait(self.grasp_client.send_goal_async(Grasp.Goal(query=query), feedback_callback=on_feedback),
+                            timeout, "sending the grasp goal")
+        if not handle.accepted:
+            raise RuntimeError("the grasp goal was rejected")
+        res = self._wait(handle.get_result_async(), timeout, "the grasp")
+        return res.result, res.status, stages
 
     def call(self, client, request, timeout: float):
         if not client.wait_for_service(timeout_sec=timeout):
@@ -154,6 +176,17 @@ def _save_pictures(out: Path, demo: DemoClient, snapshot: tuple, memory_dir: Pat
     return saved
 
 
+def wait_for_clock(node: Node, timeout: float, sim: NodeProcess) -> None:
+    """Until the node's clock (use_sim_time) has received /clock from the simulator."""
+    t0 = time.monotonic()
+    while node.get_clock().now().nanoseconds == 0:
+        if not sim.alive():
+            raise RuntimeError(f"sim_node exited early; log: {sim.log_path}\n" + sim.log_text()[-3000:])
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"no /clock from the simulator in {timeout}s")
+        time.sleep(0.05)
+
+
 def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None,
         max_walk_s: float = 240.0, settle_s: float = 3.0, quiet: bool = False) -> dict:
     """Run the whole loop once; returns the report (also written to out/report.json)."""
@@ -170,9 +203,10 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
     import os
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
     # The memory node loads its models first (seconds); the robot starts walking once it listens.
+    sim_time = {"use_sim_time": True}  # as launch/sim_demo.launch.py: the nodes run on the simulator's /clock
     procs = [
-        NodeProcess("memory_node", env, logs, params_file=CONFIG_DIR / "m3.yaml", params=m3_params),
-        NodeProcess("grasp_planner_node", env, logs, params_file=CONFIG_DIR / "m3.yaml"),
+        NodeProcess("memory_node", env, logs, params_file=CONFIG_DIR / "m3.yaml", params={**sim_time, **(m3_params or {})}),
+        NodeProcess("grasp_planner_node", env, logs, params_file=CONFIG_DIR / "m3.yaml", params=sim_time),
     ]
     rclpy.init()
     demo = DemoClient()
@@ -191,6 +225,7 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
             time.sleep(0.2)
         log(f"memory node ready with models {list(demo.status.models)}; starting the simulator")
         procs.append(NodeProcess("sim_node", env, logs, params_file=CONFIG_DIR / "sim.yaml", params=sim_params))
+        wait_for_clock(demo, 60.0, procs[-1])
         first_kf_t = None
         first_correct_s = None
         last_print = 0.0
@@ -245,31 +280,28 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
         log(f"{res.message}")
         log(f"grounded point {np.round(point, 3).tolist()} vs true duck centre "
             f"{np.round(truth, 3).tolist() if truth is not None else None}: {err_cm:.1f} cm")
-        snapshot = (demo.color, demo.info, demo.frame_pose)
-        demo.grasp_result = None
-        plan = demo.call(demo.plan, PlanGrasp.Request(query=QUERY, execute=True), 60.0)
-        log(f"plan_grasp: {plan.message}")
-        grasp_ok, grasp_obj = False, ""
-        if plan.success:
-            t0 = time.monotonic()
-            while demo.grasp_result is None and time.monotonic() - t0 < 120.0:
-                time.sleep(0.1)
-            if demo.grasp_result is not None:
-                grasp_ok, grasp_obj = bool(demo.grasp_result.success), demo.grasp_result.object
-                log(f"grasp result: {demo.grasp_result.message}")
-            else:
-                log("no grasp result within 120 s")
+        color = demo.color
+        snapshot = (color, demo.info, demo.camera_pose(color) if color is not None else None)
+        grasp, status, stages = demo.grasp(QUERY, 180.0, log)
+        grasp_ok, grasp_obj = bool(grasp.success), grasp.object
+        log(f"grasp result: {grasp.message}")
+        planned = bool(grasp.grasp.header.frame_id)
         mem_dir = out / "memory"
         saved = demo.call(demo.save, MemoryIO.Request(path=str(mem_dir)), 60.0)
         log(saved.message)
         s = demo.status
-        pictures = _save_pictures(out, demo, snapshot, mem_dir, plan.grasp if plan.success else None, log)
+        pictures = _save_pictures(out, demo, snapshot, mem_dir, grasp.grasp if planned else None, log)
         report.update({
             "error_cm": err_cm, "grasp": "success" if grasp_ok and grasp_obj == TARGET else "failure",
             "grasped_object": grasp_obj, "keyframes": int(s.keyframes), "gaussians": int(s.gaussians),
             "bank_rows": dict(zip(s.models, [int(r) for r in s.bank_rows])),
             "train_s": float(s.train_time_s), "train_iterations": int(s.train_iteration),
             "first_correct_s": first_correct_s, "model": res.model, "pictures": pictures,
+            "grasp_stages": stages, "grasp_status": int(status),
+            # sim time: the demo's clock and the planner's stamp on the grasp both follow /clock
+            "clock": {"demo_now_s": demo.get_clock().now().nanoseconds * 1e-9,
+                      "grasp_stamp_s": convert.stamp_to_sec(grasp.grasp.header.stamp) if planned else None,
+                      "status_stamp_s": convert.stamp_to_sec(s.header.stamp), "wall_s": time.time()},
             "wall_s": time.monotonic() - t_start,
         })
         (out / "report.json").write_text(json.dumps(report, indent=2))

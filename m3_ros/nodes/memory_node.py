@@ -7,15 +7,19 @@ never waits on training.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import threading
 import time
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PointStamped, TransformStamped
 from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import ColorRGBA, Header
@@ -26,10 +30,11 @@ from m3_ros.geometry import invert, pose_to_matrix, transform_points
 from m3_ros.grounding import GroundingConfig
 from m3_ros.msg import LabeledInstanceArray, MemoryStatus
 from m3_ros.nodes import convert
-from m3_ros.nodes.common import latched_qos, sensor_qos, spin_node
+from m3_ros.nodes.common import Param, TFListener, declare_params, latched_qos, sensor_qos, spin_node
 from m3_ros.pipeline import MemoryPipeline, PipelineConfig
 from m3_ros.srv import GroundQuery, MemoryIO
 from m3_ros.stream import ApproximateSync, KeyframeSelectorConfig
+from m3_ros.tf_buffer import ConnectivityError, ExtrapolationError, TransformError
 
 # One place for every parameter and its default (config/m3.yaml overrides).
 PARAMS: dict[str, object] = {
@@ -41,6 +46,10 @@ PARAMS: dict[str, object] = {
     "mount_topic": "camera/mount",
     "camera_mount": [0.0],  # [x, y, z, qx, qy, qz, qw] base_link -> camera optical; [0.0] = take it from mount_topic
     "odom_frame": "odom",
+    "base_frame": "base_link",
+    "camera_frame": "",  # "" = the colour image's header.frame_id
+    "tf_cache_s": 10.0,
+    "pose_wait": 0.5,
     "reliable_sensors": False,
     "sync_slop": 0.05,
     "instances_slop": 0.02,
@@ -55,6 +64,7 @@ PARAMS: dict[str, object] = {
     "kf_min_rotation_deg": 10.0,
     "kf_min_interval": 0.3,
     "kf_max_interval": 5.0,
+    "training": True,
     "train_period": 0.05,
     "train_budget": 0.04,
     "status_period": 1.0,
@@ -64,17 +74,77 @@ PARAMS: dict[str, object] = {
     "grounding_mode": "gaussians",
     "grounding_views": 3,
     "grounding_view_scale": 0.5,
+    "grounding_relative_margin": 0.1,
+    "grounding_baseline_margin": 0.03,
+    "grounding_min_opacity": 0.2,
+    "grounding_cluster_radius": 0.03,
     "max_query_chars": 200,
     "publish_relevance": True,
 }
 
 
+# Descriptions, ranges and what may change live (`ros2 param set`); the defaults are PARAMS'.
+# Parameters not listed here are fixed at start-up and have no range.
+PARAM_SPECS: dict[str, Param] = {
+    "camera_frame": Param("", "camera optical frame of the images ('' = their header.frame_id)"),
+    "tf_cache_s": Param(0.0, "s of /tf history kept", range=(0.5, 600.0)),
+    "pose_wait": Param(0.0, "s (stamp time) a frame waits for its pose at the image stamp", range=(0.0, 10.0),
+                       live=True),
+    "sync_slop": Param(0.0, "s, colour/depth approximate sync", range=(0.0, 1.0)),
+    "instances_slop": Param(0.0, "s, labelled instances matched to the colour frame", range=(0.0, 1.0), live=True),
+    "instances_wait": Param(0.0, "s a frame waits for its instances", range=(0.0, 10.0), live=True),
+    "kf_min_translation": Param(0.0, "m the camera moves between keyframes", range=(0.0, 10.0), live=True),
+    "kf_min_rotation_deg": Param(0.0, "degrees the camera turns between keyframes", range=(0.0, 180.0), live=True),
+    "kf_min_interval": Param(0.0, "s between keyframes at the least", range=(0.0, 600.0), live=True),
+    "kf_max_interval": Param(0.0, "s after which a keyframe is taken without motion", range=(0.01, 3600.0),
+                             live=True),
+    "training": Param(True, "train the memory (false: keyframes are still added, no train steps)", live=True),
+    "train_period": Param(0.0, "s between train-timer ticks", range=(0.001, 10.0)),
+    "train_budget": Param(0.0, "s of training per tick", range=(0.0, 10.0), live=True),
+    "status_period": Param(0.0, "s between memory/status and /diagnostics", range=(0.05, 60.0)),
+    "cloud_period": Param(0.0, "s between memory/gaussians clouds", range=(0.05, 600.0)),
+    "cloud_min_opacity": Param(0.0, "Gaussians below this opacity are left out of the cloud", range=(0.0, 1.0),
+                               live=True),
+    "grounding_mode": Param("", "how relevance is read out of the memory", choices=("gaussians", "render"),
+                            live=True),
+    "grounding_views": Param(0, "keyframe views rendered in render mode", range=(1, 64), live=True),
+    "grounding_view_scale": Param(0.0, "render resolution (fraction of the keyframe's)", range=(0.05, 1.0),
+                                  live=True),
+    "grounding_relative_margin": Param(0.0, "candidates score within this of the best score", range=(0.0, 2.0),
+                                       live=True),
+    "grounding_baseline_margin": Param(0.0, "candidates beat a zero query's score by this much", range=(-1.0, 2.0),
+                                       live=True),
+    "grounding_min_opacity": Param(0.0, "Gaussians below this opacity are ignored in gaussians mode",
+                                   range=(0.0, 1.0), live=True),
+    "grounding_cluster_radius": Param(0.0, "m, points closer than this form one region", range=(0.001, 1.0),
+                                      live=True),
+    "max_query_chars": Param(0, "longer queries are rejected", range=(1, 100000), live=True),
+    "publish_relevance": Param(True, "publish memory/relevance_image after each query", live=True),
+}
+# ROS parameter -> GroundingConfig / KeyframeSelectorConfig field (changed live).
+_GROUNDING_FIELDS = {"grounding_mode": "mode", "grounding_views": "n_views", "grounding_view_scale": "view_scale",
+                     "grounding_relative_margin": "relative_margin", "grounding_baseline_margin": "baseline_margin",
+                     "grounding_min_opacity": "min_opacity", "grounding_cluster_radius": "cluster_radius",
+                     "max_query_chars": "max_query_chars"}
+_KEYFRAME_FIELDS = {"kf_min_translation": "min_translation", "kf_min_rotation_deg": "min_rotation_deg",
+                    "kf_min_interval": "min_interval", "kf_max_interval": "max_interval"}
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process, MB (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class MemoryNode(Node):
     def __init__(self) -> None:
         super().__init__("memory_node")
-        for k, v in PARAMS.items():
-            self.declare_parameter(k, v)
-        p = {k: self.get_parameter(k).value for k in PARAMS}
+        specs = {k: dataclasses.replace(PARAM_SPECS.get(k, Param(v)), default=v) for k, v in PARAMS.items()}
+        p = declare_params(self, specs, self._apply_live)
         self.p = p
         models = list(p["models"])
         if len(p["channels"]) != len(models) or len(p["thetas"]) != len(models):
@@ -85,9 +155,7 @@ class MemoryNode(Node):
             thetas={m: float(t) for m, t in zip(models, p["thetas"])},
             keyframes=KeyframeSelectorConfig(p["kf_min_translation"], p["kf_min_rotation_deg"],
                                              p["kf_min_interval"], p["kf_max_interval"]),
-            grounding=GroundingConfig(mode=p["grounding_mode"], n_views=int(p["grounding_views"]),
-                                      view_scale=float(p["grounding_view_scale"]),
-                                      max_query_chars=int(p["max_query_chars"])),
+            grounding=GroundingConfig(**{f: p[k] for k, f in _GROUNDING_FIELDS.items()}),
             foundation_overrides={"clip_arch": p["clip_arch"], "clip_checkpoint": p["clip_checkpoint"],
                                   "siglip_path": p["siglip_path"]},
         )
@@ -103,12 +171,15 @@ class MemoryNode(Node):
         self.last_T_odom_base: np.ndarray | None = None
         self.last_T_odom_cam: np.ndarray | None = None
         self.last_header = Header(frame_id=self.odom_frame)
-        self.sync = ApproximateSync(["color", "depth", "odom"], slop=float(p["sync_slop"]))
+        # Poses come at each image's stamp from TF (odometry feeds the same buffer), so only
+        # colour and depth are synchronised.
+        self.sync = ApproximateSync(["color", "depth"], slop=float(p["sync_slop"]))
         # Once a detector publishes instances, each frame waits (up to instances_wait) for its own.
         self.instances: dict[float, LabeledInstanceArray] = {}
         self.waiting: dict[float, tuple] = {}
         self._frame_lock = threading.Lock()
         self._rejects = 0
+        self._reject_counts: dict[str, int] = {}
         self._last_reject: dict[str, float] = {}
         self._steps_since_status = 0
         self._last_status_t = time.monotonic()
@@ -119,7 +190,9 @@ class MemoryNode(Node):
         qos = sensor_qos(bool(p["reliable_sensors"]))
         self.create_subscription(Image, p["color_topic"], lambda m: self._on("color", m), qos, callback_group=sensors)
         self.create_subscription(Image, p["depth_topic"], lambda m: self._on("depth", m), qos, callback_group=sensors)
-        self.create_subscription(Odometry, p["odom_topic"], lambda m: self._on("odom", m), qos, callback_group=sensors)
+        self.tf = TFListener(self, cache_time=float(p["tf_cache_s"]), callback_group=sensors,
+                             on_update=self._flush_waiting)
+        self.create_subscription(Odometry, p["odom_topic"], self._on_odom, qos, callback_group=sensors)
         self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_info, qos, callback_group=sensors)
         self.create_subscription(LabeledInstanceArray, p["instances_topic"], self._on_instances, qos, callback_group=sensors)
         self.create_subscription(TransformStamped, p["mount_topic"], self._on_mount, latched_qos(), callback_group=sensors)
@@ -128,14 +201,18 @@ class MemoryNode(Node):
         self.cloud_pub = self.create_publisher(PointCloud2, "memory/gaussians", latched_qos())
         self.relevance_pub = self.create_publisher(Image, "memory/relevance_image", latched_qos())
         self.marker_pub = self.create_publisher(MarkerArray, "memory/grounded_markers", latched_qos())
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         self.create_service(GroundQuery, "ground", self._on_ground, callback_group=services)
         self.create_service(MemoryIO, "memory/save", self._on_save, callback_group=services)
         self.create_service(MemoryIO, "memory/load", self._on_load, callback_group=services)
         self.create_service(Trigger, "memory/reset", self._on_reset, callback_group=services)
-        self.create_timer(float(p["train_period"]), self._on_train, callback_group=train)
-        self.create_timer(float(p["status_period"]), self._on_status, callback_group=services)
-        self.create_timer(float(p["cloud_period"]), self._on_cloud, callback_group=services)
+        # Training and reporting pace on the machine's steady clock: with use_sim_time a ROS timer
+        # would stop whenever /clock does (before the simulator starts, or when it pauses).
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(float(p["train_period"]), self._on_train, callback_group=train, clock=steady)
+        self.create_timer(float(p["status_period"]), self._on_status, callback_group=services, clock=steady)
+        self.create_timer(float(p["cloud_period"]), self._on_cloud, callback_group=services, clock=steady)
 
         # Heavy models load in a worker thread; the node answers (with a clear "not ready") meanwhile.
         self._loader = threading.Thread(target=self._load, daemon=True)
@@ -166,9 +243,32 @@ class MemoryNode(Node):
         except ValueError as e:
             self._reject(f"camera_info: {e}")
 
-    def _on_mount(self, msg: TransformStamped) -> None:
+    def _apply_live(self, changed: dict[str, object]) -> None:
+        """Parameters accepted by the on-set callback take effect here (the rest are rejected there)."""
+        self.p.update(changed)
+        for k, v in changed.items():
+            if k in _GROUNDING_FIELDS:
+                setattr(self.pipeline.cfg.grounding, _GROUNDING_FIELDS[k], v)
+            elif k in _KEYFRAME_FIELDS:
+                setattr(self.pipeline.cfg.keyframes, _KEYFRAME_FIELDS[k], float(v))
+        self.get_logger().info(f"parameters changed: {changed}")
+
+    def _on_odom(self, msg: Odometry) -> None:
         try:
-            self.T_base_cam = convert.transform_msg_to_matrix(msg.transform)
+            self.tf.add_odometry(msg, self.odom_frame, self.p["base_frame"])
+        except ValueError as e:
+            self._reject(str(e))
+
+    def _on_mount(self, msg: TransformStamped) -> None:
+        parent = msg.header.frame_id or self.p["base_frame"]
+        if parent != self.p["base_frame"]:
+            self.get_logger().warning(f"camera mount on {self.p['mount_topic']} is from {parent!r}, not base_frame "
+                                      f"{self.p['base_frame']!r}", throttle_duration_sec=5.0)
+        try:
+            T = convert.transform_msg_to_matrix(msg.transform)
+            if msg.child_frame_id:
+                self.tf.set_transform(parent, msg.child_frame_id, 0.0, T, static=True)
+            self.T_base_cam = T
         except ValueError as e:
             self._reject(f"camera mount: {e}")
 
@@ -181,16 +281,52 @@ class MemoryNode(Node):
         self._flush_waiting()
 
     def _flush_waiting(self) -> None:
-        """Process waiting frames whose instances arrived, or that waited long enough."""
+        """Process waiting frames whose instances arrived (or waited long enough, or there is no
+        detector) and whose pose at the image stamp is known (or will not come)."""
         ready = []
         with self._frame_lock:
             newest = max(self.waiting, default=-np.inf)
             for t in sorted(self.waiting):
                 match = self._instances_for(t)
-                if match is not None or newest - t > float(self.p["instances_wait"]):
-                    ready.append((self.waiting.pop(t), match))
-        for frame, inst in ready:
-            self._process(*frame, inst)
+                if match is None and self.instances and newest - t <= float(self.p["instances_wait"]):
+                    continue
+                color, depth = self.waiting[t]
+                try:
+                    pose = self._pose_at(color, depth, t)
+                except TransformError as e:
+                    late = not isinstance(e, ExtrapolationError) or e.future
+                    if late and newest - t <= float(self.p["pose_wait"]):
+                        continue  # odometry / TF for this stamp may still arrive
+                    pose = e
+                del self.waiting[t]
+                ready.append(((color, depth), pose, match))
+        for frame, pose, inst in ready:
+            if isinstance(pose, TransformError):
+                self._reject(f"no camera pose at the image stamp: {pose}")
+            else:
+                self._process(*frame, *pose, inst)
+
+    def _pose_at(self, color: Image, depth: Image, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """(T_odom_base, T_odom_cam) [4, 4] at stamp t: TF (odometry included), interpolated."""
+        cam = self.p["camera_frame"] or color.header.frame_id
+        if not cam:
+            raise ConnectivityError("the colour image has no header.frame_id and the camera_frame parameter is empty")
+        for what, fid in (("colour image", color.header.frame_id), ("depth image", depth.header.frame_id)):
+            if fid and fid != cam:
+                self.get_logger().warning(f"{what} frame_id {fid!r} is not the camera frame {cam!r} (camera_frame "
+                                          f"parameter or the colour image's): depth must be registered to colour",
+                                          throttle_duration_sec=5.0)
+        odom, base = self.odom_frame, self.p["base_frame"]
+        T_odom_base = self.tf.lookup(odom, base, t)
+        try:
+            T_odom_cam = self.tf.lookup(odom, cam, t)
+        except ConnectivityError as e:
+            if self.T_base_cam is None:
+                raise ConnectivityError(
+                    f"no camera mount: no transform {base} -> {cam} on /tf_static, topic {self.p['mount_topic']} "
+                    f"or parameter camera_mount ({e})") from e
+            T_odom_cam = T_odom_base @ self.T_base_cam
+        return T_odom_base, T_odom_cam
 
     def _instances_for(self, stamp: float) -> LabeledInstanceArray | None:
         if not self.instances:
@@ -202,6 +338,7 @@ class MemoryNode(Node):
         """Log a dropped input once per kind of problem every 5 s (a bad stream would flood the log)."""
         self._rejects += 1
         kind = why.split(":")[0][:40]
+        self._reject_counts[kind] = self._reject_counts.get(kind, 0) + 1
         now = time.monotonic()
         if now - self._last_reject.get(kind, -np.inf) >= 5.0:
             self._last_reject[kind] = now
@@ -214,25 +351,20 @@ class MemoryNode(Node):
             return self._reject(str(e))
         if match is None:
             return
-        frame = (match["color"], match["depth"], match["odom"])
-        if not self.instances:  # no detector on this robot (yet): go on without instances
-            return self._process(*frame, None)
+        frame = (match["color"], match["depth"])
         with self._frame_lock:
             self.waiting[convert.stamp_to_sec(match["color"].header.stamp)] = frame
         self._flush_waiting()
 
-    def _process(self, color: Image, depth: Image, odom: Odometry, inst_msg: LabeledInstanceArray | None) -> None:
+    def _process(self, color: Image, depth: Image, T_odom_base: np.ndarray, T_odom_cam: np.ndarray,
+                 inst_msg: LabeledInstanceArray | None) -> None:
         if self.K is None:
             return self._reject("no camera_info received yet")
-        if self.T_base_cam is None:
-            return self._reject(f"no camera mount (parameter camera_mount or topic {self.p['mount_topic']})")
         try:
             rgb = convert.rgb_from_image(color)
             d = convert.depth_from_image(depth)
-            T_odom_base = convert.pose_msg_to_matrix(odom.pose.pose)
             if rgb.shape[:2] != d.shape:
                 raise ValueError(f"colour {rgb.shape[:2]} and depth {d.shape} differ in size")
-            T_odom_cam = T_odom_base @ self.T_base_cam
             stamp = convert.stamp_to_sec(color.header.stamp)
             inst = convert.instances_from_msg(inst_msg, rgb.shape[:2]) if inst_msg is not None else []
             self.last_T_odom_base, self.last_T_odom_cam = T_odom_base, T_odom_cam
@@ -244,6 +376,8 @@ class MemoryNode(Node):
 
     # ---- training & status -----------------------------------------------------------
     def _on_train(self) -> None:
+        if not self.p["training"]:
+            return
         self._steps_since_status += self.pipeline.train_for(float(self.p["train_budget"]))
 
     def _on_status(self) -> None:
@@ -262,6 +396,26 @@ class MemoryNode(Node):
         msg.ready = bool(self.pipeline.ready and s["gaussians"] > 0)
         self._steps_since_status, self._last_status_t = 0, now
         self.status_pub.publish(msg)
+        self._publish_diagnostics(msg)
+
+    def _publish_diagnostics(self, status: MemoryStatus) -> None:
+        """/diagnostics: training rate, dropped inputs per cause, bank rows, RSS."""
+        st = DiagnosticStatus(name=f"{self.get_name()}: memory", hardware_id=self.get_fully_qualified_name())
+        values = {"ready": str(status.ready), "training": str(bool(self.p["training"])),
+                  "train_rate_hz": f"{status.train_rate_hz:.2f}", "train_iteration": str(status.train_iteration),
+                  "keyframes": str(status.keyframes), "gaussians": str(status.gaussians),
+                  "rss_mb": f"{_rss_mb():.1f}", "dropped_total": str(self._rejects),
+                  "tf_backend": self.tf.backend}
+        values.update({f"bank_rows/{m}": str(r) for m, r in zip(status.models, status.bank_rows)})
+        values.update({f"dropped/{k}": str(n) for k, n in sorted(self._reject_counts.items())})
+        st.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        if not status.ready:
+            st.level, st.message = DiagnosticStatus.WARN, "no memory yet (models loading or no keyframe)"
+        elif self.p["training"] and status.train_rate_hz == 0.0:
+            st.level, st.message = DiagnosticStatus.WARN, "training is on but no train step ran"
+        else:
+            st.level, st.message = DiagnosticStatus.OK, f"{status.keyframes} keyframes, {status.gaussians} Gaussians"
+        self.diag_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[st]))
 
     def _on_cloud(self) -> None:
         mem = self.pipeline.memory

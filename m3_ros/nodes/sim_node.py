@@ -1,18 +1,20 @@
 """sim_node: the embedded pybullet simulator (m3_ros.sim.SimWorld) on real ROS 2 topics.
 
-Publishes, stamped with simulation time (also on ``/clock``):
-  camera/color/image_raw (rgb8), camera/depth/image_raw (32FC1 m or 16UC1 mm),
-  camera/color/camera_info, odom (odom -> base_link, with twist in base_link),
-  camera/mount (base_link -> camera_color_optical_frame, TRANSIENT_LOCAL),
+Publishes, stamped with simulation time (also on ``/clock``), like a real robot:
+  /tf (odom -> base_link and base_link -> gripper TCP at the clock rate), /tf_static
+  (base_link -> camera_color_optical_frame), camera/color/image_raw (rgb8),
+  camera/depth/image_raw (32FC1 m or 16UC1 mm), camera/color/camera_info,
+  odom (odom -> base_link, with twist in base_link; ``publish_odom``),
+  camera/mount (base_link -> optical frame, TRANSIENT_LOCAL; ``publish_mount``, a fallback
+  for consumers without TF),
   camera/instances (oracle detector: masks from the simulator's segmentation and the
   scene's descriptions, with miss / erosion / synonym noise), sim/ground_truth (evaluation
   only; the memory never reads it), sim/walk_state ("walking", then "done"; TRANSIENT_LOCAL),
-  and the grasp outcome on the result topic.
-Subscribes: the grasp topic (geometry_msgs/PoseStamped of the gripper TCP in odom).
-
-tf2_ros cannot be installed here, so the static camera mount is published as a latched
-TransformStamped on ``camera/mount`` and as the read-only parameter ``camera_mount``
-([x, y, z, qx, qy, qz, qw], base_link -> optical frame) instead of on /tf_static.
+  the stage of an executing grasp (std_msgs/String on ``grasp_stage_topic``: approaching,
+  closing, lifting) and its outcome on the result topic.
+Subscribes: the grasp topic (geometry_msgs/PoseStamped of the gripper TCP in odom) and the
+cancel topic (std_msgs/Empty: the executing grasp stops and the arm holds where it is).
+The mount is also the parameter ``camera_mount`` ([x, y, z, qx, qy, qz, qw]).
 """
 from __future__ import annotations
 
@@ -31,11 +33,13 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import Header, String
+from std_msgs.msg import Empty, Header, String
+from tf2_msgs.msg import TFMessage
 
-from m3_ros.geometry import matrix_to_pose, pose_to_matrix
+from m3_ros.geometry import invert, matrix_to_pose, pose_to_matrix
 from m3_ros.msg import GraspResult, LabeledInstance, LabeledInstanceArray, ObjectState, SceneGroundTruth
-from m3_ros.sim.scene import load_scene
+from m3_ros.nodes.common import tf_qos, tf_static_qos
+from m3_ros.sim.generate import resolve_scene
 from m3_ros.sim.world import OracleNoise, SimFrame, SimWorld
 
 
@@ -54,6 +58,15 @@ def _image(header: Header, arr: np.ndarray, encoding: str) -> Image:
     return msg
 
 
+def _transform(header: Header, child: str, T: np.ndarray) -> TransformStamped:
+    tf = TransformStamped(header=header, child_frame_id=child)
+    pos, q = matrix_to_pose(T)
+    tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z = (float(x) for x in pos)
+    r = tf.transform.rotation
+    r.x, r.y, r.z, r.w = (float(x) for x in q)
+    return tf
+
+
 def _fill_pose(pose_msg, T: np.ndarray) -> None:
     pos, q = matrix_to_pose(T)
     pose_msg.position.x, pose_msg.position.y, pose_msg.position.z = (float(x) for x in pos)
@@ -66,6 +79,7 @@ PARAMS: dict[str, object] = {
     "scene": "default",
     "seed": 0,
     "renderer": "auto",
+    "sensors": "ideal",
     "camera_rate_hz": 5.0,
     "clock_rate_hz": 20.0,
     "real_time_factor": 1.0,
@@ -78,10 +92,15 @@ PARAMS: dict[str, object] = {
     "label_synonym_rate": 0.0,
     "grasp_pose_topic": "arm/grasp_pose",
     "grasp_result_topic": "arm/grasp_result",
+    "grasp_stage_topic": "arm/grasp_stage",
+    "grasp_cancel_topic": "arm/grasp_cancel",
     "camera_reliable": True,
+    "publish_odom": True,
+    "publish_mount": True,
     "odom_frame": "odom",
     "base_frame": "base_link",
     "camera_frame": "camera_color_optical_frame",
+    "tcp_frame": "gripper_tcp",
 }
 
 
@@ -95,6 +114,7 @@ class SimNode(Node):
         self.scene_name = P("scene").value
         self.seed = int(P("seed").value)
         renderer = P("renderer").value
+        sensors = P("sensors").value
         self.camera_rate = float(P("camera_rate_hz").value)
         self.clock_rate = float(P("clock_rate_hz").value)
         self.rtf = float(P("real_time_factor").value)
@@ -107,10 +127,15 @@ class SimNode(Node):
                                  synonym_rate=float(P("label_synonym_rate").value))
         grasp_topic = P("grasp_pose_topic").value
         result_topic = P("grasp_result_topic").value
+        stage_topic = P("grasp_stage_topic").value
+        cancel_topic = P("grasp_cancel_topic").value
         reliable = bool(P("camera_reliable").value)
+        self.publish_odom = bool(P("publish_odom").value)
+        publish_mount = bool(P("publish_mount").value)
         self.odom_frame = P("odom_frame").value
         self.base_frame = P("base_frame").value
         self.camera_frame = P("camera_frame").value
+        self.tcp_frame = P("tcp_frame").value
         if self.depth_encoding not in ("32FC1", "16UC1"):
             raise ValueError(f"depth_encoding must be 32FC1 or 16UC1, got {self.depth_encoding!r}")
         if self.camera_rate <= 0 or self.clock_rate <= 0:
@@ -119,12 +144,13 @@ class SimNode(Node):
         if self.rtf < 0:
             raise ValueError(f"real_time_factor must be >= 0 (0 = as fast as possible), got {self.rtf}")
 
-        scene = load_scene(self.scene_name)
+        scene = resolve_scene(self.scene_name, self.seed)  # a scene file, or a generated family
         if width > 0:
             scene.camera.width = width
         if height > 0:
             scene.camera.height = height
-        self.world = SimWorld(scene, seed=self.seed, renderer=renderer, walk_speed=walk_speed).connect()
+        self.world = SimWorld(scene, seed=self.seed, renderer=renderer, walk_speed=walk_speed,
+                              sensors=sensors).connect()
         self.get_logger().info(
             f"scene {self.scene_name!r} seed {self.seed}: renderer {self.world.renderer}, "
             f"{scene.camera.width}x{scene.camera.height} @ {self.camera_rate} Hz, walk "
@@ -143,42 +169,55 @@ class SimNode(Node):
         self.pub_info = self.create_publisher(CameraInfo, "camera/color/camera_info", cam_qos)
         self.pub_inst = self.create_publisher(LabeledInstanceArray, "camera/instances", cam_qos)
         self.pub_gt = self.create_publisher(SceneGroundTruth, "sim/ground_truth", cam_qos)
-        self.pub_odom = self.create_publisher(Odometry, "odom", QoSProfile(depth=50))
+        self.pub_odom = self.create_publisher(Odometry, "odom", QoSProfile(depth=50)) if self.publish_odom else None
         self.pub_clock = self.create_publisher(Clock, "/clock", QoSProfile(depth=10))
-        self.pub_mount = self.create_publisher(TransformStamped, "camera/mount", latched)
+        self.pub_tf = self.create_publisher(TFMessage, "/tf", tf_qos())
+        self.pub_tf_static = self.create_publisher(TFMessage, "/tf_static", tf_static_qos())
         self.pub_walk = self.create_publisher(String, "sim/walk_state", latched)
         self.pub_result = self.create_publisher(GraspResult, result_topic, QoSProfile(depth=10))
+        self.pub_stage = self.create_publisher(String, stage_topic, QoSProfile(depth=10))
         self.create_subscription(PoseStamped, grasp_topic, self._on_grasp, QoSProfile(depth=10))
+        self.create_subscription(Empty, cancel_topic, self._on_cancel, QoSProfile(depth=10))
         self.grasps: deque[PoseStamped] = deque()
+        self.cancel_requested = False
         self.walk_state = ""
 
-        mount = TransformStamped()
-        mount.header = Header(stamp=_stamp(self.world.time), frame_id=self.base_frame)
-        mount.child_frame_id = self.camera_frame
-        mount.transform.translation.x, mount.transform.translation.y, mount.transform.translation.z = (
-            float(x) for x in mount_pos)
-        (mount.transform.rotation.x, mount.transform.rotation.y, mount.transform.rotation.z,
-         mount.transform.rotation.w) = (float(x) for x in mount_q)
-        self.pub_mount.publish(mount)
+        mount = _transform(Header(stamp=_stamp(self.world.time), frame_id=self.base_frame), self.camera_frame,
+                           self.world.T_base_cam)
+        self.pub_tf_static.publish(TFMessage(transforms=[mount]))
+        if publish_mount:
+            self.pub_mount = self.create_publisher(TransformStamped, "camera/mount", latched)
+            self.pub_mount.publish(mount)
 
     # ------------------------------------------------------------------ callbacks
     def _on_grasp(self, msg: PoseStamped) -> None:
         self.grasps.append(msg)  # executed from the main loop, between physics steps
+
+    def _on_cancel(self, msg: Empty) -> None:
+        self.cancel_requested = True  # read by the executing grasp's should_abort (or dropped)
 
     # ------------------------------------------------------------------ publishing
     def _header(self, frame_id: str) -> Header:
         return Header(stamp=_stamp(self.world.time), frame_id=frame_id)
 
     def publish_state(self) -> None:
-        """/clock, odom and the walk state at the current sim time."""
+        """/clock, /tf (odom -> base_link -> gripper TCP), odom and the walk state at the current sim time."""
         self.pub_clock.publish(Clock(clock=_stamp(self.world.time)))
-        odom = Odometry(header=self._header(self.odom_frame), child_frame_id=self.base_frame)
-        _fill_pose(odom.pose.pose, self.world.T_world_base)
-        lin, ang = self.world.base_velocity()
-        odom.twist.twist.linear.x, odom.twist.twist.linear.y, odom.twist.twist.linear.z = (float(x) for x in lin)
-        odom.twist.twist.angular.x, odom.twist.twist.angular.y, odom.twist.twist.angular.z = (
-            float(x) for x in ang)
-        self.pub_odom.publish(odom)
+        T_odom_base = self.world.T_odom_base  # what odometry reports (drifts with realistic sensors)
+        T_base_tcp = invert(self.world.T_world_base) @ self.world.tcp_pose()
+        h = self._header(self.odom_frame)
+        self.pub_tf.publish(TFMessage(transforms=[
+            _transform(h, self.base_frame, T_odom_base),
+            _transform(self._header(self.base_frame), self.tcp_frame, T_base_tcp),
+        ]))
+        if self.pub_odom is not None:
+            odom = Odometry(header=h, child_frame_id=self.base_frame)
+            _fill_pose(odom.pose.pose, T_odom_base)
+            lin, ang = self.world.base_velocity()
+            odom.twist.twist.linear.x, odom.twist.twist.linear.y, odom.twist.twist.linear.z = (float(x) for x in lin)
+            odom.twist.twist.angular.x, odom.twist.twist.angular.y, odom.twist.twist.angular.z = (
+                float(x) for x in ang)
+            self.pub_odom.publish(odom)
         state = "done" if self.world.walk_done else "walking"
         if state != self.walk_state:
             self.walk_state = state
@@ -229,7 +268,9 @@ class SimNode(Node):
             p, o = msg.pose.position, msg.pose.orientation
             try:
                 T = pose_to_matrix(np.array([p.x, p.y, p.z]), np.array([o.x, o.y, o.z, o.w]))
-                out = self.world.execute_grasp(T)
+                self.cancel_requested = False  # a cancel sent before this grasp began is not for it
+                out = self.world.execute_grasp(T, on_stage=lambda s: self.pub_stage.publish(String(data=s)),
+                                               should_abort=self._grasp_tick)
                 result.success, result.object = out.success, out.object
                 result.lift_height, result.message = float(out.lift_height), out.message
             except ValueError as e:
@@ -238,26 +279,42 @@ class SimNode(Node):
         self.get_logger().info(f"grasp: {result.message}")
         self.pub_result.publish(result)
 
+    def _grasp_tick(self) -> bool:
+        """Polled before each physics step of a grasp: the clock and /tf go on at the clock
+        rate, the real-time factor holds, and a cancel stops the arm (returns True)."""
+        if self.world.time + 1e-9 >= self._next_tick:
+            self._next_tick += 1.0 / self.clock_rate
+            rclpy.spin_once(self, timeout_sec=0.0)  # receives the cancel; new grasps queue up
+            self.publish_state()
+            self._hold_rate()
+        return self.cancel_requested or not rclpy.ok()
+
+    def _hold_rate(self) -> None:
+        if self.rtf > 0:
+            lag = (self.world.time - self._sim0) / self.rtf - (time.monotonic() - self._wall0)
+            if lag > 0:
+                time.sleep(lag)
+
     # ------------------------------------------------------------------ main loop
     def loop(self) -> None:
         """Advance sim time in clock ticks, render at the camera rate, hold the real-time factor."""
         clock_dt = 1.0 / self.clock_rate
         next_frame = self.world.time
-        wall0, sim0 = time.monotonic(), self.world.time
+        self._wall0, self._sim0 = time.monotonic(), self.world.time
+        self._next_tick = self.world.time
         while rclpy.ok():
             rclpy.spin_once(self, timeout_sec=0.0)
             while self.grasps:
+                self._next_tick = self.world.time
                 self.run_grasp(self.grasps.popleft())
-                wall0, sim0 = time.monotonic(), self.world.time  # the grasp ran off the clock
             self.publish_state()
             if self.world.time + 1e-9 >= next_frame:
-                self.publish_frame(self.world.render())
+                frame = self.world.render()
+                if not frame.dropped:  # the sensor model lost it: a robot would never receive it
+                    self.publish_frame(frame)
                 next_frame += 1.0 / self.camera_rate
             self.world.advance(clock_dt)
-            if self.rtf > 0:
-                lag = (self.world.time - sim0) / self.rtf - (time.monotonic() - wall0)
-                if lag > 0:
-                    time.sleep(lag)
+            self._hold_rate()
 
     def destroy_node(self) -> None:
         self.world.disconnect()

@@ -3,7 +3,8 @@
 sim_node + memory_node + grasp_planner_node with config/sim.yaml and config/m3.yaml
 (the same entry points and parameter files as launch/sim_demo.launch.py), a walk
 around the table, then "yellow bath duck": the answer must lie within 5 cm of the
-duck's true centre and the executed grasp must lift the duck.
+duck's true centre, the grasp action must lift the duck, and the nodes run on the
+simulator's /clock (use_sim_time), as the launch file runs them.
 """
 import json
 
@@ -32,3 +33,10 @@ def test_full_loop_grounds_and_grasps_the_duck(tmp_path, detector):
     assert (out / "memory").is_dir()
     assert {"rendered_vs_camera.png", "relevance.png", "grasp.png"} <= set(report["pictures"])
     assert json.loads((out / "report.json").read_text())["grasp"] == "success"
+    # the grasp went through the action, with feedback stages
+    assert {"grounding", "planning", "approaching", "closing", "lifting"} <= set(report["grasp_stages"])
+    # every process but the simulator ran on its /clock: the demo's clock and the planner's
+    # stamp on the grasp are simulation seconds, far from wall time
+    clock = report["clock"]
+    assert 0.0 < clock["grasp_stamp_s"] <= clock["demo_now_s"] < 10_000.0, clock
+    assert 0.0 < clock["status_stamp_s"] < 10_000.0 < clock["wall_s"], clock

@@ -42,15 +42,28 @@ def launched_nodes(path: Path) -> list[dict]:
     return out
 
 
-def param_files(path: Path) -> list[Path]:
-    """Parameter files named as os.path.join(<share>, "config", "<file>.yaml")."""
+def param_files(path: Path, suffix: str = ".yaml") -> list[Path]:
+    """Files named as os.path.join(<share>, "config", "<file><suffix>")."""
     files = []
     for call in ast.walk(ast.parse(path.read_text())):
         if isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "join":
             parts = [a.value for a in call.args if isinstance(a, ast.Constant)]
-            if parts and str(parts[-1]).endswith(".yaml"):
+            if parts and str(parts[-1]).endswith(suffix):
                 files.append(ROOT.joinpath(*parts))
     return files
+
+
+def test_rviz_is_started_with_an_existing_config():
+    for path in LAUNCH_FILES:
+        if any(n["package"] == "rviz2" for n in launched_nodes(path)):
+            configs = param_files(path, ".rviz")
+            assert configs and all(c.is_file() for c in configs), path.name
+            for c in configs:
+                displays = yaml.safe_load(c.read_text())["Visualization Manager"]["Displays"]
+                topics = {d["Topic"]["Value"] for d in displays if "Topic" in d}
+                assert {"/memory/gaussians", "/memory/relevance_image", "/memory/grounded_markers",
+                        "/grasp/marker"} <= topics
+                assert any(d["Class"].endswith("/TF") for d in displays)
 
 
 def test_there_are_launch_files():
@@ -60,7 +73,7 @@ def test_there_are_launch_files():
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
 def test_launch_nodes_are_entry_points(path):
-    nodes = launched_nodes(path)
+    nodes = [n for n in launched_nodes(path) if n["package"] != "rviz2"]
     assert nodes, f"{path.name} starts no node"
     for n in nodes:
         assert n["package"] == "m3_ros"
@@ -74,7 +87,7 @@ def test_launch_nodes_are_entry_points(path):
 def test_launch_parameter_files_parse_and_match_nodes(path):
     files = param_files(path)
     assert files, f"{path.name} names no parameter file"
-    nodes = launched_nodes(path)
+    nodes = [n for n in launched_nodes(path) if n["package"] != "rviz2"]
     for f in files:
         assert f.is_file(), f"{path.name} names {f}, which does not exist"
         data = yaml.safe_load(f.read_text())
