@@ -40,8 +40,10 @@ class ArmReach:
 
     forward: tuple[float, float] = (0.35, 0.62)
     """Distance ahead of base_link for grasp points at table and cabinet height, metres."""
-    floor_forward: tuple[float, float] = (0.50, 0.58)
-    """The same for grasp points on the floor (the arm reaches down past its own base)."""
+    floor_forward: tuple[float, float] = (0.55, 0.61)
+    """The same for grasp points on the floor (the arm reaches down past its own base);
+    there the hand must pick the better of a closing direction and its flip (see
+    ``SimWorld.top_down_grasp_pose``), which the IK reaches in this band at any yaw."""
     floor_below: float = 0.15
     """Grasp points lower than this (m above the ground) use ``floor_forward``."""
     body_front: float = 0.30
@@ -426,7 +428,7 @@ def _gen_room(rng: np.random.Generator, cfg: GeneratorConfig, name: str) -> Scen
     pts = _orbit(ct, _orbit_radius(table, cfg), a_ts + (2 * np.pi - lap) / 2 - 2 * np.pi, lap, cfg.orbit_step_deg)
     pts += _orbit(cs, _orbit_radius(second, cfg), a_ts + np.pi + (2 * np.pi - lap) / 2, lap, cfg.orbit_step_deg)
     a_in = float(np.arctan2(*(-cf)[::-1]))  # from the floor area towards the room centre
-    pts += _orbit(cf, 1.15, a_in - np.pi / 3, 2 * np.pi / 3, cfg.orbit_step_deg)
+    pts += _orbit(cf, 0.95, a_in - np.pi / 3, 2 * np.pi / 3, cfg.orbit_step_deg)
     return _finish(name, table, walls + [second, floor], placed, pts, None, cfg)
 
 

@@ -694,14 +694,27 @@ class SimWorld:
         """A top-down TCP pose [4, 4] at an object's AABB centre (evaluation helper, uses ground truth).
 
         The fingers close along the box's shorter horizontal side unless ``yaw`` (the
-        angle of the closing direction, TCP y, about world z) is given.
+        angle of the closing direction, TCP y, about world z) is given; without ``yaw``
+        the hand turns by pi when only that orientation is in the arm's reach.
         """
         o = self.object_state(name)
-        if yaw is None:
-            yaw = 0.0 if o.aabb_size[0] <= o.aabb_size[1] else np.pi / 2
+        if yaw is not None:
+            return self._top_down(o.aabb_center, yaw)
+        yaw = 0.0 if o.aabb_size[0] <= o.aabb_size[1] else np.pi / 2
+        T = self._top_down(o.aabb_center, yaw)
+        # The fingers are symmetric but the wrist is not: low down (an object on the floor)
+        # the IK may reach only one of the two hand orientations with the same closing line.
+        if self.reach_error(T) > 0.01:
+            T_flip = self._top_down(o.aabb_center, yaw + np.pi)
+            if self.reach_error(T_flip) < self.reach_error(T):
+                return T_flip
+        return T
+
+    @staticmethod
+    def _top_down(center: np.ndarray, yaw: float) -> np.ndarray:
         y_dir = np.array([np.cos(yaw), np.sin(yaw), 0.0])  # finger closing direction
         z_dir = np.array([0.0, 0.0, -1.0])  # approach: straight down
         T = np.eye(4)
         T[:3, :3] = np.stack([np.cross(y_dir, z_dir), y_dir, z_dir], axis=1)
-        T[:3, 3] = o.aabb_center
+        T[:3, 3] = center
         return T
