@@ -5,17 +5,22 @@ memory's internals.
 
 Threads: ``offer_frame`` runs on the caller's thread and only hands work to the
 feature worker; ``train_for`` (the node's train timer) moves extracted keyframes into
-the memory and trains; ``ground`` may run concurrently (the memory serialises access).
+the memory and trains; ``ground`` and ``relevance_map`` may run on any number of threads at
+once. Queries read the memory's last published snapshot and take no lock a train step holds
+(reader/writer: see m3_ros/memory/snapshot.py); while any query runs, ``train_for`` starts no
+new step, so queries share the CPU with at most the one step already running.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from m3_ros.grounding import GroundingConfig, GroundingResult, ground, validate_query
 from m3_ros.stream import KeyframeSelector, KeyframeSelectorConfig
@@ -41,6 +46,10 @@ class PipelineConfig:
     Gaussians and training time but matter neither for grounding nor for grasping."""
     max_pending: int = 4
     """Keyframes waiting for feature extraction at most; newer ones are dropped while full."""
+    text_cache: int = 256
+    """Text embeddings of this many recent distinct queries are kept (a repeated question skips the text encoder)."""
+    queries_first: bool = True
+    """Training starts no new step while a query runs (the step already running finishes)."""
     memory_overrides: dict = field(default_factory=dict)
     """Extra MemoryConfig fields (name -> value)."""
     foundation_overrides: dict = field(default_factory=dict)
@@ -60,9 +69,14 @@ class MemoryPipeline:
         self._ready_kf: deque[Keyframe] = deque()
         self._in_flight = 0
         self._lock = threading.Lock()
-        # A query holds this for its whole duration so its several renders do not each wait
-        # behind a train step; training takes it one step at a time.
-        self._query_lock = threading.Lock()
+        # Swapping the memory (load, reset) happens under this; queries and training only read
+        # self.memory once, so they never wait on it.
+        self._swap_lock = threading.Lock()
+        self._queries = 0  # queries running now
+        self._no_queries = threading.Condition()
+        self._texts: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._texts_lock = threading.Lock()
+        self._camera: tuple | None = None  # latest (T_world_cam, K, width, height) offered
         self._next_index = 0
         self.first_keyframe_wall: float | None = None
         self.load_error: str | None = None
@@ -121,6 +135,8 @@ class MemoryPipeline:
             raise ValueError(f"rgb must be [H, W, 3] uint8, got {rgb.shape} {rgb.dtype}")
         if depth.shape != rgb.shape[:2]:
             raise ValueError(f"depth {depth.shape} does not match colour {rgb.shape[:2]}")
+        self._camera = (np.array(T_world_cam, dtype=np.float64), np.array(K, dtype=np.float64),
+                        int(rgb.shape[1]), int(rgb.shape[0]))
         depth = np.where(np.isfinite(depth) & (depth <= self.cfg.max_depth), depth, 0.0).astype(np.float32)
         if not np.any(depth > 0):
             raise ValueError(f"depth image has no valid pixel within {self.cfg.max_depth} m")
@@ -155,18 +171,24 @@ class MemoryPipeline:
         if not self.ready:
             return 0
         t0 = time.monotonic()
+        with self._swap_lock:
+            mem = self.memory
         while True:
             with self._lock:
                 kf = self._ready_kf.popleft() if self._ready_kf else None
             if kf is None:
                 break
-            self.memory.add_keyframe(kf)
+            mem.add_keyframe(kf)
         steps = 0
-        if self.memory.n_gaussians == 0:
+        if mem.n_gaussians == 0:
             return 0
         while steps < max_steps and time.monotonic() - t0 < budget_s:
-            with self._query_lock:
-                self.memory.train_step()
+            if self.cfg.queries_first:
+                with self._no_queries:
+                    if not self._no_queries.wait_for(lambda: self._queries == 0,
+                                                     timeout=max(0.0, budget_s - (time.monotonic() - t0))):
+                        break
+            mem.train_step()
             steps += 1
         return steps
 
@@ -176,29 +198,69 @@ class MemoryPipeline:
             return self._in_flight == 0 and not self._ready_kf
 
     # ---- queries ------------------------------------------------------------------
-    def ground(self, query: str, top_k: int = 1) -> GroundingResult:
-        """Text -> GroundingResult in the memory frame. ValueError for bad queries / empty memory."""
-        q = validate_query(query, self.cfg.grounding.max_query_chars)
+    @contextmanager
+    def _query(self):
+        """Marks a running query (training starts no new step meanwhile, see queries_first)."""
+        with self._no_queries:
+            self._queries += 1
+        try:
+            yield
+        finally:
+            with self._no_queries:
+                self._queries -= 1
+                if self._queries == 0:
+                    self._no_queries.notify_all()
+
+    def _embed(self, q: str) -> torch.Tensor:
+        """Text embedding of a normalised query, from the cache when it was asked recently."""
+        with self._texts_lock:
+            emb = self._texts.get(q)
+            if emb is not None:
+                self._texts.move_to_end(q)
+                return emb
+        emb = self._text_model.encode_text([q])[0]
+        with self._texts_lock:
+            self._texts[q] = emb
+            while len(self._texts) > self.cfg.text_cache:
+                self._texts.popitem(last=False)
+        return emb
+
+    def _query_memory(self):
+        """The memory to query, checked: ValueError while loading, without a text model, or empty."""
         if not self.ready:
             raise ValueError("memory is not ready: models are still loading"
                              + (f" (load failed: {self.load_error})" if self.load_error else ""))
         if self._text_model is None:
             raise ValueError(f"no text model among the loaded models {self.model_names}")
-        if self.memory.n_gaussians == 0:
+        with self._swap_lock:
+            mem = self.memory
+        if mem.n_gaussians == 0:
             raise ValueError("memory is empty: no keyframe has been added yet")
-        emb = self._text_model.encode_text([q])[0]
-        with self._query_lock:
-            return ground(self.memory, emb, self._text_model.name, self.cfg.grounding, top_k)
+        return mem
+
+    def ground(self, query: str, top_k: int = 1) -> GroundingResult:
+        """Text -> GroundingResult in the memory frame. ValueError for bad queries / empty memory.
+
+        Runs on the memory's last published snapshot: never waits for a train step, and any number
+        of threads may ground at once. View mode renders from the latest camera offered.
+        """
+        q = validate_query(query, self.cfg.grounding.max_query_chars)
+        mem = self._query_memory()
+        with self._query():
+            emb = self._embed(q)
+            return ground(mem.snapshot(), emb, self._text_model.name, self.cfg.grounding, top_k, camera=self._camera)
 
     def relevance_map(self, query: str, T_world_cam: np.ndarray, K: np.ndarray, width: int,
                       height: int) -> np.ndarray:
         """Relevance [height, width] of a text query rendered from one camera pose (NaN = nothing)."""
         q = validate_query(query, self.cfg.grounding.max_query_chars)
-        if not self.ready or self._text_model is None or self.memory.n_gaussians == 0:
-            raise ValueError("memory is not ready for queries")
-        emb = self._text_model.encode_text([q])[0]
-        with self._query_lock:
-            out = self.memory.relevance(self._text_model.name, emb, T_world_cam, K, width, height)
+        try:
+            mem = self._query_memory()
+        except ValueError as e:
+            raise ValueError(f"memory is not ready for queries: {e}") from e
+        with self._query():
+            emb = self._embed(q)
+            out = mem.snapshot().relevance(self._text_model.name, emb, T_world_cam, K, width, height)
         return np.where(np.asarray(out["alpha"]) > 0.5, np.asarray(out["relevance"]), np.nan)
 
     def stats(self) -> dict:
@@ -221,12 +283,12 @@ class MemoryPipeline:
         missing = set(mem.banks) - set(self._models)
         if missing:
             raise ValueError(f"memory at {path} needs models {sorted(missing)} that are not loaded")
-        with self._query_lock:  # never swap the memory under a running train step or query
+        with self._swap_lock:  # running train steps and queries finish on the memory they hold
             self.memory = mem
 
     def reset(self) -> None:
         if self.ready:
-            with self._query_lock:
+            with self._swap_lock:
                 self.memory = self._new_memory()
         self.selector.reset()
         with self._lock:

@@ -457,7 +457,9 @@ class M3Memory:
             return x.clone() if copy else x
         means, quats, scales, opac = self._activated()
         return MemorySnapshot(
-            cfg=self.cfg, version=self._version, iteration=self.iteration, means=c(means), quats=c(quats),
+            # a live view (copy=False) may see parameters edited since the last publish: version -1
+            # makes the attention cache compare queries instead of trusting the version
+            cfg=self.cfg, version=self._version if copy else -1, iteration=self.iteration, means=c(means), quats=c(quats),
             scales=c(scales), opacities=c(opac), colors=c(self.params["colors"]),
             queries={m: c(self.params[query_key(m)]) for m in self.cfg.models},
             W={m: c(w) for m, w in self.W.items()},

@@ -54,6 +54,7 @@ class _Attn:
     queries: torch.Tensor  # [N, l] the queries these were computed from
     W: torch.Tensor  # [l, d] W_m of the last full refresh (drift reference)
     bank_version: int
+    synced: int  # the snapshot version this state was last brought up to (-1: none)
 
 
 class AttentionCache:
@@ -96,8 +97,15 @@ class AttentionCache:
         return idx, w, inv
 
     @torch.no_grad()
-    def get(self, queries: torch.Tensor, W: torch.Tensor, bank: BankView, tau: float) -> _Attn:
-        """The cache brought up to queries [N, l], W [l, d], bank (within the tolerances)."""
+    def get(self, queries: torch.Tensor, W: torch.Tensor, bank: BankView, tau: float, version: int = -1) -> _Attn:
+        """The cache brought up to queries [N, l], W [l, d], bank (within the tolerances).
+
+        ``version`` names the snapshot these come from: a state already brought up to it is
+        returned without comparing the queries again (-1 = always compare).
+        """
+        st = self._state
+        if st is not None and version >= 0 and st.synced == version:
+            return st
         queries, W = queries.detach(), W.detach()
         with self._lock:
             st = self._state
@@ -105,7 +113,7 @@ class AttentionCache:
                     or float((W - st.W).norm()) > self.w_tol * float(st.W.norm()))
             if full:
                 idx, w, inv = self._compute(queries, W, bank, tau)
-                st = _Attn(idx, w, inv, queries.clone(), W.clone(), bank.version)
+                st = _Attn(idx, w, inv, queries.clone(), W.clone(), bank.version, version)
                 self.full_refreshes += 1
             else:
                 moved = (queries - st.queries).norm(dim=1) > self.q_tol * st.queries.norm(dim=1).clamp_min(1e-6)
@@ -114,8 +122,10 @@ class AttentionCache:
                     idx, w, inv = self._compute(queries[rows], W, bank, tau)
                     q_new, i_new, w_new, n_new = st.queries.clone(), st.idx.clone(), st.w.clone(), st.inv_norm.clone()
                     q_new[rows], i_new[rows], w_new[rows], n_new[rows] = queries[rows], idx, w, inv
-                    st = _Attn(i_new, w_new, n_new, q_new, st.W, st.bank_version)
+                    st = _Attn(i_new, w_new, n_new, q_new, st.W, st.bank_version, version)
                     self.rows_refreshed += len(rows)
+                else:
+                    st = dataclasses.replace(st, synced=version)
             self._state = st
             return st
 
@@ -126,7 +136,11 @@ class AttentionCache:
         weight outside each Gaussian's top rows (tau = 0.05 makes it small).
         """
         s = bank.rows @ F.normalize(text_emb.float(), dim=0)  # [t] the bank scored once
-        return ((state.w * s[state.idx]).sum(-1) * state.inv_norm).clamp(-1.0, 1.0)
+        if state.w.shape[1] == len(bank):  # every row kept, in bank order
+            num = state.w @ s
+        else:
+            num = (state.w * s[state.idx]).sum(-1)
+        return (num * state.inv_norm).clamp(-1.0, 1.0)
 
 
 @dataclass
@@ -239,7 +253,8 @@ class MemorySnapshot:
     def attention(self, model: str) -> _Attn:
         """The per-Gaussian attention cache brought up to this snapshot."""
         self.check_model(model)
-        return self.caches[model].get(self.queries[model], self.W[model], self.banks[model], self.cfg.tau)
+        return self.caches[model].get(self.queries[model], self.W[model], self.banks[model], self.cfg.tau,
+                                      self.version)
 
     @torch.no_grad()
     def gaussian_relevance(self, model: str, text_emb: torch.Tensor) -> torch.Tensor:
