@@ -28,7 +28,7 @@ from typing import Iterator
 
 import numpy as np
 
-from m3_ros.geometry import invert, matrix_to_pose, pose_to_matrix
+from m3_ros.geometry import invert, matrix_to_pose
 
 MSG_DIR = Path(__file__).resolve().parent.parent.parent / "msg"
 
@@ -349,7 +349,3 @@ def nearest_odom(odom: list, stamps: np.ndarray, t: float, slop: float):
     best = min((j for j in (i - 1, i) if 0 <= j < len(stamps)), key=lambda j: abs(stamps[j] - t))
     return odom[best] if abs(stamps[best] - t) <= slop else None
 
-
-def pose_matrix(pose) -> np.ndarray:
-    p, q = pose.position, pose.orientation
-    return pose_to_matrix([p.x, p.y, p.z], [q.x, q.y, q.z, q.w])

@@ -193,14 +193,16 @@ def _camera_mount(a, reader, static, mount_msg, base_frame: str, cam_frame: str)
 
 
 def cmd_build(a: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from m3_ros.cli.bag import BagReader, nearest_odom, parse_topics, pose_matrix, stamp_sec
-    from m3_ros.memory import checkpoint
-    from m3_ros.nodes import convert
+    from m3_ros.cli.bag import BagReader, nearest_odom, parse_topics, stamp_sec
 
     bag_path, out = Path(a.bag).resolve(), Path(a.out)
     topics = parse_topics(a.topics)
+    reader = BagReader(bag_path, topics)  # a bag without the needed topics fails here, before torch loads
+    reader.close()
+    from tqdm import tqdm
+
+    from m3_ros.memory import checkpoint
+    from m3_ros.nodes import convert
     resume = None
     if out.exists():
         try:
@@ -250,6 +252,7 @@ def cmd_build(a: argparse.Namespace) -> int:
             pipe.load_memory(str(out))
             start, views, n_kf = resume["build"]["next_frame"], resume["views"], resume["build"]["keyframes"]
             skipped = dict(resume.get("skipped", {}))
+            print(f"resuming {out} from frame {start}/{n_total} ({n_kf} keyframes so far)", file=sys.stderr)
         camera = {"K": K.tolist(), "width": int(info.width), "height": int(info.height), "frame_id": cam_frame}
 
         def save(next_frame: int, complete: bool) -> None:
