@@ -104,8 +104,9 @@ def save_memory(mem, path: Path, extra: dict | None = None) -> None:
     }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     old = path.with_suffix(".old")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    # Temp dirs of saves killed mid-write (any pid: one writer per memory directory).
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
     save_file(tensors, str(tmp / "tensors.safetensors"), metadata={"format": FORMAT})
     meta["tensors_sha256"] = _sha256(tmp / "tensors.safetensors")

@@ -80,6 +80,9 @@ PARAMS: dict[str, object] = {
     "grounding_cluster_radius": 0.03,
     "max_query_chars": 200,
     "publish_relevance": True,
+    "autosave_period_s": 0.0,  # s between autosaves of a changed memory (atomic); 0 = off
+    "autosave_path": "",  # "" = memory_dir
+    "max_future_stamp_s": 10.0,  # stamps further ahead of this node's clock are refused
 }
 
 
@@ -183,6 +186,9 @@ class MemoryNode(Node):
         self._last_reject: dict[str, float] = {}
         self._steps_since_status = 0
         self._last_status_t = time.monotonic()
+        self.info: CameraInfo | None = None
+        self.stamps = convert.StampChecks(max_future_s=float(p["max_future_stamp_s"]))
+        self._saved_state: tuple | None = None
 
         sensors = MutuallyExclusiveCallbackGroup()
         train = MutuallyExclusiveCallbackGroup()
@@ -213,6 +219,11 @@ class MemoryNode(Node):
         self.create_timer(float(p["train_period"]), self._on_train, callback_group=train, clock=steady)
         self.create_timer(float(p["status_period"]), self._on_status, callback_group=services, clock=steady)
         self.create_timer(float(p["cloud_period"]), self._on_cloud, callback_group=services, clock=steady)
+        if float(p["autosave_period_s"]) > 0:
+            if not (p["autosave_path"] or p["memory_dir"]):
+                raise ValueError("autosave_period_s > 0 needs autosave_path or memory_dir")
+            self.create_timer(float(p["autosave_period_s"]), self._on_autosave,
+                              callback_group=MutuallyExclusiveCallbackGroup(), clock=steady)
 
         # Heavy models load in a worker thread; the node answers (with a clear "not ready") meanwhile.
         self._loader = threading.Thread(target=self._load, daemon=True)
@@ -240,8 +251,9 @@ class MemoryNode(Node):
     def _on_info(self, msg: CameraInfo) -> None:
         try:
             self.K = convert.intrinsics_from_camera_info(msg)
+            self.info = msg
         except ValueError as e:
-            self._reject(f"camera_info: {e}")
+            self._reject(str(e))
 
     def _apply_live(self, changed: dict[str, object]) -> None:
         """Parameters accepted by the on-set callback take effect here (the rest are rejected there)."""
@@ -255,6 +267,7 @@ class MemoryNode(Node):
 
     def _on_odom(self, msg: Odometry) -> None:
         try:
+            self._check_stamp("odom", msg)
             self.tf.add_odometry(msg, self.odom_frame, self.p["base_frame"])
         except ValueError as e:
             self._reject(str(e))
@@ -265,7 +278,7 @@ class MemoryNode(Node):
             self.get_logger().warning(f"camera mount on {self.p['mount_topic']} is from {parent!r}, not base_frame "
                                       f"{self.p['base_frame']!r}", throttle_duration_sec=5.0)
         try:
-            T = convert.transform_msg_to_matrix(msg.transform)
+            T = convert.transform_msg_to_matrix(msg.transform, "camera mount")
             if msg.child_frame_id:
                 self.tf.set_transform(parent, msg.child_frame_id, 0.0, T, static=True)
             self.T_base_cam = T
@@ -344,8 +357,19 @@ class MemoryNode(Node):
             self._last_reject[kind] = now
             self.get_logger().warning(f"dropped input ({self._rejects} so far): {why}")
 
+    def _check_stamp(self, name: str, msg) -> None:
+        """convert.StampChecks against this node's clock; a jump back restarts the time-ordered state."""
+        now = self.get_clock().now().nanoseconds * 1e-9
+        t = convert.stamp_to_sec(msg.header.stamp)
+        self.stamps.check(name, t, now if now > 0 else None)  # 0: simulated time not started yet
+        if self.stamps.jumped:  # a bag played again or a simulator restarted
+            self.get_logger().warning(f"{name} stamps jumped back to {t:.3f}; restarting time sync")
+            self.sync = ApproximateSync(["color", "depth"], slop=float(self.p["sync_slop"]))
+            self.pipeline.selector.reset()
+
     def _on(self, name: str, msg) -> None:
         try:
+            self._check_stamp(name, msg)
             match = self.sync.add(name, convert.stamp_to_sec(msg.header.stamp), msg)
         except ValueError as e:
             return self._reject(str(e))
@@ -362,9 +386,11 @@ class MemoryNode(Node):
             return self._reject("no camera_info received yet")
         try:
             rgb = convert.rgb_from_image(color)
+            if self.info is not None:
+                convert.check_camera_info_size(self.info, rgb.shape[:2])
             d = convert.depth_from_image(depth)
             if rgb.shape[:2] != d.shape:
-                raise ValueError(f"colour {rgb.shape[:2]} and depth {d.shape} differ in size")
+                raise ValueError(f"image size: colour {rgb.shape[:2]} and depth {d.shape} differ in size")
             stamp = convert.stamp_to_sec(color.header.stamp)
             inst = convert.instances_from_msg(inst_msg, rgb.shape[:2]) if inst_msg is not None else []
             self.last_T_odom_base, self.last_T_odom_cam = T_odom_base, T_odom_cam
@@ -416,6 +442,25 @@ class MemoryNode(Node):
         else:
             st.level, st.message = DiagnosticStatus.OK, f"{status.keyframes} keyframes, {status.gaussians} Gaussians"
         self.diag_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[st]))
+
+    def _on_autosave(self) -> None:
+        """Save a changed memory atomically (checkpoint.py: temp dir + rename); never fatal."""
+        mem = self.pipeline.memory
+        if mem is None or mem.n_gaussians == 0:
+            return
+        state = (id(mem), mem.iteration, mem.n_gaussians)
+        if state == self._saved_state:
+            return
+        path = self.p["autosave_path"] or self.p["memory_dir"]
+        t0 = time.monotonic()
+        try:
+            self.pipeline.save(path)
+        except (ValueError, OSError) as e:
+            self.get_logger().warning(f"autosave to {path} failed: {e}")
+            return
+        self._saved_state = state
+        self.get_logger().info(f"autosaved memory to {path} ({state[2]} Gaussians, iteration {state[1]}) "
+                               f"in {time.monotonic() - t0:.2f} s")
 
     def _on_cloud(self) -> None:
         mem = self.pipeline.memory
