@@ -314,8 +314,13 @@ class MemoryNode(Node):
                 del self.waiting[t]
                 ready.append(((color, depth), pose, match))
         for frame, pose, inst in ready:
-            if isinstance(pose, TransformError):
-                self._reject(f"no camera pose at the image stamp: {pose}")
+            # the text before the first colon is the kind (throttled and counted apart)
+            if isinstance(pose, ExtrapolationError) and pose.future:
+                self._reject(f"no pose yet at image stamp: odometry / TF never reached it: {pose}")
+            elif isinstance(pose, ExtrapolationError):
+                self._reject(f"no pose before image stamp: odometry / TF start after it: {pose}")
+            elif isinstance(pose, TransformError):
+                self._reject(f"no camera transform: {pose}")
             else:
                 self._process(*frame, *pose, inst)
 

@@ -10,7 +10,8 @@ from m3_ros.procs import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.prefix)
-PACKAGE_FILES = ["package.xml", "CMakeLists.txt", "setup.py", "resource", "m3_ros", "msg", "srv", "launch", "config"]
+PACKAGE_FILES = ["package.xml", "CMakeLists.txt", "setup.py", "resource", "m3_ros", "msg", "srv", "action", "launch",
+                 "config"]
 
 
 def test_colcon_build_and_run_installed_node(tmp_path):
