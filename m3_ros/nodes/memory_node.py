@@ -314,13 +314,13 @@ class MemoryNode(Node):
                 del self.waiting[t]
                 ready.append(((color, depth), pose, match))
         for frame, pose, inst in ready:
-            # the text before the first colon is the kind (throttled and counted apart)
+            # the text before the first colon (40 characters at most) is the kind: throttled and counted apart
             if isinstance(pose, ExtrapolationError) and pose.future:
-                self._reject(f"no pose yet at image stamp: odometry / TF never reached it: {pose}")
+                self._reject(f"no camera pose at the image stamp (late): odometry / TF never reached it: {pose}")
             elif isinstance(pose, ExtrapolationError):
-                self._reject(f"no pose before image stamp: odometry / TF start after it: {pose}")
+                self._reject(f"no camera pose at the image stamp (early): odometry / TF start after it: {pose}")
             elif isinstance(pose, TransformError):
-                self._reject(f"no camera transform: {pose}")
+                self._reject(f"no camera pose at the image stamp (no tf): {pose}")
             else:
                 self._process(*frame, *pose, inst)
 
