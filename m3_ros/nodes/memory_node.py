@@ -481,9 +481,13 @@ class MemoryNode(Node):
         """T_frame_odom for the supported output frames."""
         if frame_id in ("", self.odom_frame):
             return np.eye(4)
-        if frame_id == "base_link" and self.last_T_odom_base is not None:
-            return invert(self.last_T_odom_base)
-        raise ValueError(f"unknown frame '{frame_id}' (supported: '{self.odom_frame}', 'base_link')")
+        if frame_id == self.p["base_frame"] and self.last_T_odom_base is not None:
+            return invert(self.last_T_odom_base)  # where the robot stood at the last frame
+        try:  # any frame on /tf, at its newest sample
+            return self.tf.lookup(frame_id, self.odom_frame, None)
+        except TransformError as e:
+            raise ValueError(f"unknown frame '{frame_id}' (supported: '{self.odom_frame}', "
+                             f"'{self.p['base_frame']}' and frames on /tf: {e})") from e
 
     def _on_ground(self, req: GroundQuery.Request, res: GroundQuery.Response) -> GroundQuery.Response:
         t0 = time.monotonic()
