@@ -118,10 +118,10 @@ def intrinsics_from_camera_info(msg: CameraInfo) -> np.ndarray:
     """
     K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
     if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise ValueError(f"camera_info: K is missing or invalid: {K.ravel().tolist()}")
+        raise ValueError(f"camera_info K: K is missing or invalid: {K.ravel().tolist()}")
     D = np.asarray(msg.d, dtype=np.float64).reshape(-1)
     if D.size and (not np.all(np.isfinite(D)) or np.any(np.abs(D) > 1e-9)):
-        raise ValueError(f"camera_info: distorted images are not supported (distortion_model "
+        raise ValueError(f"camera_info distortion: distorted images are not supported (distortion_model "
                          f"'{msg.distortion_model}', D = {D.tolist()}); subscribe to rectified images "
                          "(image_proc's image_rect) whose camera_info has zero D")
     return K
