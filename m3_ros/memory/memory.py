@@ -78,6 +78,12 @@ class MemoryConfig:
     existing Gaussian within this distance (m); 0 = leave it at zero."""
     init_opacity: float = 0.5
     """Opacity of new Gaussians."""
+    label_depth_rel: float = 0.1
+    """Region-map models ("nearest" sampling): a pixel takes its cell's feature, for seeding and as a
+    training target, only if its depth is within this fraction of the cell's median depth (0 = off).
+    A cell is labelled when most of its pixels are the region; without the check the rest, across
+    the silhouette and often metres behind, seeded far Gaussians carrying the object's query (the
+    cause of bench_grounding's 2 m render-mode errors)."""
     window: int = 64
     """Keyframes kept for training (older ones are evicted at random, so coverage stays spread)."""
     recent: int = 3
@@ -183,6 +189,35 @@ class _TrainView:
     K: torch.Tensor  # [3, 3] scaled intrinsics
     viewmat: torch.Tensor  # [4, 4] world -> camera
     scale: float
+    cell_depth: dict = field(default_factory=dict)  # region model -> [h, w] median depth of each feature cell
+
+
+def _cell_index(u: np.ndarray, v: np.ndarray, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Feature cell (row, col) that nearest sampling reads at pixel coordinates (u, v) (FeatureMap convention)."""
+    (H, W), (h, w) = image_hw, grid_hw
+    # grid_sample "nearest" rounds (u + 0.5) * w / W - 0.5 half to even, as np.rint does
+    col = np.clip(np.rint((np.asarray(u, dtype=np.float64) + 0.5) * w / W - 0.5), 0, w - 1).astype(np.int64)
+    row = np.clip(np.rint((np.asarray(v, dtype=np.float64) + 0.5) * h / H - 0.5), 0, h - 1).astype(np.int64)
+    return row, col
+
+
+def cell_median_depth(depth: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
+    """Median valid depth [h, w] of the pixels of depth [H, W] that fall in each feature cell (0 = none)."""
+    H, W = depth.shape
+    h, w = grid_hw
+    vv, uu = np.mgrid[0:H, 0:W]
+    row, col = _cell_index(uu, vv, (H, W), (h, w))
+    lab = np.where(np.isfinite(depth) & (depth > 0), row * w + col + 1, 0)
+    med = ndimage.median(np.nan_to_num(depth), labels=lab, index=np.arange(1, h * w + 1))
+    return np.nan_to_num(np.asarray(med, dtype=np.float64), nan=0.0).reshape(h, w)
+
+
+def label_depth_consistent(z: np.ndarray, u: np.ndarray, v: np.ndarray, cell_depth: np.ndarray,
+                           image_hw: tuple[int, int], rel: float) -> np.ndarray:
+    """[M] True where depth z [M] at pixels (u, v) [M] is within rel of its cell's median depth."""
+    row, col = _cell_index(u, v, image_hw, cell_depth.shape)
+    med = cell_depth[row, col]
+    return (med > 0) & (np.abs(np.asarray(z, dtype=np.float64) - med) <= rel * med)
 
 
 def _scaled_K(K: np.ndarray, s: float) -> np.ndarray:
@@ -361,10 +396,16 @@ class M3Memory:
             # Nearest, so edges never average foreground and background depth.
             depth = F.interpolate(depth[None, None], size=(h, w), mode="nearest")[0, 0]
         sx = w / W
+        cell_depth = {}
+        if self.cfg.label_depth_rel > 0:
+            full = np.nan_to_num(np.asarray(kf.depth, dtype=np.float64))
+            for m, fm in kf.features.items():
+                if m in self.cfg.models and self.cfg.models[m].sample_mode == "nearest":
+                    cell_depth[m] = cell_median_depth(full, tuple(fm.features.shape[:2]))
         return _TrainView(kf=kf, rgb=rgb.contiguous(), depth=depth.contiguous(),
                           K=torch.tensor(_scaled_K(kf.K, sx), dtype=torch.float32),
                           viewmat=torch.tensor(geometry.invert(np.asarray(kf.T_world_cam)), dtype=torch.float32),
-                          scale=sx)
+                          scale=sx, cell_depth=cell_depth)
 
     @torch.no_grad()
     def _seed(self, kf: Keyframe, feats: dict) -> None:
@@ -410,6 +451,12 @@ class M3Memory:
             q = torch.zeros(M, slot.channels)
             if m in feats and m in self.W:
                 gt = feats[m].sample(uv, mode="nearest")  # [M, d]
+                if slot.sample_mode == "nearest" and cfg.label_depth_rel > 0:
+                    cd = cell_median_depth(np.nan_to_num(np.asarray(kf.depth, dtype=np.float64)),
+                                           tuple(feats[m].features.shape[:2]))
+                    z = np.asarray(kf.depth)[pix[:, 0], pix[:, 1]]
+                    ok = label_depth_consistent(z, pix[:, 1], pix[:, 0], cd, kf.size, cfg.label_depth_rel)
+                    gt[torch.from_numpy(~ok)] = 0.0  # across the silhouette: no feature (inherits below)
                 q = self._queries_for_rows(m, self.banks[m].assign(gt))
             if tree is not None:
                 # No feature here in this keyframe (a missed detection, a model that skipped it):
@@ -551,6 +598,11 @@ class M3Memory:
                     q = img[pv, pu, c:c + l]  # [n, l] rendered principal queries
                     uv = torch.stack([(pu.float() + 0.5) / v.scale - 0.5, (pv.float() + 0.5) / v.scale - 0.5], -1)
                     gt = fm.sample(uv, mode=cfg.models[m].sample_mode)  # [n, d]
+                    cd = v.cell_depth.get(m)
+                    if cd is not None:
+                        ok = label_depth_consistent(v.depth[pv, pu].numpy(), uv[:, 0].numpy(), uv[:, 1].numpy(), cd,
+                                                    v.kf.size, cfg.label_depth_rel)
+                        gt = torch.where(torch.from_numpy(ok)[:, None], gt, 0.0)  # zero targets are ignored
                     b = self.banks[m]
                     rows, unit = b.rows, b.unit_rows
                     if 0 < cfg.train_max_rows < len(b):

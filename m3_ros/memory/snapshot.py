@@ -227,7 +227,8 @@ class MemorySnapshot:
     @torch.no_grad()
     def relevance(self, model: str, text_emb: torch.Tensor, T_world_cam: np.ndarray, K: np.ndarray,
                   width: int, height: int) -> dict:
-        """"relevance" [H, W] cos(decoded feature, text) without decoding (0 where alpha < 0.01), "depth", "alpha"."""
+        """"relevance" [H, W] cos(decoded feature, text) without decoding (0 where alpha < 0.01), "depth",
+        "alpha", and "query_norm" [H, W] ‖Q‖ of the rendered query."""
         self.check_model(model)
         idx = self.index(model, text_emb)
         out = self.render_raw(T_world_cam, K, width, height, models=[model])
@@ -237,7 +238,18 @@ class MemorySnapshot:
                                   cfg.relevance_max_rows, cfg.relevance_tile)
         rel = torch.where(torch.from_numpy(alpha >= 0.01), rel, 0.0)
         depth = np.where(alpha >= 0.5, out["depth_raw"], 0.0).astype(np.float32)
-        return {"relevance": rel.numpy(), "depth": depth, "alpha": alpha}
+        return {"relevance": rel.numpy(), "depth": depth, "alpha": alpha,
+                "query_norm": out["queries"][model].norm(dim=-1).numpy()}
+
+    def means_tree(self, min_opacity: float):
+        """cKDTree over the means of Gaussians with opacity >= min_opacity, and their indices (built once)."""
+        from scipy.spatial import cKDTree
+        key = ("tree", float(min_opacity))
+        with self._lock:
+            if key not in self._index_base:
+                keep = torch.nonzero(self.opacities >= min_opacity).flatten().numpy()
+                self._index_base[key] = (cKDTree(self.means.numpy()[keep].astype(np.float64)), keep)
+            return self._index_base[key]
 
     @torch.no_grad()
     def decode(self, model: str, queries: torch.Tensor) -> torch.Tensor:
