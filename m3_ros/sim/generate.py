@@ -75,6 +75,17 @@ class GeneratorConfig:
 
 
 # ---------------------------------------------------------------------- geometry
+_DECIMALS = 4  # every generated number rounded to 0.1 mm / 0.1 mrad: short, readable YAML
+
+
+def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return round(float(rng.uniform(lo, hi)), _DECIMALS)
+
+
+def _rt(v: np.ndarray | tuple | list) -> tuple[float, ...]:
+    return tuple(round(float(x), _DECIMALS) for x in v)
+
+
 def _rot2(yaw: float) -> np.ndarray:
     c, s = np.cos(yaw), np.sin(yaw)
     return np.array([[c, -s], [s, c]])
@@ -202,19 +213,20 @@ def _place(lib: LibraryObject, support: TableConfig | FixtureConfig, others: lis
         return None
     for _ in range(200):
         centre = rect.c + _rot2(rect.yaw) @ rng.uniform(-room, room)
-        yaw = float(rng.uniform(-np.pi, np.pi))
+        yaw = _u(rng, -np.pi, np.pi)
         if all(np.linalg.norm(centre - o.centre) >= r + o.radius + cfg.gap for o in others):
             break
     else:
         return None
-    base_xy = centre - _rot2(yaw) @ np.asarray(lib.offset[:2])
+    base_xy = np.asarray(_rt(centre - _rot2(yaw) @ np.asarray(lib.offset[:2])))
+    centre = base_xy + _rot2(yaw) @ np.asarray(lib.offset[:2])  # what ``footprint`` will compute
     # 3 mm above the top: it drops onto it while the world settles (a static one stays put).
-    z = support.top_height + lib.base_height + (0.0 if lib.static else 0.003)
+    z = round(support.top_height + lib.base_height + (0.0 if lib.static else 0.003), _DECIMALS) + 0.0
     R = Rotation.from_euler("z", yaw) * Rotation.from_euler("xyz", lib.rpy)
     fixture = "table" if isinstance(support, TableConfig) else support.name
     obj = ObjectConfig(
         name=name, urdf=lib.urdf, xyz=(float(base_xy[0]), float(base_xy[1]), float(z)),
-        rpy=tuple(float(a) for a in R.as_euler("xyz")), scale=lib.scale, colour=lib.rgba,
+        rpy=_rt(R.as_euler("xyz")), scale=lib.scale, colour=lib.rgba,
         description=lib.description, synonyms=list(lib.synonyms), mass=lib.mass,
         category=lib.category, library=lib.key, fixture=fixture)
     return _Placed(obj, lib, centre, r)
@@ -240,7 +252,7 @@ def grasp_base(scene: SceneConfig, obj: ObjectConfig, reach: ArmReach = ArmReach
     for a in np.radians(np.arange(0.0, 360.0, 15.0)):
         d = np.array([np.cos(a), np.sin(a)])
         for f in np.arange(lo_f, hi_f + 1e-9, 0.02):
-            pose = np.array([*(centre - f * d), a])
+            pose = np.array(_rt([*(centre - f * d), a]))
             if robot_pose_clear(scene, pose, reach, others):
                 if best is None or f < best[0] - 1e-9:
                     best = (f, pose)
@@ -254,7 +266,7 @@ def grasp_base(scene: SceneConfig, obj: ObjectConfig, reach: ArmReach = ArmReach
 def _orbit(centre: np.ndarray, radius: float, start: float, sweep: float, step_deg: float) -> list[np.ndarray]:
     """Waypoints on a circle, facing its centre, from angle ``start`` over ``sweep`` rad (CCW)."""
     n = max(1, int(round(abs(np.degrees(sweep)) / step_deg)))
-    return [np.array([centre[0] + radius * np.cos(a), centre[1] + radius * np.sin(a), a + np.pi])
+    return [np.array(_rt([centre[0] + radius * np.cos(a), centre[1] + radius * np.sin(a), a + np.pi]))
             for a in start + np.linspace(0.0, sweep, n + 1)]
 
 
@@ -269,7 +281,7 @@ def _standoff(scene: SceneConfig, s: TableConfig | FixtureConfig, angle: float, 
     with np.errstate(divide="ignore"):
         t = float(np.min(np.array(rect.h) / np.abs(d_loc)))  # where the ray leaves the top
     for dist in t + reach.body_front + reach.clearance + np.arange(0.01, 1.0, 0.01):
-        pose = np.array([rect.c[0] + dist * np.cos(angle), rect.c[1] + dist * np.sin(angle), angle + np.pi])
+        pose = np.array(_rt([rect.c[0] + dist * np.cos(angle), rect.c[1] + dist * np.sin(angle), angle + np.pi]))
         if robot_pose_clear(scene, pose, reach):
             return pose
     raise RuntimeError(f"no clear stand-off at angle {angle:.2f} rad from {s}")
@@ -279,8 +291,7 @@ def _finish(name: str, table: TableConfig, fixtures: list[FixtureConfig], placed
             points: list[np.ndarray], final: np.ndarray | None, cfg: GeneratorConfig) -> SceneConfig:
     pts = np.array(points)
     pts[:, 2] = np.unwrap(pts[:, 2])
-    walk = WalkConfig(points=[tuple(float(v) for v in q) for q in pts],
-                      final=None if final is None else tuple(float(v) for v in final))
+    walk = WalkConfig(points=[_rt(q) for q in pts], final=None if final is None else _rt(final))
     start = pts[0]
     scene = SceneConfig(name=name, table=table, objects=[p.obj for p in placed],
                         robot=RobotConfig(start=(float(start[0]), float(start[1]), float(start[2]))),
@@ -327,31 +338,31 @@ def _put_all(items: list[LibraryObject], supports: list, rng: np.random.Generato
 # ---------------------------------------------------------------------- families
 def _gen_table(rng: np.random.Generator, cfg: GeneratorConfig, name: str) -> SceneConfig:
     lib = load_library()
-    table = TableConfig(scale=float(rng.uniform(0.55, 0.7)), yaw=float(rng.uniform(-np.pi, np.pi)))
+    table = TableConfig(scale=_u(rng, 0.55, 0.7), yaw=_u(rng, -np.pi, np.pi))
     n = int(rng.integers(cfg.objects[0], cfg.objects[1] + 1))
     items = _pick_objects(rng, n, lib, lookalike_groups=int(rng.integers(1, 3)))
     placed: list[_Placed] = []
     _put_all(items, [table] * len(items), rng, cfg, placed, set())
     # Start (and end) the lap square to one long side and finish facing it, like the
     # hand-made default scene: the near half of the table is then in arm's reach.
-    start = table.yaw + (np.pi / 2 if rng.random() < 0.5 else -np.pi / 2)
+    start = round(table.yaw + (np.pi / 2 if rng.random() < 0.5 else -np.pi / 2), _DECIMALS)
     c = np.asarray(table.xyz[:2])
     points = _orbit(c, _orbit_radius(table, cfg), start, 2 * np.pi, cfg.orbit_step_deg)
     scene = _finish(name, table, [], placed, points, None, cfg)
     final = _standoff(scene, table, start, cfg.reach)
     final[2] = scene.walk.points[-1][2]  # the lap's last yaw: no extra turn
-    scene.walk.final = tuple(float(v) for v in final)
+    scene.walk.final = _rt(final)
     return scene
 
 
 def _gen_two_tables(rng: np.random.Generator, cfg: GeneratorConfig, name: str) -> SceneConfig:
     lib = load_library()
-    table = TableConfig(scale=float(rng.uniform(0.55, 0.7)), yaw=float(rng.uniform(-np.pi, np.pi)))
-    theta = float(rng.uniform(-np.pi, np.pi))
-    dist = float(rng.uniform(3.0, 3.6))
-    cb = dist * np.array([np.cos(theta), np.sin(theta)])
+    table = TableConfig(scale=_u(rng, 0.55, 0.7), yaw=_u(rng, -np.pi, np.pi))
+    theta = _u(rng, -np.pi, np.pi)
+    dist = _u(rng, 3.0, 3.6)
+    cb = np.array(_rt(dist * np.array([np.cos(theta), np.sin(theta)])))
     other = FixtureConfig(name="table_2", kind="table", xyz=(float(cb[0]), float(cb[1]), 0.0),
-                          yaw=float(rng.uniform(-np.pi, np.pi)), scale=float(rng.uniform(0.55, 0.7)),
+                          yaw=_u(rng, -np.pi, np.pi), scale=_u(rng, 0.55, 0.7),
                           description="a white table")
     # The same categories on both tables, each in a colour drawn per table (maybe the same).
     by_cat: dict[str, list[str]] = {}
@@ -398,18 +409,18 @@ def _gen_room(rng: np.random.Generator, cfg: GeneratorConfig, name: str) -> Scen
     # 90 deg (not mirrored: the walk below relies on the floor area lying to its left).
     turn = _rot2(float(rng.integers(4)) * np.pi / 2)
     jit = lambda: rng.uniform(-0.15, 0.15, size=2)  # noqa: E731
-    c_table = turn @ (np.array([-1.3, 1.2]) + jit())
-    c_second = turn @ (np.array([1.35, -1.3]) + jit())
-    c_floor = turn @ (np.array([1.55, 1.55]) + jit())
-    table = TableConfig(xyz=(float(c_table[0]), float(c_table[1]), 0.0), scale=float(rng.uniform(0.55, 0.7)),
-                        yaw=float(rng.uniform(-np.pi, np.pi)))
+    c_table = np.array(_rt(turn @ (np.array([-1.3, 1.2]) + jit())))
+    c_second = np.array(_rt(turn @ (np.array([1.35, -1.3]) + jit())))
+    c_floor = np.array(_rt(turn @ (np.array([1.55, 1.55]) + jit())))
+    table = TableConfig(xyz=(float(c_table[0]), float(c_table[1]), 0.0), scale=_u(rng, 0.55, 0.7),
+                        yaw=_u(rng, -np.pi, np.pi))
     if rng.random() < 0.5:
         second = FixtureConfig(name="cabinet", kind="box", xyz=(float(c_second[0]), float(c_second[1]), 0.0),
-                               yaw=float(rng.uniform(-np.pi, np.pi)), size=(0.6, 0.4, 0.3),
+                               yaw=_u(rng, -np.pi, np.pi), size=(0.6, 0.4, 0.3),
                                colour=(0.55, 0.38, 0.22, 1.0), description="a low wooden cabinet")
     else:
         second = FixtureConfig(name="side_table", kind="table", xyz=(float(c_second[0]), float(c_second[1]), 0.0),
-                               yaw=float(rng.uniform(-np.pi, np.pi)), scale=0.5, description="a small white table")
+                               yaw=_u(rng, -np.pi, np.pi), scale=0.5, description="a small white table")
     floor = FixtureConfig(name="floor", kind="floor", xyz=(float(c_floor[0]), float(c_floor[1]), 0.0),
                           size=(0.9, 0.9, 0.0), description="the floor")
     n = int(rng.integers(cfg.objects[0], cfg.objects[1] + 1))
@@ -457,3 +468,23 @@ def resolve_scene(scene: str | Path, seed: int = 0) -> SceneConfig:
     if isinstance(scene, str) and scene in FAMILIES:
         return generate_scene(scene, seed)
     return load_scene(scene)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m m3_ros.sim.generate FAMILY SEED OUT.yaml``: write a generated scene to replay later."""
+    import argparse
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("family", choices=FAMILIES)
+    ap.add_argument("seed", type=int)
+    ap.add_argument("out", type=Path)
+    args = ap.parse_args(argv)
+    from m3_ros.sim.scene import write_scene
+    sc = generate_scene(args.family, args.seed)
+    reach = sum(o.reachable for o in sc.objects)
+    write_scene(sc, args.out, header=f"Generated by m3_ros.sim.generate: family {args.family}, seed {args.seed}.\n"
+                f"{len(sc.objects)} objects ({reach} reachable); replay with SimWorld('{args.out}').")
+    print(f"wrote {args.out}: {len(sc.objects)} objects, {reach} reachable")
+
+
+if __name__ == "__main__":
+    main()

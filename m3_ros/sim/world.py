@@ -381,6 +381,10 @@ class SimWorld:
         w = np.array([0.0, 0.0, (self._walk_pose[2] - self._prev_pose[2]) / dtime])
         return R.T @ v_world, w
 
+    def pose_along_walk(self, s: float) -> np.ndarray:
+        """Base pose (x, y, yaw) ``s`` metres along the walk path (needs no connection)."""
+        return self._interp(s)
+
     def _interp(self, s: float) -> np.ndarray:
         s = float(np.clip(s, 0.0, self._cum[-1]))
         i = int(np.searchsorted(self._cum, s, side="right") - 1)

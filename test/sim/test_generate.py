@@ -98,6 +98,34 @@ def test_family_shapes_and_walks(scenes):
             assert len(sides) >= need, (f, s, name, sides)
 
 
+def test_the_walk_shows_every_object_from_several_sides(scenes):
+    """The head camera (mount, 25 deg pitch, 60 deg vfov) frames every object often, from many directions.
+
+    Geometry only (no occlusion): at 4.5 Hz and 0.4 m/s, the object's centre projects
+    inside the image, nearer than 3 m, in >= 30 frames spanning >= 90 degrees of bearing.
+    """
+    from m3_ros.sim import SimWorld
+    lib = load_library()
+    for (f, s), sc in scenes.items():
+        w = SimWorld(sc)  # not connected: the walk, the camera mount and K are enough
+        poses = np.array([w.pose_along_walk(d) for d in np.arange(0.0, w.walk_length, 0.4 / 4.5)])
+        T_cams = np.stack([w.T_world_base_of(q) @ w.T_base_cam for q in poses])  # [P, 4, 4]
+        for o in sc.objects:
+            c, _ = footprint(o, lib)
+            pt = np.array([c[0], c[1], sc.support(o.fixture).top_height + 0.5 * lib[o.library].size[2]])
+            # Optical frame (z forward): p_cam = R^T (p - t), then the pinhole K.
+            p_cam = np.einsum("pji,pj->pi", T_cams[:, :3, :3], pt - T_cams[:, :3, 3])  # [P, 3]
+            z = p_cam[:, 2]
+            uv = (p_cam[:, :2] / np.maximum(z, 1e-6)[:, None]) @ w.K[:2, :2].T + w.K[:2, 2]
+            seen = ((z > 0.1) & (z < 3.0) & (uv[:, 0] >= 8) & (uv[:, 0] < sc.camera.width - 8)
+                    & (uv[:, 1] >= 8) & (uv[:, 1] < sc.camera.height - 8))
+            bearings = np.arctan2(poses[seen, 1] - c[1], poses[seen, 0] - c[0])
+            assert len(bearings) >= 30, (f, s, o.name, len(bearings))
+            a = np.sort(np.mod(bearings, 2 * np.pi))
+            spread = 2 * np.pi - np.diff(np.concatenate([a, [a[0] + 2 * np.pi]])).max()
+            assert np.degrees(spread) >= 90, (f, s, o.name, np.degrees(spread))
+
+
 def test_every_object_reachable_from_its_grasp_base_or_marked_unreachable(scenes):
     lib = load_library()
     n_reach = n_unreach = 0
@@ -115,7 +143,7 @@ def test_every_object_reachable_from_its_grasp_base_or_marked_unreachable(scenes
             forward = d @ np.array([np.cos(byaw), np.sin(byaw)])
             lateral = d @ np.array([-np.sin(byaw), np.cos(byaw)])
             band = REACH.floor_forward if o.fixture == "floor" else REACH.forward
-            assert band[0] - 1e-6 <= forward <= band[1] + 1e-6 and abs(lateral) < 1e-6, (f, s, o.name)
+            assert band[0] - 1e-3 <= forward <= band[1] + 1e-3 and abs(lateral) < 1e-3, (f, s, o.name)  # 0.1 mm rounding
             assert robot_pose_clear(sc, np.array(o.grasp_base), REACH)
     assert n_reach > 5 * len(scenes) * 0.6 and n_unreach >= 1  # most reachable, some not
 
