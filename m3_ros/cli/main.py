@@ -95,7 +95,7 @@ def cmd_record_sim(a: argparse.Namespace) -> int:
         end = t0 + world.walk_duration + a.linger
         while world.time <= end and (a.max_frames <= 0 or n_frames < a.max_frames):
             t = world.time
-            T_odom_base = world.odometry() if hasattr(world, "odometry") else world.T_world_base
+            T_odom_base = world.T_odom_base  # what the (possibly drifting) odometry reports
             lin, ang = world.base_velocity()
             bag.write("clock", t, m.clock(t))
             bag.write("odom", t, m.odometry(t, odom_f, base_f, T_odom_base, lin, ang))

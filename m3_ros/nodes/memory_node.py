@@ -21,6 +21,7 @@ from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import ColorRGBA, Header
 from std_srvs.srv import Trigger
@@ -209,7 +210,9 @@ class MemoryNode(Node):
         self.marker_pub = self.create_publisher(MarkerArray, "memory/grounded_markers", latched_qos())
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
-        self.create_service(GroundQuery, "ground", self._on_ground, callback_group=services)
+        # Deep request queue: the default depth (10) silently drops calls when 20 clients ask at once.
+        self.create_service(GroundQuery, "ground", self._on_ground, callback_group=services,
+                            qos_profile=QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
         self.create_service(MemoryIO, "memory/save", self._on_save, callback_group=services)
         self.create_service(MemoryIO, "memory/load", self._on_load, callback_group=services)
         self.create_service(Trigger, "memory/reset", self._on_reset, callback_group=services)
