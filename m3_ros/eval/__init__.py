@@ -1,0 +1,1 @@
+"""Evaluation suite: scenes, sensors, methods and metrics (no ROS)."""

@@ -1,0 +1,68 @@
+"""Evaluation metrics: how far an answer is from the target, whether it hit another object,
+and the 2D IoU of a thresholded relevance map. Plain numpy; no simulator, no ROS."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from m3_ros.grounding.ground import otsu_threshold
+
+SUCCESS_M = 0.05
+"""An answer within 5 cm of the target's centre is a success (the issue's criterion)."""
+ON_OBJECT_M = 0.03
+"""An answer within 3 cm of another object's bounding box lies on that object (wrong object)."""
+
+
+@dataclass
+class Box:
+    """An object's ground-truth axis-aligned box in the world frame."""
+
+    name: str
+    centre: np.ndarray  # [3]
+    size: np.ndarray  # [3]
+
+
+def box_distance(p: np.ndarray, box: Box) -> float:
+    """Distance from point p [3] to the box surface (0 inside)."""
+    d = np.maximum(np.abs(np.asarray(p) - box.centre) - box.size / 2, 0.0)
+    return float(np.linalg.norm(d))
+
+
+@dataclass
+class Judgement:
+    """One grounding answer judged against the truth."""
+
+    error_m: float
+    """Distance to the nearest valid target's centre (inf when there is no answer)."""
+    success: bool
+    """error_m <= SUCCESS_M."""
+    wrong_object: bool
+    """Not a success, and the answer lies on (within ON_OBJECT_M of) an object that is not a target."""
+    hit: str
+    """Name of the object the answer lies on, "" when none."""
+
+
+def judge(point_world: np.ndarray | None, targets: list[str], boxes: list[Box]) -> Judgement:
+    """Judge an answer (world frame [3], or None for "no answer") against valid target names."""
+    if point_world is None or not np.all(np.isfinite(point_world)):
+        return Judgement(float("inf"), False, False, "")
+    by = {b.name: b for b in boxes}
+    err = min(float(np.linalg.norm(point_world - by[t].centre)) for t in targets)
+    d = {b.name: box_distance(point_world, b) for b in boxes}
+    near = min(d, key=d.get) if d else ""
+    hit = near if near and d[near] <= ON_OBJECT_M else ""
+    ok = err <= SUCCESS_M
+    return Judgement(err, ok, (not ok) and hit != "" and hit not in targets, hit)
+
+
+def otsu_iou(relevance: np.ndarray, mask: np.ndarray) -> float:
+    """IoU of the Otsu-thresholded relevance [H, W] (NaN = nothing rendered) with a mask [H, W]."""
+    valid = np.isfinite(relevance)
+    if not valid.any():
+        return 0.0
+    thr = otsu_threshold(relevance[valid])
+    pred = valid & (relevance > thr)
+    inter = np.count_nonzero(pred & mask)
+    union = np.count_nonzero(pred | mask)
+    return float(inter / union) if union else 0.0

@@ -1,0 +1,39 @@
+"""The queries of one scene: every object's phrasings of a split, with the objects each could mean."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from m3_ros.sim.library import load_library, load_phrasing_records, referents
+from m3_ros.sim.scene import SceneConfig
+
+
+@dataclass
+class Query:
+    """One phrasing asked in one scene."""
+
+    text: str
+    """What the person says."""
+    targets: list[str]
+    """Scene objects it could mean; the first is the object it was written for. An answer on
+    any of them counts (a person asking for "the mug" with two mugs present accepts either)."""
+    kind: str
+    """category / attribute / function / colloquial."""
+
+    @property
+    def ambiguous(self) -> bool:
+        return len(self.targets) > 1
+
+
+def scene_queries(scene: SceneConfig, split: str) -> list[Query]:
+    """Every phrasing of ``split`` for every library object of the scene, in scene order."""
+    lib = load_library()
+    recs = load_phrasing_records(split)
+    keys = [(o.name, o.library) for o in scene.objects]
+    out = []
+    for o in scene.objects:
+        if not o.library or o.library not in recs:
+            continue
+        for ph in recs[o.library]:
+            others = [n for n in referents(ph, o.library, keys, lib) if n != o.name]
+            out.append(Query(ph.text, [o.name, *others], ph.kind))
+    return out

@@ -1,0 +1,259 @@
+"""One evaluation run: walk a generated scene with chosen sensors, build the M3 memory and the
+voxel baseline from the same frames, then ground every phrasing with every method, execute
+grasps in the simulator and measure relevance IoU, timing and memory use.
+
+The memory sees only what the robot sees: noisy depth, drifting odometry, the detector's
+labels. The truth (object boxes, true poses) is used only to judge. Answers live in the
+odometry frame; they are judged in the world through the robot's *current* odometry error
+(``T_world_odom = T_world_base_true @ inv(T_odom_base)``), i.e. where the robot would reach
+for them from where it stands.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pybullet as p
+
+from m3_ros.baselines.voxel_labels import VoxelLabelMap
+from m3_ros.eval.metrics import Box, judge, otsu_iou
+from m3_ros.eval.phrasings import Query, scene_queries
+from m3_ros.geometry import invert, transform_points
+from m3_ros.grasp import GraspConfig, plan_grasp
+from m3_ros.grounding import GroundingConfig
+from m3_ros.pipeline import MemoryPipeline, PipelineConfig
+from m3_ros.sim.generate import resolve_scene
+from m3_ros.sim.sensors import SensorConfig
+from m3_ros.sim.world import SimWorld
+
+log = logging.getLogger(__name__)
+
+CLOUD_MIN_OPACITY = 0.3  # the memory node's cloud_min_opacity default: what the grasp planner sees
+
+
+@dataclass
+class RunConfig:
+    """One scene, one sensor condition."""
+
+    family: str
+    """Scene family (or scene name / YAML path)."""
+    seed: int
+    """Layout and sensor seed."""
+    sensors: str = "realistic"
+    """``ideal`` or ``realistic``."""
+    m3_modes: list[str] = field(default_factory=lambda: ["gaussians", "render"])
+    """M3 grounding modes to evaluate."""
+    voxel: bool = True
+    """Also evaluate the labelled voxel map."""
+    splits: tuple[str, ...] = ("dev", "test")
+    """Phrasing splits to ask."""
+    frame_dt: float = 0.2
+    """Sim seconds between camera frames (the memory node's 5 Hz)."""
+    train_s_per_frame: float = 0.15
+    """Training wall time between frames."""
+    extra_train_s: float = 5.0
+    """Training after the walk, before the final queries."""
+    grasps: int = 3
+    """Grasp trials on reachable targets (0 = none)."""
+    iou_views: int = 4
+    """Held-out views for the relevance IoU."""
+    keep_frames: int = 0
+    """Held-out frames returned to the caller (for feature fidelity)."""
+    probe_period_s: float = 2.0
+    """Wall seconds between the probe queries asked while the walk trains."""
+
+
+@dataclass
+class RunResult:
+    """Everything one run measured."""
+
+    family: str
+    sensors: str
+    seed: int
+    queries: list[dict] = field(default_factory=list)
+    grasps: list[dict] = field(default_factory=list)
+    ious: list[float] = field(default_factory=list)
+    probe: list[dict] = field(default_factory=list)  # {"t_s", "error_m", "ms"} asked while training
+    keyframe_ms: list[float] = field(default_factory=list)
+    first_correct_s: float = float("nan")
+    stats: dict = field(default_factory=dict)
+    walk: dict = field(default_factory=dict)
+    example: dict = field(default_factory=dict)  # an rgb frame + relevance map for the report
+    held_out: list = field(default_factory=list)  # SimFrames not used as keyframes
+
+
+def _boxes(world: SimWorld) -> list[Box]:
+    return [Box(o.name, np.asarray(o.aabb_center, float), np.asarray(o.aabb_size, float))
+            for o in world.objects()]
+
+
+def _to_world(world: SimWorld, p_odom: np.ndarray) -> np.ndarray:
+    """Map answers [.., 3] in odom to the world through the robot's current odometry error."""
+    T_world_odom = world.T_world_base @ invert(world.T_odom_base)
+    return transform_points(T_world_odom, np.atleast_2d(p_odom))
+
+
+class _Prober(threading.Thread):
+    """Asks one query every period while the walk trains; records latency and error."""
+
+    def __init__(self, pipe: MemoryPipeline, world: SimWorld, query: Query, period: float) -> None:
+        super().__init__(daemon=True)
+        self.pipe, self.world, self.query, self.period = pipe, world, query, period
+        self.records: list[dict] = []
+        self.stop = threading.Event()
+        self.boxes: list[Box] = []
+
+    def run(self) -> None:
+        while not self.stop.wait(self.period):
+            t_first = self.pipe.first_keyframe_wall
+            if t_first is None or self.pipe.memory is None or self.pipe.memory.n_gaussians == 0:
+                continue
+            t0 = time.perf_counter()
+            try:
+                res = self.pipe.ground(self.query.text)
+            except ValueError:
+                continue
+            ms = (time.perf_counter() - t0) * 1e3
+            t_s = time.monotonic() - t_first
+            # the world is read from this thread only for judging: poses are plain arrays
+            pt = _to_world(self.world, res.points[0])[0]
+            j = judge(pt, self.query.targets, self.boxes)
+            self.records.append({"t_s": t_s, "error_m": j.error_m, "ok": j.success, "ms": ms})
+
+
+def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
+    """Walk, train and evaluate one scene; ``pipe`` is loaded and empty (it is reset first)."""
+    pipe.reset()
+    scene = resolve_scene(rc.family, rc.seed)
+    sensors = SensorConfig.resolve(rc.sensors)
+    out = RunResult(rc.family, sensors.name, rc.seed)
+    vmap = VoxelLabelMap() if rc.voxel else None
+    text = pipe._text_model
+    with SimWorld(scene, seed=rc.seed, sensors=sensors) as world:
+        world.advance(0.0)
+        boxes = _boxes(world)
+        queries = {s: scene_queries(scene, s) for s in rc.splits}
+        probe_q = next(iter(queries.get("dev") or queries[rc.splits[0]]))
+        prober = _Prober(pipe, world, probe_q, rc.probe_period_s)
+        prober.boxes = boxes
+        prober.start()
+        t0, frames, taken_n, dropped = time.monotonic(), 0, 0, 0
+        held: list = []
+        try:
+            while not world.walk_done:
+                world.advance(rc.frame_dt)
+                f = world.render()
+                frames += 1
+                if f.dropped:
+                    dropped += 1
+                    continue
+                inst = world.oracle_instances(f)
+                tk = time.perf_counter()
+                taken = pipe.offer_frame(f.stamp, f.rgb, f.depth, f.K, f.T_odom_cam, inst)
+                if taken:
+                    taken_n += 1
+                    if vmap is not None:  # the same frame, clipped as the memory clips it
+                        d = np.where(f.depth <= pipe.cfg.max_depth, f.depth, 0.0)
+                        vmap.integrate(d, f.K, f.T_odom_cam, inst)
+                elif frames % 4 == 2:
+                    held.append(f)
+                pipe.train_for(rc.train_s_per_frame)
+                # wait for each keyframe: every run holds the same keyframes, whatever the machine load
+                while taken and not pipe.idle():
+                    pipe.train_for(0.05)
+                if taken:
+                    out.keyframe_ms.append((time.perf_counter() - tk) * 1e3)
+            while not pipe.idle():
+                pipe.train_for(0.05)
+            pipe.train_for(rc.extra_train_s, max_steps=100000)
+        finally:
+            prober.stop.set()
+            prober.join()
+        out.walk = {"frames": frames, "keyframes_offered": taken_n, "dropped": dropped,
+                    "wall_s": time.monotonic() - t0, "walk_m": float(world.walk_length)}
+        out.probe = prober.records
+        ok_t = [r["t_s"] for r in prober.records if r["ok"]]
+        out.first_correct_s = float(min(ok_t)) if ok_t else float("nan")
+        out.stats = pipe.stats()
+        boxes = _boxes(world)
+
+        methods = [f"m3_{m}" for m in rc.m3_modes] + (["voxel_labels"] if vmap is not None else [])
+        for split, qs in queries.items():
+            for q in qs:
+                emb = text.encode_text([q.text])[0] if vmap is not None else None
+                for method in methods:
+                    tq = time.perf_counter()
+                    try:
+                        if method == "voxel_labels":
+                            pt_odom = vmap.ground(emb, text.encode_labels).points[0]
+                        else:
+                            pipe.cfg.grounding = GroundingConfig(mode=method[3:])
+                            pt_odom = pipe.ground(q.text).points[0]
+                        pt = _to_world(world, pt_odom)[0]
+                    except ValueError as e:
+                        log.info("%s: %r: no answer (%s)", method, q.text, e)
+                        pt = None
+                    ms = (time.perf_counter() - tq) * 1e3
+                    j = judge(pt, q.targets, boxes)
+                    out.queries.append({"family": rc.family, "sensors": sensors.name, "seed": rc.seed,
+                                        "method": method, "split": split, "kind": q.kind, "object": q.targets[0],
+                                        "query": q.text, "error_cm": 100 * j.error_m, "success": j.success,
+                                        "wrong_object": j.wrong_object, "hit": j.hit, "ms": ms})
+        pipe.cfg.grounding = GroundingConfig()
+
+        _relevance_iou(out, pipe, world, held, queries, rc.iou_views)
+        out.held_out = held[: rc.keep_frames]
+        if rc.grasps > 0:
+            _grasps(out, pipe, world, scene, queries, rc.grasps)
+    return out
+
+
+def _relevance_iou(out: RunResult, pipe: MemoryPipeline, world: SimWorld, held: list,
+                   queries: dict, n_views: int) -> None:
+    """The paper's 2D metric: IoU of the Otsu-thresholded relevance with the simulator's mask."""
+    by_obj: dict[str, Query] = {}
+    for q in queries.get("test") or next(iter(queries.values())):
+        if len(q.targets) == 1:
+            by_obj.setdefault(q.targets[0], q)
+    seg = {o.name: o.segmentation_id for o in world.objects()}
+    step = max(1, len(held) // max(1, n_views))
+    for f in held[::step][:n_views]:
+        for name, q in by_obj.items():
+            mask = f.segmentation == seg[name]
+            if mask.sum() < 300:  # too small to judge a 2D overlap
+                continue
+            rel = pipe.relevance_map(q.text, f.T_odom_cam, f.K, f.rgb.shape[1], f.rgb.shape[0])
+            out.ious.append(otsu_iou(rel, mask))
+            if not out.example or mask.sum() > out.example["pixels"]:
+                out.example = {"rgb": f.rgb, "relevance": rel, "query": q.text, "pixels": int(mask.sum())}
+
+
+def _grasps(out: RunResult, pipe: MemoryPipeline, world: SimWorld, scene, queries: dict, n: int) -> None:
+    """Walk to a pose with the target in reach, ground, plan on the memory's points, execute."""
+    test = {q.targets[0]: q for q in (queries.get("test") or []) if len(q.targets) == 1}
+    reach = [o for o in scene.objects if getattr(o, "reachable", True) and getattr(o, "grasp_base", None)
+             is not None and o.name in test]
+    for o in reach[:n]:
+        state = p.saveState(physicsClientId=world.client)
+        rec = {"family": out.family, "sensors": out.sensors, "object": o.name, "query": test[o.name].text}
+        try:
+            world.teleport_base(o.grasp_base)
+            res = pipe.ground(test[o.name].text)
+            mem = pipe.memory
+            keep = mem.opacities.detach().cpu().numpy() >= CLOUD_MIN_OPACITY
+            cloud = mem.means.detach().cpu().numpy()[keep]
+            base_odom = world.T_odom_base[:3, 3]
+            plan = plan_grasp(res.points[0], cloud, GraspConfig(), viewpoint=base_odom)
+            T_world_odom = world.T_world_base @ invert(world.T_odom_base)
+            outcome = world.execute_grasp(T_world_odom @ plan.T_world_tcp)
+            rec.update(success=bool(outcome.success and outcome.object == o.name), lifted=outcome.object,
+                       message=outcome.message, approach=plan.approach)
+        except ValueError as e:
+            rec.update(success=False, lifted="", message=f"no plan: {e}", approach="")
+        finally:
+            p.restoreState(state, physicsClientId=world.client)
+            p.removeState(state, physicsClientId=world.client)
+        out.grasps.append(rec)

@@ -1,0 +1,54 @@
+"""Judging answers, relevance IoU, and which scene objects a phrasing can mean."""
+import numpy as np
+import pytest
+
+from m3_ros.eval.metrics import Box, judge, otsu_iou
+from m3_ros.eval.phrasings import scene_queries
+from m3_ros.sim.scene import ObjectConfig, SceneConfig
+
+BOXES = [Box("duck", np.array([0.0, 0.0, 0.45]), np.array([0.09, 0.07, 0.09])),
+         Box("mug", np.array([0.3, 0.0, 0.42]), np.array([0.07, 0.1, 0.08]))]
+
+
+def test_judge_success_wrong_object_and_miss():
+    ok = judge(np.array([0.01, 0.02, 0.46]), ["duck"], BOXES)
+    assert ok.success and not ok.wrong_object and ok.hit == "duck"
+    wrong = judge(np.array([0.31, 0.0, 0.43]), ["duck"], BOXES)
+    assert not wrong.success and wrong.wrong_object and wrong.hit == "mug"
+    assert wrong.error_m == pytest.approx(np.linalg.norm([0.31, 0.0, -0.02]))
+    # off every object: a miss, but not a wrong object
+    miss = judge(np.array([0.0, 0.5, 0.4]), ["duck"], BOXES)
+    assert not miss.success and not miss.wrong_object and miss.hit == ""
+    # the phrasing could mean either: an answer on the mug counts
+    assert judge(np.array([0.3, 0.0, 0.42]), ["duck", "mug"], BOXES).success
+    none = judge(None, ["duck"], BOXES)
+    assert not none.success and none.error_m == float("inf")
+
+
+def test_otsu_iou_of_a_clear_blob_and_of_nothing():
+    rel = np.full((40, 40), 0.1)
+    mask = np.zeros((40, 40), bool)
+    mask[10:20, 10:20] = True
+    rel[mask] = 0.9
+    rel[0, :] = np.nan  # not rendered
+    assert otsu_iou(rel, mask) == pytest.approx(1.0)
+    shifted = np.roll(mask, 5, axis=1)
+    assert otsu_iou(rel, shifted) == pytest.approx(50 / 150)
+    assert otsu_iou(np.full((4, 4), np.nan), mask[:4, :4]) == 0.0
+
+
+def test_scene_queries_list_every_referent():
+    objs = [ObjectConfig(name="m1", urdf="objects/mug.urdf", xyz=(0, 0, 0.4), library="mug_red", category="mug"),
+            ObjectConfig(name="m2", urdf="objects/mug.urdf", xyz=(0.2, 0, 0.4), library="mug_blue", category="mug"),
+            ObjectConfig(name="d", urdf="duck_vhacd.urdf", xyz=(0.4, 0, 0.4), library="duck",
+                         category="duck"),
+            ObjectConfig(name="x", urdf="cube_small.urdf", xyz=(0.6, 0, 0.4))]  # hand-made: never asked for
+    qs = scene_queries(SceneConfig(objects=objs), "test")
+    assert {q.targets[0] for q in qs} == {"m1", "m2", "d"}
+    assert all(len([q for q in qs if q.targets[0] == n]) >= 4 for n in ("m1", "m2", "d"))
+    by = {(q.targets[0], q.kind): q for q in qs}
+    assert set(by[("m1", "category")].targets) == {"m1", "m2"}  # "the mug" could be either
+    assert by[("m1", "attribute")].targets == ["m1"]  # the colour separates them
+    assert by[("d", "category")].targets == ["d"]
+    dev = {q.text for q in scene_queries(SceneConfig(objects=objs), "dev")}
+    assert dev.isdisjoint({q.text for q in qs})
