@@ -127,3 +127,30 @@ def test_gaussians_behind_a_surface_that_decode_the_query_are_vetoed():
     assert np.linalg.norm(plain.points[0] - [-0.15, 0.0, 1.52]) < 0.06  # fooled by the blob
     assert checked.views, "the blob ranks within verify_dominance of the face: both are rendered"
     assert np.linalg.norm(checked.points[0] - GREEN_CENTRE) < 0.06
+
+
+@pytest.mark.parametrize("region,centre", [(1, RED_CENTRE), (2, GREEN_CENTRE)])
+def test_view_mode_grounds_what_the_current_camera_sees(memory, region, centre):
+    kf = memory.keyframes[1]
+    camera = (kf.T_world_cam, kf.K, kf.size[1], kf.size[0])
+    cfg = GroundingConfig(mode="view", cluster_radius=0.08, view_scale=1.0)
+    res = ground(memory.snapshot(), region_features()[region], "dino", cfg, camera=camera)
+    assert res.mode == "view" and len(res.relevance_maps) >= 1
+    assert res.relevance_maps[0].shape == (30, 40)  # the current camera's view comes first
+    assert np.linalg.norm(res.points[0] - centre) < 0.06, res.points
+    # without a camera, view mode uses the newest keyframe's
+    res2 = ground(memory, region_features()[region], "dino", cfg)
+    assert np.linalg.norm(res2.points[0] - centre) < 0.06
+
+
+def test_view_mode_errors(memory):
+    T = np.diag([-1.0, 1.0, -1.0, 1.0])  # turned around: looking down -z, away from every surface
+    kf = memory.keyframes[0]
+    with pytest.raises(ValueError, match="sees no remembered surface"):
+        ground(memory, region_features()[1], "dino", GroundingConfig(mode="view"), camera=(T, kf.K, 40, 30))
+    loaded = M3Memory(memory.cfg)
+    loaded.add_keyframe(render_view(0.0)[0])
+    loaded._views.clear()  # a memory loaded from disk carries no keyframes
+    loaded._publish()
+    with pytest.raises(ValueError, match="needs the current camera"):
+        ground(loaded.snapshot(), region_features()[1], "dino", GroundingConfig(mode="view"))

@@ -1,0 +1,87 @@
+"""Concurrent queries on a real MemoryPipeline (MiniLM label features) while train_for runs on another thread."""
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from m3_ros.grounding import GroundingConfig
+from m3_ros.pipeline import MemoryPipeline, PipelineConfig
+from m3_ros.types import Instance
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "memory"))
+from synthetic_scene import render_view  # noqa: E402
+
+RED_CENTRE = np.array([-0.15, 0.0, 1.5])
+GREEN_CENTRE = np.array([0.325, 0.1, 1.7])
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    from m3_ros.foundation import FoundationConfig, load_models
+    models = load_models(FoundationConfig(models=["minilm_labels"]))
+    if "minilm_labels" not in models:
+        pytest.skip("MiniLM weights are not installed (scripts/setup.sh installs them)")
+    cfg = PipelineConfig(models=["minilm_labels"], grounding=GroundingConfig(cluster_radius=0.05),
+                         memory_overrides=dict(backend="torch", seed_stride=1, train_scale=1.0, feature_points=300,
+                                               voxel_size=0.02, seed=0))
+    pipe = MemoryPipeline(cfg, models=models)
+    pipe.load()
+    for i, tx in enumerate([-0.3, 0.0, 0.3]):
+        kf, region = render_view(tx, W=80, H=60, index=i, with_features=False)
+        inst = [Instance(mask=region == 1, label="red box", id=1), Instance(mask=region == 2, label="green box", id=2)]
+        assert pipe.offer_frame(float(i), kf.rgb, kf.depth, kf.K, kf.T_world_cam, inst)
+        while not pipe.idle():
+            pipe.train_for(0.05, max_steps=1)
+    yield pipe
+    pipe.close()
+
+
+@pytest.mark.parametrize("mode", ["gaussians", "view"])
+def test_concurrent_queries_while_training_get_correct_answers(pipeline, mode):
+    pipeline.cfg.grounding = GroundingConfig(mode=mode, cluster_radius=0.05)
+    stop = threading.Event()
+    steps = []
+
+    def train():
+        while not stop.is_set():
+            steps.append(pipeline.train_for(0.2))
+
+    answers, errors = [], []
+
+    def ask(i):
+        try:
+            for q, centre in [("red box", RED_CENTRE), ("green box", GREEN_CENTRE)] * 2:
+                answers.append((q, float(np.linalg.norm(pipeline.ground(q).points[0] - centre))))
+        except Exception as e:  # reported below: a thread must not swallow it
+            errors.append(repr(e))
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    clients = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join(timeout=300)
+    stop.set()
+    trainer.join(timeout=300)
+    assert not errors, errors
+    assert len(answers) == 8 * 4
+    # each face is found from the front: its centre in x, y and on its plane
+    assert max(e for _, e in answers) < 0.08, sorted(answers, key=lambda a: -a[1])[:3]
+    iters = pipeline.stats()["iteration"]
+    assert iters > 0 and sum(steps) > 0, "training ran alongside the queries"
+
+
+def test_pipeline_error_paths(pipeline):
+    with pytest.raises(ValueError, match="empty"):
+        pipeline.ground("   ")
+    with pytest.raises(ValueError, match="at most"):
+        pipeline.ground("x" * 500)
+    fresh = MemoryPipeline(PipelineConfig(models=["minilm_labels"]))
+    with pytest.raises(ValueError, match="models are still loading"):
+        fresh.ground("red box")
+    pipeline.reset()  # last test of the module: the fixture's memory is not needed after it
+    with pytest.raises(ValueError, match="memory is empty"):
+        pipeline.ground("red box")
