@@ -238,17 +238,19 @@ class MemoryPipeline:
             raise ValueError("memory is empty: no keyframe has been added yet")
         return mem
 
-    def ground(self, query: str, top_k: int = 1) -> GroundingResult:
+    def ground(self, query: str, top_k: int = 1, camera: tuple | None = None) -> GroundingResult:
         """Text -> GroundingResult in the memory frame. ValueError for bad queries / empty memory.
 
         Runs on the memory's last published snapshot: never waits for a train step, and any number
-        of threads may ground at once. View mode renders from the latest camera offered.
+        of threads may ground at once. View mode renders from ``camera`` (T_world_cam [4, 4], K [3, 3],
+        width, height), by default the latest camera offered.
         """
         q = validate_query(query, self.cfg.grounding.max_query_chars)
         mem = self._query_memory()
         with self._query():
             emb = self._embed(q)
-            return ground(mem.snapshot(), emb, self._text_model.name, self.cfg.grounding, top_k, camera=self._camera)
+            return ground(mem.snapshot(), emb, self._text_model.name, self.cfg.grounding, top_k,
+                          camera=camera if camera is not None else self._camera)
 
     def relevance_map(self, query: str, T_world_cam: np.ndarray, K: np.ndarray, width: int,
                       height: int) -> np.ndarray:

@@ -187,6 +187,7 @@ class MemoryNode(Node):
         self._last_reject: dict[str, float] = {}
         self._steps_since_status = 0
         self._last_status_t = time.monotonic()
+        self._relevance_busy = threading.Lock()  # one relevance image at a time; queries meanwhile skip it
         self.info: CameraInfo | None = None
         self.stamps = convert.StampChecks(max_future_s=float(p["max_future_stamp_s"]))
         self._saved_state: tuple | None = None
@@ -514,7 +515,8 @@ class MemoryNode(Node):
         res.message = (f"grounded '{req.query}' with text model {out.model} ({out.mode} mode, "
                        f"{out.n_candidates} candidate points, {1e3 * (time.monotonic() - t0):.0f} ms)")
         self.get_logger().info(res.message)
-        self._publish_query_outputs(req.query, out, pts, frame)
+        # markers and the relevance image go out after the answer: the client never waits for them
+        threading.Thread(target=self._publish_query_outputs, args=(req.query, out, pts, frame), daemon=True).start()
         return res
 
     def _publish_query_outputs(self, query: str, out, pts: np.ndarray, frame: str) -> None:
@@ -535,19 +537,26 @@ class MemoryNode(Node):
                     m.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
                 ma.markers.append(m)
         self.marker_pub.publish(ma)
-        if self.p["publish_relevance"] and self.last_T_odom_cam is not None and self.K is not None:
-            # the query's relevance as seen from the robot's current camera, at half resolution
-            h, w = self.last_size[0] // 2, self.last_size[1] // 2
-            K = self.K.copy()
-            K[:2] *= 0.5
+        if (self.p["publish_relevance"] and self.last_T_odom_cam is not None and self.K is not None
+                and self._relevance_busy.acquire(blocking=False)):
             try:
-                rel = self.pipeline.relevance_map(query, self.last_T_odom_cam, K, max(w, 8), max(h, 8))
-            except ValueError as e:
-                self.get_logger().warning(f"no relevance image: {e}")
-                return
-            img = np.nan_to_num(rel, nan=0.0).astype(np.float32)
-            header = Header(stamp=self.last_header.stamp, frame_id=self.camera_frame)
-            self.relevance_pub.publish(convert.array_to_image(img, "32FC1", header))
+                self._publish_relevance(query)
+            finally:
+                self._relevance_busy.release()
+
+    def _publish_relevance(self, query: str) -> None:
+        """memory/relevance_image: the query's relevance from the robot's current camera, at half resolution."""
+        h, w = self.last_size[0] // 2, self.last_size[1] // 2
+        K = self.K.copy()
+        K[:2] *= 0.5
+        try:
+            rel = self.pipeline.relevance_map(query, self.last_T_odom_cam, K, max(w, 8), max(h, 8))
+        except ValueError as e:
+            self.get_logger().warning(f"no relevance image: {e}")
+            return
+        img = np.nan_to_num(rel, nan=0.0).astype(np.float32)
+        header = Header(stamp=self.last_header.stamp, frame_id=self.camera_frame)
+        self.relevance_pub.publish(convert.array_to_image(img, "32FC1", header))
 
     def _path(self, req_path: str) -> str:
         path = req_path or self.p["memory_dir"]
