@@ -1,6 +1,14 @@
 """Scene description for the embedded simulator, loaded from ``config/scenes/<name>.yaml``.
 
 No pybullet or ROS here: plain dataclasses that the world builds from.
+
+The format of ``default.yaml``, plus optional keys (all absent there, so it reads as before):
+``table.yaw``; ``fixtures:`` (name, kind table|box|wall|floor, xyz of the footprint
+centre, yaw, scale for tables, size for the others, colour, description); per object
+``mass``, ``category``, ``library``, ``fixture`` (the support it stands on, default
+``table``), ``reachable`` and ``grasp_base: [x, y, yaw]``; ``walk.waypoints:`` (a list
+of [x, y, yaw] that replaces the orbit). ``write_scene`` writes this format back and
+``load_scene`` of its output is the same SceneConfig, field for field.
 """
 from __future__ import annotations
 
@@ -16,7 +24,7 @@ SCENES_DIR = Path(__file__).resolve().parents[2] / "config" / "scenes"
 
 @dataclass
 class ObjectConfig:
-    """One movable object on the table."""
+    """One movable object on the table, another fixture or the floor."""
 
     name: str
     """Scene name, e.g. ``duck``."""
@@ -177,7 +185,7 @@ class CameraConfig:
 
 @dataclass
 class WalkConfig:
-    """The walk path: an orbit around a centre sampled into waypoints, then a final pose."""
+    """The walk path: explicit waypoints, or an orbit around a centre sampled into waypoints; then a final pose."""
 
     center: tuple[float, float] = (0.0, 0.0)
     """Orbit centre (x, y); the robot faces it on the orbit."""
@@ -212,14 +220,14 @@ class WalkConfig:
 
 @dataclass
 class SceneConfig:
-    """A whole scene: table, objects, randomisation, robot, camera, walk."""
+    """A whole scene: table, further fixtures, objects, randomisation, robot, camera, walk."""
 
     name: str = "default"
     """Scene name."""
     table: TableConfig = field(default_factory=TableConfig)
     """The table."""
     objects: list[ObjectConfig] = field(default_factory=list)
-    """Objects on the table."""
+    """Objects on the table, the fixtures or the floor."""
     randomize: RandomizeConfig = field(default_factory=RandomizeConfig)
     """Seeded layout randomisation."""
     robot: RobotConfig = field(default_factory=RobotConfig)

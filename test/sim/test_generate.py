@@ -143,7 +143,8 @@ def test_every_object_reachable_from_its_grasp_base_or_marked_unreachable(scenes
             forward = d @ np.array([np.cos(byaw), np.sin(byaw)])
             lateral = d @ np.array([-np.sin(byaw), np.cos(byaw)])
             band = REACH.floor_forward if o.fixture == "floor" else REACH.forward
-            assert band[0] - 1e-3 <= forward <= band[1] + 1e-3 and abs(lateral) < 1e-3, (f, s, o.name)  # 0.1 mm rounding
+            # 0.1 mm rounding of the generated numbers
+            assert band[0] - 1e-3 <= forward <= band[1] + 1e-3 and abs(lateral) < 1e-3, (f, s, o.name)
             assert robot_pose_clear(sc, np.array(o.grasp_base), REACH)
     assert n_reach > 5 * len(scenes) * 0.6 and n_unreach >= 1  # most reachable, some not
 
@@ -166,8 +167,10 @@ def _settled_on_support(w, sc) -> None:
     for o in sc.objects:
         sup = sc.support(o.fixture)
         sup_uid = 0 if sup.kind == "floor" else uid[o.fixture]  # body 0: the ground plane
-        assert p.getContactPoints(uid[o.name], sup_uid, physicsClientId=w.client), \
-            f"{o.name} does not touch {o.fixture}"
+        # Within 3 mm and not sunk in (closest points, not contacts: two static bodies, a tray
+        # on a table, never make contact points).
+        gaps = [c[8] for c in p.getClosestPoints(uid[o.name], sup_uid, 0.003, physicsClientId=w.client)]
+        assert gaps and min(gaps) > -0.005, f"{o.name} does not rest on {o.fixture}: {gaps[:3]}"
         st = w.object_state(o.name)
         assert _in_top(sc, o.fixture, st.aabb_center[:2], 0.0), f"{o.name} left {o.fixture}"
         # pybullet reports the centre-of-mass frame; go back to the URDF link frame the scene gives.
@@ -177,10 +180,11 @@ def _settled_on_support(w, sc) -> None:
         assert np.linalg.norm(link[:2] - np.asarray(o.xyz[:2])) < 0.02, f"{o.name} slid off its spot"
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_generated_world_settles_and_its_grasp_bases_reach(family, tmp_path):
+# table seed 3 carries the (static) tray.
+@pytest.mark.parametrize("family, seed", [("table", 0), ("table", 3), ("two_tables", 0), ("room", 0)])
+def test_generated_world_settles_and_its_grasp_bases_reach(family, seed, tmp_path):
     from m3_ros.sim import SimWorld
-    sc = generate_scene(family, 0)
+    sc = generate_scene(family, seed)
     with SimWorld(sc, seed=0, renderer="tiny") as w:
         names = {b.name for b in w.bodies}
         assert {o.name for o in sc.objects} <= names
