@@ -412,6 +412,7 @@ class MemoryNode(Node):
     # ---- training & status -----------------------------------------------------------
     def _on_train(self) -> None:
         if not self.p["training"]:
+            self.pipeline.train_for(0.0, max_steps=0)  # new keyframes still join the memory, untrained
             return
         self._steps_since_status += self.pipeline.train_for(float(self.p["train_budget"]))
 
