@@ -23,6 +23,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--query", default="yellow bath duck")
     ap.add_argument("--baseline-s", type=float, default=5.0)
+    ap.add_argument("--load-s", type=float, default=0.0, help="keep firing rounds until this long has passed")
     ap.add_argument("--timeout", type=float, default=120.0)
     a = ap.parse_args()
     rclpy.init()
@@ -44,7 +45,9 @@ def main() -> int:
             ex.spin_once(timeout_sec=0.05)
         t_load = time.monotonic()
         results, waits = [], []
-        for _ in range(a.rounds):
+        n_rounds = 0
+        while n_rounds < a.rounds or time.monotonic() - t_load < a.load_s:
+            n_rounds += 1
             sent = time.monotonic()
             futs = [c.call_async(GroundQuery.Request(query=a.query, top_k=1)) for c in clients]
             deadline = sent + a.timeout
@@ -66,7 +69,7 @@ def main() -> int:
             r = [m.train_iteration for t, m in status if t <= t_b]
             return r[-1] if r else None
         print(json.dumps({
-            "sent": a.clients * a.rounds, "answered": len(results),
+            "sent": a.clients * n_rounds, "answered": len(results),
             "succeeded": sum(r["success"] for r in results),
             "messages": sorted({r["message"][:80] for r in results if not r["success"]}),
             "round_s": waits, "baseline_rate_hz": rate(t_load - a.baseline_s, t_load),
