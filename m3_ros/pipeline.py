@@ -183,7 +183,9 @@ class MemoryPipeline:
         if mem.n_gaussians == 0:
             return 0
         while steps < max_steps and time.monotonic() - t0 < budget_s:
-            if self.cfg.queries_first:
+            # the first step of every call runs regardless, so back-to-back queries cannot starve
+            # training (test_autosave_load: 20 clients stopped it completely)
+            if self.cfg.queries_first and steps > 0:
                 with self._no_queries:
                     if not self._no_queries.wait_for(lambda: self._queries == 0,
                                                      timeout=max(0.0, budget_s - (time.monotonic() - t0))):
