@@ -74,7 +74,7 @@ class GroundingConfig:
     min_opacity: float = 0.2
     """Gaussians below this opacity are ignored in ``gaussians`` mode."""
     confidence_norm: float = 1.0
-    """Render / view modes: a pixel's relevance is trusted in proportion to ‖Q‖ / (alpha · this) (capped
+    """All modes: a Gaussian's (or rendered pixel's) relevance is trusted in proportion to ‖Q‖ / (alpha · this) (capped
     at 1) and moves towards the zero-query baseline otherwise (0 = off). Seeded queries are unit
     length; Gaussians that were never seeded with a feature (floor, walls) only grow a query through
     training, where they sit behind an object in some view, and their weak query decodes, cosine
@@ -381,6 +381,11 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
                                               cfg, max_depth=cfg.view_max_depth)
     else:
         rel = memory.gaussian_relevance(model, text_emb).detach().cpu().numpy().astype(np.float64)
+        if cfg.confidence_norm > 0:
+            # the same discount as a rendered pixel's (alpha = 1): a weak, never-seeded query
+            # (floor, walls) decodes as strongly as an object's, cosine attention being scale-invariant
+            c = np.clip(memory.query_norms(model).detach().cpu().numpy().astype(np.float64) / cfg.confidence_norm, 0, 1)
+            rel = c * rel + (1 - c) * _baseline_score(memory, model, text_emb)
         keep = memory.opacities.detach().cpu().numpy() >= cfg.min_opacity
         points = memory.means.detach().cpu().numpy().astype(np.float64)[keep]
         scores = rel[keep]

@@ -563,6 +563,11 @@ class M3Memory:
         with self._lock:
             return self._capture(copy=False).gaussian_relevance(model, text_emb)
 
+    def query_norms(self, model: str) -> torch.Tensor:
+        """[N] length of each Gaussian's principal query (seeded ones are unit length)."""
+        with self._lock:
+            return self._capture(copy=False).query_norms(model)
+
     # ---- training ----------------------------------------------------------------------------
     def _sample_view(self) -> _TrainView:
         n = len(self._views)

@@ -269,6 +269,11 @@ class MemorySnapshot:
                                       self.version)
 
     @torch.no_grad()
+    def query_norms(self, model: str) -> torch.Tensor:
+        """[N] length of each Gaussian's principal query (seeded ones are unit length)."""
+        self.check_model(model)
+        return self.queries[model].norm(dim=1)
+
     def gaussian_relevance(self, model: str, text_emb: torch.Tensor) -> torch.Tensor:
         """[N] cosine between each Gaussian's decoded query and the text (from the attention cache)."""
         self.check_model(model)

@@ -68,13 +68,18 @@ def main() -> int:
         def iteration(t_b):
             r = [m.train_iteration for t, m in status if t <= t_b]
             return r[-1] if r else None
+        during = [m.train_iteration for t, m in status if t_load < t <= t_end]
         print(json.dumps({
             "sent": a.clients * n_rounds, "answered": len(results),
             "succeeded": sum(r["success"] for r in results),
             "messages": sorted({r["message"][:80] for r in results if not r["success"]}),
             "round_s": waits, "baseline_rate_hz": rate(t_load - a.baseline_s, t_load),
             "load_rate_hz": rate(t_load, t_end + 0.01), "iteration_before": iteration(t_load),
-            "iteration_after": iteration(t_end + 1e9), "setup_s": t_load - t0}))
+            "iteration_after": iteration(t_end + 1e9), "setup_s": t_load - t0,
+            # statuses received while the load ran: training must advance between them
+            "iterations_during": during,
+            "status_publishers": nodes[0].count_publishers("memory/status"),
+            "ground_servers": nodes[0].count_services("ground")}))
         return 0
     finally:
         for n in nodes:

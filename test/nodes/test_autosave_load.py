@@ -50,12 +50,17 @@ def running(tmp_path_factory):
 def test_twenty_concurrent_clients_while_training(running):
     mem, sim, path, d = running
     wait_for(lambda: ground()["success"], 120, interval=1.0, what="a first successful query")
-    out = subprocess.run([sys.executable, str(HERE / "many_clients.py"), "--clients", "20", "--baseline-s", "3"],
+    out = subprocess.run([sys.executable, str(HERE / "many_clients.py"), "--clients", "20", "--baseline-s", "3",
+                                              "--load-s", "6"],
                          capture_output=True, text=True, timeout=300)
     res = json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1])
-    assert res["answered"] == res["sent"] == 20, res
-    assert res["succeeded"] == 20, res
-    assert res["iteration_after"] > res["iteration_before"], res  # training went on under the load
+    assert res["sent"] >= 20 and res["sent"] % 20 == 0, res  # rounds of 20 calls at once
+    assert res["answered"] == res["succeeded"] == res["sent"], res
+    assert res["status_publishers"] == res["ground_servers"] == 1, res  # no other memory node on this domain
+    # training went on under the load: statuses published while it ran show the iteration advancing
+    # (a single round can end within one status period, so the load lasts several rounds)
+    it = res["iterations_during"]
+    assert len(it) >= 2 and it[-1] > it[0], res
     assert mem.alive(), mem.log_text()[-3000:]
 
 
