@@ -149,7 +149,7 @@ def main() -> None:
                 print(f"[{time.monotonic() - t_start:6.0f} s] {fam}/{cond}/seed {seed}: {len(r.queries)} answers, "
                       f"{len(r.grasps)} grasps, {time.monotonic() - t0:.0f} s", flush=True)
                 if keep and r.held_out:
-                    fidelity = feature_fidelity(pipe.memory, pipe._models["dinov2_s"], r.held_out)
+                    fidelity = feature_fidelity(pipe.memory, pipe.model("dinov2_s"), r.held_out)
                 r.held_out = []
                 runs.append(r)
     pipe.close()

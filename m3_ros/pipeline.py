@@ -121,6 +121,17 @@ class MemoryPipeline:
     def model_names(self) -> list[str]:
         return sorted(self._models) if self._models else []
 
+    def model(self, name: str):
+        """The loaded foundation model ``name`` (KeyError if it is not loaded)."""
+        if not self._models or name not in self._models:
+            raise KeyError(f"model {name!r} is not loaded (loaded: {self.model_names})")
+        return self._models[name]
+
+    @property
+    def text_model(self):
+        """The model whose text embeddings ground queries (None before load())."""
+        return self._text_model
+
     @property
     def text_model_name(self) -> str | None:
         return self._text_model.name if self._text_model is not None else None

@@ -46,6 +46,8 @@ class RunConfig:
     """``ideal`` or ``realistic``."""
     m3_modes: list[str] = field(default_factory=lambda: ["gaussians", "render"])
     """M3 grounding modes to evaluate."""
+    m3_variants: dict = field(default_factory=dict)
+    """Extra M3 methods, name -> GroundingConfig (dev sweeps: bench/dev_sweep.py); reported as m3_<name>."""
     voxel: bool = True
     """Also evaluate the labelled voxel map."""
     splits: tuple[str, ...] = ("dev", "test")
@@ -131,7 +133,7 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
     sensors = SensorConfig.resolve(rc.sensors)
     out = RunResult(rc.family, sensors.name, rc.seed)
     vmap = VoxelLabelMap() if rc.voxel else None
-    text = pipe._text_model
+    text = pipe.text_model
     with SimWorld(scene, seed=rc.seed, sensors=sensors) as world:
         world.advance(0.0)
         boxes = _boxes(world)
@@ -184,7 +186,9 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
         seg = {o.name: o.segmentation_id for o in world.objects()}
         in_view = {n: last is not None and int(np.count_nonzero(last.segmentation == i)) >= 50 for n, i in seg.items()}
 
-        methods = [f"m3_{m}" for m in rc.m3_modes] + (["voxel_labels"] if vmap is not None else [])
+        variants = {f"m3_{m}": GroundingConfig(mode=m) for m in rc.m3_modes}
+        variants.update({f"m3_{k}": v for k, v in rc.m3_variants.items()})
+        methods = list(variants) + (["voxel_labels"] if vmap is not None else [])
         for split, qs in queries.items():
             for q in qs:
                 emb = text.encode_text([q.text])[0] if vmap is not None else None
@@ -194,7 +198,7 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
                         if method == "voxel_labels":
                             pt_odom = vmap.ground(emb, text.encode_labels).points[0]
                         else:
-                            pipe.cfg.grounding = GroundingConfig(mode=method[3:])
+                            pipe.cfg.grounding = variants[method]
                             pt_odom = pipe.ground(q.text).points[0]
                         pt = _to_world(world, pt_odom)[0]
                     except ValueError as e:

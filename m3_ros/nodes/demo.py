@@ -2,7 +2,14 @@
 
 The robot walks around the table while the memory trains; the demo asks the memory
 for "yellow bath duck" as it goes (to time the first correct answer), then grasps it
-through the ``grasp`` action (feedback: grounding, planning, approaching, closing,
+through the ``grasp`` action. With ``--scene FAMILY --seed N --sensors realistic`` it runs on a
+generated scene (m3_ros.sim.generate) with drifting odometry and the noisy detector; the target
+is then the first reachable object, asked for with its first ``dev`` phrasing
+(config/phrasings.yaml), and before the grasp the robot stands at the target's ``grasp_base``
+(sim/go_to, the stand-in for navigation).
+The demo judges answers against sim/ground_truth, which the simulator publishes in odom
+through the robot's odometry error, so the error is the one a user of the memory would see
+(``grasp`` (feedback: grounding, planning, approaching, closing,
 lifting), saves pictures and prints one RESULT line. Same nodes and same parameter files
 as launch/sim_demo.launch.py, and like it every process but the simulator runs on the
 simulator's ``/clock`` (``use_sim_time``); camera poses come from ``/tf`` + ``/tf_static``.
@@ -38,6 +45,22 @@ QUERY = "yellow bath duck"
 TARGET = "duck"
 
 
+def pick_target(scene_name: str, seed: int) -> tuple[str, str, bool]:
+    """(target object, query, go_to first) for a scene: the duck on the default scene, else the
+    first reachable object with a grasp_base and its first single-referent ``dev`` phrasing."""
+    from m3_ros.eval.phrasings import scene_queries
+    from m3_ros.sim.generate import resolve_scene
+
+    if scene_name == "default":
+        return TARGET, QUERY, False
+    scene = resolve_scene(scene_name, seed)
+    dev = {q.targets[0]: q for q in reversed(scene_queries(scene, "dev")) if len(q.targets) == 1}
+    for o in scene.objects:
+        if getattr(o, "reachable", True) and o.grasp_base is not None and o.name in dev:
+            return o.name, dev[o.name].text, True
+    raise ValueError(f"scene {scene_name!r} seed {seed} has no reachable object with a grasp_base")
+
+
 class DemoClient(Node):
     """Listens to the graph and calls the services; all state is kept for the report."""
 
@@ -60,6 +83,7 @@ class DemoClient(Node):
         self.ground = self.create_client(GroundQuery, "ground")
         self.grasp_client = ActionClient(self, Grasp, "grasp")
         self.save = self.create_client(MemoryIO, "memory/save")
+        self.go_to = self.create_publisher(String, "sim/go_to", rel)
 
     def camera_pose(self, color: Image) -> np.ndarray | None:
         """T_odom_cam [4, 4] at the colour frame's stamp, from /tf + /tf_static."""
@@ -189,7 +213,13 @@ def wait_for_clock(node: Node, timeout: float, sim: NodeProcess) -> None:
 
 def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None,
         max_walk_s: float = 240.0, settle_s: float = 3.0, quiet: bool = False) -> dict:
-    """Run the whole loop once; returns the report (also written to out/report.json)."""
+    """Run the whole loop once; returns the report (also written to out/report.json).
+
+    ``sim_params`` may name a scene (``scene``, ``seed``, ``sensors``); the target and query
+    follow from it (see pick_target).
+    """
+    sim_params = dict(sim_params or {})
+    target, query, go_to = pick_target(str(sim_params.get("scene", "default")), int(sim_params.get("seed", 0)))
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
     env = ros_test_env()
@@ -214,7 +244,8 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
     executor.add_node(demo)
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
-    report: dict = {"query": QUERY, "output": str(out)}
+    report: dict = {"query": query, "target": target, "output": str(out),
+                    **{k: sim_params[k] for k in ("scene", "seed", "sensors") if k in sim_params}}
     try:
         t_load = time.monotonic()
         while demo.status is None or not demo.status.models:
@@ -242,13 +273,13 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
                 first_kf_t = now
             if s is not None and s.ready and now - last_query > 2.0 and first_correct_s is None:
                 last_query = now
-                truth = demo.true_centre(TARGET)
+                truth = demo.true_centre(target)
                 try:
-                    res = demo.call(demo.ground, GroundQuery.Request(query=QUERY, top_k=1), 30.0)
+                    res = demo.call(demo.ground, GroundQuery.Request(query=query, top_k=1), 30.0)
                     if res.success and truth is not None:
                         p0 = res.points[0].point
                         err = np.linalg.norm(np.array([p0.x, p0.y, p0.z]) - truth)
-                        log(f"ground('{QUERY}') -> error {100 * err:.1f} cm ({res.model})")
+                        log(f"ground('{query}') -> error {100 * err:.1f} cm ({res.model})")
                         if err <= 0.05:
                             first_correct_s = time.monotonic() - first_kf_t
                 except TimeoutError as e:
@@ -268,8 +299,12 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
             time.sleep(0.1)
         log(f"walk done; training {settle_s:.0f}s more before the final query")
         time.sleep(settle_s)
-        truth = demo.true_centre(TARGET)
-        res = demo.call(demo.ground, GroundQuery.Request(query=QUERY, top_k=3), 60.0)
+        if go_to:  # navigation stand-in: stand with the target in the arm's reach, as a robot would
+            demo.go_to.publish(String(data=target))
+            log(f"standing at the grasp base of {target!r}")
+            time.sleep(1.0)  # the simulator moves the base between physics steps; TF follows
+        truth = demo.true_centre(target)
+        res = demo.call(demo.ground, GroundQuery.Request(query=query, top_k=3), 60.0)
         if not res.success:
             raise RuntimeError(f"grounding failed: {res.message}")
         p0 = res.points[0].point
@@ -278,11 +313,12 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
         if first_correct_s is None and err_cm <= 5.0 and first_kf_t is not None:
             first_correct_s = time.monotonic() - first_kf_t
         log(f"{res.message}")
-        log(f"grounded point {np.round(point, 3).tolist()} vs true duck centre "
+        log(f"grounded point {np.round(point, 3).tolist()} vs the true centre of {target} "
             f"{np.round(truth, 3).tolist() if truth is not None else None}: {err_cm:.1f} cm")
+        report["go_to"] = go_to
         color = demo.color
         snapshot = (color, demo.info, demo.camera_pose(color) if color is not None else None)
-        grasp, status, stages = demo.grasp(QUERY, 180.0, log)
+        grasp, status, stages = demo.grasp(query, 180.0, log)
         grasp_ok, grasp_obj = bool(grasp.success), grasp.object
         log(f"grasp result: {grasp.message}")
         planned = bool(grasp.grasp.header.frame_id)
@@ -292,7 +328,7 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
         s = demo.status
         pictures = _save_pictures(out, demo, snapshot, mem_dir, grasp.grasp if planned else None, log)
         report.update({
-            "error_cm": err_cm, "grasp": "success" if grasp_ok and grasp_obj == TARGET else "failure",
+            "error_cm": err_cm, "grasp": "success" if grasp_ok and grasp_obj == target else "failure",
             "grasped_object": grasp_obj, "keyframes": int(s.keyframes), "gaussians": int(s.gaussians),
             "bank_rows": dict(zip(s.models, [int(r) for r in s.bank_rows])),
             "train_s": float(s.train_time_s), "train_iterations": int(s.train_iteration),
@@ -317,11 +353,16 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None, help="output folder (default out/demo-<time>)")
+    ap.add_argument("--scene", default="default", help="scene name, YAML path or generated family (table, two_tables, room)")
+    ap.add_argument("--seed", type=int, default=0, help="layout and sensor seed")
+    ap.add_argument("--sensors", choices=["ideal", "realistic"], default="ideal")
     a = ap.parse_args(argv)
     out = a.out or PACKAGE_ROOT / "out" / time.strftime("demo-%Y%m%d-%H%M%S")
+    sim_params = {} if (a.scene, a.seed, a.sensors) == ("default", 0, "ideal") else \
+        {"scene": a.scene, "seed": a.seed, "sensors": a.sensors}
     try:
-        r = run(out)
-    except (RuntimeError, TimeoutError) as e:
+        r = run(out, sim_params=sim_params)
+    except (RuntimeError, TimeoutError, ValueError) as e:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
     print()
@@ -329,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
           f"training {r['train_s']:.1f} s ({r['train_iterations']} steps)")
     print(f"pictures in {out}: {', '.join(r['pictures'])}")
     fc = f"{r['first_correct_s']:.1f}" if r["first_correct_s"] is not None else "never"
-    print(f'RESULT query="{QUERY}" error_cm={r["error_cm"]:.1f} grasp={r["grasp"]} keyframes={r["keyframes"]} '
+    print(f'RESULT query="{r["query"]}" target={r["target"]} error_cm={r["error_cm"]:.1f} grasp={r["grasp"]} keyframes={r["keyframes"]} '
           f'gaussians={r["gaussians"]} train_s={r["train_s"]:.1f} first_correct_s={fc}')
     return 0
 

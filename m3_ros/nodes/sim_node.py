@@ -12,8 +12,13 @@ Publishes, stamped with simulation time (also on ``/clock``), like a real robot:
   only; the memory never reads it), sim/walk_state ("walking", then "done"; TRANSIENT_LOCAL),
   the stage of an executing grasp (std_msgs/String on ``grasp_stage_topic``: approaching,
   closing, lifting) and its outcome on the result topic.
-Subscribes: the grasp topic (geometry_msgs/PoseStamped of the gripper TCP in odom) and the
-cancel topic (std_msgs/Empty: the executing grasp stops and the arm holds where it is).
+Subscribes: the grasp topic (geometry_msgs/PoseStamped of the gripper TCP in odom), the
+cancel topic (std_msgs/Empty: the executing grasp stops and the arm holds where it is) and
+sim/go_to (std_msgs/String, an object name: the robot stands at that object's ``grasp_base``
+at once and ends its walk; the stand-in for navigation).
+Under drifting odometry (``sensors: realistic``) the ground truth is published in odom through
+the robot's current odometry error, as the memory sees the world, and a grasp pose in odom is
+executed where odom puts it in the world.
 The mount is also the parameter ``camera_mount`` ([x, y, z, qx, qy, qz, qw]).
 """
 from __future__ import annotations
@@ -122,9 +127,11 @@ class SimNode(Node):
         width = int(P("camera_width").value)
         height = int(P("camera_height").value)
         self.depth_encoding = P("depth_encoding").value
-        self.noise = OracleNoise(miss_rate=float(P("label_miss_rate").value),
-                                 erode_px=int(P("label_erode_px").value),
-                                 synonym_rate=float(P("label_synonym_rate").value))
+        noise = OracleNoise(miss_rate=float(P("label_miss_rate").value),
+                            erode_px=int(P("label_erode_px").value),
+                            synonym_rate=float(P("label_synonym_rate").value))
+        # all zero: the sensor model's detector (noisy under realistic sensors, perfect under ideal)
+        self.noise = noise if (noise.miss_rate or noise.erode_px or noise.synonym_rate) else None
         grasp_topic = P("grasp_pose_topic").value
         result_topic = P("grasp_result_topic").value
         stage_topic = P("grasp_stage_topic").value
@@ -178,7 +185,10 @@ class SimNode(Node):
         self.pub_stage = self.create_publisher(String, stage_topic, QoSProfile(depth=10))
         self.create_subscription(PoseStamped, grasp_topic, self._on_grasp, QoSProfile(depth=10))
         self.create_subscription(Empty, cancel_topic, self._on_cancel, QoSProfile(depth=10))
+        self.create_subscription(String, "sim/go_to", self._on_go_to,
+                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         self.grasps: deque[PoseStamped] = deque()
+        self.go_to: deque[str] = deque()
         self.cancel_requested = False
         self.walk_state = ""
 
@@ -192,6 +202,23 @@ class SimNode(Node):
     # ------------------------------------------------------------------ callbacks
     def _on_grasp(self, msg: PoseStamped) -> None:
         self.grasps.append(msg)  # executed from the main loop, between physics steps
+
+    def _on_go_to(self, msg: String) -> None:
+        self.go_to.append(msg.data)  # executed from the main loop, between physics steps
+
+    def run_go_to(self, name: str) -> None:
+        """Stand at object ``name``'s grasp_base (a warning if it has none or does not exist)."""
+        obj = next((o for o in self.world.scene.objects if o.name == name), None)
+        if obj is None or obj.grasp_base is None:
+            why = "no such object" if obj is None else "it has no grasp_base in the scene"
+            self.get_logger().warning(f"go_to {name!r} ignored: {why}")
+            return
+        self.world.teleport_base(obj.grasp_base)
+        self.get_logger().info(f"go_to {name!r}: standing at {list(obj.grasp_base)}")
+
+    def _T_odom_world(self) -> np.ndarray:
+        """world -> odom [4, 4] through the current odometry error (identity under ideal sensors)."""
+        return self.world.T_odom_base @ invert(self.world.T_world_base)
 
     def _on_cancel(self, msg: Empty) -> None:
         self.cancel_requested = True  # read by the executing grasp's should_abort (or dropped)
@@ -250,10 +277,12 @@ class SimNode(Node):
         self.pub_inst.publish(arr)
         gt = SceneGroundTruth(header=self._header(self.odom_frame),
                               segmentation=_image(h, frame.segmentation.astype("<i4"), "32SC1"))
+        T_odom_world = self._T_odom_world()
         for o in self.world.objects():
             s = ObjectState(name=o.name, description=o.description, segmentation_id=int(o.segmentation_id))
-            _fill_pose(s.pose, o.T_world_obj)
-            s.center.x, s.center.y, s.center.z = (float(x) for x in o.aabb_center)
+            _fill_pose(s.pose, T_odom_world @ o.T_world_obj)
+            c = T_odom_world[:3, :3] @ np.asarray(o.aabb_center, dtype=np.float64) + T_odom_world[:3, 3]
+            s.center.x, s.center.y, s.center.z = (float(x) for x in c)
             s.size.x, s.size.y, s.size.z = (float(x) for x in o.aabb_size)
             gt.objects.append(s)
         self.pub_gt.publish(gt)
@@ -267,7 +296,8 @@ class SimNode(Node):
         else:
             p, o = msg.pose.position, msg.pose.orientation
             try:
-                T = pose_to_matrix(np.array([p.x, p.y, p.z]), np.array([o.x, o.y, o.z, o.w]))
+                T_odom_tcp = pose_to_matrix(np.array([p.x, p.y, p.z]), np.array([o.x, o.y, o.z, o.w]))
+                T = invert(self._T_odom_world()) @ T_odom_tcp  # where the arm really goes
                 self.cancel_requested = False  # a cancel sent before this grasp began is not for it
                 out = self.world.execute_grasp(T, on_stage=lambda s: self.pub_stage.publish(String(data=s)),
                                                should_abort=self._grasp_tick)
@@ -304,6 +334,8 @@ class SimNode(Node):
         self._next_tick = self.world.time
         while rclpy.ok():
             rclpy.spin_once(self, timeout_sec=0.0)
+            while self.go_to:
+                self.run_go_to(self.go_to.popleft())
             while self.grasps:
                 self._next_tick = self.world.time
                 self.run_grasp(self.grasps.popleft())

@@ -1,5 +1,9 @@
 """The full robot loop in the simulator, as real processes over loopback DDS.
 
+Two scenes: the default table with ideal sensors and the oracle detector, and a generated
+table (dev seed 1) with realistic sensors: depth noise, odometry drift, dropped frames and
+the noisy detector (misses, eroded masks, synonyms), asked with a dev phrasing of the target.
+
 sim_node + memory_node + grasp_planner_node with config/sim.yaml and config/m3.yaml
 (the same entry points and parameter files as launch/sim_demo.launch.py), a walk
 around the table, then "yellow bath duck": the answer must lie within 5 cm of the
@@ -12,23 +16,20 @@ import pytest
 
 from m3_ros.nodes.demo import run
 
-# The oracle detector. An imperfect one (30 % misses, 2 px erosion, 30 % synonyms) is measured
-# in bench/bench_grounding.py --noisy (11/12 queries within 5 cm) rather than tested here: one
-# walk on 2 cores gave a wrong object in 2 of 8 runs, too often for a test that must pass.
-DETECTORS = {"oracle": {}}
+# The generated scene's truth is published in odom through the odometry error, so the 5 cm is
+# judged where the robot thinks things are, as a user of the memory sees it.
+SCENES = {"default_ideal": {}, "table_seed1_realistic": {"scene": "table", "seed": 1, "sensors": "realistic"}}
 
 
-MAX_ERROR_CM = {"oracle": 5.0}
-
-
-@pytest.mark.parametrize("detector", sorted(DETECTORS))
-def test_full_loop_grounds_and_grasps_the_duck(tmp_path, detector):
+@pytest.mark.parametrize("scene", sorted(SCENES))
+def test_full_loop_grounds_and_grasps_the_target(tmp_path, scene):
     out = tmp_path / "demo"
-    report = run(out, sim_params=DETECTORS[detector], settle_s=2.0)
+    report = run(out, sim_params=SCENES[scene], settle_s=2.0)
     assert report["keyframes"] > 0 and report["gaussians"] > 0
-    assert report["error_cm"] <= MAX_ERROR_CM[detector], report
+    assert report["error_cm"] <= 5.0, report
     assert report["grasp"] == "success", report
-    assert report["grasped_object"] == "duck"
+    assert report["grasped_object"] == report["target"]
+    assert report["go_to"] == (scene != "default_ideal")
     # the memory was saved and the pictures were written
     assert (out / "memory").is_dir()
     assert {"rendered_vs_camera.png", "relevance.png", "grasp.png"} <= set(report["pictures"])

@@ -1,0 +1,88 @@
+"""Dev sweep: grounding variants on `dev` scenes (seeds < 100) and `dev` phrasings only.
+
+    .venv/bin/python bench/dev_sweep.py [--families table two_tables] [--seeds 1 2]
+
+Thresholds and heuristics are chosen from this table; bench/run_all.py reports them on the
+`test` scenes (seeds >= 100) and `test` phrasings. Writes bench/results/dev_sweep.md.
+Each variant is a GroundingConfig; every variant answers from the same trained memory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from _common import RESULTS_DIR, machine_header, table, write_report  # noqa: E402
+from m3_ros.eval.suite import RunConfig, run_scene  # noqa: E402
+from m3_ros.grounding import GroundingConfig  # noqa: E402
+from m3_ros.pipeline import MemoryPipeline, PipelineConfig  # noqa: E402
+
+BASE = GroundingConfig()
+VARIANTS = {
+    "gaussians": BASE,
+    "gaussians_noconf": replace(BASE, confidence_norm=0.0),
+    "gaussians_conf2": replace(BASE, confidence_norm=2.0),
+    "gaussians_noverify": replace(BASE, verify_views=0),
+    "gaussians_dom1.5": replace(BASE, verify_dominance=1.5),
+    "gaussians_margin0.05": replace(BASE, relative_margin=0.05),
+    "gaussians_margin0.2": replace(BASE, relative_margin=0.2),
+    "view": replace(BASE, mode="view"),
+    "render": replace(BASE, mode="render"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--families", nargs="+", default=["table", "two_tables"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--sensors", default="realistic")
+    a = ap.parse_args()
+    if any(s >= 100 for s in a.seeds):
+        sys.exit("dev_sweep: seeds >= 100 are test scenes; tune on dev seeds (< 100) only")
+    pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"]))
+    pipe.load()
+    queries: list[dict] = []
+    t_start = time.monotonic()
+    for fam in a.families:
+        for seed in a.seeds:
+            rc = RunConfig(family=fam, seed=seed, sensors=a.sensors, m3_modes=[], m3_variants=VARIANTS,
+                           splits=("dev",), grasps=0, iou_views=0)
+            r = run_scene(rc, pipe)
+            queries += r.queries
+            print(f"  stats: {r.stats}", flush=True)
+            print(f"[{time.monotonic() - t_start:6.0f} s] {fam}/seed {seed}: {len(r.queries)} answers", flush=True)
+    pipe.close()
+    (RESULTS_DIR / "dev_sweep_answers.json").write_text(json.dumps(queries, indent=1))
+    methods = sorted({q["method"] for q in queries})
+    rows = []
+    for m in methods:
+        sel = [q for q in queries if q["method"] == m]
+        rows.append([m, len(sel), float(np.mean([q["success"] for q in sel])),
+                     float(np.median([q["error_cm"] for q in sel])), float(np.mean([q["wrong_object"] for q in sel])),
+                     float(np.median([q["ms"] for q in sel]))])
+    per = []
+    for fam in a.families:
+        for m in methods:
+            sel = [q for q in queries if q["method"] == m and q["family"] == fam]
+            per.append([fam, m, len(sel), float(np.mean([q["success"] for q in sel]))])
+    best = max(rows, key=lambda r: r[2])
+    sections = machine_header() + [
+        "", f"Dev scenes {a.families} x seeds {a.seeds}, {a.sensors} sensors, dev phrasings only.", "",
+        *table(["method", "n", "within 5 cm", "median cm", "wrong object", "ms"], rows), "",
+        *table(["family", "method", "n", "within 5 cm"], per)]
+    write_report("dev_sweep", "Dev sweep of grounding variants", sections,
+                 {"best": best[0], "best_within5": best[2],
+                  "default_within5": next(r[2] for r in rows if r[0] == "m3_gaussians")})
+
+
+if __name__ == "__main__":
+    main()
