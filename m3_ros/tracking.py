@@ -1,0 +1,367 @@
+"""Odometry drift correction by depth-to-map ICP (no ROS: numpy and scipy only).
+
+The memory lives in ``map``. Odometry drifts, so each keyframe's pose is predicted as
+``T_map_cam = T_map_odom @ T_odom_cam`` and then refined by aligning the keyframe's depth
+with a reference cloud of what earlier keyframes saw; the correction updates ``T_map_odom``
+(REP-105: ``map -> odom`` jumps, ``odom`` stays smooth).
+
+The reference is an accumulated keyframe cloud (:class:`PointMap`), not the memory's
+Gaussian means: it exists as soon as a keyframe is offered (the memory seeds only after
+feature extraction, seconds later), its points sit where depth measured them (training moves
+Gaussian means to fit colour and features, and the density budget prunes and merges them),
+and the tracker does not depend on the memory's internals. Voxels keep their first point,
+so the map stays anchored to the earliest (least drifted) observations.
+
+ICP is point-to-plane (Chen & Medioni 1992; Gauss-Newton on ``n . (R p + t - q)``) with
+map normals from local PCA, distance-capped correspondences and Huber weights. A result is
+refused (identity correction plus a reason) when too few points overlap the map, when the
+6x6 normal matrix is ill-conditioned (a single plane leaves in-plane slides and the turn
+about its normal free), when the correction exceeds the configured bounds, or when it does
+not lower the capped residual.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
+
+from m3_ros.geometry import backproject, transform_points
+
+# parameter order of the 6-vector: rotation (rad) about the cloud centroid, then translation (m)
+_PLANAR_DOF = (2, 3, 4)  # yaw, x, y: what legged-robot odometry drifts in (the IMU holds tilt and height)
+
+
+@dataclass
+class IcpConfig:
+    """Depth-to-map ICP for one keyframe."""
+
+    max_points: int = 3000
+    """Depth points of a keyframe used for alignment at most (random subsample, seeded)."""
+    max_corr_m: float = 0.10
+    """Correspondences farther apart than this are not used (and count as capped in the residual)."""
+    fine_corr_m: float = 0.03
+    """After ``coarse_iterations`` the cap tightens to this (edges and curved surfaces leave it)."""
+    coarse_iterations: int = 5
+    """Iterations at the wide cap ``max_corr_m``."""
+    huber_m: float = 0.01
+    """Huber threshold of the point-to-plane residual (about the depth noise at 1.5 m)."""
+    iterations: int = 30
+    """Gauss-Newton iterations at most."""
+    converged_m: float = 1e-4
+    """Stop when an update moves points less than this (m, rotation times the cloud radius)."""
+    min_inliers: int = 300
+    """Refuse with fewer correspondences than this."""
+    min_overlap: float = 0.3
+    """Refuse when fewer than this fraction of the keyframe's points have a correspondence."""
+    min_conditioning: float = 0.003
+    """Refuse when the normal matrix's smallest / largest eigenvalue falls below this (rotation
+    columns scaled by the cloud radius, so the ratio is the share of points constraining the
+    weakest direction)."""
+    max_correction_m: float = 0.30
+    """Refuse a correction that moves the camera more than this."""
+    max_correction_deg: float = 10.0
+    """Refuse a correction that turns the camera more than this."""
+    dof: Literal["se3", "planar"] = "se3"
+    """``se3``: all six degrees of freedom; ``planar``: yaw, x, y only."""
+    seed: int = 0
+    """Seed of the point subsample."""
+
+    def __post_init__(self) -> None:
+        if self.dof not in ("se3", "planar"):
+            raise ValueError(f"IcpConfig.dof must be 'se3' or 'planar', got {self.dof!r}")
+        for k in ("max_points", "max_corr_m", "huber_m", "iterations", "min_inliers"):
+            if getattr(self, k) <= 0:
+                raise ValueError(f"IcpConfig.{k} must be > 0, got {getattr(self, k)}")
+
+
+@dataclass
+class PointMapConfig:
+    """The accumulated reference cloud."""
+
+    voxel_m: float = 0.03
+    """One point per voxel of this size (the first one seen)."""
+    normal_radius_m: float = 0.08
+    """Map normals come from PCA over the points within this radius in the keyframe's cloud."""
+    min_planarity: float = 0.5
+    """Points whose neighbourhood is not planar (``1 - 3 * smallest/sum`` eigenvalue share) are left out."""
+    max_points: int = 400_000
+    """The map stops growing past this (a 15 m walk at 3 cm holds ~100k)."""
+
+
+@dataclass
+class TrackerConfig:
+    """Drift correction: ICP plus the reference map."""
+
+    icp: IcpConfig = field(default_factory=IcpConfig)
+    """Alignment of one keyframe."""
+    map: PointMapConfig = field(default_factory=PointMapConfig)
+    """Reference cloud."""
+    stride: int = 2
+    """Depth pixels taken every ``stride`` in u and v before subsampling."""
+    max_depth: float = 2.5
+    """Depth beyond this (m) is not used (stereo noise grows with the square of range)."""
+
+
+@dataclass
+class IcpResult:
+    """One alignment: ``T_corr`` [4, 4] maps the guessed pose onto the refined one (map frame)."""
+
+    T_corr: np.ndarray
+    accepted: bool
+    reason: str
+    inliers: int = 0
+    overlap: float = 0.0
+    conditioning: float = 0.0
+    cost_before: float = float("nan")
+    cost_after: float = float("nan")
+    iterations: int = 0
+
+    @property
+    def translation_m(self) -> float:
+        return float(np.linalg.norm(self.T_corr[:3, 3]))
+
+    @property
+    def rotation_deg(self) -> float:
+        return float(np.degrees(Rotation.from_matrix(self.T_corr[:3, :3]).magnitude()))
+
+
+def _voxel_first(points: np.ndarray, voxel: float) -> np.ndarray:
+    """Indices of the first point in each occupied voxel of size ``voxel``, in input order."""
+    keys = np.floor(points / voxel).astype(np.int64)
+    _, first = np.unique(keys, axis=0, return_index=True)
+    return np.sort(first)
+
+
+def pca_normals(points: np.ndarray, radius: float, min_neighbours: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Normals [N, 3] and planarity [N] from the covariance of each point's neighbourhood.
+
+    Planarity is ``1 - 3 * l0 / (l0 + l1 + l2)`` with l0 the smallest eigenvalue: 1 on a plane,
+    0 for an isotropic blob; points with fewer than ``min_neighbours`` within ``radius`` get 0.
+    """
+    N = len(points)
+    if N == 0:
+        return np.zeros((0, 3)), np.zeros(0)
+    tree = cKDTree(points)
+    k = min(16, N)
+    d, idx = tree.query(points, k=k, distance_upper_bound=radius)
+    valid = np.isfinite(d)  # missing neighbours come back as inf with index N
+    idx = np.where(valid, idx, 0)
+    nb = points[idx]  # [N, k, 3]
+    cnt = valid.sum(1)
+    w = valid[..., None].astype(np.float64)
+    mean = (nb * w).sum(1) / np.maximum(cnt, 1)[:, None]
+    dev = (nb - mean[:, None]) * w
+    cov = np.einsum("nki,nkj->nij", dev, dev) / np.maximum(cnt, 1)[:, None, None]
+    evals, evecs = np.linalg.eigh(cov)
+    normals = evecs[:, :, 0]
+    planarity = 1.0 - 3.0 * evals[:, 0] / np.maximum(evals.sum(1), 1e-12)
+    planarity[cnt < min_neighbours] = 0.0
+    return normals, planarity
+
+
+class PointMap:
+    """Accumulated keyframe cloud in ``map`` with normals and a k-d tree (not thread-safe)."""
+
+    def __init__(self, cfg: PointMapConfig | None = None) -> None:
+        self.cfg = cfg or PointMapConfig()
+        self.points = np.zeros((0, 3))
+        self.normals = np.zeros((0, 3))
+        self.tree: cKDTree | None = None
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def add(self, points_map: np.ndarray) -> int:
+        """Add one keyframe's points [N, 3] (map frame); returns how many voxels were new."""
+        if len(points_map) == 0 or len(self.points) >= self.cfg.max_points:
+            return 0
+        pts = points_map[_voxel_first(points_map, self.cfg.voxel_m)]
+        normals, planarity = pca_normals(pts, self.cfg.normal_radius_m)
+        keep = planarity >= self.cfg.min_planarity
+        pts, normals = pts[keep], normals[keep]
+        n_old = len(self.points)
+        allp = np.concatenate([self.points, pts])
+        first = _voxel_first(allp, self.cfg.voxel_m)  # old points come first, so they win their voxel
+        new = first[first >= n_old]
+        self.points = np.concatenate([self.points, allp[new]])
+        self.normals = np.concatenate([self.normals, normals[new - n_old]])
+        self.tree = cKDTree(self.points)
+        return len(new)
+
+
+def _huber(r: np.ndarray, delta: float) -> np.ndarray:
+    a = np.abs(r)
+    return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
+def _capped_cost(p: np.ndarray, ref: PointMap, cfg: IcpConfig,
+                 cap_m: float | None = None) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean Huber point-to-plane cost over all points, correspondences beyond the cap at the cap's cost.
+
+    Returns (cost, inlier mask [N], matched map indices [N], signed residuals [N]).
+    """
+    cap_m = cfg.max_corr_m if cap_m is None else cap_m
+    d, j = ref.tree.query(p, distance_upper_bound=cap_m)
+    inl = np.isfinite(d)
+    j = np.where(inl, j, 0)
+    r = np.einsum("ni,ni->n", p - ref.points[j], ref.normals[j])
+    cap = _huber(np.array([cap_m]), cfg.huber_m)[0]
+    cost = np.where(inl, np.minimum(_huber(r, cfg.huber_m), cap), cap)
+    return float(cost.mean()), inl, j, r
+
+
+def _increment(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Rigid transform [4, 4] of a rotation vector x[:3] about point c followed by translation x[3:]."""
+    T = np.eye(4)
+    R = Rotation.from_rotvec(x[:3]).as_matrix()
+    T[:3, :3] = R
+    T[:3, 3] = c - R @ c + x[3:]
+    return T
+
+
+def icp(points_cam: np.ndarray, T_map_cam: np.ndarray, ref: PointMap,
+        cfg: IcpConfig | None = None) -> IcpResult:
+    """Align a keyframe's points with the map, starting from a guessed pose.
+
+    Args:
+        points_cam: [N, 3] depth points in the camera frame (subsampled to ``cfg.max_points``).
+        T_map_cam: [4, 4] guessed camera pose in the map.
+        ref: the reference cloud.
+        cfg: ICP settings.
+    Returns:
+        IcpResult: refined pose = ``T_corr @ T_map_cam``; ``T_corr`` is the identity when refused.
+    """
+    cfg = cfg or IcpConfig()
+    eye = np.eye(4)
+    if ref.tree is None or len(ref) < cfg.min_inliers:
+        return IcpResult(eye, False, f"map has {len(ref)} points (< {cfg.min_inliers})")
+    if len(points_cam) > cfg.max_points:
+        rng = np.random.default_rng(cfg.seed)
+        points_cam = points_cam[rng.choice(len(points_cam), cfg.max_points, replace=False)]
+    if len(points_cam) < cfg.min_inliers:
+        return IcpResult(eye, False, f"keyframe has {len(points_cam)} depth points (< {cfg.min_inliers})")
+    p0 = transform_points(T_map_cam, points_cam)
+    dof = list(range(6)) if cfg.dof == "se3" else list(_PLANAR_DOF)
+    cost0, inl, _, _ = _capped_cost(p0, ref, cfg)
+    T = eye.copy()
+    cond, it = 0.0, 0
+    for it in range(1, cfg.iterations + 1):
+        p = transform_points(T, p0)
+        cap_m = cfg.max_corr_m if it <= cfg.coarse_iterations else cfg.fine_corr_m
+        _, inl, j, r = _capped_cost(p, ref, cfg, cap_m)
+        n_inl = int(inl.sum())
+        if n_inl < cfg.min_inliers:
+            return IcpResult(eye, False, f"{n_inl} correspondences within {cfg.max_corr_m} m (< {cfg.min_inliers})",
+                             inliers=n_inl, overlap=n_inl / len(p0), cost_before=cost0, iterations=it)
+        pi, n, ri = p[inl], ref.normals[j[inl]], r[inl]
+        c = pi.mean(0)
+        radius = float(np.sqrt(((pi - c) ** 2).sum(1).mean()))
+        J = np.concatenate([np.cross(pi - c, n), n], axis=1)[:, dof]  # d r / d (omega, t)
+        w = np.where(np.abs(ri) <= cfg.huber_m, 1.0, cfg.huber_m / np.maximum(np.abs(ri), 1e-12))
+        H = J.T @ (J * w[:, None])
+        g = J.T @ (w * ri)
+        # conditioning with rotation columns in metres at the cloud's radius, per point
+        s = np.array([1.0 / radius if k < 3 else 1.0 for k in dof])
+        ev = np.linalg.eigvalsh(H * s[:, None] * s[None, :])
+        cond = float(ev[0] / max(ev[-1], 1e-12))
+        if cond < cfg.min_conditioning:
+            return IcpResult(eye, False, f"degenerate geometry (conditioning {cond:.2g} < {cfg.min_conditioning})",
+                             inliers=n_inl, overlap=n_inl / len(p0), conditioning=cond, cost_before=cost0,
+                             iterations=it)
+        x = np.zeros(6)
+        x[dof] = -np.linalg.solve(H, g)
+        T = _increment(x, c) @ T
+        if it > cfg.coarse_iterations and np.linalg.norm(x[3:]) + np.linalg.norm(x[:3]) * radius < cfg.converged_m:
+            break
+    cost1, inl, _, _ = _capped_cost(transform_points(T, p0), ref, cfg)
+    n_inl = int(inl.sum())
+    res = IcpResult(T, True, "ok", inliers=n_inl, overlap=n_inl / len(p0), conditioning=cond,
+                    cost_before=cost0, cost_after=cost1, iterations=it)
+    # the camera's own displacement under the correction
+    T_new = T @ T_map_cam
+    moved = float(np.linalg.norm(T_new[:3, 3] - T_map_cam[:3, 3]))
+    if res.overlap < cfg.min_overlap:
+        res.reason = f"overlap {res.overlap:.2f} < {cfg.min_overlap}"
+    elif moved > cfg.max_correction_m or res.rotation_deg > cfg.max_correction_deg:
+        res.reason = (f"correction {moved:.3f} m / {res.rotation_deg:.1f} deg exceeds "
+                      f"{cfg.max_correction_m} m / {cfg.max_correction_deg} deg")
+    elif not cost1 < cost0:
+        res.reason = f"residual did not improve ({cost0:.3g} -> {cost1:.3g})"
+    else:
+        return res
+    res.accepted, res.T_corr = False, eye
+    return res
+
+
+class DriftTracker:
+    """Keeps ``T_map_odom`` and the reference map; refines each keyframe's pose by ICP.
+
+    Thread-safe: ``track`` serialises on a lock; ``T_map_odom`` returns a copy.
+    """
+
+    def __init__(self, cfg: TrackerConfig | None = None) -> None:
+        self.cfg = cfg or TrackerConfig()
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty map, ``T_map_odom`` back to the identity."""
+        with self._lock:
+            self.map = PointMap(self.cfg.map)
+            self._T_map_odom = np.eye(4)
+            self.accepted = 0
+            self.refused = 0
+            self.last: IcpResult | None = None
+
+    @property
+    def T_map_odom(self) -> np.ndarray:
+        """[4, 4] copy of the current map -> odom correction."""
+        with self._lock:
+            return self._T_map_odom.copy()
+
+    def predict(self, T_odom_cam: np.ndarray) -> np.ndarray:
+        """[4, 4] camera pose in the map from odometry alone."""
+        return self.T_map_odom @ np.asarray(T_odom_cam, dtype=np.float64)
+
+    def keyframe_points(self, depth: np.ndarray, K: np.ndarray) -> np.ndarray:
+        """[N, 3] camera-frame points of a depth image, every ``stride`` pixels, within ``max_depth``."""
+        d = np.where(np.isfinite(depth) & (depth <= self.cfg.max_depth), depth, 0.0)
+        pts, _ = backproject(d, K, None, stride=self.cfg.stride)
+        return pts
+
+    def track(self, depth: np.ndarray, K: np.ndarray, T_odom_cam: np.ndarray) -> tuple[np.ndarray, IcpResult]:
+        """Refine one keyframe and add it to the map.
+
+        Args:
+            depth: [H, W] metric z (0 / NaN = none).
+            K: [3, 3] intrinsics.
+            T_odom_cam: [4, 4] the odometry's camera pose.
+        Returns:
+            (T_map_cam [4, 4] refined pose, the ICP result). A refused result leaves the pose at
+            ``T_map_odom @ T_odom_cam``; the keyframe joins the map either way (new ground is mapped).
+        """
+        T_odom_cam = np.asarray(T_odom_cam, dtype=np.float64)
+        pts = self.keyframe_points(depth, K)
+        with self._lock:
+            T_guess = self._T_map_odom @ T_odom_cam
+            if len(self.map) == 0:
+                res = IcpResult(np.eye(4), False, "first keyframe: the map starts here")
+            else:
+                res = icp(pts, T_guess, self.map, self.cfg.icp)
+                self.refused += not res.accepted
+            T_map_cam = res.T_corr @ T_guess
+            if res.accepted:
+                self._T_map_odom = res.T_corr @ self._T_map_odom
+                self.accepted += 1
+            self.last = res
+            self.map.add(transform_points(T_map_cam, pts))
+            return T_map_cam, res
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"accepted": self.accepted, "refused": self.refused, "map_points": len(self.map),
+                    "last_reason": self.last.reason if self.last else ""}
