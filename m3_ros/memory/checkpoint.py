@@ -2,7 +2,9 @@
 
 Layout:
     meta.json            format version, config (models, theta, tau, ...), conventions, counts
-    tensors.safetensors  "param/<name>" Gaussian parameters, "wm/<model>" W_m, "bank/<model>" PSC rows
+    tensors.safetensors  "param/<name>" Gaussian parameters, "wm/<model>" W_m, "bank/<model>" PSC rows,
+                         "bank_counts/<model>" features per row, "bank_centre_sum/<model>" running sum
+                         (float64) whose mean the bank subtracts before cosines
 
 Atomicity: everything is written and fsync'ed into a sibling temp directory, then renamed into
 place; an existing memory is first renamed aside and removed only after the new one is in
@@ -35,9 +37,11 @@ from m3_ros.memory.gaussians import query_key
 from m3_ros.memory.sh import colors_shape
 
 FORMAT = "m3_ros.memory"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Version 1 predates sh_degree: its colours are degree 0 ([N, 3] logits), which version 2 stores alike.
-READABLE_VERSIONS = (1, 2)
+# Versions 1-2 predate bank centring and counts: their banks load uncentred (as they were trained),
+# every row counting once.
+READABLE_VERSIONS = (1, 2, 3)
 CONVENTIONS = {
     "quats": "w,x,y,z (gsplat order)",
     "scales": "log_scales stored; activated = exp",
@@ -84,6 +88,8 @@ def save_memory(mem, path: Path, extra: dict | None = None) -> None:
     tensors = {f"param/{k}": v.detach().contiguous().clone() for k, v in mem.params.items()}
     tensors.update({f"wm/{m}": w.detach().contiguous().clone() for m, w in mem.W.items()})
     tensors.update({f"bank/{m}": b.rows.contiguous().clone() for m, b in mem.banks.items()})
+    tensors.update({f"bank_counts/{m}": b.counts.contiguous().clone() for m, b in mem.banks.items()})
+    tensors.update({f"bank_centre_sum/{m}": b._sum.clone() for m, b in mem.banks.items()})
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -91,7 +97,9 @@ def save_memory(mem, path: Path, extra: dict | None = None) -> None:
         "models": {m: {"channels": s.channels, "theta": s.theta, "max_rows": s.max_rows,
                        "dim": mem.banks[m].dim if m in mem.banks else None,
                        "bank_rows": len(mem.banks[m]) if m in mem.banks else 0,
-                       "bank_seen": mem.banks[m].seen if m in mem.banks else 0}
+                       "bank_seen": mem.banks[m].seen if m in mem.banks else 0,
+                       "bank_merges": mem.banks[m].merges if m in mem.banks else 0,
+                       "bank_centre_n": mem.banks[m]._n if m in mem.banks else 0}
                    for m, s in mem.cfg.models.items()},
         "tau": mem.cfg.tau,
         "sh_degree": mem.cfg.sh_degree,
@@ -218,9 +226,17 @@ def _build(cls, path: Path, meta: dict, tensors: dict[str, torch.Tensor]):
             if rows.ndim != 2 or rows.shape[1] != d or rows.shape[0] > s.max_rows or rows.shape[0] != info.get("bank_rows"):
                 raise CheckpointError(f"{path}: bank/{m} has shape {tuple(rows.shape)}, meta says dim={d}, "
                                       f"rows={info.get('bank_rows')}, max_rows={s.max_rows}")
-            bank = MemoryBank(d, s.theta, s.max_rows)
-            bank.set_rows(rows.clone())
+            if f"bank_centre_sum/{m}" not in tensors:
+                s.centre = False  # saved before centring existed: its queries were trained on raw keys
+            bank = MemoryBank(d, s.theta, s.max_rows, centre=s.centred)
+            counts = tensors.get(f"bank_counts/{m}")
+            csum = tensors.get(f"bank_centre_sum/{m}")
+            try:
+                bank.set_rows(rows.clone(), counts=counts, centre_sum=csum, centre_n=int(info.get("bank_centre_n", 0)))
+            except ValueError as e:
+                raise CheckpointError(f"{path}: bank/{m}: {e}") from e
             bank.seen = int(info.get("bank_seen", 0))
+            bank.merges = int(info.get("bank_merges", 0))
             mem.banks[m] = bank
             if has_wm:
                 W = tensors[f"wm/{m}"]

@@ -109,19 +109,68 @@ def test_streaming_two_calls_equal_algorithm1_with_bank_prekept(x, theta, cut):
     assert ((un @ un.T - 2 * torch.eye(len(bank))) < theta - COS_EPS).all()
 
 
-def test_cap_policy_keeps_rows_and_maps_to_nearest():
-    torch.manual_seed(0)
-    x = torch.randn(50, 8)
-    bank = MemoryBank(8, 0.99, max_rows=10)
-    bank.add(x[:30])
-    assert len(bank) == 10
-    torch.testing.assert_close(bank.rows, x[:10])
-    before = bank.rows.clone()
-    assign = bank.add(x[30:])
-    assert len(bank) == 10 and torch.equal(bank.rows, before)
-    un = torch.nn.functional.normalize(before, dim=-1)
-    expect = (torch.nn.functional.normalize(x[30:], dim=-1) @ un.T).argmax(-1)
-    assert torch.equal(assign, expect)
+def test_bound_merges_most_similar_pair_into_count_weighted_mean():
+    e = torch.eye(4)
+    bank = MemoryBank(4, 0.99, max_rows=3)
+    bank.add(torch.stack([e[0], e[0], e[0], e[1], e[2]]))  # row 0 stands for three features
+    assert len(bank) == 3 and bank.counts.tolist() == [3.0, 1.0, 1.0]
+    near = torch.tensor([[0.95, 0.0, 0.0, 0.3122]])  # cos 0.95 with e0: below theta, so admitted
+    assign = bank.add(near)
+    # Four rows exceed the bound: the most similar pair (e0, near) merges, weighted 3 : 1.
+    assert len(bank) == 3 and bank.merges == 1
+    torch.testing.assert_close(bank.rows[0], (3 * e[0] + near[0]) / 4)
+    torch.testing.assert_close(bank.rows[1:], torch.stack([e[1], e[2]]))
+    assert assign.tolist() == [0] and bank.counts.tolist() == [4.0, 1.0, 1.0]
+
+
+@settings(max_examples=30, deadline=None)
+@given(x=rows_strategy, cap=st.integers(2, 8), split=st.integers(1, 5))
+def test_bank_never_exceeds_bound_and_assigns_every_row(x, cap, split):
+    bank = MemoryBank(x.shape[1], 0.95, max_rows=cap, chunk_size=4)
+    for part in torch.tensor_split(x, split):
+        before = bank.version
+        assign = bank.add(part)
+        assert len(bank) <= cap
+        assert ((assign >= 0) & (assign < len(bank))).all()
+        if len(bank):
+            assert bank.version >= before
+    # Every offered feature is counted once, by the row that stands for it now or was merged into it.
+    assert float(bank.counts.sum()) == x.shape[0]
+    assert bank.unit_rows.shape == bank.rows.shape
+
+
+def test_centring_keeps_rows_a_common_component_hides():
+    # Tokens sharing a large common component (as DINOv2's do): raw cosines are all > 0.9.
+    g = torch.Generator().manual_seed(0)
+    common = 10 * torch.nn.functional.normalize(torch.randn(32, generator=g), dim=0)
+    centres = torch.randn(12, 32, generator=g)
+    x = common + centres[torch.randint(0, 12, (400,), generator=g)] + 0.05 * torch.randn(400, 32, generator=g)
+    raw = MemoryBank(32, 0.75, 1000)
+    raw.add(x)
+    cen = MemoryBank(32, 0.75, 1000, centre=True)
+    for part in torch.tensor_split(x, 4):
+        cen.add(part)
+    assert len(raw) == 1
+    assert len(cen) >= 10
+    # Rows stay raw features (the values attention mixes live in the model's space) ...
+    assert all(bool((x == r).all(-1).any()) for r in cen.rows)
+    # ... while the keys are the centred rows, normalised.
+    torch.testing.assert_close(cen.centre, x.mean(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cen.unit_rows, torch.nn.functional.normalize(cen.rows - cen.centre, dim=-1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(x=rows_strategy, theta=st.floats(0.3, 0.99))
+def test_centred_streaming_one_call_equals_batch_on_centred_rows(x, theta):
+    x = torch.cat([x, torch.zeros(2, x.shape[1])])  # zero rows: no feature, not in the mean
+    bank = MemoryBank(x.shape[1], theta, max_rows=10_000, centre=True)
+    assign = bank.add(x)
+    mean = x[:-2].mean(0)
+    xc = torch.where((x.abs().sum(-1) > 0)[:, None], x - mean, 0.0)
+    assume(bool((xc[:-2].norm(dim=-1) > 1e-3).all()))  # a row at the mean has no direction
+    kept = similarity_reduction(xc, theta)
+    torch.testing.assert_close(bank.rows, x[kept], rtol=0, atol=0)
+    assert assign[kept].tolist() == list(range(len(kept))) and assign[-2:].tolist() == [-1, -1]
 
 
 def test_zero_rows_ignored_and_bad_input():
@@ -135,3 +184,7 @@ def test_zero_rows_ignored_and_bad_input():
         bank.add(torch.zeros(3, 5))
     with pytest.raises(ValueError, match="theta"):
         similarity_reduction(x, 0.0)
+    with pytest.raises(ValueError, match="max_rows"):
+        MemoryBank(4, 0.8, 1)
+    with pytest.raises(ValueError, match="max_rows"):
+        bank.set_rows(torch.ones(6, 4))

@@ -27,6 +27,9 @@ def _assert_same(a: M3Memory, b: M3Memory) -> None:
         assert torch.equal(a.params[k].detach(), b.params[k].detach()), k
     assert set(a.W) == set(b.W) and all(torch.equal(a.W[m].detach(), b.W[m].detach()) for m in a.W)
     assert set(a.banks) == set(b.banks) and all(torch.equal(a.banks[m].rows, b.banks[m].rows) for m in a.banks)
+    for m in a.banks:  # centring statistics and counts: the loaded bank admits and decodes alike
+        assert torch.equal(a.banks[m].unit_rows, b.banks[m].unit_rows) and torch.equal(a.banks[m].centre, b.banks[m].centre)
+        assert torch.equal(a.banks[m].counts, b.banks[m].counts) and a.banks[m].centring == b.banks[m].centring
     assert a.cfg == b.cfg and a.iteration == b.iteration
 
 
@@ -141,3 +144,24 @@ def test_version_1_checkpoint_loads_as_degree_0(mem, tmp_path):
     loaded = M3Memory.load(path)
     assert loaded.cfg.sh_degree == 0
     _assert_same(mem, loaded)
+
+
+def test_version_2_checkpoint_loads_uncentred(mem, tmp_path):
+    from safetensors.torch import load_file, save_file
+    path = tmp_path / "m"
+    mem.save(path)
+    # What format version 2 wrote: no centring statistics, no row counts, no "centre" in the config.
+    tensors = {k: v for k, v in load_file(str(path / "tensors.safetensors")).items()
+               if not k.startswith(("bank_counts/", "bank_centre_sum/"))}
+    save_file(tensors, str(path / "tensors.safetensors"), metadata={"format": checkpoint.FORMAT})
+    meta = json.loads((path / "meta.json").read_text())
+    meta["format_version"] = 2
+    meta["tensors_sha256"] = checkpoint._sha256(path / "tensors.safetensors")
+    for slot in meta["config"]["models"].values():
+        del slot["centre"]
+    (path / "meta.json").write_text(json.dumps(meta))
+    loaded = M3Memory.load(path)
+    for m, bank in loaded.banks.items():
+        assert not bank.centring and not loaded.cfg.models[m].centred
+        torch.testing.assert_close(bank.unit_rows, torch.nn.functional.normalize(bank.rows, dim=-1))
+        assert torch.equal(bank.counts, torch.ones(len(bank)))
