@@ -26,13 +26,14 @@ from m3_ros import geometry
 from m3_ros.memory import ops
 from m3_ros.memory.attention import candidate_rows, memory_attention
 from m3_ros.memory.bank import MemoryBank
+from m3_ros.memory.compact import grid_hw, index_feature_map
 from m3_ros.memory.gaussians import empty_params, logit, nn_log_scales, query_key, voxel_downsample
 from m3_ros.memory.losses import depth_loss, feature_loss, rgb_loss
 from m3_ros.memory.rasterize import rasterize
 from m3_ros.memory.sh import camera_centre, check_sh_degree, dc_to_colors, sh_to_rgb
 from m3_ros.memory.snapshot import AttentionCache, BankView, MemorySnapshot
 from m3_ros.memory.strategy import DensifyConfig, DensifyStrategy
-from m3_ros.types import Keyframe
+from m3_ros.types import FeatureMap, Keyframe
 
 
 @dataclass
@@ -377,13 +378,25 @@ class M3Memory:
             self._cam_centres.append(np.asarray(kf.T_world_cam)[:3, 3].copy())
             self._seed(kf, feats)
             self._update_extent()
-            view = self._prepare_view(kf)
+            view = self._prepare_view(self._compact(kf))
             self._views.append(view)
             if len(self._views) > cfg.window:
                 # Evict a random keyframe among the older ones: the window keeps spanning history.
                 old = len(self._views) - cfg.recent
                 self._views.pop(self._rng.randrange(max(old, 1)))
             self._publish()
+
+    def _compact(self, kf: Keyframe) -> Keyframe:
+        """The keyframe as the memory keeps it: region maps indexed (compact.py), instance masks
+        dropped (their labels already live in the region maps), models it does not hold dropped."""
+        feats = {}
+        for m, fm in kf.features.items():
+            if m not in self.cfg.models:
+                continue
+            if self.cfg.models[m].sample_mode == "nearest" and isinstance(fm, FeatureMap):
+                fm = index_feature_map(fm) or fm
+            feats[m] = fm
+        return dataclasses.replace(kf, features=feats, instances=[])
 
     def _update_extent(self) -> None:
         c = np.stack(self._cam_centres)
@@ -415,7 +428,7 @@ class M3Memory:
             full = np.nan_to_num(np.asarray(kf.depth, dtype=np.float64))
             for m, fm in kf.features.items():
                 if m in self.cfg.models and self.cfg.models[m].sample_mode == "nearest":
-                    cell_depth[m] = cell_median_depth(full, tuple(fm.features.shape[:2]))
+                    cell_depth[m] = cell_median_depth(full, grid_hw(fm))
         return _TrainView(kf=kf, rgb=rgb.contiguous(), depth=depth.contiguous(),
                           K=torch.tensor(_scaled_K(kf.K, sx), dtype=torch.float32),
                           viewmat=torch.tensor(geometry.invert(np.asarray(kf.T_world_cam)), dtype=torch.float32),
