@@ -21,6 +21,29 @@ def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 
 
+def scale_intrinsics(K: np.ndarray, sx: float, sy: float | None = None) -> np.ndarray:
+    """Intrinsics [3, 3] of the same camera with its image resized by sx in u and sy in v (sy = sx if None).
+
+    Convention (this module's): pixel centres at integer coordinates, so the image spans
+    [-0.5, W - 0.5]; resizing maps u to (u + 0.5) * sx - 0.5, hence ``cx' = (cx + 0.5) * sx - 0.5``
+    (not ``cx * sx``, which would shift the image by half a source pixel minus half a new one).
+    For a resize from W x H to w x h pass ``sx = w / W``, ``sy = h / H``.
+    """
+    if sy is None:
+        sy = sx
+    if not (np.isfinite(sx) and np.isfinite(sy) and sx > 0 and sy > 0):
+        raise ValueError(f"scale_intrinsics: scales must be finite and positive, got sx={sx}, sy={sy}")
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3):
+        raise ValueError(f"scale_intrinsics: K must be [3, 3], got {K.shape}")
+    Ks = K.copy()
+    Ks[0, 0], Ks[0, 1] = K[0, 0] * sx, K[0, 1] * sx
+    Ks[1, 1] = K[1, 1] * sy
+    Ks[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
+    Ks[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
+    return Ks
+
+
 def pose_to_matrix(position: np.ndarray, quat_xyzw: np.ndarray) -> np.ndarray:
     """Translation [3] + ROS quaternion [4] (x, y, z, w) -> T [4, 4].
 

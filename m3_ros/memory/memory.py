@@ -234,16 +234,6 @@ def label_depth_consistent(z: np.ndarray, u: np.ndarray, v: np.ndarray, cell_dep
     return (med > 0) & (np.abs(np.asarray(z, dtype=np.float64) - med) <= rel * med)
 
 
-def _scaled_K(K: np.ndarray, s: float) -> np.ndarray:
-    """Intrinsics for an image resized by s (pixel centres at integer coordinates)."""
-    Ks = np.array(K, dtype=np.float64).copy()
-    Ks[0, 0] *= s
-    Ks[1, 1] *= s
-    Ks[0, 2] = (K[0, 2] + 0.5) * s - 0.5
-    Ks[1, 2] = (K[1, 2] + 0.5) * s - 0.5
-    return Ks
-
-
 def _check_keyframe(kf: Keyframe) -> None:
     if kf.rgb.ndim != 3 or kf.rgb.shape[2] != 3:
         raise ValueError(f"keyframe {kf.index}: rgb must be [H, W, 3], got {kf.rgb.shape}")
@@ -430,7 +420,7 @@ class M3Memory:
                 if m in self.cfg.models and self.cfg.models[m].sample_mode == "nearest":
                     cell_depth[m] = cell_median_depth(full, grid_hw(fm))
         return _TrainView(kf=kf, rgb=rgb.contiguous(), depth=depth.contiguous(),
-                          K=torch.tensor(_scaled_K(kf.K, sx), dtype=torch.float32),
+                          K=torch.tensor(geometry.scale_intrinsics(kf.K, sx), dtype=torch.float32),
                           viewmat=torch.tensor(geometry.invert(np.asarray(kf.T_world_cam)), dtype=torch.float32),
                           scale=sx, cell_depth=cell_depth)
 
