@@ -366,18 +366,6 @@ def _best_view(meta: dict, mem, point: np.ndarray, K: np.ndarray, w: int, h: int
     return look_at(point + 0.8 * away + np.array([0.0, 0.0, 0.5]), point)
 
 
-def _colour_map(rel: np.ndarray) -> np.ndarray:
-    """Relevance [H, W] (NaN = nothing) -> RGB uint8: black -> red -> yellow, grey where empty."""
-    out = np.full(rel.shape + (3,), 64, dtype=np.uint8)
-    ok = np.isfinite(rel)
-    if ok.any():
-        lo, hi = np.percentile(rel[ok], 1), np.percentile(rel[ok], 99)
-        x = np.clip((rel - lo) / max(hi - lo, 1e-6), 0, 1)
-        rgb = np.stack([np.clip(2 * x, 0, 1), np.clip(2 * x - 1, 0, 1), np.zeros_like(x)], -1)
-        out[ok] = (255 * rgb[ok]).astype(np.uint8)
-    return out
-
-
 def cmd_query(a: argparse.Namespace) -> int:
     from m3_ros.grounding import validate_query
     if a.top_k < 1:
@@ -391,11 +379,13 @@ def cmd_query(a: argparse.Namespace) -> int:
         res = pipe.ground(q, a.top_k)
         if a.png:
             from PIL import Image
+
+            from m3_ros.viz import heatmap
             K, w, h = _camera(meta, None, None, 60.0)
             T = _best_view(meta, pipe.memory, np.asarray(res.points[0]), K, w, h)
             rel = pipe.relevance_map(q, T, K, w, h)
             rgb = (np.clip(pipe.memory.render(T, K, w, h)["rgb"], 0, 1) * 255).astype(np.uint8)
-            Image.fromarray(np.concatenate([rgb, _colour_map(rel)], axis=1)).save(a.png)
+            Image.fromarray(np.concatenate([rgb, heatmap(rel)], axis=1)).save(a.png)
     finally:
         pipe.close()
     frame = meta.get("extra", {}).get("frame_id", "odom")

@@ -40,6 +40,7 @@ from m3_ros.nodes.common import TFListener, latched_qos
 from m3_ros.procs import CONFIG_DIR, NodeProcess, PACKAGE_ROOT, ros_test_env
 from m3_ros.srv import GroundQuery, MemoryIO
 from m3_ros.tf_buffer import TransformError
+from m3_ros.viz import heatmap
 
 QUERY = "yellow bath duck"
 TARGET = "duck"
@@ -135,23 +136,6 @@ class DemoClient(Node):
         return None
 
 
-def heatmap(values: np.ndarray) -> np.ndarray:
-    """[H, W] float (0 = nothing rendered) -> [H, W, 3] uint8, black -> red -> yellow -> white."""
-    valid = values != 0
-    out = np.zeros(values.shape + (3,), dtype=np.uint8)
-    if not valid.any():
-        return out
-    lo, hi = np.percentile(values[valid], [1, 99.5])
-    t = np.clip((values - lo) / max(hi - lo, 1e-6), 0, 1)
-    stops = np.array([[20, 10, 60], [180, 30, 60], [250, 150, 20], [255, 255, 200]], dtype=np.float64)
-    x = t * (len(stops) - 1)
-    i = np.minimum(x.astype(int), len(stops) - 2)
-    f = (x - i)[..., None]
-    rgb = stops[i] * (1 - f) + stops[i + 1] * f
-    out[valid] = rgb[valid].astype(np.uint8)
-    return out
-
-
 def _save_pictures(out: Path, demo: DemoClient, snapshot: tuple, memory_dir: Path, grasp_pose, log) -> list[str]:
     """rendered RGB | camera image, relevance heatmap, grasp drawn on the camera image.
 
@@ -181,7 +165,7 @@ def _save_pictures(out: Path, demo: DemoClient, snapshot: tuple, memory_dir: Pat
         log(f"could not render the saved memory: {e}")
     if demo.relevance is not None:
         rel = convert.image_to_array(demo.relevance)
-        PILImage.fromarray(heatmap(rel)).resize((rel.shape[1] * 2, rel.shape[0] * 2), PILImage.NEAREST).save(out / "relevance.png")
+        PILImage.fromarray(heatmap(rel, empty=rel == 0)).resize((rel.shape[1] * 2, rel.shape[0] * 2), PILImage.NEAREST).save(out / "relevance.png")
         saved.append("relevance.png")
     if grasp_pose is not None:
         T = convert.pose_msg_to_matrix(grasp_pose.pose)
