@@ -27,11 +27,13 @@ from std_msgs.msg import ColorRGBA, Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from m3_ros.geometry import invert, pose_to_matrix, transform_points
+from tf2_msgs.msg import TFMessage
+
+from m3_ros.geometry import invert, matrix_to_pose, pose_to_matrix, transform_points
 from m3_ros.grounding import GroundingConfig
 from m3_ros.msg import LabeledInstanceArray, MemoryStatus
 from m3_ros.nodes import convert
-from m3_ros.nodes.common import Param, TFListener, declare_params, latched_qos, sensor_qos, spin_node
+from m3_ros.nodes.common import Param, TFListener, declare_params, latched_qos, sensor_qos, spin_node, tf_qos
 from m3_ros.pipeline import MemoryPipeline, PipelineConfig
 from m3_ros.srv import GroundQuery, MemoryIO
 from m3_ros.stream import ApproximateSync, KeyframeSelectorConfig
@@ -47,6 +49,8 @@ PARAMS: dict[str, object] = {
     "mount_topic": "camera/mount",
     "camera_mount": [0.0],  # [x, y, z, qx, qy, qz, qw] base_link -> camera optical; [0.0] = take it from mount_topic
     "odom_frame": "odom",
+    "map_frame": "map",
+    "refine_poses": True,
     "base_frame": "base_link",
     "camera_frame": "",  # "" = the colour image's header.frame_id
     "tf_cache_s": 10.0,
@@ -91,6 +95,9 @@ PARAMS: dict[str, object] = {
 # Parameters not listed here are fixed at start-up and have no range.
 PARAM_SPECS: dict[str, Param] = {
     "camera_frame": Param("", "camera optical frame of the images ('' = their header.frame_id)"),
+    "map_frame": Param("", "frame of the drift-corrected memory; map -> odom goes out on /tf (REP-105)"),
+    "refine_poses": Param(True, "refine keyframe poses by depth-to-map ICP; the memory lives in map_frame "
+                                "(false: in odom_frame, nothing on /tf)"),
     "tf_cache_s": Param(0.0, "s of /tf history kept", range=(0.5, 600.0)),
     "pose_wait": Param(0.0, "s (stamp time) a frame waits for its pose at the image stamp", range=(0.0, 10.0),
                        live=True),
@@ -162,9 +169,14 @@ class MemoryNode(Node):
             grounding=GroundingConfig(**{f: p[k] for k, f in _GROUNDING_FIELDS.items()}),
             foundation_overrides={"clip_arch": p["clip_arch"], "clip_checkpoint": p["clip_checkpoint"],
                                   "siglip_path": p["siglip_path"]},
+            refine_poses=bool(p["refine_poses"]),
         )
         self.pipeline = MemoryPipeline(cfg)
         self.odom_frame = p["odom_frame"]
+        # the memory's frame: answers, the Gaussian cloud and markers are in it unless asked otherwise
+        self.memory_frame = p["map_frame"] if p["refine_poses"] else self.odom_frame
+        if p["refine_poses"] and self.memory_frame == self.odom_frame:
+            raise ValueError(f"map_frame and odom_frame are both {self.odom_frame!r}; refine_poses needs two frames")
         self.T_base_cam: np.ndarray | None = None
         mount = list(p["camera_mount"])
         if len(mount) == 7:
@@ -210,6 +222,7 @@ class MemoryNode(Node):
         self.relevance_pub = self.create_publisher(Image, "memory/relevance_image", latched_qos())
         self.marker_pub = self.create_publisher(MarkerArray, "memory/grounded_markers", latched_qos())
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.tf_pub = self.create_publisher(TFMessage, "/tf", tf_qos()) if p["refine_poses"] else None
 
         # Deep request queue: the default depth (10) silently drops calls when 20 clients ask at once.
         self.create_service(GroundQuery, "ground", self._on_ground, callback_group=services,
@@ -433,6 +446,21 @@ class MemoryNode(Node):
         self._steps_since_status, self._last_status_t = 0, now
         self.status_pub.publish(msg)
         self._publish_diagnostics(msg)
+        self._publish_map_odom()
+
+    def _publish_map_odom(self) -> None:
+        """map -> odom on /tf (REP-105), post-dated by one status period so that lookups at the
+        current time between two publications do not extrapolate (as AMCL's transform_tolerance)."""
+        if self.tf_pub is None:
+            return
+        t, q = matrix_to_pose(self.pipeline.T_map_odom)
+        tf = TransformStamped(child_frame_id=self.odom_frame)
+        stamp = self.get_clock().now().nanoseconds * 1e-9 + float(self.p["status_period"])
+        tf.header = Header(stamp=convert.sec_to_stamp(stamp), frame_id=self.memory_frame)
+        tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z = (float(v) for v in t)
+        tf.transform.rotation.x, tf.transform.rotation.y, tf.transform.rotation.z, tf.transform.rotation.w = (
+            float(v) for v in q)
+        self.tf_pub.publish(TFMessage(transforms=[tf]))
 
     def _publish_diagnostics(self, status: MemoryStatus) -> None:
         """/diagnostics: training rate, dropped inputs per cause, bank rows, RSS."""
@@ -478,20 +506,24 @@ class MemoryNode(Node):
             return
         keep = mem.opacities.detach().cpu().numpy() >= float(self.p["cloud_min_opacity"])
         means = mem.means.detach().cpu().numpy()[keep]
-        header = Header(stamp=self.last_header.stamp, frame_id=self.odom_frame)
+        header = Header(stamp=self.last_header.stamp, frame_id=self.memory_frame)
         self.cloud_pub.publish(convert.points_to_cloud(means, header))
 
     # ---- services -----------------------------------------------------------------
     def _frame_transform(self, frame_id: str) -> np.ndarray:
-        """T_frame_odom for the supported output frames."""
-        if frame_id in ("", self.odom_frame):
+        """T_frame_memory for the supported output frames (the memory lives in memory_frame)."""
+        if frame_id in ("", self.memory_frame):
             return np.eye(4)
+        T_odom_memory = invert(self.pipeline.T_map_odom)  # the identity without refinement
+        if frame_id == self.odom_frame:
+            return T_odom_memory
         if frame_id == self.p["base_frame"] and self.last_T_odom_base is not None:
-            return invert(self.last_T_odom_base)  # where the robot stood at the last frame
+            return invert(self.last_T_odom_base) @ T_odom_memory  # where the robot stood at the last frame
         try:  # any frame on /tf, at its newest sample
-            return self.tf.lookup(frame_id, self.odom_frame, None)
+            return self.tf.lookup(frame_id, self.odom_frame, None) @ T_odom_memory
         except TransformError as e:
-            raise ValueError(f"unknown frame '{frame_id}' (supported: '{self.odom_frame}', "
+            frames = sorted({self.memory_frame, self.odom_frame})
+            raise ValueError(f"unknown frame '{frame_id}' (supported: {', '.join(repr(f) for f in frames)}, "
                              f"'{self.p['base_frame']}' and frames on /tf: {e})") from e
 
     def _on_ground(self, req: GroundQuery.Request, res: GroundQuery.Response) -> GroundQuery.Response:
@@ -504,7 +536,7 @@ class MemoryNode(Node):
             self.get_logger().info(f"ground('{req.query[:60]}') rejected: {e}")
             return res
         pts = transform_points(T, out.points)
-        frame = req.frame_id or self.odom_frame
+        frame = req.frame_id or self.memory_frame
         for p in pts:
             ps = PointStamped()
             ps.header = Header(stamp=self.last_header.stamp, frame_id=frame)
@@ -551,7 +583,8 @@ class MemoryNode(Node):
         K = self.K.copy()
         K[:2] *= 0.5
         try:
-            rel = self.pipeline.relevance_map(query, self.last_T_odom_cam, K, max(w, 8), max(h, 8))
+            T_memory_cam = self.pipeline.T_map_odom @ self.last_T_odom_cam  # the identity without refinement
+            rel = self.pipeline.relevance_map(query, T_memory_cam, K, max(w, 8), max(h, 8))
         except ValueError as e:
             self.get_logger().warning(f"no relevance image: {e}")
             return
