@@ -325,6 +325,10 @@ class MemoryPipeline:
             raise ValueError(f"memory at {path} needs models {sorted(missing)} that are not loaded")
         with self._swap_lock:  # running train steps and queries finish on the memory they hold
             self.memory = mem
+        if self.cfg.refine_poses:
+            # later keyframes align with what the loaded memory saw (it is stored in map);
+            # T_map_odom stays: odometry that restarted elsewhere is not relocalised here
+            self.tracker.set_reference([(kf.depth, kf.K, kf.T_world_cam) for kf in mem.keyframes])
 
     def reset(self) -> None:
         if self.ready:

@@ -377,6 +377,14 @@ class DriftTracker:
             self.map.add(transform_points(T_map_cam, pts))
             return T_map_cam, res
 
+    def set_reference(self, views: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """Rebuild the map from (depth [H, W], K [3, 3], T_map_cam [4, 4]) views, e.g. a loaded
+        memory's keyframes; ``T_map_odom`` is kept."""
+        with self._lock:
+            self.map = PointMap(self.cfg.map)
+            for depth, K, T_map_cam in views:
+                self.map.add(transform_points(np.asarray(T_map_cam, dtype=np.float64), self.keyframe_points(depth, K)))
+
     def stats(self) -> dict:
         with self._lock:
             return {"accepted": self.accepted, "refused": self.refused, "map_points": len(self.map),

@@ -109,3 +109,16 @@ def test_tracker_removes_drift_along_a_path(gain):
         assert e_t < 0.03 and e_r < 0.5
     else:
         assert errs_map[-1] < 0.5 * errs_odom[-1], (np.round(errs_map, 3), np.round(errs_odom, 3))
+
+
+def test_reference_from_saved_views_keeps_tracking():
+    """A loaded memory's keyframes become the reference: the next keyframe aligns with them."""
+    views = [camera((-0.3, -0.6, 1.0)), camera((-0.4, 0.6, 1.1))]
+    tr = DriftTracker(TrackerConfig(gain=1.0))
+    tr.set_reference([(ray_cast(T), K, T) for T in views])
+    assert len(tr.map) > 1000
+    T_true = camera((-0.2, 0.1, 1.05))
+    T_map_cam, res = tr.track(ray_cast(T_true), K, se3((0, 0, 3.0), (0.04, -0.03, 0.0)) @ T_true)
+    assert res.accepted, res.reason
+    e_t, e_r = pose_error(T_map_cam, T_true)
+    assert e_t < 0.01 and e_r < 0.5
