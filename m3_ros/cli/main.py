@@ -294,7 +294,7 @@ def cmd_build(a: argparse.Namespace) -> int:
                 _wait_extracted(pipe)
                 pipe.train_for(1e9, max_steps=a.steps_per_keyframe)
                 n_kf += 1
-                views.append(T_odom_cam.tolist())
+                views.append((pipe.T_map_odom @ T_odom_cam).tolist())  # the keyframe's pose in the memory (map)
                 since_ckpt += 1
                 bar.set_postfix(keyframes=n_kf, gaussians=pipe.memory.n_gaussians)
                 if since_ckpt >= a.checkpoint_every:
