@@ -20,7 +20,6 @@ progress and camera views).
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -30,9 +29,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
 
-from m3_ros.memory.bank import MemoryBank
+from m3_ros.memory.config import MemoryConfig
 from m3_ros.memory.gaussians import query_key
 from m3_ros.memory.sh import colors_shape
 
@@ -82,31 +80,35 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_memory(mem, path: Path, extra: dict | None = None) -> None:
-    """Write mem (an M3Memory) to directory path atomically; ``extra`` (JSON-able) goes into meta.json."""
+    """Write mem (anything with ``state_dict()``, i.e. an M3Memory) to directory path atomically;
+    ``extra`` (JSON-able) goes into meta.json."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"param/{k}": v.detach().contiguous().clone() for k, v in mem.params.items()}
-    tensors.update({f"wm/{m}": w.detach().contiguous().clone() for m, w in mem.W.items()})
-    tensors.update({f"bank/{m}": b.rows.contiguous().clone() for m, b in mem.banks.items()})
-    tensors.update({f"bank_counts/{m}": b.counts.contiguous().clone() for m, b in mem.banks.items()})
-    tensors.update({f"bank_centre_sum/{m}": b._sum.clone() for m, b in mem.banks.items()})
+    state = mem.state_dict()
+    tensors = {f"param/{k}": v for k, v in state["params"].items()}
+    tensors.update({f"wm/{m}": w for m, w in state["W"].items()})
+    banks = state["banks"]
+    tensors.update({f"bank/{m}": b["rows"] for m, b in banks.items()})
+    tensors.update({f"bank_counts/{m}": b["counts"] for m, b in banks.items()})
+    tensors.update({f"bank_centre_sum/{m}": b["centre_sum"] for m, b in banks.items()})
+    cfg = state["config"]
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "config": dataclasses.asdict(mem.cfg),
-        "models": {m: {"channels": s.channels, "theta": s.theta, "max_rows": s.max_rows,
-                       "dim": mem.banks[m].dim if m in mem.banks else None,
-                       "bank_rows": len(mem.banks[m]) if m in mem.banks else 0,
-                       "bank_seen": mem.banks[m].seen if m in mem.banks else 0,
-                       "bank_merges": mem.banks[m].merges if m in mem.banks else 0,
-                       "bank_centre_n": mem.banks[m]._n if m in mem.banks else 0}
-                   for m, s in mem.cfg.models.items()},
-        "tau": mem.cfg.tau,
-        "sh_degree": mem.cfg.sh_degree,
-        "n_gaussians": mem.n_gaussians,
-        "iteration": mem.iteration,
-        "extent": mem.extent,
-        "keyframes": len(mem.keyframes),
+        "config": cfg,
+        "models": {m: {"channels": s["channels"], "theta": s["theta"], "max_rows": s["max_rows"],
+                       "dim": int(banks[m]["rows"].shape[1]) if m in banks else None,
+                       "bank_rows": int(banks[m]["rows"].shape[0]) if m in banks else 0,
+                       "bank_seen": banks[m]["seen"] if m in banks else 0,
+                       "bank_merges": banks[m]["merges"] if m in banks else 0,
+                       "bank_centre_n": banks[m]["centre_n"] if m in banks else 0}
+                   for m, s in cfg["models"].items()},
+        "tau": cfg["tau"],
+        "sh_degree": cfg["sh_degree"],
+        "n_gaussians": int(state["params"]["means"].shape[0]),
+        "iteration": state["iteration"],
+        "extent": state["extent"],
+        "keyframes": state["keyframes"],
         "conventions": CONVENTIONS,
         "extra": extra or {},
     }
@@ -174,23 +176,24 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def load_memory(cls, path: Path):
-    """Build an M3Memory (cls) from directory path, validating version, names and shapes."""
-    from m3_ros.memory.memory import MemoryConfig
-
+    """Build an M3Memory (cls, through ``cls.from_state``) from directory path, validating version, names and shapes."""
     path = Path(path)
     if not path.exists() and path.with_suffix(".old").is_dir():
         path = path.with_suffix(".old")  # a save was killed between its two renames
     meta, tensors = _read(path)
     try:
-        return _build(cls, path, meta, tensors)
+        cfg, state = _state(path, meta, tensors)
     except (KeyError, TypeError, AttributeError, RuntimeError) as e:  # a hand-edited or foreign meta.json
         raise CheckpointError(f"{path}: meta.json does not describe the stored tensors "
                               f"({type(e).__name__}: {e})") from e
+    try:
+        return cls.from_state(state, cfg)
+    except ValueError as e:  # the bank refused the stored rows (e.g. counts of another length)
+        raise CheckpointError(f"{path}: {e}") from e
 
 
-def _build(cls, path: Path, meta: dict, tensors: dict[str, torch.Tensor]):
-    from m3_ros.memory.memory import MemoryConfig
-
+def _state(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> tuple[MemoryConfig, dict]:
+    """The validated config and state_dict (M3Memory.state_dict's layout) of a checkpoint's contents."""
     try:
         cfg = MemoryConfig.from_dict(meta["config"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -213,37 +216,26 @@ def _build(cls, path: Path, meta: dict, tensors: dict[str, torch.Tensor]):
             raise CheckpointError(f"{path}: param/{n} has shape {tuple(t.shape)}, expected {want}")
         if not torch.isfinite(t).all():
             raise CheckpointError(f"{path}: param/{n} has non-finite values")
-    mem = cls(cfg)
-    with mem._lock:
-        mem.params = nn.ParameterDict({n: nn.Parameter(tensors[f"param/{n}"].clone()) for n in names})
-        for m, s in cfg.models.items():
-            info = meta["models"].get(m, {})
-            has_bank, has_wm = f"bank/{m}" in tensors, f"wm/{m}" in tensors
-            if not has_bank:
-                continue
-            rows = tensors[f"bank/{m}"]
-            d = info.get("dim")
-            if rows.ndim != 2 or rows.shape[1] != d or rows.shape[0] > s.max_rows or rows.shape[0] != info.get("bank_rows"):
-                raise CheckpointError(f"{path}: bank/{m} has shape {tuple(rows.shape)}, meta says dim={d}, "
-                                      f"rows={info.get('bank_rows')}, max_rows={s.max_rows}")
-            if f"bank_centre_sum/{m}" not in tensors:
-                s.centre = False  # saved before centring existed: its queries were trained on raw keys
-            bank = MemoryBank(d, s.theta, s.max_rows, centre=s.centred)
-            counts = tensors.get(f"bank_counts/{m}")
-            csum = tensors.get(f"bank_centre_sum/{m}")
-            try:
-                bank.set_rows(rows.clone(), counts=counts, centre_sum=csum, centre_n=int(info.get("bank_centre_n", 0)))
-            except ValueError as e:
-                raise CheckpointError(f"{path}: bank/{m}: {e}") from e
-            bank.seen = int(info.get("bank_seen", 0))
-            bank.merges = int(info.get("bank_merges", 0))
-            mem.banks[m] = bank
-            if has_wm:
-                W = tensors[f"wm/{m}"]
-                if tuple(W.shape) != (s.channels, d):
-                    raise CheckpointError(f"{path}: wm/{m} has shape {tuple(W.shape)}, expected {(s.channels, d)}")
-                mem.W[m] = nn.Parameter(W.clone(), requires_grad=cfg.learnable_wm)
-        mem.iteration = int(meta.get("iteration", 0))
-        mem.extent = float(meta.get("extent", 1.0))
-        mem._build_optimizers()
-    return mem
+    state = {"params": {n: tensors[f"param/{n}"] for n in names}, "W": {}, "banks": {},
+             "iteration": int(meta.get("iteration", 0)), "extent": float(meta.get("extent", 1.0))}
+    for m, s in cfg.models.items():
+        info = meta["models"].get(m, {})
+        if f"bank/{m}" not in tensors:
+            continue
+        rows = tensors[f"bank/{m}"]
+        d = info.get("dim")
+        if rows.ndim != 2 or rows.shape[1] != d or rows.shape[0] > s.max_rows or rows.shape[0] != info.get("bank_rows"):
+            raise CheckpointError(f"{path}: bank/{m} has shape {tuple(rows.shape)}, meta says dim={d}, "
+                                  f"rows={info.get('bank_rows')}, max_rows={s.max_rows}")
+        if f"bank_centre_sum/{m}" not in tensors:
+            s.centre = False  # saved before centring existed: its queries were trained on raw keys
+        state["banks"][m] = {"rows": rows, "counts": tensors.get(f"bank_counts/{m}"),
+                             "centre_sum": tensors.get(f"bank_centre_sum/{m}"),
+                             "centre_n": int(info.get("bank_centre_n", 0)), "seen": int(info.get("bank_seen", 0)),
+                             "merges": int(info.get("bank_merges", 0)), "centring": s.centred}
+        if f"wm/{m}" in tensors:
+            W = tensors[f"wm/{m}"]
+            if tuple(W.shape) != (s.channels, d):
+                raise CheckpointError(f"{path}: wm/{m} has shape {tuple(W.shape)}, expected {(s.channels, d)}")
+            state["W"][m] = W
+    return cfg, state

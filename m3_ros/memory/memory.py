@@ -1,5 +1,16 @@
 """M3Memory: the orchestrator the nodes, CLI and benchmarks drive (keyframes -> Gaussians + banks -> training -> queries).
 
+Where things live:
+    config.py     ModelSlot, MemoryConfig
+    views.py      keyframe checks, compact storage, train-scale views (compact.py: indexed label maps)
+    bank.py       the PSC banks (streaming Algorithm 1, centring, bounded by merging)
+    wm.py         W_m initialisation and seeded principal queries
+    seeding.py    new Gaussians where a keyframe sees unexplained geometry
+    training.py   the keyframe a step draws and the losses on its render
+    snapshot.py   read-only snapshots: rendering and every query
+    checkpoint.py files on disk (``state_dict`` / ``from_state`` here are its only contact)
+This module owns the mutable state and its lock, and sequences the pieces.
+
 Thread safety: one re-entrant lock guards every mutation (add_keyframe, train_step, train,
 load, reset) and the direct queries (render, relevance, gaussian_relevance, decode, stats, save).
 Each mutation ends by publishing a read-only ``MemorySnapshot`` (snapshot.py); ``snapshot()``
@@ -11,238 +22,29 @@ import dataclasses
 import random
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from scipy.spatial import cKDTree
 import torch
-import torch.nn.functional as F
-from scipy import ndimage
+from scipy.spatial import cKDTree
 from torch import nn
 
-from m3_ros import geometry
 from m3_ros.memory import ops
-from m3_ros.memory.attention import candidate_rows, memory_attention
 from m3_ros.memory.bank import MemoryBank
-from m3_ros.memory.compact import grid_hw, index_feature_map
-from m3_ros.memory.gaussians import empty_params, logit, nn_log_scales, query_key, voxel_downsample
-from m3_ros.memory.losses import depth_loss, feature_loss, rgb_loss
+from m3_ros.memory.config import MemoryConfig, ModelSlot  # noqa: F401  (re-exported: the public names)
+from m3_ros.memory.gaussians import empty_params, query_key
 from m3_ros.memory.rasterize import rasterize
-from m3_ros.memory.sh import camera_centre, check_sh_degree, dc_to_colors, sh_to_rgb
+from m3_ros.memory.seeding import inherit_queries, pixel_features, seed_geometry, seed_points
+from m3_ros.memory.sh import camera_centre, sh_to_rgb
 from m3_ros.memory.snapshot import AttentionCache, BankView, MemorySnapshot
-from m3_ros.memory.strategy import DensifyConfig, DensifyStrategy
-from m3_ros.types import FeatureMap, Keyframe
+from m3_ros.memory.strategy import DensifyStrategy
+from m3_ros.memory.training import sample_view, view_losses
+from m3_ros.memory.views import (TrainView, cell_median_depth, check_keyframe, compact_keyframe,  # noqa: F401
+                                 label_depth_consistent, prepare_view)
+from m3_ros.memory.wm import initial_wm, queries_for_rows
+from m3_ros.types import Keyframe
 
-
-@dataclass
-class ModelSlot:
-    """One foundation model's slice of the memory."""
-
-    channels: int = 16
-    """Principal-query channels l for this model."""
-    theta: float = 0.8
-    """Algorithm 1 similarity threshold for this model's bank."""
-    max_rows: int = 5000
-    """Bound on the bank's rows; beyond it the most similar pair of rows is merged (bank.py)."""
-    centre: bool | None = None
-    """Subtract the bank's running feature mean before every cosine (admission, assignment, attention
-    keys; bank.py). None = centre patch-grid models (sample_mode "bilinear"), not region models:
-    DINOv2-S at theta 0.75 keeps 16 rows on a dev table walk raw and ~200 centred, while a region
-    model's few label embeddings would have a mean that jumps with every new label (and a single
-    label would centre to nothing)."""
-    weight: float = 1.0
-    """Multiplier on this model's feature loss."""
-    sample_mode: Literal["bilinear", "nearest"] = "bilinear"
-    """How ground-truth features are sampled: bilinear for patch grids, nearest for region maps."""
-
-    @property
-    def centred(self) -> bool:
-        """Whether this model's bank centres (``centre``, or its default for the sample mode)."""
-        return self.sample_mode == "bilinear" if self.centre is None else bool(self.centre)
-
-
-@dataclass
-class MemoryConfig:
-    """Everything M3Memory needs; nodes fill it from ROS parameters, the CLI and benches from YAML."""
-
-    models: dict[str, ModelSlot] = field(default_factory=dict)
-    """Foundation model name -> its slot."""
-    tau: float = 0.05
-    """Softmax temperature of the memory attention (reference code)."""
-    learnable_wm: bool = True
-    """Learn W_m (paper); False keeps the reference code's fixed random N(0, 1) W_m."""
-    wm_init: Literal["pca", "random"] = "pca"
-    """Learnable W_m starts from the first bank's top-l principal directions, or N(0, 1)."""
-    sh_degree: int = 0
-    """Colour SH degree 0..3 (0 = one view-independent RGB per Gaussian, the cheap CPU default)."""
-    max_gaussians: int = 50_000
-    """Hard cap on the Gaussian count (seeding and densification)."""
-    voxel_size: float = 0.02
-    """Voxel edge (m) for downsampling back-projected seed points."""
-    seed_stride: int = 2
-    """Back-project every seed_stride-th pixel."""
-    unexplained_depth_rel: float = 0.1
-    """A pixel is unexplained if the rendered alpha < 0.5 or its depth is off by this fraction."""
-    inherit_radius: float = 0.02
-    """A new Gaussian whose pixel has no feature for a model takes the query of the nearest
-    existing Gaussian within this distance (m); 0 = leave it at zero."""
-    init_opacity: float = 0.5
-    """Opacity of new Gaussians."""
-    label_depth_rel: float = 0.1
-    """Region-map models ("nearest" sampling): a pixel takes its cell's feature, for seeding and as a
-    training target, only if its depth is within this fraction of the cell's median depth (0 = off).
-    A cell is labelled when most of its pixels are the region; without the check the rest, across
-    the silhouette and often metres behind, seeded far Gaussians carrying the object's query (the
-    cause of bench_grounding's 2 m render-mode errors)."""
-    window: int = 64
-    """Keyframes kept for training (older ones are evicted at random, so coverage stays spread)."""
-    recent: int = 3
-    """The newest `recent` keyframes are drawn with probability recent_prob."""
-    recent_prob: float = 0.5
-    """Probability that a train step uses one of the newest keyframes."""
-    train_scale: float = 0.5
-    """Training renders at this fraction of the keyframe resolution."""
-    feature_points: int = 2000
-    """Feature-loss sample points per view and model."""
-    attention_topk: int = 0
-    """Training decodes feature points with each point's top-k bank rows; 0 = the method's exact
-    softmax (over at most train_max_rows candidate rows), which bench_memory measured faster
-    than top-32 at 5k rows (100 vs 135 ms per step), so it is the default."""
-    train_max_rows: int = 512
-    """Banks larger than this are attended in training over at most this many candidate rows,
-    picked per step from a subsample of the feature points (0 = always all rows)."""
-    lambda_ssim: float = 0.2
-    """SSIM weight in the RGB loss."""
-    lambda_depth: float = 0.1
-    """Weight of the L1 depth term."""
-    lambda_feature: float = 0.5
-    """Weight of the feature loss (summed over models)."""
-    lr_means: float = 1.6e-4
-    """Mean learning rate, times the scene extent (no decay: training is open-ended)."""
-    lr_scales: float = 5e-3
-    """Log-scale learning rate."""
-    lr_quats: float = 1e-3
-    """Rotation learning rate."""
-    lr_opacity: float = 0.05
-    """Opacity-logit learning rate."""
-    lr_colors: float = 2.5e-3
-    """Colour learning rate."""
-    lr_queries: float = 5e-3
-    """Principal-query learning rate (10x the offline reference: queries start seeded, views are few)."""
-    lr_wm: float = 1e-3
-    """W_m learning rate."""
-    densify: DensifyConfig = field(default_factory=DensifyConfig)
-    """Densify / prune policy."""
-    near_plane: float = 0.01
-    """Rasterizer near plane (m)."""
-    far_plane: float = 100.0
-    """Rasterizer far plane (m)."""
-    backend: Literal["auto", "torch", "cpu", "cuda"] = "auto"
-    """Rasterizer backend."""
-    relevance_tile: int = 32
-    """Relevance maps pick candidate bank rows per tile x tile pixel block (see RelevanceIndex.relevance_image)."""
-    relevance_stride: int = 4
-    """Pixel stride of the subsample that votes for each tile's candidate rows."""
-    relevance_candidates: int = 8
-    """Rows each subsampled pixel votes for."""
-    relevance_max_rows: int = 64
-    """Cap on a tile's candidate rows (most-voted win); softmax and norm are exact over them."""
-    decode_budget_bytes: int = 256 << 20
-    """Memory budget of one chunk of full decoding."""
-    cache_top_rows: int = 64
-    """Per-Gaussian attention cache: rows kept per Gaussian (all rows, i.e. exact, for banks up to this size)."""
-    cache_q_tol: float = 1e-3
-    """The cache re-decodes a Gaussian whose query moved more than this (relative) since it was decoded."""
-    cache_w_tol: float = 2e-3
-    """The cache re-decodes everything once W_m moved more than this (relative Frobenius) since the last full refresh."""
-    seed: int = 0
-    """Seed for all randomness (W_m init, sampling)."""
-
-    def __post_init__(self) -> None:
-        for name, slot in self.models.items():
-            if slot.channels <= 0:
-                raise ValueError(f"model {name!r}: channels must be positive, got {slot.channels}")
-            if not 0.0 < slot.theta <= 1.0:
-                raise ValueError(f"model {name!r}: theta must be in (0, 1], got {slot.theta}")
-            if slot.max_rows < 2:
-                raise ValueError(f"model {name!r}: max_rows must be at least 2 (merging needs a pair), got {slot.max_rows}")
-        if self.tau <= 0:
-            raise ValueError(f"tau must be positive, got {self.tau}")
-        if not 0.0 < self.train_scale <= 1.0:
-            raise ValueError(f"train_scale must be in (0, 1], got {self.train_scale}")
-        check_sh_degree(self.sh_degree)
-        for name in ("relevance_tile", "relevance_stride", "relevance_candidates", "relevance_max_rows"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.max_gaussians <= 0:
-            raise ValueError(f"max_gaussians must be positive, got {self.max_gaussians}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MemoryConfig":
-        """Inverse of dataclasses.asdict (YAML/JSON); unknown keys raise ValueError."""
-        d = dict(d)
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = set(d) - names
-        if bad:
-            raise ValueError(f"unknown MemoryConfig keys: {sorted(bad)}")
-        d["models"] = {k: v if isinstance(v, ModelSlot) else ModelSlot(**v) for k, v in d.get("models", {}).items()}
-        if "densify" in d and not isinstance(d["densify"], DensifyConfig):
-            d["densify"] = DensifyConfig(**d["densify"])
-        return cls(**d)
-
-
-@dataclass
-class _TrainView:
-    """A keyframe prepared for training at train_scale."""
-
-    kf: Keyframe
-    rgb: torch.Tensor  # [h, w, 3] 0..1
-    depth: torch.Tensor  # [h, w] metres, 0 = none
-    K: torch.Tensor  # [3, 3] scaled intrinsics
-    viewmat: torch.Tensor  # [4, 4] world -> camera
-    scale: float
-    cell_depth: dict = field(default_factory=dict)  # region model -> [h, w] median depth of each feature cell
-
-
-def _cell_index(u: np.ndarray, v: np.ndarray, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Feature cell (row, col) that nearest sampling reads at pixel coordinates (u, v) (FeatureMap convention)."""
-    (H, W), (h, w) = image_hw, grid_hw
-    # grid_sample "nearest" rounds (u + 0.5) * w / W - 0.5 half to even, as np.rint does
-    col = np.clip(np.rint((np.asarray(u, dtype=np.float64) + 0.5) * w / W - 0.5), 0, w - 1).astype(np.int64)
-    row = np.clip(np.rint((np.asarray(v, dtype=np.float64) + 0.5) * h / H - 0.5), 0, h - 1).astype(np.int64)
-    return row, col
-
-
-def cell_median_depth(depth: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
-    """Median valid depth [h, w] of the pixels of depth [H, W] that fall in each feature cell (0 = none)."""
-    H, W = depth.shape
-    h, w = grid_hw
-    vv, uu = np.mgrid[0:H, 0:W]
-    row, col = _cell_index(uu, vv, (H, W), (h, w))
-    lab = np.where(np.isfinite(depth) & (depth > 0), row * w + col + 1, 0)
-    med = ndimage.median(np.nan_to_num(depth), labels=lab, index=np.arange(1, h * w + 1))
-    return np.nan_to_num(np.asarray(med, dtype=np.float64), nan=0.0).reshape(h, w)
-
-
-def label_depth_consistent(z: np.ndarray, u: np.ndarray, v: np.ndarray, cell_depth: np.ndarray,
-                           image_hw: tuple[int, int], rel: float) -> np.ndarray:
-    """[M] True where depth z [M] at pixels (u, v) [M] is within rel of its cell's median depth."""
-    row, col = _cell_index(u, v, image_hw, cell_depth.shape)
-    med = cell_depth[row, col]
-    return (med > 0) & (np.abs(np.asarray(z, dtype=np.float64) - med) <= rel * med)
-
-
-def _check_keyframe(kf: Keyframe) -> None:
-    if kf.rgb.ndim != 3 or kf.rgb.shape[2] != 3:
-        raise ValueError(f"keyframe {kf.index}: rgb must be [H, W, 3], got {kf.rgb.shape}")
-    if kf.depth.shape != kf.rgb.shape[:2]:
-        raise ValueError(f"keyframe {kf.index}: depth {kf.depth.shape} does not match rgb {kf.rgb.shape[:2]}")
-    if np.asarray(kf.K).shape != (3, 3) or np.asarray(kf.T_world_cam).shape != (4, 4):
-        raise ValueError(f"keyframe {kf.index}: K must be [3, 3] and T_world_cam [4, 4]")
-    if not np.all(np.isfinite(kf.T_world_cam)):
-        raise ValueError(f"keyframe {kf.index}: T_world_cam has non-finite values")
+_TrainView = TrainView  # the former private name
 
 
 class M3Memory:
@@ -264,7 +66,7 @@ class M3Memory:
             self.banks: dict[str, MemoryBank] = {}
             self.W: dict[str, nn.Parameter] = {}
             self._wm_version = 0
-            self._views: list[_TrainView] = []
+            self._views: list[TrainView] = []
             self._cam_centres: list[np.ndarray] = []
             self.extent = 1.0
             self.iteration = 0
@@ -318,15 +120,8 @@ class M3Memory:
 
     # ---- W_m -------------------------------------------------------------------------------
     def _init_wm(self, model: str, dim: int) -> None:
-        l = self.cfg.models[model].channels
-        W = torch.randn(l, dim, generator=self._gen)  # the reference code's fixed N(0, 1)
-        bank = self.banks[model]
-        if self.cfg.learnable_wm and self.cfg.wm_init == "pca" and len(bank) > 0:
-            # Row space = the bank's principal directions, so a query can point at any of the
-            # first rows (a random l-dim subspace of d keeps only ~sqrt(l/d) of each row's cosine).
-            _, _, Vh = torch.linalg.svd(bank.unit_rows, full_matrices=False)
-            r = min(l, Vh.shape[0])
-            W[:r] = Vh[:r] * np.sqrt(dim)
+        s = self.cfg.models[model]
+        W = initial_wm(self.banks[model], s.channels, dim, self.cfg.learnable_wm, self.cfg.wm_init, self._gen)
         self.W[model] = nn.Parameter(W, requires_grad=self.cfg.learnable_wm)
         self._wm_version += 1
         self._build_wm_optimizer()
@@ -335,25 +130,16 @@ class M3Memory:
         ws = [p for p in self.W.values() if p.requires_grad]
         self.wm_optimizer = torch.optim.Adam(ws, lr=self.cfg.lr_wm) if ws else None
 
-    @torch.no_grad()
     def _queries_for_rows(self, model: str, idx: torch.Tensor) -> torch.Tensor:
         """Least-squares principal queries [M, l] whose q·W_m points at bank rows idx [M] (-1 -> 0)."""
-        W = self.W[model].detach()
-        bank = self.banks[model]
-        q = torch.zeros(idx.shape[0], W.shape[0])
-        ok = idx >= 0
-        if ok.any():
-            q[ok] = bank.unit_rows[idx[ok]] @ torch.linalg.pinv(W)  # [M, l]
-            q[ok] = F.normalize(q[ok], dim=-1)
-        return q
+        return queries_for_rows(self.W[model], self.banks[model], idx)
 
     # ---- keyframes ---------------------------------------------------------------------------
     def add_keyframe(self, kf: Keyframe) -> None:
         """Grow the banks with kf's features, seed Gaussians where kf sees unexplained geometry, keep kf for training."""
-        _check_keyframe(kf)
+        check_keyframe(kf)
         with self._lock:
             cfg = self.cfg
-            H, W = kf.size
             feats = {m: fm for m, fm in kf.features.items() if m in cfg.models}
             for m, fm in feats.items():
                 rows = fm.features.reshape(-1, fm.dim).float()
@@ -368,25 +154,12 @@ class M3Memory:
             self._cam_centres.append(np.asarray(kf.T_world_cam)[:3, 3].copy())
             self._seed(kf, feats)
             self._update_extent()
-            view = self._prepare_view(self._compact(kf))
-            self._views.append(view)
+            self._views.append(prepare_view(compact_keyframe(kf, cfg), cfg))
             if len(self._views) > cfg.window:
                 # Evict a random keyframe among the older ones: the window keeps spanning history.
                 old = len(self._views) - cfg.recent
                 self._views.pop(self._rng.randrange(max(old, 1)))
             self._publish()
-
-    def _compact(self, kf: Keyframe) -> Keyframe:
-        """The keyframe as the memory keeps it: region maps indexed (compact.py), instance masks
-        dropped (their labels already live in the region maps), models it does not hold dropped."""
-        feats = {}
-        for m, fm in kf.features.items():
-            if m not in self.cfg.models:
-                continue
-            if self.cfg.models[m].sample_mode == "nearest" and isinstance(fm, FeatureMap):
-                fm = index_feature_map(fm) or fm
-            feats[m] = fm
-        return dataclasses.replace(kf, features=feats, instances=[])
 
     def _update_extent(self) -> None:
         c = np.stack(self._cam_centres)
@@ -401,89 +174,27 @@ class M3Memory:
                 if g["name"] == "means":
                     g["lr"] = self.cfg.lr_means * self.extent
 
-    def _prepare_view(self, kf: Keyframe) -> _TrainView:
-        s = self.cfg.train_scale
-        H, W = kf.size
-        h, w = max(1, round(H * s)), max(1, round(W * s))
-        rgb = torch.from_numpy(np.ascontiguousarray(kf.rgb)).float().div(255.0)
-        if (h, w) != (H, W):
-            rgb = F.interpolate(rgb.permute(2, 0, 1)[None], size=(h, w), mode="area")[0].permute(1, 2, 0)
-        depth = torch.from_numpy(np.nan_to_num(np.asarray(kf.depth, dtype=np.float32)))
-        if (h, w) != (H, W):
-            # Nearest, so edges never average foreground and background depth.
-            depth = F.interpolate(depth[None, None], size=(h, w), mode="nearest")[0, 0]
-        sx = w / W
-        cell_depth = {}
-        if self.cfg.label_depth_rel > 0:
-            full = np.nan_to_num(np.asarray(kf.depth, dtype=np.float64))
-            for m, fm in kf.features.items():
-                if m in self.cfg.models and self.cfg.models[m].sample_mode == "nearest":
-                    cell_depth[m] = cell_median_depth(full, grid_hw(fm))
-        return _TrainView(kf=kf, rgb=rgb.contiguous(), depth=depth.contiguous(),
-                          K=torch.tensor(geometry.scale_intrinsics(kf.K, sx), dtype=torch.float32),
-                          viewmat=torch.tensor(geometry.invert(np.asarray(kf.T_world_cam)), dtype=torch.float32),
-                          scale=sx, cell_depth=cell_depth)
+    def _prepare_view(self, kf: Keyframe) -> TrainView:
+        return prepare_view(kf, self.cfg)
 
     @torch.no_grad()
     def _seed(self, kf: Keyframe, feats: dict) -> None:
         cfg = self.cfg
-        room = cfg.max_gaussians - self.n_gaussians
-        if room <= 0:
-            return
-        pts, pix = geometry.backproject(np.asarray(kf.depth, dtype=np.float64), np.asarray(kf.K),
-                                        np.asarray(kf.T_world_cam), stride=cfg.seed_stride)
+        render = None
+        if self.n_gaussians > 0:
+            def render(T, K, W, H):
+                return self._render_raw(T, K, W, H, with_queries=False)
+        pts, pix = seed_points(kf, cfg, cfg.max_gaussians - self.n_gaussians, render, self._gen)
         if len(pts) == 0:
             return
-        if self.n_gaussians > 0:
-            H, W = kf.size
-            out = self._render_raw(np.asarray(kf.T_world_cam), np.asarray(kf.K), W, H, with_queries=False)
-            alpha = out["alpha"][pix[:, 0], pix[:, 1]]
-            dr = out["depth_raw"][pix[:, 0], pix[:, 1]]
-            z = np.asarray(kf.depth)[pix[:, 0], pix[:, 1]]
-            # Expected depth blends both sides of a depth edge: edge pixels count as explained
-            # unless nothing is rendered there.
-            dmap = np.where(np.asarray(kf.depth) > 0, np.asarray(kf.depth), np.nan)
-            span = ndimage.maximum_filter(np.nan_to_num(dmap, nan=0.0), 3) - ndimage.minimum_filter(np.nan_to_num(dmap, nan=np.inf), 3)
-            edge = (span > cfg.unexplained_depth_rel * np.nan_to_num(dmap, nan=0.0))[pix[:, 0], pix[:, 1]]
-            unexplained = (alpha < 0.5) | ((np.abs(dr - z) > cfg.unexplained_depth_rel * z) & ~edge)
-            pts, pix = pts[unexplained], pix[unexplained]
-            if len(pts) == 0:
-                return
-        keep = voxel_downsample(pts, cfg.voxel_size)
-        if len(keep) > room:
-            keep = keep[np.sort(torch.randperm(len(keep), generator=self._gen)[:room].numpy())]
-        pts, pix = pts[keep], pix[keep]
-        M = len(pts)
-        rgb = torch.from_numpy(kf.rgb[pix[:, 0], pix[:, 1]].astype(np.float32) / 255.0)
-        new = {
-            "means": torch.from_numpy(pts).float(),
-            "log_scales": torch.from_numpy(nn_log_scales(pts, self.means.numpy().astype(np.float64))).float(),
-            "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(M, 1),
-            "opacity_logits": torch.full((M,), float(logit(torch.tensor(cfg.init_opacity)))),
-            "colors": dc_to_colors(logit(rgb), cfg.sh_degree),  # higher SH orders start at 0
-        }
-        uv = torch.from_numpy(pix[:, ::-1].astype(np.float32).copy())  # (u, v)
+        new = seed_geometry(kf, pts, pix, self.means.numpy(), cfg)
         tree = cKDTree(self.means.numpy()) if self.n_gaussians > 0 and cfg.inherit_radius > 0 else None
         for m, slot in cfg.models.items():
-            q = torch.zeros(M, slot.channels)
+            q = torch.zeros(len(pts), slot.channels)
             if m in feats and m in self.W:
-                gt = feats[m].sample(uv, mode="nearest")  # [M, d]
-                if slot.sample_mode == "nearest" and cfg.label_depth_rel > 0:
-                    cd = cell_median_depth(np.nan_to_num(np.asarray(kf.depth, dtype=np.float64)),
-                                           tuple(feats[m].features.shape[:2]))
-                    z = np.asarray(kf.depth)[pix[:, 0], pix[:, 1]]
-                    ok = label_depth_consistent(z, pix[:, 1], pix[:, 0], cd, kf.size, cfg.label_depth_rel)
-                    gt[torch.from_numpy(~ok)] = 0.0  # across the silhouette: no feature (inherits below)
-                q = self._queries_for_rows(m, self.banks[m].assign(gt))
-            if tree is not None:
-                # No feature here in this keyframe (a missed detection, a model that skipped it):
-                # geometry the memory already knows keeps what it decoded before.
-                none = torch.nonzero(q.abs().sum(1) == 0).flatten()
-                if len(none):
-                    dist, nn = tree.query(pts[none.numpy()], distance_upper_bound=cfg.inherit_radius)
-                    ok = np.isfinite(dist)
-                    if ok.any():
-                        q[none[torch.from_numpy(ok)]] = self.params[query_key(m)].detach()[torch.from_numpy(nn[ok])]
+                q = self._queries_for_rows(m, self.banks[m].assign(pixel_features(kf, feats[m], pix, cfg, m)))
+            # geometry the memory already knows keeps what it decoded before
+            inherit_queries(q, pts, tree, self.params[query_key(m)].detach(), cfg.inherit_radius)
             new[query_key(m)] = q
         ops.append_gaussians(self.params, self.optimizer, new)
 
@@ -586,11 +297,8 @@ class M3Memory:
             return self._capture(copy=False).query_norms(model)
 
     # ---- training ----------------------------------------------------------------------------
-    def _sample_view(self) -> _TrainView:
-        n = len(self._views)
-        if n > self.cfg.recent and self._rng.random() < self.cfg.recent_prob:
-            return self._views[n - 1 - self._rng.randrange(self.cfg.recent)]
-        return self._views[self._rng.randrange(n)]
+    def _sample_view(self) -> TrainView:
+        return sample_view(self._views, self.cfg, self._rng)
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step on a sampled keyframe; returns losses including "loss" (empty if nothing to train)."""
@@ -604,37 +312,7 @@ class M3Memory:
             models = [m for m in cfg.models if m in self.W]
             chans = [self._rgb(v.viewmat)] + [self.params[query_key(m)] for m in models]
             img, alpha, meta = self._raster(torch.cat(chans, -1), v.viewmat, v.K, w, h)
-            img = img[0]
-            losses: dict[str, torch.Tensor] = {}
-            losses["rgb"] = rgb_loss(img[..., :3], v.rgb, cfg.lambda_ssim)
-            losses["depth"] = depth_loss(img[..., -1], v.depth)
-            loss = losses["rgb"] + cfg.lambda_depth * losses["depth"]
-            c = 3
-            for m in models:
-                l = cfg.models[m].channels
-                fm = v.kf.features.get(m)
-                if fm is not None:
-                    n = min(cfg.feature_points, h * w)
-                    flat = torch.randperm(h * w, generator=self._gen)[:n]
-                    pv, pu = flat // w, flat % w
-                    q = img[pv, pu, c:c + l]  # [n, l] rendered principal queries
-                    uv = torch.stack([(pu.float() + 0.5) / v.scale - 0.5, (pv.float() + 0.5) / v.scale - 0.5], -1)
-                    gt = fm.sample(uv, mode=cfg.models[m].sample_mode)  # [n, d]
-                    cd = v.cell_depth.get(m)
-                    if cd is not None:
-                        ok = label_depth_consistent(v.depth[pv, pu].numpy(), uv[:, 0].numpy(), uv[:, 1].numpy(), cd,
-                                                    v.kf.size, cfg.label_depth_rel)
-                        gt = torch.where(torch.from_numpy(ok)[:, None], gt, 0.0)  # zero targets are ignored
-                    b = self.banks[m]
-                    rows, unit = b.rows, b.unit_rows
-                    if 0 < cfg.train_max_rows < len(b):
-                        cand = candidate_rows(q.detach(), self.W[m].detach(), unit, cfg.tau,
-                                              max_rows=cfg.train_max_rows, generator=self._gen)
-                        rows, unit = rows[cand], unit[cand]
-                    pred = memory_attention(q, self.W[m], rows, unit, cfg.tau, cfg.attention_topk)
-                    losses[f"feat_{m}"] = feature_loss(pred, gt)
-                    loss = loss + cfg.lambda_feature * cfg.models[m].weight * losses[f"feat_{m}"]
-                c += l
+            loss, losses = view_losses(cfg, v, img[0], models, self.W, self.banks, self._gen)
             self.optimizer.zero_grad(set_to_none=True)
             if self.wm_optimizer is not None:
                 self.wm_optimizer.zero_grad(set_to_none=True)
@@ -667,6 +345,49 @@ class M3Memory:
         return out
 
     # ---- persistence -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything a saved memory holds, as plain tensors and JSON-able values (checkpoint.py writes it).
+
+        Keys: "config" (dataclasses.asdict), "params" {name: tensor}, "W" {model: tensor},
+        "banks" {model: {"rows", "counts", "centre_sum", "centre_n", "seen", "merges", "theta",
+        "max_rows", "centring"}}, "iteration", "extent", "keyframes" (count; keyframes are not stored).
+        """
+        with self._lock:
+            return {
+                "config": dataclasses.asdict(self.cfg),
+                "params": {k: v.detach().contiguous().clone() for k, v in self.params.items()},
+                "W": {m: w.detach().contiguous().clone() for m, w in self.W.items()},
+                "banks": {m: {"rows": b.rows.contiguous().clone(), "counts": b.counts.contiguous().clone(),
+                              "centre_sum": b._sum.clone(), "centre_n": b._n, "seen": b.seen, "merges": b.merges,
+                              "theta": b.theta, "max_rows": b.max_rows, "centring": b.centring}
+                          for m, b in self.banks.items()},
+                "iteration": self.iteration,
+                "extent": self.extent,
+                "keyframes": len(self._views),
+            }
+
+    @classmethod
+    def from_state(cls, state: dict, cfg: MemoryConfig | None = None) -> "M3Memory":
+        """A memory from a ``state_dict()`` (validated by checkpoint.py when read from disk), published."""
+        cfg = cfg if cfg is not None else MemoryConfig.from_dict(state["config"])
+        mem = cls(cfg)
+        with mem._lock:
+            mem.params = nn.ParameterDict({n: nn.Parameter(t.clone()) for n, t in state["params"].items()})
+            for m, b in state["banks"].items():
+                s = cfg.models[m]
+                bank = MemoryBank(int(b["rows"].shape[1]), s.theta, s.max_rows, centre=bool(b.get("centring", s.centred)))
+                bank.set_rows(b["rows"].clone(), counts=b.get("counts"), centre_sum=b.get("centre_sum"),
+                              centre_n=int(b.get("centre_n", 0)))
+                bank.seen, bank.merges = int(b.get("seen", 0)), int(b.get("merges", 0))
+                mem.banks[m] = bank
+            for m, W in state["W"].items():
+                mem.W[m] = nn.Parameter(W.clone(), requires_grad=cfg.learnable_wm)
+            mem.iteration = int(state.get("iteration", 0))
+            mem.extent = float(state.get("extent", 1.0))
+            mem._build_optimizers()
+            mem._publish()
+        return mem
+
     def save(self, path: str | Path) -> None:
         """Write the memory to one directory atomically (see checkpoint.py)."""
         from m3_ros.memory.checkpoint import save_memory
@@ -677,7 +398,4 @@ class M3Memory:
     def load(cls, path: str | Path) -> "M3Memory":
         """Load a memory saved by `save` (validated; never unpickles). Keyframes are not stored."""
         from m3_ros.memory.checkpoint import load_memory
-        mem = load_memory(cls, Path(path))
-        with mem._lock:
-            mem._publish()
-        return mem
+        return load_memory(cls, Path(path))

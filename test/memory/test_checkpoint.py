@@ -165,3 +165,20 @@ def test_version_2_checkpoint_loads_uncentred(mem, tmp_path):
         assert not bank.centring and not loaded.cfg.models[m].centred
         torch.testing.assert_close(bank.unit_rows, torch.nn.functional.normalize(bank.rows, dim=-1))
         assert torch.equal(bank.counts, torch.ones(len(bank)))
+
+
+def test_state_dict_round_trip_without_files(mem):
+    state = mem.state_dict()
+    assert set(state["banks"]) == set(mem.banks) and state["keyframes"] == len(mem.keyframes)
+    _assert_same(mem, M3Memory.from_state(state))
+    # the state is a copy: editing it leaves the memory alone
+    state["params"]["means"] += 1.0
+    assert not torch.equal(state["params"]["means"], mem.params["means"].detach())
+
+
+def test_checkpoint_does_not_import_the_memory_class():
+    import subprocess
+    import sys
+    code = ("import sys, m3_ros.memory.checkpoint; "
+            "sys.exit(1 if 'm3_ros.memory.memory' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,0 +1,167 @@
+"""Configuration of the memory: one ModelSlot per foundation model, and MemoryConfig (nodes fill it
+from ROS parameters, the CLI and benchmarks from YAML)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from m3_ros.memory.sh import check_sh_degree
+from m3_ros.memory.strategy import DensifyConfig
+
+
+@dataclass
+class ModelSlot:
+    """One foundation model's slice of the memory."""
+
+    channels: int = 16
+    """Principal-query channels l for this model."""
+    theta: float = 0.8
+    """Algorithm 1 similarity threshold for this model's bank."""
+    max_rows: int = 5000
+    """Bound on the bank's rows; beyond it the most similar pair of rows is merged (bank.py)."""
+    centre: bool | None = None
+    """Subtract the bank's running feature mean before every cosine (admission, assignment, attention
+    keys; bank.py). None = centre patch-grid models (sample_mode "bilinear"), not region models:
+    DINOv2-S at theta 0.75 keeps 16 rows on a dev table walk raw and ~200 centred, while a region
+    model's few label embeddings would have a mean that jumps with every new label (and a single
+    label would centre to nothing)."""
+    weight: float = 1.0
+    """Multiplier on this model's feature loss."""
+    sample_mode: Literal["bilinear", "nearest"] = "bilinear"
+    """How ground-truth features are sampled: bilinear for patch grids, nearest for region maps."""
+
+    @property
+    def centred(self) -> bool:
+        """Whether this model's bank centres (``centre``, or its default for the sample mode)."""
+        return self.sample_mode == "bilinear" if self.centre is None else bool(self.centre)
+
+
+@dataclass
+class MemoryConfig:
+    """Everything M3Memory needs; nodes fill it from ROS parameters, the CLI and benches from YAML."""
+
+    models: dict[str, ModelSlot] = field(default_factory=dict)
+    """Foundation model name -> its slot."""
+    tau: float = 0.05
+    """Softmax temperature of the memory attention (reference code)."""
+    learnable_wm: bool = True
+    """Learn W_m (paper); False keeps the reference code's fixed random N(0, 1) W_m."""
+    wm_init: Literal["pca", "random"] = "pca"
+    """Learnable W_m starts from the first bank's top-l principal directions, or N(0, 1)."""
+    sh_degree: int = 0
+    """Colour SH degree 0..3 (0 = one view-independent RGB per Gaussian, the cheap CPU default)."""
+    max_gaussians: int = 50_000
+    """Hard cap on the Gaussian count (seeding and densification)."""
+    voxel_size: float = 0.02
+    """Voxel edge (m) for downsampling back-projected seed points."""
+    seed_stride: int = 2
+    """Back-project every seed_stride-th pixel."""
+    unexplained_depth_rel: float = 0.1
+    """A pixel is unexplained if the rendered alpha < 0.5 or its depth is off by this fraction."""
+    inherit_radius: float = 0.02
+    """A new Gaussian whose pixel has no feature for a model takes the query of the nearest
+    existing Gaussian within this distance (m); 0 = leave it at zero."""
+    init_opacity: float = 0.5
+    """Opacity of new Gaussians."""
+    label_depth_rel: float = 0.1
+    """Region-map models ("nearest" sampling): a pixel takes its cell's feature, for seeding and as a
+    training target, only if its depth is within this fraction of the cell's median depth (0 = off).
+    A cell is labelled when most of its pixels are the region; without the check the rest, across
+    the silhouette and often metres behind, seeded far Gaussians carrying the object's query (the
+    cause of bench_grounding's 2 m render-mode errors)."""
+    window: int = 64
+    """Keyframes kept for training (older ones are evicted at random, so coverage stays spread)."""
+    recent: int = 3
+    """The newest `recent` keyframes are drawn with probability recent_prob."""
+    recent_prob: float = 0.5
+    """Probability that a train step uses one of the newest keyframes."""
+    train_scale: float = 0.5
+    """Training renders at this fraction of the keyframe resolution."""
+    feature_points: int = 2000
+    """Feature-loss sample points per view and model."""
+    attention_topk: int = 0
+    """Training decodes feature points with each point's top-k bank rows; 0 = the method's exact
+    softmax (over at most train_max_rows candidate rows), which bench_memory measured faster
+    than top-32 at 5k rows (100 vs 135 ms per step), so it is the default."""
+    train_max_rows: int = 512
+    """Banks larger than this are attended in training over at most this many candidate rows,
+    picked per step from a subsample of the feature points (0 = always all rows)."""
+    lambda_ssim: float = 0.2
+    """SSIM weight in the RGB loss."""
+    lambda_depth: float = 0.1
+    """Weight of the L1 depth term."""
+    lambda_feature: float = 0.5
+    """Weight of the feature loss (summed over models)."""
+    lr_means: float = 1.6e-4
+    """Mean learning rate, times the scene extent (no decay: training is open-ended)."""
+    lr_scales: float = 5e-3
+    """Log-scale learning rate."""
+    lr_quats: float = 1e-3
+    """Rotation learning rate."""
+    lr_opacity: float = 0.05
+    """Opacity-logit learning rate."""
+    lr_colors: float = 2.5e-3
+    """Colour learning rate."""
+    lr_queries: float = 5e-3
+    """Principal-query learning rate (10x the offline reference: queries start seeded, views are few)."""
+    lr_wm: float = 1e-3
+    """W_m learning rate."""
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    """Densify / prune policy."""
+    near_plane: float = 0.01
+    """Rasterizer near plane (m)."""
+    far_plane: float = 100.0
+    """Rasterizer far plane (m)."""
+    backend: Literal["auto", "torch", "cpu", "cuda"] = "auto"
+    """Rasterizer backend."""
+    relevance_tile: int = 32
+    """Relevance maps pick candidate bank rows per tile x tile pixel block (see RelevanceIndex.relevance_image)."""
+    relevance_stride: int = 4
+    """Pixel stride of the subsample that votes for each tile's candidate rows."""
+    relevance_candidates: int = 8
+    """Rows each subsampled pixel votes for."""
+    relevance_max_rows: int = 64
+    """Cap on a tile's candidate rows (most-voted win); softmax and norm are exact over them."""
+    decode_budget_bytes: int = 256 << 20
+    """Memory budget of one chunk of full decoding."""
+    cache_top_rows: int = 64
+    """Per-Gaussian attention cache: rows kept per Gaussian (all rows, i.e. exact, for banks up to this size)."""
+    cache_q_tol: float = 1e-3
+    """The cache re-decodes a Gaussian whose query moved more than this (relative) since it was decoded."""
+    cache_w_tol: float = 2e-3
+    """The cache re-decodes everything once W_m moved more than this (relative Frobenius) since the last full refresh."""
+    seed: int = 0
+    """Seed for all randomness (W_m init, sampling)."""
+
+    def __post_init__(self) -> None:
+        for name, slot in self.models.items():
+            if slot.channels <= 0:
+                raise ValueError(f"model {name!r}: channels must be positive, got {slot.channels}")
+            if not 0.0 < slot.theta <= 1.0:
+                raise ValueError(f"model {name!r}: theta must be in (0, 1], got {slot.theta}")
+            if slot.max_rows < 2:
+                raise ValueError(f"model {name!r}: max_rows must be at least 2 (merging needs a pair), got {slot.max_rows}")
+        if self.tau <= 0:
+            raise ValueError(f"tau must be positive, got {self.tau}")
+        if not 0.0 < self.train_scale <= 1.0:
+            raise ValueError(f"train_scale must be in (0, 1], got {self.train_scale}")
+        check_sh_degree(self.sh_degree)
+        for name in ("relevance_tile", "relevance_stride", "relevance_candidates", "relevance_max_rows"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_gaussians <= 0:
+            raise ValueError(f"max_gaussians must be positive, got {self.max_gaussians}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MemoryConfig":
+        """Inverse of dataclasses.asdict (YAML/JSON); unknown keys raise ValueError."""
+        d = dict(d)
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = set(d) - names
+        if bad:
+            raise ValueError(f"unknown MemoryConfig keys: {sorted(bad)}")
+        d["models"] = {k: v if isinstance(v, ModelSlot) else ModelSlot(**v) for k, v in d.get("models", {}).items()}
+        if "densify" in d and not isinstance(d["densify"], DensifyConfig):
+            d["densify"] = DensifyConfig(**d["densify"])
+        return cls(**d)

@@ -1,0 +1,103 @@
+"""Seeding: new Gaussians where a keyframe sees geometry the memory does not explain yet.
+
+Pixels are back-projected from depth; those the current memory already renders (alpha >= 0.5 and
+depth within ``unexplained_depth_rel``) are skipped, the rest voxel-downsampled. A new Gaussian's
+principal query starts where attention already decodes its pixel's feature (its nearest bank
+row, ``wm.queries_for_rows``), so the memory answers right after the keyframe (M3_METHOD.md,
+"queryable at once").
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from m3_ros import geometry
+from m3_ros.memory.compact import grid_hw
+from m3_ros.memory.config import MemoryConfig
+from m3_ros.memory.gaussians import logit, nn_log_scales, voxel_downsample
+from m3_ros.memory.sh import dc_to_colors
+from m3_ros.memory.views import cell_median_depth, label_depth_consistent
+from m3_ros.types import Keyframe
+
+
+def unexplained(kf: Keyframe, pix: np.ndarray, alpha: np.ndarray, depth_raw: np.ndarray, rel: float) -> np.ndarray:
+    """[M] True at pixels pix [M, 2] (v, u) that the rendered alpha / expected depth [H, W] do not explain."""
+    a = alpha[pix[:, 0], pix[:, 1]]
+    dr = depth_raw[pix[:, 0], pix[:, 1]]
+    depth = np.asarray(kf.depth)
+    z = depth[pix[:, 0], pix[:, 1]]
+    # Expected depth blends both sides of a depth edge: edge pixels count as explained
+    # unless nothing is rendered there.
+    dmap = np.where(depth > 0, depth, np.nan)
+    span = ndimage.maximum_filter(np.nan_to_num(dmap, nan=0.0), 3) - ndimage.minimum_filter(np.nan_to_num(dmap, nan=np.inf), 3)
+    edge = (span > rel * np.nan_to_num(dmap, nan=0.0))[pix[:, 0], pix[:, 1]]
+    return (a < 0.5) | ((np.abs(dr - z) > rel * z) & ~edge)
+
+
+def seed_points(kf: Keyframe, cfg: MemoryConfig, room: int, render_fn, generator: torch.Generator
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """World points [M, 3] and their pixels [M, 2] (v, u) to seed from kf, at most room of them.
+
+    render_fn(T_world_cam, K, W, H) -> {"alpha", "depth_raw"} renders the current memory, or is
+    None when the memory is empty (everything is unexplained).
+    """
+    none = (np.zeros((0, 3)), np.zeros((0, 2), dtype=np.int64))
+    if room <= 0:
+        return none
+    pts, pix = geometry.backproject(np.asarray(kf.depth, dtype=np.float64), np.asarray(kf.K),
+                                    np.asarray(kf.T_world_cam), stride=cfg.seed_stride)
+    if len(pts) == 0:
+        return none
+    if render_fn is not None:
+        H, W = kf.size
+        out = render_fn(np.asarray(kf.T_world_cam), np.asarray(kf.K), W, H)
+        keep = unexplained(kf, pix, out["alpha"], out["depth_raw"], cfg.unexplained_depth_rel)
+        pts, pix = pts[keep], pix[keep]
+        if len(pts) == 0:
+            return none
+    keep = voxel_downsample(pts, cfg.voxel_size)
+    if len(keep) > room:
+        keep = keep[np.sort(torch.randperm(len(keep), generator=generator)[:room].numpy())]
+    return pts[keep], pix[keep]
+
+
+def seed_geometry(kf: Keyframe, pts: np.ndarray, pix: np.ndarray, existing_means: np.ndarray,
+                  cfg: MemoryConfig) -> dict[str, torch.Tensor]:
+    """Means, log-scales (nearest-neighbour spacing), identity rotations, opacity and colour of new Gaussians."""
+    M = len(pts)
+    rgb = torch.from_numpy(kf.rgb[pix[:, 0], pix[:, 1]].astype(np.float32) / 255.0)
+    return {
+        "means": torch.from_numpy(pts).float(),
+        "log_scales": torch.from_numpy(nn_log_scales(pts, existing_means.astype(np.float64))).float(),
+        "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(M, 1),
+        "opacity_logits": torch.full((M,), float(logit(torch.tensor(cfg.init_opacity)))),
+        "colors": dc_to_colors(logit(rgb), cfg.sh_degree),  # higher SH orders start at 0
+    }
+
+
+def pixel_features(kf: Keyframe, fm, pix: np.ndarray, cfg: MemoryConfig, model: str) -> torch.Tensor:
+    """Ground-truth features [M, d] of model at pixels pix [M, 2] (v, u), nearest cell; zero across
+    a region's silhouette (depth off its cell's median) for region models."""
+    uv = torch.from_numpy(pix[:, ::-1].astype(np.float32).copy())  # (u, v)
+    gt = fm.sample(uv, mode="nearest")  # [M, d]
+    if cfg.models[model].sample_mode == "nearest" and cfg.label_depth_rel > 0:
+        cd = cell_median_depth(np.nan_to_num(np.asarray(kf.depth, dtype=np.float64)), grid_hw(fm))
+        z = np.asarray(kf.depth)[pix[:, 0], pix[:, 1]]
+        ok = label_depth_consistent(z, pix[:, 1], pix[:, 0], cd, kf.size, cfg.label_depth_rel)
+        gt[torch.from_numpy(~ok)] = 0.0  # across the silhouette: no feature (inherits below)
+    return gt
+
+
+def inherit_queries(q: torch.Tensor, pts: np.ndarray, tree: cKDTree | None, known: torch.Tensor, radius: float) -> None:
+    """Give rows of q [M, l] that are zero (no feature in this keyframe: a missed detection, a model
+    that skipped it) the query of the nearest known Gaussian within radius (known [N, l]), in place."""
+    if tree is None:
+        return
+    none = torch.nonzero(q.abs().sum(1) == 0).flatten()
+    if len(none):
+        dist, nn = tree.query(pts[none.numpy()], distance_upper_bound=radius)
+        ok = np.isfinite(dist)
+        if ok.any():
+            q[none[torch.from_numpy(ok)]] = known[torch.from_numpy(nn[ok])]

@@ -1,0 +1,70 @@
+"""What one train step optimises: which keyframe it draws, and the losses on its render.
+
+Method note, "Loss": 0.8 L1 + 0.2 (1 - SSIM) on RGB, an L1 depth term, and per model the feature
+loss between attended features and the ground truth at ``feature_points`` random pixels. The
+optimiser steps and the densify policy run in ``M3Memory.train_step``.
+"""
+from __future__ import annotations
+
+import random
+
+import torch
+
+from m3_ros.memory.attention import candidate_rows, memory_attention
+from m3_ros.memory.config import MemoryConfig
+from m3_ros.memory.losses import depth_loss, feature_loss, rgb_loss
+from m3_ros.memory.views import TrainView, label_depth_consistent
+
+
+def sample_view(views: list[TrainView], cfg: MemoryConfig, rng: random.Random) -> TrainView:
+    """A keyframe to train on: one of the newest ``recent`` with probability recent_prob, else any."""
+    n = len(views)
+    if n > cfg.recent and rng.random() < cfg.recent_prob:
+        return views[n - 1 - rng.randrange(cfg.recent)]
+    return views[rng.randrange(n)]
+
+
+def feature_targets(cfg: MemoryConfig, v: TrainView, model: str, fm, generator: torch.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Train-scale pixels (pv [n], pu [n]) drawn for model's loss and their ground truth gt [n, d]
+    (zero where a region model's label crosses a depth edge: zero targets are ignored)."""
+    h, w = v.rgb.shape[:2]
+    n = min(cfg.feature_points, h * w)
+    flat = torch.randperm(h * w, generator=generator)[:n]
+    pv, pu = flat // w, flat % w
+    # train-scale pixel centre -> keyframe pixel coordinates (integer pixel centres)
+    uv = torch.stack([(pu.float() + 0.5) / v.scale - 0.5, (pv.float() + 0.5) / v.scale - 0.5], -1)
+    gt = fm.sample(uv, mode=cfg.models[model].sample_mode)  # [n, d]
+    cd = v.cell_depth.get(model)
+    if cd is not None:
+        ok = label_depth_consistent(v.depth[pv, pu].numpy(), uv[:, 0].numpy(), uv[:, 1].numpy(), cd,
+                                    v.kf.size, cfg.label_depth_rel)
+        gt = torch.where(torch.from_numpy(ok)[:, None], gt, 0.0)
+    return pv, pu, gt
+
+
+def view_losses(cfg: MemoryConfig, v: TrainView, img: torch.Tensor, models: list[str], W: dict, banks: dict,
+                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total loss and its terms for the render img [h, w, 3 + sum(l) + 1] (RGB, query slices, depth) of v."""
+    losses: dict[str, torch.Tensor] = {}
+    losses["rgb"] = rgb_loss(img[..., :3], v.rgb, cfg.lambda_ssim)
+    losses["depth"] = depth_loss(img[..., -1], v.depth)
+    loss = losses["rgb"] + cfg.lambda_depth * losses["depth"]
+    c = 3
+    for m in models:
+        l = cfg.models[m].channels
+        fm = v.kf.features.get(m)
+        if fm is not None:
+            pv, pu, gt = feature_targets(cfg, v, m, fm, generator)
+            q = img[pv, pu, c:c + l]  # [n, l] rendered principal queries
+            b = banks[m]
+            rows, unit = b.rows, b.unit_rows
+            if 0 < cfg.train_max_rows < len(b):
+                cand = candidate_rows(q.detach(), W[m].detach(), unit, cfg.tau,
+                                      max_rows=cfg.train_max_rows, generator=generator)
+                rows, unit = rows[cand], unit[cand]
+            pred = memory_attention(q, W[m], rows, unit, cfg.tau, cfg.attention_topk)
+            losses[f"feat_{m}"] = feature_loss(pred, gt)
+            loss = loss + cfg.lambda_feature * cfg.models[m].weight * losses[f"feat_{m}"]
+        c += l
+    return loss, losses
