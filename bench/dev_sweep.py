@@ -25,6 +25,7 @@ from _common import RESULTS_DIR, machine_header, table, write_report  # noqa: E4
 from m3_ros.eval.suite import RunConfig, run_scene  # noqa: E402
 from m3_ros.grounding import GroundingConfig  # noqa: E402
 from m3_ros.pipeline import MemoryPipeline, PipelineConfig  # noqa: E402
+from m3_ros.sim.sensors import DetectorNoise, SensorConfig  # noqa: E402
 
 BASE = GroundingConfig()
 VARIANTS = {
@@ -32,20 +33,34 @@ VARIANTS = {
     "gaussians_noconf": replace(BASE, confidence_norm=0.0),
     "gaussians_conf2": replace(BASE, confidence_norm=2.0),
     "gaussians_noverify": replace(BASE, verify_views=0),
-    "gaussians_dom1.5": replace(BASE, verify_dominance=1.5),
     "gaussians_margin0.05": replace(BASE, relative_margin=0.05),
-    "gaussians_margin0.2": replace(BASE, relative_margin=0.2),
+    "gaussians_min_region10": replace(BASE, min_region_points=10),
     "view": replace(BASE, mode="view"),
     "render": replace(BASE, mode="render"),
 }
+
+
+
+def _without(**off):
+    def make() -> SensorConfig:
+        return replace(SensorConfig.realistic(), name="realistic-" + "-".join(off), **off)
+    return make
+
+
+SENSORS = {"realistic": SensorConfig.realistic, "ideal": SensorConfig.ideal,
+           "no_drift": _without(odometry=None), "no_depth_noise": _without(depth=None),
+           "no_detector_noise": _without(detector=DetectorNoise())}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", nargs="+", default=["table", "two_tables"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--sensors", default="realistic")
+    ap.add_argument("--sensors", default="realistic", choices=sorted(SENSORS),
+                    help="realistic, ideal, or realistic with one part off (to find what costs most)")
+    ap.add_argument("--variants", nargs="+", default=None, help="a subset of VARIANTS")
     a = ap.parse_args()
+    variants = {k: VARIANTS[k] for k in (a.variants or VARIANTS)}
     if any(s >= 100 for s in a.seeds):
         sys.exit("dev_sweep: seeds >= 100 are test scenes; tune on dev seeds (< 100) only")
     pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"]))
@@ -54,14 +69,14 @@ def main() -> None:
     t_start = time.monotonic()
     for fam in a.families:
         for seed in a.seeds:
-            rc = RunConfig(family=fam, seed=seed, sensors=a.sensors, m3_modes=[], m3_variants=VARIANTS,
+            rc = RunConfig(family=fam, seed=seed, sensors=SENSORS[a.sensors](), m3_modes=[], m3_variants=variants,
                            splits=("dev",), grasps=0, iou_views=0)
             r = run_scene(rc, pipe)
             queries += r.queries
             print(f"  stats: {r.stats}", flush=True)
             print(f"[{time.monotonic() - t_start:6.0f} s] {fam}/seed {seed}: {len(r.queries)} answers", flush=True)
     pipe.close()
-    (RESULTS_DIR / "dev_sweep_answers.json").write_text(json.dumps(queries, indent=1))
+    (RESULTS_DIR / f"dev_sweep_{a.sensors}_answers.json").write_text(json.dumps(queries, indent=1))
     methods = sorted({q["method"] for q in queries})
     rows = []
     for m in methods:
@@ -79,7 +94,7 @@ def main() -> None:
         "", f"Dev scenes {a.families} x seeds {a.seeds}, {a.sensors} sensors, dev phrasings only.", "",
         *table(["method", "n", "within 5 cm", "median cm", "wrong object", "ms"], rows), "",
         *table(["family", "method", "n", "within 5 cm"], per)]
-    write_report("dev_sweep", "Dev sweep of grounding variants", sections,
+    write_report(f"dev_sweep_{a.sensors}", "Dev sweep of grounding variants", sections,
                  {"best": best[0], "best_within5": best[2],
                   "default_within5": next(r[2] for r in rows if r[0] == "m3_gaussians")})
 
