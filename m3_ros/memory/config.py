@@ -52,7 +52,14 @@ class MemoryConfig:
     sh_degree: int = 0
     """Colour SH degree 0..3 (0 = one view-independent RGB per Gaussian, the cheap CPU default)."""
     max_gaussians: int = 50_000
-    """Hard cap on the Gaussian count (seeding and densification)."""
+    """Global limit on the Gaussian count. Densification stops at it; seeding does not: new places
+    evict the least useful Gaussians (lowest opacity first) to make room, so a second table or room
+    is still mapped once the first filled the memory."""
+    max_per_voxel: int = 2
+    """Density budget: a seed point is dropped when its voxel (voxel_size edge) already holds this
+    many Gaussians (0 = no budget). Set on one dev walk (table seed 1, 35 keyframes, realistic
+    sensors): 2 kept 44.6k Gaussians instead of 49.9k at the same held-out DINOv2 fidelity
+    (1-cos 0.110 vs 0.110 after 300 steps); not swept further."""
     voxel_size: float = 0.02
     """Voxel edge (m) for downsampling back-projected seed points."""
     seed_stride: int = 2
@@ -150,6 +157,8 @@ class MemoryConfig:
         for name in ("relevance_tile", "relevance_stride", "relevance_candidates", "relevance_max_rows"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_per_voxel < 0:
+            raise ValueError(f"max_per_voxel must be >= 0, got {self.max_per_voxel}")
         if self.max_gaussians <= 0:
             raise ValueError(f"max_gaussians must be positive, got {self.max_gaussians}")
 

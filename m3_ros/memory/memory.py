@@ -34,7 +34,7 @@ from m3_ros.memory.bank import MemoryBank
 from m3_ros.memory.config import MemoryConfig, ModelSlot  # noqa: F401  (re-exported: the public names)
 from m3_ros.memory.gaussians import empty_params, query_key
 from m3_ros.memory.rasterize import rasterize
-from m3_ros.memory.seeding import inherit_queries, pixel_features, seed_geometry, seed_points
+from m3_ros.memory.seeding import inherit_queries, least_useful, pixel_features, seed_geometry, seed_points
 from m3_ros.memory.sh import camera_centre, sh_to_rgb
 from m3_ros.memory.snapshot import AttentionCache, BankView, MemorySnapshot
 from m3_ros.memory.strategy import DensifyStrategy
@@ -184,9 +184,13 @@ class M3Memory:
         if self.n_gaussians > 0:
             def render(T, K, W, H):
                 return self._render_raw(T, K, W, H, with_queries=False)
-        pts, pix = seed_points(kf, cfg, cfg.max_gaussians - self.n_gaussians, render, self._gen)
+        # Room for a whole keyframe's worth, at most the global limit: new places are not refused.
+        pts, pix = seed_points(kf, cfg, cfg.max_gaussians, render, self._gen, self.means.numpy())
         if len(pts) == 0:
             return
+        over = self.n_gaussians + len(pts) - cfg.max_gaussians
+        if over > 0:
+            self._remove(least_useful(self.opacities, over))
         new = seed_geometry(kf, pts, pix, self.means.numpy(), cfg)
         tree = cKDTree(self.means.numpy()) if self.n_gaussians > 0 and cfg.inherit_radius > 0 else None
         for m, slot in cfg.models.items():
@@ -197,6 +201,28 @@ class M3Memory:
             inherit_queries(q, pts, tree, self.params[query_key(m)].detach(), cfg.inherit_radius)
             new[query_key(m)] = q
         ops.append_gaussians(self.params, self.optimizer, new)
+        self._keep_densify_stats(torch.cat([torch.arange(self.n_gaussians - len(pts)),
+                                            torch.full((len(pts),), -1, dtype=torch.long)]))
+
+    @torch.no_grad()
+    def _remove(self, index: torch.Tensor) -> None:
+        """Evict the Gaussians at index [k], with their optimiser state and densify statistics."""
+        keep = torch.ones(self.n_gaussians, dtype=torch.bool)
+        keep[index] = False
+        ops.remove_gaussians(self.params, self.optimizer, ~keep)
+        self._keep_densify_stats(torch.nonzero(keep).flatten())
+
+    def _keep_densify_stats(self, old_index: torch.Tensor) -> None:
+        """Carry the densify policy's gradient statistics over a change of the Gaussian set: row i of
+        the new set was row old_index[i] of the old one (-1 = new, starts at zero). Before, they were
+        dropped at every change of count, i.e. at every keyframe, so densification never triggered."""
+        st = self._strategy_state
+        if st.get("grad2d") is None:
+            return
+        for k in ("grad2d", "count"):
+            v = st[k]
+            pad = torch.cat([v, torch.zeros(1)])  # index -1 reads the zero
+            st[k] = pad[old_index]
 
     # ---- rendering ---------------------------------------------------------------------------
     def _activated(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

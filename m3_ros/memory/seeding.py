@@ -36,9 +36,10 @@ def unexplained(kf: Keyframe, pix: np.ndarray, alpha: np.ndarray, depth_raw: np.
     return (a < 0.5) | ((np.abs(dr - z) > rel * z) & ~edge)
 
 
-def seed_points(kf: Keyframe, cfg: MemoryConfig, room: int, render_fn, generator: torch.Generator
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """World points [M, 3] and their pixels [M, 2] (v, u) to seed from kf, at most room of them.
+def seed_points(kf: Keyframe, cfg: MemoryConfig, room: int, render_fn, generator: torch.Generator,
+                existing_means: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """World points [M, 3] and their pixels [M, 2] (v, u) to seed from kf, at most room of them,
+    none in a voxel that already holds cfg.max_per_voxel of existing_means [N, 3].
 
     render_fn(T_world_cam, K, W, H) -> {"alpha", "depth_raw"} renders the current memory, or is
     None when the memory is empty (everything is unexplained).
@@ -58,9 +59,29 @@ def seed_points(kf: Keyframe, cfg: MemoryConfig, room: int, render_fn, generator
         if len(pts) == 0:
             return none
     keep = voxel_downsample(pts, cfg.voxel_size)
+    if existing_means is not None and cfg.max_per_voxel > 0:
+        keep = keep[~over_budget(pts[keep], existing_means, cfg.voxel_size, cfg.max_per_voxel)]
     if len(keep) > room:
         keep = keep[np.sort(torch.randperm(len(keep), generator=generator)[:room].numpy())]
     return pts[keep], pix[keep]
+
+
+def over_budget(pts: np.ndarray, existing_means: np.ndarray, voxel: float, k: int) -> np.ndarray:
+    """[M] True for points pts [M, 3] whose voxel already holds >= k of existing_means [N, 3]."""
+    if k <= 0 or len(existing_means) == 0 or len(pts) == 0:
+        return np.zeros(len(pts), dtype=bool)
+    keys = np.floor(existing_means / voxel).astype(np.int64)
+    cells, counts = np.unique(keys, axis=0, return_counts=True)
+    full = {tuple(c) for c in cells[counts >= k]}
+    if not full:
+        return np.zeros(len(pts), dtype=bool)
+    return np.fromiter((tuple(c) in full for c in np.floor(pts / voxel).astype(np.int64)), dtype=bool, count=len(pts))
+
+
+def least_useful(opacities: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices [n] of the Gaussians to evict first: the most transparent (they explain the least)."""
+    n = min(int(n), int(opacities.shape[0]))
+    return torch.topk(opacities, n, largest=False).indices
 
 
 def seed_geometry(kf: Keyframe, pts: np.ndarray, pix: np.ndarray, existing_means: np.ndarray,

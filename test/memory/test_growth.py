@@ -1,0 +1,63 @@
+"""Growth without a wall: the global limit evicts the least useful Gaussians for new places, a
+per-voxel density budget, and densify statistics that survive new keyframes."""
+import numpy as np
+import torch
+
+from m3_ros.memory.gaussians import query_key
+from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot
+from m3_ros.memory.seeding import over_budget
+from m3_ros.memory.strategy import DensifyConfig
+from synthetic_scene import render_view
+
+
+def _cfg(**kw) -> MemoryConfig:
+    base = dict(models={"dino": ModelSlot(channels=8, theta=0.9, max_rows=100)}, voxel_size=0.02, seed_stride=1,
+                train_scale=1.0, feature_points=200, backend="torch", seed=0)
+    base.update(kw)
+    return MemoryConfig(**base)
+
+
+def test_full_memory_still_maps_a_new_place_by_evicting_the_most_transparent():
+    mem = M3Memory(_cfg(max_gaussians=600))
+    mem.add_keyframe(render_view(0.0)[0])
+    assert mem.n_gaussians == 600  # the first view alone fills the limit
+    with torch.no_grad():  # mark some Gaussians as nearly transparent: they are the ones to go
+        mem.params["opacity_logits"][:50] = -8.0
+    far = mem.means[:, 0].max().item()
+    mem.add_keyframe(render_view(1.5, index=1)[0])  # looks at x ~ 1.5 m: geometry not seen before
+    assert mem.n_gaussians == 600
+    new = mem.means[:, 0] > far + 0.05
+    assert new.sum() > 20  # the new place got Gaussians, and queries for them
+    assert (mem.params[query_key("dino")].detach()[new].norm(dim=1) > 0).all()
+    # every marked (transparent) Gaussian was evicted first
+    assert float(mem.opacities.min()) > 0.1
+
+
+def test_density_budget_bounds_gaussians_per_voxel():
+    pts = np.array([[0.001, 0.001, 0.001], [0.011, 0.001, 0.001], [0.05, 0.05, 0.05]])
+    existing = np.array([[0.002, 0.003, 0.004], [0.009, 0.009, 0.009], [0.049, 0.041, 0.041]])
+    assert over_budget(pts, existing, 0.02, 2).tolist() == [True, True, False]
+    assert over_budget(pts, existing, 0.02, 0).tolist() == [False, False, False]
+    # In the memory: views that do not explain themselves (depth moved 10 %) keep adding Gaussians,
+    # but never more than max_per_voxel per voxel.
+    mem = M3Memory(_cfg(max_per_voxel=2, voxel_size=0.04))
+    for i in range(4):
+        kf = render_view(0.0, index=i)[0]
+        kf.depth = kf.depth * (1.0 + 0.1 * i)
+        mem.add_keyframe(kf)
+    _, counts = np.unique(np.floor(mem.means.numpy() / 0.04).astype(np.int64), axis=0, return_counts=True)
+    assert counts.max() <= 2
+
+
+def test_densify_statistics_survive_a_new_keyframe():
+    mem = M3Memory(_cfg(densify=DensifyConfig(refine_start=10_000)))
+    mem.add_keyframe(render_view(0.0)[0])
+    mem.train(3)
+    st = mem._strategy_state
+    before = st["grad2d"].clone()
+    assert (before > 0).any()
+    n0 = mem.n_gaussians
+    mem.add_keyframe(render_view(0.4, index=1)[0])
+    assert mem.n_gaussians > n0
+    torch.testing.assert_close(st["grad2d"][:n0], before)
+    assert (st["grad2d"][n0:] == 0).all()
