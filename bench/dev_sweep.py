@@ -59,11 +59,13 @@ def main() -> None:
     ap.add_argument("--sensors", default="realistic", choices=sorted(SENSORS),
                     help="realistic, ideal, or realistic with one part off (to find what costs most)")
     ap.add_argument("--variants", nargs="+", default=None, help="a subset of VARIANTS")
+    ap.add_argument("--no-refine", action="store_true", help="memory on raw odometry (PipelineConfig.refine_poses off)")
     a = ap.parse_args()
     variants = {k: VARIANTS[k] for k in (a.variants or VARIANTS)}
     if any(s >= 100 for s in a.seeds):
         sys.exit("dev_sweep: seeds >= 100 are test scenes; tune on dev seeds (< 100) only")
-    pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"]))
+    pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"], refine_poses=not a.no_refine))
+    tag = a.sensors + ("_norefine" if a.no_refine else "")
     pipe.load()
     queries: list[dict] = []
     t_start = time.monotonic()
@@ -76,7 +78,7 @@ def main() -> None:
             print(f"  stats: {r.stats}", flush=True)
             print(f"[{time.monotonic() - t_start:6.0f} s] {fam}/seed {seed}: {len(r.queries)} answers", flush=True)
     pipe.close()
-    (RESULTS_DIR / f"dev_sweep_{a.sensors}_answers.json").write_text(json.dumps(queries, indent=1))
+    (RESULTS_DIR / f"dev_sweep_{tag}_answers.json").write_text(json.dumps(queries, indent=1))
     methods = sorted({q["method"] for q in queries})
     rows = []
     for m in methods:
@@ -91,10 +93,10 @@ def main() -> None:
             per.append([fam, m, len(sel), float(np.mean([q["success"] for q in sel]))])
     best = max(rows, key=lambda r: r[2])
     sections = machine_header() + [
-        "", f"Dev scenes {a.families} x seeds {a.seeds}, {a.sensors} sensors, dev phrasings only.", "",
+        "", f"Dev scenes {a.families} x seeds {a.seeds}, {a.sensors} sensors, pose refinement {'off' if a.no_refine else 'on'}, dev phrasings only.", "",
         *table(["method", "n", "within 5 cm", "median cm", "wrong object", "ms"], rows), "",
         *table(["family", "method", "n", "within 5 cm"], per)]
-    write_report(f"dev_sweep_{a.sensors}", "Dev sweep of grounding variants", sections,
+    write_report(f"dev_sweep_{tag}", "Dev sweep of grounding variants", sections,
                  {"best": best[0], "best_within5": best[2],
                   "default_within5": next(r[2] for r in rows if r[0] == "m3_gaussians")})
 

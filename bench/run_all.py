@@ -143,7 +143,7 @@ def main() -> None:
                 rc = RunConfig(family=fam, seed=seed, sensors=cond, m3_modes=modes,
                                grasps=(3 if a.quick else 6) if cond == "realistic" or not a.quick else 0,
                                iou_views=3 if a.quick else 8, keep_frames=keep,
-                               extra_train_s=5.0 if a.quick else 20.0)
+                               extra_train_steps=100 if a.quick else 400)
                 t0 = time.monotonic()
                 r = run_scene(rc, pipe)
                 print(f"[{time.monotonic() - t_start:6.0f} s] {fam}/{cond}/seed {seed}: {len(r.queries)} answers, "

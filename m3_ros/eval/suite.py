@@ -3,10 +3,11 @@ voxel baseline from the same frames, then ground every phrasing with every metho
 grasps in the simulator and measure relevance IoU, timing and memory use.
 
 The memory sees only what the robot sees: noisy depth, drifting odometry, the detector's
-labels. The truth (object boxes, true poses) is used only to judge. Answers live in the
-odometry frame; they are judged in the world through the robot's *current* odometry error
-(``T_world_odom = T_world_base_true @ inv(T_odom_base)``), i.e. where the robot would reach
-for them from where it stands.
+labels. The truth (object boxes, true poses) is used only to judge. M3 answers live in the
+memory's ``map`` frame (odometry refined by ICP, PipelineConfig.refine_poses), the voxel map's in
+odom; both are judged in the world through the robot's *current* odometry error and, for
+M3, its map -> odom estimate (``T_world_map = T_world_base_true @ inv(T_odom_base) @
+inv(T_map_odom)``), i.e. where the robot would reach for them from where it stands.
 """
 from __future__ import annotations
 
@@ -54,10 +55,12 @@ class RunConfig:
     """Phrasing splits to ask."""
     frame_dt: float = 0.25
     """Sim seconds between camera frames (config/sim.yaml's 4 Hz camera)."""
-    train_s_per_frame: float = 0.15
-    """Training wall time between frames."""
-    extra_train_s: float = 5.0
-    """Training after the walk, before the final queries."""
+    train_steps_per_frame: int = 2
+    """Train steps after each camera frame (a step count, not wall time: every run and method
+    gets the same training whatever the machine's load; ~a robot's rate, 4 Hz camera and
+    ~8 train steps/s)."""
+    extra_train_steps: int = 100
+    """Train steps after the walk, before the final queries."""
     grasps: int = 3
     """Grasp trials on reachable targets (0 = none)."""
     iou_views: int = 4
@@ -87,15 +90,24 @@ class RunResult:
     held_out: list = field(default_factory=list)  # SimFrames not used as keyframes
 
 
+_NO_LIMIT_S = 3600.0  # train_for's time budget when a step count is the limit
+
+
 def _boxes(world: SimWorld) -> list[Box]:
     return [Box(o.name, np.asarray(o.aabb_center, float), np.asarray(o.aabb_size, float))
             for o in world.objects()]
 
 
-def _to_world(world: SimWorld, p_odom: np.ndarray) -> np.ndarray:
-    """Map answers [.., 3] in odom to the world through the robot's current odometry error."""
+def _T_world_map(world: SimWorld, pipe: MemoryPipeline) -> np.ndarray:
+    """map -> world [4, 4]: the memory's map frame through its map -> odom estimate, then odom
+    through the robot's current odometry error (what a user of the answer would act on)."""
     T_world_odom = world.T_world_base @ invert(world.T_odom_base)
-    return transform_points(T_world_odom, np.atleast_2d(p_odom))
+    return T_world_odom @ invert(pipe.T_map_odom)
+
+
+def _to_world(world: SimWorld, pipe: MemoryPipeline, p_map: np.ndarray) -> np.ndarray:
+    """Map answers [.., 3] in the memory's frame (map) to the world (see _T_world_map)."""
+    return transform_points(_T_world_map(world, pipe), np.atleast_2d(p_map))
 
 
 class _Prober(threading.Thread):
@@ -121,7 +133,7 @@ class _Prober(threading.Thread):
             ms = (time.perf_counter() - t0) * 1e3
             t_s = time.monotonic() - t_first
             # the world is read from this thread only for judging: poses are plain arrays
-            pt = _to_world(self.world, res.points[0])[0]
+            pt = _to_world(self.world, self.pipe, res.points[0])[0]
             j = judge(pt, self.query.targets, self.boxes)
             self.records.append({"t_s": t_s, "error_m": j.error_m, "ok": j.success, "ms": ms})
 
@@ -164,15 +176,18 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
                         vmap.integrate(d, f.K, f.T_odom_cam, inst)
                 elif frames % 4 == 2:
                     held.append(f)
-                pipe.train_for(rc.train_s_per_frame)
-                # wait for each keyframe: every run holds the same keyframes, whatever the machine load
+                # wait for each keyframe (ingested, untrained): every run holds the same keyframes
+                # and takes the same steps, whatever the machine load
                 while taken and not pipe.idle():
-                    pipe.train_for(0.05)
+                    time.sleep(0.005)
+                    pipe.train_for(0.0, max_steps=0)
                 if taken:
                     out.keyframe_ms.append((time.perf_counter() - tk) * 1e3)
+                pipe.train_for(_NO_LIMIT_S, max_steps=rc.train_steps_per_frame)
             while not pipe.idle():
-                pipe.train_for(0.05)
-            pipe.train_for(rc.extra_train_s, max_steps=100000)
+                time.sleep(0.005)
+                pipe.train_for(0.0, max_steps=0)
+            pipe.train_for(_NO_LIMIT_S, max_steps=rc.extra_train_steps)
         finally:
             prober.stop.set()
             prober.join()
@@ -196,11 +211,13 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
                     tq = time.perf_counter()
                     try:
                         if method == "voxel_labels":
+                            # the labelled voxel map is built on odometry poses: it answers in odom
                             pt_odom = vmap.ground(emb, text.encode_labels).points[0]
+                            pt = transform_points(world.T_world_base @ invert(world.T_odom_base),
+                                                  np.atleast_2d(pt_odom))[0]
                         else:
                             pipe.cfg.grounding = variants[method]
-                            pt_odom = pipe.ground(q.text).points[0]
-                        pt = _to_world(world, pt_odom)[0]
+                            pt = _to_world(world, pipe, pipe.ground(q.text).points[0])[0]
                     except ValueError as e:
                         log.info("%s: %r: no answer (%s)", method, q.text, e)
                         pt = None
@@ -234,7 +251,8 @@ def _relevance_iou(out: RunResult, pipe: MemoryPipeline, world: SimWorld, held: 
             mask = f.segmentation == seg[name]
             if mask.sum() < 300:  # too small to judge a 2D overlap
                 continue
-            rel = pipe.relevance_map(q.text, f.T_odom_cam, f.K, f.rgb.shape[1], f.rgb.shape[0])
+            T_map_cam = pipe.T_map_odom @ f.T_odom_cam  # the held-out view where the memory puts it
+            rel = pipe.relevance_map(q.text, T_map_cam, f.K, f.rgb.shape[1], f.rgb.shape[0])
             out.ious.append(otsu_iou(rel, mask))
             if not out.example or mask.sum() > out.example["pixels"]:
                 out.example = {"rgb": f.rgb, "relevance": rel, "query": q.text, "pixels": int(mask.sum())}
@@ -254,10 +272,9 @@ def _grasps(out: RunResult, pipe: MemoryPipeline, world: SimWorld, scene, querie
             mem = pipe.memory
             keep = mem.opacities.detach().cpu().numpy() >= CLOUD_MIN_OPACITY
             cloud = mem.means.detach().cpu().numpy()[keep]
-            base_odom = world.T_odom_base[:3, 3]
-            plan = plan_grasp(res.points[0], cloud, GraspConfig(), viewpoint=base_odom)
-            T_world_odom = world.T_world_base @ invert(world.T_odom_base)
-            outcome = world.execute_grasp(T_world_odom @ plan.T_world_tcp)
+            base_map = (pipe.T_map_odom @ world.T_odom_base)[:3, 3]
+            plan = plan_grasp(res.points[0], cloud, GraspConfig(), viewpoint=base_map)
+            outcome = world.execute_grasp(_T_world_map(world, pipe) @ plan.T_world_tcp)
             rec.update(success=bool(outcome.success and outcome.object == o.name), lifted=outcome.object,
                        message=outcome.message, approach=plan.approach)
         except ValueError as e:

@@ -60,6 +60,7 @@ class GraspPlannerNode(Node):
         self.cfg = GraspConfig(radius=float(self.p["radius"]), max_width=float(self.p["max_width"]),
                                finger_depth=float(self.p["finger_depth"]))
         self.points: np.ndarray | None = None
+        self.points_frame = ""  # the memory publishes its cloud in map (refined poses) or odom
         group = ReentrantCallbackGroup()
         self.tf = TFListener(self, callback_group=group)
         self.create_subscription(PointCloud2, self.p["cloud_topic"], self._on_cloud, latched_qos(), callback_group=group)
@@ -87,6 +88,7 @@ class GraspPlannerNode(Node):
     def _on_cloud(self, msg: PointCloud2) -> None:
         try:
             self.points = convert.cloud_to_points(msg)
+            self.points_frame = msg.header.frame_id or self.p["odom_frame"]
         except ValueError as e:
             self.get_logger().warning(f"bad memory cloud: {e}", throttle_duration_sec=5.0)
 
@@ -137,7 +139,16 @@ class GraspPlannerNode(Node):
     def _plan(self, target: np.ndarray) -> tuple[GraspPlan, PoseStamped]:
         if self.points is None:
             raise ValueError(f"no memory geometry received on '{self.p['cloud_topic']}' yet")
-        plan = plan_grasp(target, self.points, self.cfg, viewpoint=self._viewpoint())
+        points = self.points
+        if self.points_frame != self.p["odom_frame"]:
+            # the memory's map drifts from odom as odometry does: map the cloud with the newest map -> odom
+            try:
+                T = self.tf.lookup(self.p["odom_frame"], self.points_frame, None)
+            except TransformError as e:
+                raise ValueError(f"memory cloud in '{self.points_frame}' cannot be put in "
+                                 f"'{self.p['odom_frame']}': {e}") from e
+            points = points @ T[:3, :3].T + T[:3, 3]
+        plan = plan_grasp(target, points, self.cfg, viewpoint=self._viewpoint())
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.p["odom_frame"])
         pose = PoseStamped(header=header, pose=convert.matrix_to_pose_msg(plan.T_world_tcp))
         # an ARROW points along its x axis: rotate the TCP frame so x takes the approach (z) direction
