@@ -116,6 +116,8 @@ class MemoryConfig:
     """W_m learning rate."""
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     """Densify / prune policy."""
+    frustum_cull: bool = True
+    """Train steps render only the Gaussians that can touch the sampled view (training.frustum_index)."""
     near_plane: float = 0.01
     """Rasterizer near plane (m)."""
     far_plane: float = 100.0

@@ -38,13 +38,23 @@ from m3_ros.memory.seeding import inherit_queries, least_useful, pixel_features,
 from m3_ros.memory.sh import camera_centre, sh_to_rgb
 from m3_ros.memory.snapshot import AttentionCache, BankView, MemorySnapshot
 from m3_ros.memory.strategy import DensifyStrategy
-from m3_ros.memory.training import sample_view, view_losses
+from m3_ros.memory.training import frustum_index, sample_view, view_losses
 from m3_ros.memory.views import (TrainView, cell_median_depth, check_keyframe, compact_keyframe,  # noqa: F401
                                  label_depth_consistent, prepare_view)
 from m3_ros.memory.wm import initial_wm, queries_for_rows
 from m3_ros.types import Keyframe
 
 _TrainView = TrainView  # the former private name
+
+
+def _scatter_meta(meta: dict, index: torch.Tensor, n: int) -> dict:
+    """A culled render's meta ("means2d" [1, M, 2] with its grad, "radii" [1, M]) as if all n Gaussians
+    had been rendered: the culled ones have radius 0 and no gradient."""
+    m2d = torch.zeros(1, n, 2)
+    if meta["means2d"].grad is not None:
+        m2d.grad = torch.zeros(1, n, 2).index_copy_(1, index, meta["means2d"].grad)
+    radii = torch.zeros((1, n), dtype=meta["radii"].dtype).index_copy_(1, index, meta["radii"])
+    return dict(meta, means2d=m2d, radii=radii)
 
 
 class M3Memory:
@@ -234,8 +244,12 @@ class M3Memory:
         p = self.params
         return sh_to_rgb(p["colors"], p["means"], camera_centre(viewmat), self.cfg.sh_degree)
 
-    def _raster(self, colors: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int):
+    def _raster(self, colors: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
+                index: torch.Tensor | None = None):
+        """Render colors [N, D] (or only the Gaussians at index [M], colors then [M, D]) through one camera."""
         means, quats, scales, opac = self._activated()
+        if index is not None:
+            means, quats, scales, opac = means[index], quats[index], scales[index], opac[index]
         return rasterize(means, quats, scales, opac, colors, viewmat[None], K[None], width, height,
                          near_plane=self.cfg.near_plane, far_plane=self.cfg.far_plane, render_mode="RGB+ED",
                          backend=self.cfg.backend)
@@ -336,8 +350,11 @@ class M3Memory:
             v = self._sample_view()
             h, w = v.rgb.shape[:2]
             models = [m for m in cfg.models if m in self.W]
-            chans = [self._rgb(v.viewmat)] + [self.params[query_key(m)] for m in models]
-            img, alpha, meta = self._raster(torch.cat(chans, -1), v.viewmat, v.K, w, h)
+            # Only what this view can see is rendered, so the step's cost follows the visible set.
+            vis = (frustum_index(self.means, self.scales, v.viewmat, v.K, w, h, cfg.near_plane, cfg.far_plane)
+                   if cfg.frustum_cull else None)
+            chans = torch.cat([self._rgb(v.viewmat)] + [self.params[query_key(m)] for m in models], -1)
+            img, alpha, meta = self._raster(chans if vis is None else chans[vis], v.viewmat, v.K, w, h, vis)
             loss, losses = view_losses(cfg, v, img[0], models, self.W, self.banks, self._gen)
             self.optimizer.zero_grad(set_to_none=True)
             if self.wm_optimizer is not None:
@@ -351,6 +368,8 @@ class M3Memory:
                 self._wm_version += 1
             self.iteration += 1
             meta = dict(meta, width=w, height=h)
+            if vis is not None:  # the densify policy keeps statistics for all N Gaussians
+                meta = _scatter_meta(meta, vis, self.n_gaussians)
             refined = self.strategy.step_post_backward(self.params, self.optimizer, self._strategy_state,
                                                        self.iteration, meta, self.extent)
             out = {k: float(x.detach()) for k, x in losses.items()}

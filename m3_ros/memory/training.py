@@ -16,6 +16,29 @@ from m3_ros.memory.losses import depth_loss, feature_loss, rgb_loss
 from m3_ros.memory.views import TrainView, label_depth_consistent
 
 
+@torch.no_grad()
+def frustum_index(means: torch.Tensor, scales: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor,
+                  width: int, height: int, near: float, far: float) -> torch.Tensor | None:
+    """Indices [M] of the Gaussians (means [N, 3], scales [N, 3]) that can touch a width x height view,
+    or None when all can.
+
+    Conservative: a Gaussian is kept when its centre lies between the planes and its projected
+    centre is within 3 sigma (largest scale, over depth, in pixels) plus 2 px of the image, i.e.
+    wider than the rasterizer's own 3-sigma footprint, so the render is the same as without culling.
+    """
+    pc = means @ viewmat[:3, :3].T + viewmat[:3, 3]  # [N, 3] camera frame
+    z = pc[:, 2]
+    ok = (z > near) & (z < far)
+    zc = z.clamp_min(near)
+    u = K[0, 0] * pc[:, 0] / zc + K[0, 2]
+    v = K[1, 1] * pc[:, 1] / zc + K[1, 2]
+    r = 3.0 * scales.max(-1).values * torch.maximum(K[0, 0], K[1, 1]) / zc + 2.0  # [N] pixels
+    ok &= (u + r >= -0.5) & (u - r <= width - 0.5) & (v + r >= -0.5) & (v - r <= height - 0.5)
+    if bool(ok.all()):
+        return None
+    return torch.nonzero(ok).flatten()
+
+
 def sample_view(views: list[TrainView], cfg: MemoryConfig, rng: random.Random) -> TrainView:
     """A keyframe to train on: one of the newest ``recent`` with probability recent_prob, else any."""
     n = len(views)

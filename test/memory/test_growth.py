@@ -61,3 +61,25 @@ def test_densify_statistics_survive_a_new_keyframe():
     assert mem.n_gaussians > n0
     torch.testing.assert_close(st["grad2d"][:n0], before)
     assert (st["grad2d"][n0:] == 0).all()
+
+
+def test_frustum_culled_steps_match_full_renders():
+    from m3_ros.memory.training import frustum_index
+
+    def build(cull):
+        mem = M3Memory(_cfg(frustum_cull=cull, densify=DensifyConfig(refine_start=10_000)))
+        mem.add_keyframe(render_view(0.0)[0])
+        mem.add_keyframe(render_view(1.5, index=1)[0])
+        return mem
+    a, b = build(True), build(False)
+    v = a._views[0]
+    idx = frustum_index(a.means, a.scales, v.viewmat, v.K, 40, 30, 0.01, 100.0)
+    assert idx is not None and 0 < len(idx) < a.n_gaussians  # some of the map is out of this view
+    for _ in range(4):
+        la, lb = a.train_step(), b.train_step()
+        assert la.keys() == lb.keys()
+        for k in la:
+            assert abs(la[k] - lb[k]) <= 1e-5 * max(1.0, abs(lb[k])), k
+    for k in a.params:
+        torch.testing.assert_close(a.params[k], b.params[k], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(a._strategy_state["grad2d"], b._strategy_state["grad2d"], rtol=1e-4, atol=1e-6)
