@@ -331,14 +331,13 @@ def _load_memory(path: Path):
 
 def _camera(meta: dict, width: int | None, height: int | None, fovy: float):
     """K, width, height: the bag's camera (scaled to --width/--height) or a pinhole of --fovy."""
+    from m3_ros.geometry import scale_intrinsics
     cam = meta.get("extra", {}).get("camera")
     if cam:
         K, w0, h0 = np.array(cam["K"], dtype=np.float64), int(cam["width"]), int(cam["height"])
         w, h = width or w0, height or h0
         if (w, h) != (w0, h0):
-            K = K.copy()
-            K[0] *= w / w0
-            K[1] *= h / h0
+            K = scale_intrinsics(K, w / w0, h / h0)
         return K, w, h
     w, h = width or 320, height or 240
     f = (h / 2.0) / np.tan(np.radians(fovy) / 2.0)

@@ -27,7 +27,7 @@ import torch
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from m3_ros.geometry import backproject, project
+from m3_ros.geometry import backproject, project, scale_intrinsics
 
 
 @dataclass
@@ -184,9 +184,7 @@ def _scaled_camera(T_world_cam: np.ndarray, K: np.ndarray, width: int, height: i
     only pixels near a region, and a window renders in a fraction of the full view's time.
     """
     w, h = max(8, int(round(width * scale))), max(8, int(round(height * scale)))
-    Ks = np.array(K, dtype=np.float64).copy()
-    Ks[0] *= w / width
-    Ks[1] *= h / height
+    Ks = scale_intrinsics(K, w / width, h / height)
     if centre is not None:
         uv, z = project(np.asarray(centre, dtype=np.float64)[None], Ks, T_world_cam)
         if z[0] > 0.05:

@@ -49,7 +49,7 @@ def test_build_then_query_json_finds_the_duck(sim_bag, built_memory, tmp_path):
 
 def test_render_and_info(built_memory, tmp_path):
     info = json.loads(m3("info", str(built_memory), "--json").stdout)
-    assert info["format_version"] == 2 and info["frames"] >= 3 and info["gaussians"] > 1000
+    assert info["format_version"] == 3 and info["frames"] >= 3 and info["gaussians"] > 1000
     assert info["models"]["minilm_labels"]["rows"] > 0 and info["models"]["dinov2_s"]["rows"] > 0
     assert info["complete"] is True and info["size_bytes"] > 0
     # A camera 1.2 m in front of the table looking along +y (optical z = world +y, y = down).
