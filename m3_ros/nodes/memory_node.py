@@ -472,6 +472,8 @@ class MemoryNode(Node):
                   "tf_backend": self.tf.backend}
         values.update({f"bank_rows/{m}": str(r) for m, r in zip(status.models, status.bank_rows)})
         values.update({f"dropped/{k}": str(n) for k, n in sorted(self._reject_counts.items())})
+        if self.p["refine_poses"]:  # drift correction: ICP results and the reason of the last refusal
+            values.update({f"tracking/{k}": str(v) for k, v in self.pipeline.tracker.stats().items()})
         st.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         if not status.ready:
             st.level, st.message = DiagnosticStatus.WARN, "no memory yet (models loading or no keyframe)"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Odometry
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -60,6 +61,8 @@ def test_map_odom_takes_out_the_drift_and_answers_in_map(tmp_path):
 
         try:
             node.create_subscription(TFMessage, "/tf", on_tf, tf_qos())
+            diag: list = []
+            node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diag.append(m), 10)
             info_pub = node.create_publisher(CameraInfo, "camera/color/camera_info", QOS)
             color_pub = node.create_publisher(Image, "camera/color/image_raw", QOS)
             depth_pub = node.create_publisher(Image, "camera/depth/image_raw", QOS)
@@ -104,6 +107,9 @@ def test_map_odom_takes_out_the_drift_and_answers_in_map(tmp_path):
             assert err_odom > 0.1
             wait_for(lambda: _cam_err(_latest(got, lock), steps) < 0.5 * err_odom, 30,
                      what="map -> odom to take out the drift")
+            # /diagnostics says how many keyframes ICP refined
+            wait_for(lambda: diag and int(_diag_value(diag[-1], "tracking/accepted") or 0) >= 5, 30,
+                     what="tracking/accepted >= 5 on /diagnostics")
             # the ground service takes the memory's frame, odom and base_link (the memory may be empty:
             # a frame it does not know would be refused before that)
             assert ground.wait_for_service(timeout_sec=30)
@@ -125,6 +131,10 @@ def test_map_odom_takes_out_the_drift_and_answers_in_map(tmp_path):
             node.destroy_node()
             rclpy.shutdown()
         assert mem.alive(), mem.log_text()
+
+
+def _diag_value(msg, key: str) -> str | None:
+    return next((kv.value for st in msg.status for kv in st.values if kv.key == key), None)
 
 
 def _latest(got: list, lock: threading.Lock) -> np.ndarray:
