@@ -29,7 +29,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from tf2_msgs.msg import TFMessage
 
-from m3_ros.geometry import invert, matrix_to_pose, pose_to_matrix, transform_points
+from m3_ros.geometry import invert, matrix_to_pose, pose_to_matrix, scale_intrinsics, transform_points
 from m3_ros.grounding import GroundingConfig
 from m3_ros.msg import LabeledInstanceArray, MemoryStatus
 from m3_ros.nodes import convert
@@ -581,12 +581,12 @@ class MemoryNode(Node):
 
     def _publish_relevance(self, query: str) -> None:
         """memory/relevance_image: the query's relevance from the robot's current camera, at half resolution."""
-        h, w = self.last_size[0] // 2, self.last_size[1] // 2
-        K = self.K.copy()
-        K[:2] *= 0.5
+        H, W = self.last_size
+        h, w = max(H // 2, 8), max(W // 2, 8)
+        K = scale_intrinsics(self.K, w / W, h / H)
         try:
             T_memory_cam = self.pipeline.T_map_odom @ self.last_T_odom_cam  # the identity without refinement
-            rel = self.pipeline.relevance_map(query, T_memory_cam, K, max(w, 8), max(h, 8))
+            rel = self.pipeline.relevance_map(query, T_memory_cam, K, w, h)
         except ValueError as e:
             self.get_logger().warning(f"no relevance image: {e}")
             return
