@@ -25,6 +25,7 @@ from std_msgs.msg import ColorRGBA, Empty, Header, String
 from visualization_msgs.msg import Marker
 
 from m3_ros.action import Grasp
+from m3_ros.geometry import transform_points
 from m3_ros.grasp import GraspConfig, GraspPlan, plan_grasp
 from m3_ros.msg import GraspResult
 from m3_ros.nodes import convert
@@ -147,7 +148,7 @@ class GraspPlannerNode(Node):
             except TransformError as e:
                 raise ValueError(f"memory cloud in '{self.points_frame}' cannot be put in "
                                  f"'{self.p['odom_frame']}': {e}") from e
-            points = points @ T[:3, :3].T + T[:3, 3]
+            points = transform_points(T, points)
         plan = plan_grasp(target, points, self.cfg, viewpoint=self._viewpoint())
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.p["odom_frame"])
         pose = PoseStamped(header=header, pose=convert.matrix_to_pose_msg(plan.T_world_tcp))

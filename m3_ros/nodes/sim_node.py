@@ -41,7 +41,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Empty, Header, String
 from tf2_msgs.msg import TFMessage
 
-from m3_ros.geometry import invert, matrix_to_pose, pose_to_matrix
+from m3_ros.geometry import invert, matrix_to_pose, pose_to_matrix, transform_points
 from m3_ros.msg import GraspResult, LabeledInstance, LabeledInstanceArray, ObjectState, SceneGroundTruth
 from m3_ros.nodes.common import tf_qos, tf_static_qos
 from m3_ros.sim.generate import resolve_scene
@@ -281,7 +281,7 @@ class SimNode(Node):
         for o in self.world.objects():
             s = ObjectState(name=o.name, description=o.description, segmentation_id=int(o.segmentation_id))
             _fill_pose(s.pose, T_odom_world @ o.T_world_obj)
-            c = T_odom_world[:3, :3] @ np.asarray(o.aabb_center, dtype=np.float64) + T_odom_world[:3, 3]
+            c = transform_points(T_odom_world, np.asarray(o.aabb_center, dtype=np.float64)[None])[0]
             s.center.x, s.center.y, s.center.z = (float(x) for x in c)
             s.size.x, s.size.y, s.size.z = (float(x) for x in o.aabb_size)
             gt.objects.append(s)
