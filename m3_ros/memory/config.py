@@ -49,6 +49,13 @@ class MemoryConfig:
     """Learn W_m (paper); False keeps the reference code's fixed random N(0, 1) W_m."""
     wm_init: Literal["pca", "random"] = "pca"
     """Learnable W_m starts from the first bank's top-l principal directions, or N(0, 1)."""
+    wm_refit_gain: float = 0.05
+    """With learnable "pca" W_m: when a keyframe grows a bank and the bank's top-l principal directions
+    would raise its rows' mean span coverage (wm.span_coverage) by more than this, W_m is refitted to
+    them and every principal query is carried over (wm.carry_queries); 0 = never. Without it, W_m kept
+    the first keyframe's span: on a dev walk (table seed 1, realistic) the label rows that arrived later
+    had 0.4-0.8 of their length in it and decoded to the first keyframe's labels (self-attention
+    0.0-0.2). 0.05 was chosen a priori, not tuned."""
     sh_degree: int = 0
     """Colour SH degree 0..3 (0 = one view-independent RGB per Gaussian, the cheap CPU default)."""
     max_gaussians: int = 50_000

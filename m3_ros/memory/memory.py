@@ -41,7 +41,7 @@ from m3_ros.memory.strategy import DensifyStrategy
 from m3_ros.memory.training import frustum_index, sample_view, view_losses
 from m3_ros.memory.views import (TrainView, cell_median_depth, check_keyframe, compact_keyframe,  # noqa: F401
                                  label_depth_consistent, prepare_view)
-from m3_ros.memory.wm import initial_wm, queries_for_rows
+from m3_ros.memory.wm import carry_queries, initial_wm, queries_for_rows, refit_wm, span_coverage
 from m3_ros.types import Keyframe
 
 _TrainView = TrainView  # the former private name
@@ -140,6 +140,26 @@ class M3Memory:
         ws = [p for p in self.W.values() if p.requires_grad]
         self.wm_optimizer = torch.optim.Adam(ws, lr=self.cfg.lr_wm) if ws else None
 
+    @torch.no_grad()
+    def _maybe_refit_wm(self, model: str) -> bool:
+        """Refit W_m to the grown bank's principal directions when that covers its rows better
+        (see MemoryConfig.wm_refit_gain); the queries are carried over, their Adam moments reset."""
+        cfg = self.cfg
+        if cfg.wm_refit_gain <= 0 or not cfg.learnable_wm or cfg.wm_init != "pca":
+            return False
+        bank, W_old = self.banks[model], self.W[model].detach()
+        W_new = refit_wm(W_old, bank)
+        gain = float(span_coverage(W_new, bank.unit_rows).mean() - span_coverage(W_old, bank.unit_rows).mean())
+        if gain <= cfg.wm_refit_gain:
+            return False
+        key = query_key(model)
+        q = carry_queries(self.params[key].detach(), W_old, W_new)
+        ops.replace_values(self.params, self.optimizer, key, q)
+        self.W[model] = nn.Parameter(W_new, requires_grad=cfg.learnable_wm)
+        self._wm_version += 1
+        self._build_wm_optimizer()
+        return True
+
     def _queries_for_rows(self, model: str, idx: torch.Tensor) -> torch.Tensor:
         """Least-squares principal queries [M, l] whose q·W_m points at bank rows idx [M] (-1 -> 0)."""
         return queries_for_rows(self.W[model], self.banks[model], idx)
@@ -161,6 +181,8 @@ class M3Memory:
                 self.banks[m].add(rows)
                 if m not in self.W and len(self.banks[m]) > 0:
                     self._init_wm(m, fm.dim)
+                elif m in self.W:
+                    self._maybe_refit_wm(m)
             self._cam_centres.append(np.asarray(kf.T_world_cam)[:3, 3].copy())
             self._seed(kf, feats)
             self._update_extent()

@@ -57,3 +57,13 @@ def select_gaussians(params: nn.ParameterDict, optimizer: torch.optim.Optimizer,
 def remove_gaussians(params: nn.ParameterDict, optimizer: torch.optim.Optimizer, mask: torch.Tensor) -> None:
     """Drop rows where mask [N] is True."""
     select_gaussians(params, optimizer, torch.nonzero(~mask).squeeze(-1))
+
+
+@torch.no_grad()
+def replace_values(params: nn.ParameterDict, optimizer: torch.optim.Optimizer, name: str, value: torch.Tensor) -> None:
+    """Give parameter ``name`` new values of the same shape (a change of basis); its Adam moments,
+    kept in the old basis, restart at zero."""
+    if value.shape != params[name].shape:
+        raise ValueError(f"{name}: new values have shape {tuple(value.shape)}, expected {tuple(params[name].shape)}")
+    _update(params, optimizer, lambda n, p: value.clone() if n == name else p,
+            lambda n, v: torch.zeros_like(v) if n == name else v)

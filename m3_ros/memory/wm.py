@@ -34,3 +34,34 @@ def queries_for_rows(W: torch.Tensor, bank: MemoryBank, idx: torch.Tensor) -> to
         q[ok] = bank.unit_rows[idx[ok]] @ torch.linalg.pinv(W)  # [M, l]
         q[ok] = F.normalize(q[ok], dim=-1)
     return q
+
+
+@torch.no_grad()
+def span_coverage(W: torch.Tensor, unit_rows: torch.Tensor) -> torch.Tensor:
+    """[t] length of each unit bank row [t, d] projected onto W's [l, d] row space (1 = representable).
+
+    A query reaches a row only through q·W_m, i.e. inside that row space: a row mostly outside it
+    cannot be singled out by the attention, and its Gaussians decode to the rows that are inside.
+    """
+    Qb, _ = torch.linalg.qr(W.detach().T)  # [d, l] orthonormal basis of the row space
+    return (unit_rows @ Qb).norm(dim=1)
+
+
+@torch.no_grad()
+def refit_wm(W: torch.Tensor, bank: MemoryBank) -> torch.Tensor:
+    """W_m [l, d] whose row space holds the bank's top principal directions (all of them when the
+    bank has at most l rows); the remaining rows keep W's own directions outside that span."""
+    W = W.detach()
+    l, d = W.shape
+    _, _, Vh = torch.linalg.svd(bank.unit_rows, full_matrices=False)
+    r = min(l, Vh.shape[0])
+    rest = W[r:] - (W[r:] @ Vh[:r].T) @ Vh[:r]  # the old directions, less the new principal ones
+    new = torch.cat([Vh[:r] * np.sqrt(d), rest], 0)
+    return new
+
+
+@torch.no_grad()
+def carry_queries(queries: torch.Tensor, W_old: torch.Tensor, W_new: torch.Tensor) -> torch.Tensor:
+    """Queries [N, l] for W_new whose q·W_new is the least-squares fit of q·W_old: each Gaussian
+    keeps pointing where it pointed (as far as the new row space holds that direction)."""
+    return (queries @ W_old.detach()) @ torch.linalg.pinv(W_new.detach())

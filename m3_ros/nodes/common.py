@@ -48,6 +48,23 @@ def spin_node(make_node: Callable[[], Node], threads: int = 3, args: list[str] |
 
 
 # ---------------------------------------------------------------------- TF
+def on_executor(node: Node, start: Callable[[], "rclpy.task.Future"]) -> "rclpy.task.Future":
+    """Issue an rclpy async request (``start`` sends it and returns its Future) from the thread that
+    spins ``node``; returns a Future with the same result.
+
+    rclpy 7.1's ActionClient files a goal, result or cancel request under its sequence number only
+    after sending it, so a spinning thread that takes the response first drops it ("Ignoring
+    unexpected goal response", ros2/rclpy#1123) and the Future never completes. Sent from the
+    spinning thread, the response cannot overtake the filing, so the executor must be single-threaded.
+    (Service clients hold a lock and need none of this.)
+    """
+    async def task():
+        return await start()
+    if node.executor is None:
+        raise RuntimeError(f"node {node.get_name()!r} is not added to an executor")
+    return node.executor.create_task(task)
+
+
 def tf_qos() -> QoSProfile:
     """What tf2_ros's TransformListener uses for /tf."""
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)

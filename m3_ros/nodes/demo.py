@@ -36,7 +36,7 @@ from std_msgs.msg import String
 from m3_ros.action import Grasp
 from m3_ros.msg import MemoryStatus, SceneGroundTruth
 from m3_ros.nodes import convert
-from m3_ros.nodes.common import TFListener, latched_qos
+from m3_ros.nodes.common import TFListener, latched_qos, on_executor
 from m3_ros.procs import CONFIG_DIR, NodeProcess, PACKAGE_ROOT, ros_test_env
 from m3_ros.srv import GroundQuery, MemoryIO
 from m3_ros.tf_buffer import TransformError
@@ -86,12 +86,21 @@ class DemoClient(Node):
         self.save = self.create_client(MemoryIO, "memory/save")
         self.go_to = self.create_publisher(String, "sim/go_to", rel)
 
-    def camera_pose(self, color: Image) -> np.ndarray | None:
-        """T_odom_cam [4, 4] at the colour frame's stamp, from /tf + /tf_static."""
-        try:
-            return self.tf.lookup("odom", color.header.frame_id, convert.stamp_to_sec(color.header.stamp))
-        except TransformError:
-            return None
+    def camera_pose(self, color: Image, timeout: float = 3.0) -> np.ndarray | None:
+        """T_odom_cam [4, 4] at the colour frame's stamp, from /tf + /tf_static.
+
+        Waits up to ``timeout`` s: the image and the /tf sample of its stamp travel on different
+        topics, and the image often arrives first (a lookup then would extrapolate).
+        """
+        stamp = convert.stamp_to_sec(color.header.stamp)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.tf.lookup("odom", color.header.frame_id, stamp)
+            except TransformError:
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.05)
 
     def _wait(self, fut, timeout: float, what: str):
         done = threading.Event()
@@ -110,11 +119,12 @@ class DemoClient(Node):
             stages.append(msg.feedback.stage)
             log(f"grasp feedback: {msg.feedback.stage} {msg.feedback.message}".rstrip())
 
-        handle = self._wait(self.grasp_client.send_goal_async(Grasp.Goal(query=query), feedback_callback=on_feedback),
+        goal = Grasp.Goal(query=query)
+        handle = self._wait(on_executor(self, lambda: self.grasp_client.send_goal_async(goal, feedback_callback=on_feedback)),
                             timeout, "sending the grasp goal")
         if not handle.accepted:
             raise RuntimeError("the grasp goal was rejected")
-        res = self._wait(handle.get_result_async(), timeout, "the grasp")
+        res = self._wait(on_executor(self, handle.get_result_async), timeout, "the grasp")
         return res.result, res.status, stages
 
     def call(self, client, request, timeout: float):
@@ -150,7 +160,8 @@ def _save_pictures(out: Path, demo: DemoClient, snapshot: tuple, memory_dir: Pat
     saved = []
     color, info, frame_pose = snapshot
     if color is None or info is None or frame_pose is None:
-        log("no camera frame to draw on")
+        log("no camera frame to draw on: " + ("no colour image" if color is None else "no camera_info" if info is None
+                                              else "no /tf pose at the colour image's stamp"))
         return saved
     cam = convert.rgb_from_image(color)
     K = convert.intrinsics_from_camera_info(info)

@@ -19,7 +19,7 @@ from action_msgs.msg import GoalStatus
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.srv import SetParameters
 from rclpy.action import ActionClient
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
@@ -28,7 +28,7 @@ import os
 
 from m3_ros.action import Grasp
 from m3_ros.msg import MemoryStatus, SceneGroundTruth
-from m3_ros.nodes.common import TFListener, latched_qos
+from m3_ros.nodes.common import TFListener, latched_qos, on_executor
 from m3_ros.procs import CONFIG_DIR, NodeProcess, wait_for
 from m3_ros.srv import GroundQuery
 
@@ -54,7 +54,7 @@ class Client:
         self.ground_cli = n.create_client(GroundQuery, "ground")
         self.param_cli = n.create_client(SetParameters, "/memory_node/set_parameters")
         self.grasp_cli = ActionClient(n, Grasp, "grasp")
-        self.executor = MultiThreadedExecutor(num_threads=2)
+        self.executor = SingleThreadedExecutor()  # on_executor needs one spinning thread
         self.executor.add_node(n)
         threading.Thread(target=self.executor.spin, daemon=True).start()
 
@@ -181,7 +181,8 @@ def test_set_parameters_change_grounding_live(robot):
 
 def _send(client, goal, stages):
     assert client.grasp_cli.wait_for_server(timeout_sec=30)
-    fut = client.grasp_cli.send_goal_async(goal, feedback_callback=lambda m: stages.append(m.feedback.stage))
+    fut = on_executor(client.node, lambda: client.grasp_cli.send_goal_async(
+        goal, feedback_callback=lambda m: stages.append(m.feedback.stage)))
     handle = client.wait(fut)
     assert handle.accepted
     return handle
@@ -197,7 +198,7 @@ def test_grasp_action_lifts_the_duck_then_a_cancelled_goal_stops_the_arm(robot):
     goal.target.point.x, goal.target.point.y, goal.target.point.z = (float(v) for v in duck)
     stages: list[str] = []
     handle = _send(client, goal, stages)
-    res = client.wait(handle.get_result_async(), 240)
+    res = client.wait(on_executor(client.node, handle.get_result_async), 240)
     assert res.status == GoalStatus.STATUS_SUCCEEDED, res.result.message
     assert res.result.success and res.result.object == "duck", res.result.message
     seen = list(dict.fromkeys(stages))
@@ -212,9 +213,9 @@ def test_grasp_action_lifts_the_duck_then_a_cancelled_goal_stops_the_arm(robot):
     handle = _send(client, goal, stages2)
     wait_for(lambda: "approaching" in stages2, 60, what="the arm to start approaching")
     wait_for(lambda: np.linalg.norm(client.tcp_in_base() - tcp_before) > 0.01, 30, what="the arm to move")
-    cancel = client.wait(handle.cancel_goal_async())
+    cancel = client.wait(on_executor(client.node, handle.cancel_goal_async))
     assert len(cancel.goals_canceling) == 1
-    res = client.wait(handle.get_result_async(), 60)
+    res = client.wait(on_executor(client.node, handle.get_result_async), 60)
     assert res.status == GoalStatus.STATUS_CANCELED, (res.status, res.result.message)
     assert "aborted" in res.result.message and not res.result.success
     assert "closing" not in stages2 and "lifting" not in stages2
