@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+from m3_ros.memory.freespace import FreeSpaceConfig
 from m3_ros.memory.sh import check_sh_degree
 from m3_ros.memory.strategy import DensifyConfig
 
@@ -125,6 +126,11 @@ class MemoryConfig:
     """W_m learning rate."""
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     """Densify / prune policy."""
+    freespace: FreeSpaceConfig = field(default_factory=FreeSpaceConfig)
+    """Free-space evidence from each new keyframe's depth removes Gaussians its rays pass through
+    (moved objects, floaters; freespace.py); ``freespace.enabled`` turns it off. Thresholds set on
+    the synthetic cases of test/memory/test_freespace.py and the default scene (seed 0) with the
+    duck moved (test/eval/test_moved_object.py), never on test seeds."""
     frustum_cull: bool = True
     """Train steps render only the Gaussians that can touch the sampled view (training.frustum_index)."""
     near_plane: float = 0.01
@@ -184,4 +190,6 @@ class MemoryConfig:
         d["models"] = {k: v if isinstance(v, ModelSlot) else ModelSlot(**v) for k, v in d.get("models", {}).items()}
         if "densify" in d and not isinstance(d["densify"], DensifyConfig):
             d["densify"] = DensifyConfig(**d["densify"])
+        if "freespace" in d and not isinstance(d["freespace"], FreeSpaceConfig):
+            d["freespace"] = FreeSpaceConfig(**d["freespace"])
         return cls(**d)

@@ -6,6 +6,7 @@ Where things live:
     bank.py       the PSC banks (streaming Algorithm 1, centring, bounded by merging)
     wm.py         W_m initialisation and seeded principal queries
     seeding.py    new Gaussians where a keyframe sees unexplained geometry
+    freespace.py  free-space evidence: Gaussians a keyframe's rays pass through fade and go (moved objects)
     training.py   the keyframe a step draws and the losses on its render
     snapshot.py   read-only snapshots: rendering and every query
     checkpoint.py files on disk (``state_dict`` / ``from_state`` here are its only contact)
@@ -32,6 +33,7 @@ from torch import nn
 from m3_ros.memory import ops
 from m3_ros.memory.bank import MemoryBank
 from m3_ros.memory.config import MemoryConfig, ModelSlot  # noqa: F401  (re-exported: the public names)
+from m3_ros.memory.freespace import SURFACE, THROUGH, classify, decayed_logits
 from m3_ros.memory.gaussians import empty_params, query_key
 from m3_ros.memory.rasterize import rasterize
 from m3_ros.memory.seeding import inherit_queries, least_useful, pixel_features, seed_geometry, seed_points
@@ -184,6 +186,7 @@ class M3Memory:
                 elif m in self.W:
                     self._maybe_refit_wm(m)
             self._cam_centres.append(np.asarray(kf.T_world_cam)[:3, 3].copy())
+            self._clear_free_space(kf)  # before seeding: where something left is unexplained now
             self._seed(kf, feats)
             self._update_extent()
             self._views.append(prepare_view(compact_keyframe(kf, cfg), cfg))
@@ -235,6 +238,27 @@ class M3Memory:
         ops.append_gaussians(self.params, self.optimizer, new)
         self._keep_densify_stats(torch.cat([torch.arange(self.n_gaussians - len(pts)),
                                             torch.full((len(pts),), -1, dtype=torch.long)]))
+
+    @torch.no_grad()
+    def _clear_free_space(self, kf: Keyframe) -> None:
+        """Free-space evidence of kf's depth (freespace.py): Gaussians its rays clearly pass through
+        lose opacity; those then below freespace.min_opacity are removed, and the kept keyframes
+        that saw them on their surface leave the training window (they show the old state)."""
+        fc = self.cfg.freespace
+        if not fc.enabled or self.n_gaussians == 0:
+            return
+        through = classify(kf.depth, kf.K, kf.T_world_cam, self.means, self.scales, fc) == THROUGH
+        if not bool(through.any()):
+            return
+        logits = self.params["opacity_logits"]
+        logits.data.copy_(decayed_logits(logits.detach(), through, fc.decay))
+        gone = torch.nonzero(through & (self.opacities < fc.min_opacity)).flatten()
+        if len(gone) == 0:
+            return
+        means, scales = self.means[gone].clone(), self.scales[gone].clone()
+        self._remove(gone)
+        self._views = [v for v in self._views if int((classify(v.kf.depth, v.kf.K, v.kf.T_world_cam, means, scales,
+                                                               fc, evidence=False) == SURFACE).sum()) < fc.stale_points]
 
     @torch.no_grad()
     def _remove(self, index: torch.Tensor) -> None:

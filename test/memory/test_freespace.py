@@ -1,0 +1,196 @@
+"""Free-space evidence (m3_ros/memory/freespace.py): rays that pass through Gaussians remove them;
+surfaces, silhouettes, hidden Gaussians and holes never do."""
+import numpy as np
+import pytest
+import torch
+
+from m3_ros.geometry import intrinsics_matrix
+from m3_ros.memory.freespace import (HIDDEN, OUTSIDE, SURFACE, THROUGH, UNKNOWN, FreeSpaceConfig, classify,
+                                     decayed_logits, window_min_depth)
+from m3_ros.memory.gaussians import query_key
+from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot
+from synthetic_scene import render_view
+
+W, H = 80, 60
+K = intrinsics_matrix(64.0, 64.0, (W - 1) / 2, (H - 1) / 2)
+CENTRE = np.array([0.0, 0.0, 1.0])
+R = 0.05  # blob radius (m)
+
+
+def _blob(n: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian means [n, 3] filling a ball of radius R at CENTRE (camera frame = world), scales [n, 3]."""
+    rng = np.random.default_rng(seed)
+    d = rng.normal(size=(n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    pts = CENTRE + d * R * rng.random(n)[:, None] ** (1 / 3)
+    return torch.tensor(pts, dtype=torch.float32), torch.full((n, 3), 0.005)
+
+
+def _rays() -> tuple[np.ndarray, np.ndarray]:
+    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
+    return (u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1]
+
+
+def _ball_depth(wall: float = 2.0, shift_px: float = 0.0) -> np.ndarray:
+    """[H, W] depth of the blob's front surface (a sphere) in front of a wall, optionally drawn
+    shift_px pixels to the right (a misregistered view)."""
+    rx, ry = _rays()
+    rx = rx - shift_px / K[0, 0]
+    # ray t*(rx, ry, 1) hits the sphere |p - CENTRE| = R
+    a = rx ** 2 + ry ** 2 + 1
+    b = -2 * CENTRE[2]
+    c = CENTRE[2] ** 2 - R ** 2
+    disc = b ** 2 - 4 * a * c
+    t = (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a)
+    return np.where(disc > 0, t, wall).astype(np.float32)
+
+
+def _codes(depth, means, scales, T=np.eye(4), **kw):
+    return classify(depth, K, T, means, scales, FreeSpaceConfig(**kw))
+
+
+def test_a_view_past_the_blob_sees_through_it():
+    means, scales = _blob()
+    codes = _codes(np.full((H, W), 2.0, np.float32), means, scales)
+    assert (codes == THROUGH).all()
+
+
+def test_the_blob_surface_silhouette_and_hidden_inside_are_kept():
+    means, scales = _blob()
+    codes = _codes(_ball_depth(), means, scales)
+    assert not (codes == THROUGH).any()
+    assert (codes == SURFACE).sum() > 100  # the front half lies on the observed surface
+    # silhouette: Gaussians that project at or just outside the rim, where the centre pixel sees the wall
+    rim = (codes != SURFACE) & (codes != HIDDEN)
+    assert not (codes[rim] == THROUGH).any()
+    # misregistered by the window's half-width (a pose error): the window still holds the blob's own
+    # surface; misregistered by far more, the blob's trailing side is (wrongly) seen through
+    r = FreeSpaceConfig().radius_px(W)
+    assert r >= 2
+    assert not (_codes(_ball_depth(shift_px=r), means, scales) == THROUGH).any()
+    assert (_codes(_ball_depth(shift_px=4 * r), means, scales) == THROUGH).any()
+
+
+def test_gaussians_behind_the_observed_surface_are_hidden_not_removed():
+    means, scales = _blob()
+    codes = _codes(np.full((H, W), 0.8, np.float32), means, scales)
+    assert (codes == HIDDEN).all()
+
+
+def test_holes_give_no_evidence():
+    means, scales = _blob()
+    depth = np.full((H, W), 2.0, np.float32)
+    rx, ry = _rays()
+    depth[np.hypot(rx, ry) < 0.12] = 0.0  # no return over the blob and around it
+    codes = _codes(depth, means, scales)
+    assert not (codes == THROUGH).any()
+    assert (codes == UNKNOWN).all()
+    # a few speckle holes do not hide the evidence
+    speckle = np.full((H, W), 2.0, np.float32)
+    speckle[::5, ::5] = 0.0
+    assert (_codes(speckle, means, scales) == THROUGH).all()
+
+
+def test_a_thin_rod_is_kept_while_seen_and_removed_once_gone():
+    y = np.linspace(-0.2, 0.2, 40)
+    x0 = (40 - K[0, 2]) / K[0, 0]  # a 1.5 cm rod at 1 m, seen as the single pixel column u = 40
+    means = torch.tensor(np.stack([np.full_like(y, x0), y, np.ones_like(y)], 1), dtype=torch.float32)
+    scales = torch.full((40, 3), 0.002)
+    depth = np.full((H, W), 2.0, np.float32)
+    depth[:, 40] = 1.0
+    assert not (_codes(depth, means, scales) == THROUGH).any()
+    assert (_codes(np.full((H, W), 2.0, np.float32), means, scales) == THROUGH).all()
+
+
+def test_outside_the_image_or_behind_the_camera_gives_nothing():
+    means = torch.tensor([[0.0, 0.0, -1.0], [5.0, 0.0, 1.0], [0.0, 0.0, 0.05]])
+    codes = _codes(np.full((H, W), 2.0, np.float32), means, None)
+    assert (codes == OUTSIDE).all()
+
+
+def test_margin_grows_with_range():
+    means = torch.tensor([[0.0, 0.0, 2.9]])
+    depth = np.full((H, W), 3.0, np.float32)  # 10 cm behind at 3 m: within 0.02 * 9 = 18 cm
+    assert _codes(depth, means, None)[0] == SURFACE
+    assert _codes(depth, means, None, noise=0.0)[0] == THROUGH
+
+
+def test_window_min_depth_ignores_holes_and_needs_valid_pixels():
+    d = np.full((9, 9), 2.0)
+    d[4, 4] = 1.0
+    d[0, 0] = 0.0
+    out = window_min_depth(d, 1, 0.5)
+    assert out[3, 3] == 1.0 and out[4, 5] == 1.0 and out[4, 7] == 2.0
+    assert out[0, 1] == 2.0  # the hole is ignored...
+    assert out[0, 0] == 0.0  # ...but a corner window has 3 valid pixels out of 9 (outside = hole)
+
+
+def test_decay_multiplies_opacity_and_config_is_checked():
+    logits = torch.tensor([2.0, 0.0, -1.0])
+    out = decayed_logits(logits, torch.tensor([True, True, False]), 0.2)
+    torch.testing.assert_close(torch.sigmoid(out), torch.sigmoid(logits) * torch.tensor([0.2, 0.2, 1.0]))
+    with pytest.raises(ValueError, match="decay"):
+        FreeSpaceConfig(decay=1.0)
+    with pytest.raises(ValueError, match="window"):
+        FreeSpaceConfig(window=-0.1)
+
+
+def _memory(**fs) -> M3Memory:
+    return M3Memory(MemoryConfig(models={"dino": ModelSlot(channels=8, theta=0.9, max_rows=100)}, voxel_size=0.02,
+                                 seed_stride=1, train_scale=1.0, feature_points=200, backend="torch", seed=0,
+                                 freespace=FreeSpaceConfig(**fs)))
+
+
+def _box_moved_away(index: int):
+    """The synthetic scene's first view with the red box (region 1) gone: the wall shows behind it."""
+    kf, region = render_view(0.0, index=index)
+    wall = region == 0
+    gone = region == 1
+    kf.depth[gone] = 2.0
+    kf.rgb[gone] = kf.rgb[wall][0]
+    f = kf.features["dino"].features
+    f[torch.from_numpy(gone)] = f[torch.from_numpy(wall)][0]
+    return kf
+
+
+def _box_gaussians(mem: M3Memory) -> torch.Tensor:
+    m = mem.means
+    return (m[:, 2] < 1.55) & (m[:, 2] > 1.3) & (mem.opacities >= 0.2)  # the red box face at z = 1.5
+
+
+def test_memory_removes_a_moved_box_and_maps_the_wall_behind_it():
+    mem = _memory()
+    mem.add_keyframe(render_view(0.0)[0])
+    mem.add_keyframe(render_view(0.3, index=1)[0])
+    mem.train(5)
+    n_box = int(_box_gaussians(mem).sum())
+    green = (mem.means[:, 2] - 1.7).abs() < 0.02
+    n_green = int(green.sum())
+    assert n_box > 50 and n_green > 30
+
+    def behind_box(m):  # the wall the box hid
+        return ((m[:, 2] - 2.0).abs() < 0.02) & (m[:, 0] > -0.3) & (m[:, 0] < 0.0) & (m[:, 1].abs() < 0.15)
+    assert behind_box(mem.means).sum() == 0
+    mem.add_keyframe(_box_moved_away(2))
+    assert _box_gaussians(mem).sum() == 0  # one view already fades them below grounding's 0.2
+    mem.add_keyframe(_box_moved_away(3))
+    m = mem.means
+    assert ((m[:, 2] < 1.55) & (m[:, 2] > 1.3)).sum() == 0  # two views remove them
+    assert ((mem.means[:, 2] - 1.7).abs() < 0.02).sum() >= n_green  # the green box stays
+    # the wall where the box stood is mapped, with the wall's query
+    behind = behind_box(m)
+    assert behind.sum() >= 15  # of 25 pixels there (6 cm each at 2 m)
+    assert (mem.params[query_key("dino")].detach()[behind].norm(dim=1) > 0).all()
+    # the keyframes that saw the box left the training window; the new ones stay
+    assert [v.kf.index for v in mem._views] == [2, 3]
+    mem.train(3)  # training goes on with what is left
+
+
+def test_memory_without_freespace_keeps_the_box():
+    mem = _memory(enabled=False)
+    mem.add_keyframe(render_view(0.0)[0])
+    n_box = int(_box_gaussians(mem).sum())
+    mem.add_keyframe(_box_moved_away(1))
+    mem.add_keyframe(_box_moved_away(2))
+    assert int(_box_gaussians(mem).sum()) == n_box
+    assert len(mem._views) == 3
