@@ -175,16 +175,26 @@ class MemorySnapshot:
         "queries" {model: [H, W, l]} from camera T_world_cam [4, 4], K [3, 3]."""
         models = list(self.cfg.models) if models is None else models
         H, W = int(height), int(width)
-        if self.n_gaussians == 0:
+        def nothing() -> dict:
             return {"rgb": np.zeros((H, W, 3), np.float32), "alpha": np.zeros((H, W), np.float32),
                     "depth_raw": np.zeros((H, W), np.float32),
                     "queries": {m: torch.zeros(H, W, self.cfg.models[m].channels) for m in models} if with_queries else {}}
+        if self.n_gaussians == 0:
+            return nothing()
         viewmat = torch.tensor(geometry.invert(np.asarray(T_world_cam, dtype=np.float64)), dtype=torch.float32)
-        chans = [sh_to_rgb(self.colors, self.means, camera_centre(viewmat), self.cfg.sh_degree)]
+        Kt = torch.tensor(K, dtype=torch.float32)
+        # Only Gaussians that can touch the view are rasterized (conservative: the same image). A
+        # verification window sees a few hundred of 50k, and projecting all of them was most of its cost.
+        vis = self._visible(viewmat, Kt, W, H)
+        if vis is not None and len(vis) == 0:
+            return nothing()
+        sel = (lambda x: x) if vis is None else (lambda x: x[vis])
+        means = sel(self.means)
+        chans = [sh_to_rgb(sel(self.colors), means, camera_centre(viewmat), self.cfg.sh_degree)]
         if with_queries:
-            chans += [self.queries[m] for m in models]
-        img, alpha, _ = rasterize(self.means, self.quats, self.scales, self.opacities, torch.cat(chans, -1),
-                                  viewmat[None], torch.tensor(K, dtype=torch.float32)[None], W, H,
+            chans += [sel(self.queries[m]) for m in models]
+        img, alpha, _ = rasterize(means, sel(self.quats), sel(self.scales), sel(self.opacities), torch.cat(chans, -1),
+                                  viewmat[None], Kt[None], W, H,
                                   near_plane=self.cfg.near_plane, far_plane=self.cfg.far_plane,
                                   render_mode="RGB+ED", backend=self.cfg.backend)
         img, alpha = img[0], alpha[0, ..., 0]
@@ -197,6 +207,25 @@ class MemorySnapshot:
                 c += l
             out["queries"] = qs
         return out
+
+    def _visible(self, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int) -> torch.Tensor | None:
+        """training.frustum_index (the same conservative test) with the per-Gaussian radius computed once
+        per snapshot: indices [M] of the Gaussians that can touch the view, None when all can."""
+        with self._lock:
+            if "radius" not in self._index_base:
+                self._index_base["radius"] = 3.0 * self.scales.max(-1).values
+            r3 = self._index_base["radius"]
+        cfg = self.cfg
+        pc = torch.addmm(viewmat[:3, 3], self.means, viewmat[:3, :3].T)  # [N, 3] camera frame
+        z = pc[:, 2]
+        zc = z.clamp_min(cfg.near_plane)
+        u = pc[:, 0].div(zc).mul_(K[0, 0]).add_(K[0, 2])
+        v = pc[:, 1].div(zc).mul_(K[1, 1]).add_(K[1, 2])
+        r = r3.div(zc).mul_(torch.maximum(K[0, 0], K[1, 1])).add_(2.0)
+        ok = (z > cfg.near_plane) & (z < cfg.far_plane)
+        ok &= (u + r >= -0.5) & (u - r <= width - 0.5) & (v + r >= -0.5) & (v - r <= height - 0.5)
+        idx = torch.nonzero(ok).flatten()
+        return None if len(idx) == self.n_gaussians else idx
 
     def render(self, T_world_cam: np.ndarray, K: np.ndarray, width: int, height: int) -> dict:
         """"rgb" [H, W, 3] 0..1, "depth" [H, W] (0 where alpha < 0.5), "alpha" [H, W], "queries" {model: [H, W, l]}."""
@@ -259,6 +288,14 @@ class MemorySnapshot:
         if queries.ndim != 2 or queries.shape[1] != l:
             raise ValueError(f"queries must be [M, {l}] for model {model!r}, got {tuple(queries.shape)}")
         b = self.banks[model]
+        if queries.shape[0] == 1 and not bool(queries.any()):
+            # grounding asks for the zero query's decoding (its baseline) two or three times per query
+            with self._lock:
+                key = ("zero", model)
+                if key not in self._index_base:
+                    self._index_base[key] = decode_chunked(queries.float(), self.W[model], b.rows, b.unit_rows,
+                                                           self.cfg.tau, self.cfg.decode_budget_bytes)
+                return self._index_base[key].clone()
         return decode_chunked(queries.float(), self.W[model], b.rows, b.unit_rows, self.cfg.tau,
                               self.cfg.decode_budget_bytes)
 
@@ -272,7 +309,11 @@ class MemorySnapshot:
     def query_norms(self, model: str) -> torch.Tensor:
         """[N] length of each Gaussian's principal query (seeded ones are unit length)."""
         self.check_model(model)
-        return self.queries[model].norm(dim=1)
+        with self._lock:
+            key = ("norms", model)
+            if key not in self._index_base:
+                self._index_base[key] = self.queries[model].norm(dim=1)
+            return self._index_base[key]
 
     def gaussian_relevance(self, model: str, text_emb: torch.Tensor) -> torch.Tensor:
         """[N] cosine between each Gaussian's decoded query and the text (from the attention cache)."""

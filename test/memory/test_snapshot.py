@@ -105,3 +105,51 @@ def test_seeding_keeps_region_labels_off_the_surface_behind():
         counts[rel] = int((g[on_wall] > 0.9).sum())
     assert counts[0.0] > 0, counts  # without the check, wall Gaussians next to the red face take its label
     assert counts[0.1] == 0, counts
+
+
+def test_culled_render_equals_rendering_every_gaussian():
+    # render_raw rasterizes only the Gaussians that can touch the view; a window shows part of the scene
+    from m3_ros import geometry
+    from m3_ros.memory.rasterize import rasterize
+    from m3_ros.memory.sh import camera_centre, sh_to_rgb
+    mem = _memory()
+    snap = mem.snapshot()
+    kf = mem.keyframes[1]
+    K = kf.K.copy()
+    K[0, 2] -= 20  # a 30 x 20 window of the keyframe's view
+    K[1, 2] -= 15
+    W, H = 30, 20
+    vis = snap._visible(torch.tensor(geometry.invert(kf.T_world_cam), dtype=torch.float32),
+                        torch.tensor(K, dtype=torch.float32), W, H)
+    assert vis is not None and 0 < len(vis) < snap.n_gaussians, "the window must cull some Gaussians"
+    out = snap.render_raw(kf.T_world_cam, K, W, H)
+    viewmat = torch.tensor(geometry.invert(kf.T_world_cam), dtype=torch.float32)
+    chans = torch.cat([sh_to_rgb(snap.colors, snap.means, camera_centre(viewmat), snap.cfg.sh_degree),
+                       snap.queries["dino"]], -1)
+    img, alpha, _ = rasterize(snap.means, snap.quats, snap.scales, snap.opacities, chans, viewmat[None],
+                              torch.tensor(K, dtype=torch.float32)[None], W, H, near_plane=snap.cfg.near_plane,
+                              far_plane=snap.cfg.far_plane, render_mode="RGB+ED", backend=snap.cfg.backend)
+    assert (alpha[0, ..., 0] > 0.5).float().mean() > 0.5
+    torch.testing.assert_close(torch.from_numpy(out["alpha"]), alpha[0, ..., 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["queries"]["dino"], img[0, ..., 3:-1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(out["depth_raw"]), img[0, ..., -1], atol=1e-5, rtol=0)
+    # a camera looking away sees nothing, and says so with empty images
+    away = kf.T_world_cam @ np.diag([-1.0, 1.0, -1.0, 1.0])
+    empty = snap.render_raw(away, kf.K, 40, 30)
+    assert empty["alpha"].shape == (30, 40) and not empty["alpha"].any()
+
+
+def test_memoised_snapshot_values_equal_fresh_ones():
+    mem = _memory()
+    snap = mem.snapshot()
+    zero = torch.zeros(1, 8)
+    from m3_ros.memory.attention import decode_chunked
+    b = snap.banks["dino"]
+    fresh = decode_chunked(zero, snap.W["dino"], b.rows, b.unit_rows, snap.cfg.tau)
+    first = snap.decode("dino", zero)
+    first += 1.0  # a caller editing its copy does not edit the memo
+    torch.testing.assert_close(snap.decode("dino", zero), fresh)
+    torch.testing.assert_close(snap.query_norms("dino"), snap.queries["dino"].norm(dim=1))
+    mem.train(2)  # a new snapshot: its own values
+    new = mem.snapshot()
+    torch.testing.assert_close(new.query_norms("dino"), mem.params[query_key("dino")].detach().norm(dim=1))
