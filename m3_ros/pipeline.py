@@ -8,14 +8,17 @@ feature worker; ``train_for`` (the node's train timer) moves extracted keyframes
 the memory and trains; ``ground`` and ``relevance_map`` may run on any number of threads at
 once. Queries read the memory's last published snapshot and take no lock a train step holds
 (reader/writer: see m3_ros/memory/snapshot.py); while any query runs, ``train_for`` starts no
-new step, so queries share the CPU with at most the one step already running.
+new step, so queries share the CPU with at most the one step already running, and that step runs
+on a training thread of lower OS priority (``train_nice``).
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -51,6 +54,11 @@ class PipelineConfig:
     """Text embeddings of this many recent distinct queries are kept (a repeated question skips the text encoder)."""
     queries_first: bool = True
     """Training starts no new step while a query runs (the step already running finishes)."""
+    train_nice: int = 5
+    """Train steps run on the pipeline's own training thread, this much nicer than the process
+    (Linux: niceness is per thread), so the OS gives query threads the CPU first while a step that
+    was already running finishes; 0 = the same priority. bench_query.py --profile: while training,
+    a query's wall time was mostly waiting for a core shared with the step."""
     memory_overrides: dict = field(default_factory=dict)
     """Extra MemoryConfig fields (name -> value)."""
     foundation_overrides: dict = field(default_factory=dict)
@@ -87,6 +95,10 @@ class MemoryPipeline:
         self._texts: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._texts_lock = threading.Lock()
         self._camera: tuple | None = None  # latest (T_world_cam, K, width, height) offered
+        self._trainer = None  # ThreadPoolExecutor(1): the training thread (see train_nice)
+        self._inflight: dict[tuple, Future] = {}  # ground() calls being answered now, by question
+        self._inflight_lock = threading.Lock()
+        self._trainer_lock = threading.Lock()
         self._next_index = 0
         self.first_keyframe_wall: float | None = None
         self.load_error: str | None = None
@@ -204,9 +216,29 @@ class MemoryPipeline:
         return True
 
     def train_for(self, budget_s: float, max_steps: int = 1000) -> int:
-        """Ingest extracted keyframes, then train until ``budget_s`` is spent; returns steps."""
+        """Ingest extracted keyframes, then train until ``budget_s`` is spent; returns steps.
+
+        The work runs on the pipeline's training thread (see ``train_nice``); the caller waits for it.
+        """
         if not self.ready:
             return 0
+        if self.cfg.train_nice <= 0:
+            return self._train_for(budget_s, max_steps)
+        with self._trainer_lock:
+            if self._trainer is None:
+                self._trainer = ThreadPoolExecutor(1, thread_name_prefix="m3-train", initializer=self._nicer)
+            trainer = self._trainer
+        return trainer.submit(self._train_for, budget_s, max_steps).result()
+
+    def _nicer(self) -> None:
+        """Lower the calling (training) thread's priority by cfg.train_nice (a per-thread value on Linux)."""
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.cfg.train_nice))
+        except (AttributeError, OSError) as e:  # not Linux, or not permitted: train at the same priority
+            log.info("training thread keeps its priority: %s", e)
+
+    def _train_for(self, budget_s: float, max_steps: int) -> int:
         t0 = time.monotonic()
         with self._swap_lock:
             mem = self.memory
@@ -282,14 +314,38 @@ class MemoryPipeline:
 
         Runs on the memory's last published snapshot: never waits for a train step, and any number
         of threads may ground at once. View mode renders from ``camera`` (T_world_cam [4, 4], K [3, 3],
-        width, height), by default the latest camera offered.
+        width, height), by default the latest camera offered. Callers asking the same question (same
+        normalised text, top_k and grounding settings) while it is being answered on the same snapshot
+        share that one answer (the same GroundingResult object: read it, do not edit it), or its error.
         """
         q = validate_query(query, self.cfg.grounding.max_query_chars)
         mem = self._query_memory()
         with self._query():
-            emb = self._embed(q)
-            return ground(mem.snapshot(), emb, self._text_model.name, self.cfg.grounding, top_k,
-                          camera=camera if camera is not None else self._camera)
+            snap = mem.snapshot()
+            gcfg = self.cfg.grounding
+            if gcfg.mode == "view":  # answers depend on the camera: not shared
+                return ground(snap, self._embed(q), self._text_model.name, gcfg, top_k,
+                              camera=camera if camera is not None else self._camera)
+            # The same question on the same snapshot has the same answer: a caller that finds it
+            # already being answered waits for that answer instead of computing it again.
+            key = (q, int(top_k), repr(gcfg), id(snap), snap.version)
+            with self._inflight_lock:
+                fut = self._inflight.get(key)
+                owner = fut is None
+                if owner:
+                    fut = self._inflight[key] = Future()
+            if not owner:
+                return fut.result()
+            try:
+                res = ground(snap, self._embed(q), self._text_model.name, gcfg, top_k)
+                fut.set_result(res)
+                return res
+            except BaseException as e:
+                fut.set_exception(e)
+                raise
+            finally:
+                with self._inflight_lock:
+                    del self._inflight[key]
 
     def relevance_map(self, query: str, T_world_cam: np.ndarray, K: np.ndarray, width: int,
                       height: int) -> np.ndarray:
@@ -344,3 +400,7 @@ class MemoryPipeline:
     def close(self) -> None:
         if self._worker is not None:
             self._worker.shutdown()
+        with self._trainer_lock:
+            if self._trainer is not None:
+                self._trainer.shutdown(wait=True)
+                self._trainer = None

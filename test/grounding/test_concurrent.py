@@ -74,6 +74,103 @@ def test_concurrent_queries_while_training_get_correct_answers(pipeline, mode):
     assert iters > 0 and sum(steps) > 0, "training ran alongside the queries"
 
 
+def test_identical_concurrent_questions_are_answered_once(pipeline, monkeypatch):
+    import m3_ros.pipeline as P
+    pipeline.cfg.grounding = GroundingConfig(mode="gaussians", cluster_radius=0.05)
+    real = P.ground
+    entered, release = threading.Event(), threading.Event()
+    calls, waiting = [], []
+
+    def slow_ground(*a, **kw):
+        calls.append(1)
+        entered.set()
+        release.wait(60)
+        return real(*a, **kw)
+
+    class CountingFuture(P.Future):
+        def result(self, timeout=None):
+            waiting.append(1)
+            return super().result(timeout)
+
+    monkeypatch.setattr(P, "ground", slow_ground)
+    monkeypatch.setattr(P, "Future", CountingFuture)
+    out = [None] * 4
+
+    def ask(i):
+        out[i] = pipeline.ground("  red   box ")  # normalised: the same question as "red box"
+
+    first = threading.Thread(target=ask, args=(0,))
+    first.start()
+    assert entered.wait(60)
+    others = [threading.Thread(target=ask, args=(i,)) for i in (1, 2, 3)]
+    for t in others:
+        t.start()
+    for _ in range(600):  # liveness only: until the three callers wait on the first one's answer
+        if len(waiting) + len(calls) >= 4:
+            break
+        threading.Event().wait(0.05)
+    release.set()
+    for t in [first] + others:
+        t.join(60)
+    assert len(calls) + len(waiting) == 4
+    assert all(o is not None for o in out)
+    for o in out[1:]:
+        np.testing.assert_array_equal(o.points, out[0].points)
+    assert float(np.linalg.norm(out[0].points[0] - RED_CENTRE)) < 0.08
+    # a different question, or a refused one, is not shared
+    monkeypatch.setattr(P, "ground", real)
+    assert float(np.linalg.norm(pipeline.ground("green box").points[0] - GREEN_CENTRE)) < 0.08
+
+
+def test_errors_reach_every_waiting_caller(pipeline, monkeypatch):
+    import m3_ros.pipeline as P
+    pipeline.cfg.grounding = GroundingConfig(mode="gaussians", cluster_radius=0.05)
+    entered, release = threading.Event(), threading.Event()
+    waiting, errors = [], []
+
+    def failing_ground(*a, **kw):
+        entered.set()
+        release.wait(60)
+        raise ValueError("nothing in the memory matches the query")
+
+    class CountingFuture(P.Future):
+        def result(self, timeout=None):
+            waiting.append(1)
+            return super().result(timeout)
+
+    monkeypatch.setattr(P, "ground", failing_ground)
+    monkeypatch.setattr(P, "Future", CountingFuture)
+
+    def ask():
+        try:
+            pipeline.ground("blue ball")
+        except ValueError as e:
+            errors.append(str(e))
+
+    ts = [threading.Thread(target=ask) for _ in range(3)]
+    ts[0].start()
+    assert entered.wait(60)
+    for t in ts[1:]:
+        t.start()
+    for _ in range(600):
+        if len(waiting) >= 2:
+            break
+        threading.Event().wait(0.05)
+    release.set()
+    for t in ts:
+        t.join(60)
+    assert len(errors) == 3 and all("matches" in e for e in errors)
+    assert not pipeline._inflight
+
+
+def test_training_runs_on_a_nicer_thread(pipeline):
+    import os
+    pipeline.train_for(0.01, max_steps=1)
+    me = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    trainer = pipeline._trainer.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+    assert trainer == min(19, me + pipeline.cfg.train_nice)
+
+
 def test_pipeline_error_paths(pipeline):
     with pytest.raises(ValueError, match="empty"):
         pipeline.ground("   ")
