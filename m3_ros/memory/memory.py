@@ -377,6 +377,11 @@ class M3Memory:
         with self._lock:
             return self._capture(copy=False).gaussian_relevance(model, text_emb)
 
+    def attention(self, model: str):
+        """Per-Gaussian attention (snapshot.py's cache state: top rows ``idx`` [N, k], weights ``w`` [N, k])."""
+        with self._lock:
+            return self._capture(copy=False).attention(model)
+
     def query_norms(self, model: str) -> torch.Tensor:
         """[N] length of each Gaussian's principal query (seeded ones are unit length)."""
         with self._lock:

@@ -154,3 +154,30 @@ def test_view_mode_errors(memory):
     loaded._publish()
     with pytest.raises(ValueError, match="needs the current camera"):
         ground(loaded.snapshot(), region_features()[1], "dino", GroundingConfig(mode="view"))
+
+
+def test_row_mass_ignores_gaussians_that_blend_rows():
+    """Wall Gaussians whose queries blend the red and green faces' rows decode close to 'red' by
+    cosine, but put only part of their attention on the red row: row_mass keeps the red face."""
+    from m3_ros.grounding.ground import _baseline_score, row_mass
+    from m3_ros.memory.gaussians import query_key
+
+    mem = M3Memory(MemoryConfig(models={"dino": ModelSlot(channels=8, theta=0.9, max_rows=100)}, voxel_size=0.02,
+                                seed_stride=1, train_scale=1.0, feature_points=200, backend="torch", seed=0))
+    for i, tx in enumerate([-0.3, 0.0, 0.3]):
+        mem.add_keyframe(render_view(tx, index=i)[0])
+    red_text, green = region_features()[1], mem.gaussian_relevance("dino", region_features()[2]) > 0.9
+    red = mem.gaussian_relevance("dino", red_text) > 0.9
+    wall = torch.nonzero((mem.means[:, 2] - 2.0).abs() < 0.01).flatten()[: 3 * int(red.sum())]
+    with torch.no_grad():  # a blob on the wall, 3x the red face's size, half red and half green
+        q = mem.params[query_key("dino")]
+        q[wall] = 0.5 * (q[red][0] + q[green][0])
+    blend_cos = mem.gaussian_relevance("dino", red_text)[wall]
+    # by cosine the blob is a candidate: well above what an unlabelled surface decodes to
+    assert float(blend_cos.median()) > _baseline_score(mem, "dino", red_text) + 0.1
+    mass, best = row_mass(mem, "dino", red_text, row_margin=0.03)
+    # about half of the blob's attention is on the red row, nearly all of the face's
+    assert np.median(mass[wall.numpy()]) < 0.6 and np.median(mass[red.numpy()]) > 0.95
+    res = ground(mem, red_text, "dino", GroundingConfig(mode="gaussians", score="row_mass", cluster_radius=0.08,
+                                                         verify_views=0))
+    assert np.linalg.norm(res.points[0] - RED_CENTRE) < 0.06, res.points
