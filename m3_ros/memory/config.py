@@ -159,6 +159,8 @@ class MemoryConfig:
     """Seed for all randomness (W_m init, sampling)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.freespace, dict):  # memory_overrides / YAML give plain mappings
+            self.freespace = FreeSpaceConfig(**self.freespace)
         for name, slot in self.models.items():
             if slot.channels <= 0:
                 raise ValueError(f"model {name!r}: channels must be positive, got {slot.channels}")

@@ -47,6 +47,10 @@ class FreeSpaceConfig:
     """A keyframe kept for training in which at least this many of the removed Gaussians lay on the
     observed surface saw the old state: it leaves the training window (training on it would pull
     the moved object back into place)."""
+    relabel_radius: float = 0.03
+    """After a removal, Gaussians on the observed surface within this distance (m) of a removed one
+    (where the object stood: the table under it) take the new keyframe's features as queries, so
+    they stop answering for what was there."""
     margin: float = 0.05
     """Smallest depth margin (m) by which a Gaussian must lie in front of the observed surface."""
     noise: float = 0.02
@@ -67,7 +71,7 @@ class FreeSpaceConfig:
             raise ValueError(f"FreeSpaceConfig.min_opacity must be in [0, 1), got {self.min_opacity}")
         if self.stale_points < 1:
             raise ValueError(f"FreeSpaceConfig.stale_points must be >= 1, got {self.stale_points}")
-        for name in ("margin", "noise", "extent", "window", "near"):
+        for name in ("relabel_radius", "margin", "noise", "extent", "window", "near"):
             if getattr(self, name) < 0:
                 raise ValueError(f"FreeSpaceConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.min_valid <= 1.0:
@@ -76,6 +80,17 @@ class FreeSpaceConfig:
     def radius_px(self, width: int) -> int:
         """Window half-width in pixels for an image width pixels wide."""
         return int(np.ceil(self.window * width))
+
+
+def project_pixels(K: np.ndarray, T_world_cam: np.ndarray, means: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Nearest pixels [N, 2] (v, u) of means [N, 3] in an image of size (H, W), clipped to it."""
+    T_cam_world = np.linalg.inv(np.asarray(T_world_cam, dtype=np.float64))
+    pc = means.detach().double().numpy() @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
+    z = np.maximum(pc[:, 2], 1e-6)
+    K = np.asarray(K, dtype=np.float64)
+    u = np.clip(np.rint(K[0, 0] * pc[:, 0] / z + K[0, 2]), 0, size[1] - 1).astype(np.int64)
+    v = np.clip(np.rint(K[1, 1] * pc[:, 1] / z + K[1, 2]), 0, size[0] - 1).astype(np.int64)
+    return np.stack([v, u], 1)
 
 
 def window_min_depth(depth: np.ndarray, radius: int, min_valid: float) -> np.ndarray:

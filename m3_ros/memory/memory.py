@@ -33,7 +33,7 @@ from torch import nn
 from m3_ros.memory import ops
 from m3_ros.memory.bank import MemoryBank
 from m3_ros.memory.config import MemoryConfig, ModelSlot  # noqa: F401  (re-exported: the public names)
-from m3_ros.memory.freespace import SURFACE, THROUGH, classify, decayed_logits
+from m3_ros.memory.freespace import SURFACE, THROUGH, classify, decayed_logits, project_pixels
 from m3_ros.memory.gaussians import empty_params, query_key
 from m3_ros.memory.rasterize import rasterize
 from m3_ros.memory.seeding import inherit_queries, least_useful, pixel_features, seed_geometry, seed_points
@@ -259,6 +259,24 @@ class M3Memory:
         self._remove(gone)
         self._views = [v for v in self._views if int((classify(v.kf.depth, v.kf.K, v.kf.T_world_cam, means, scales,
                                                                fc, evidence=False) == SURFACE).sum()) < fc.stale_points]
+        # the surface the object uncovered (the table under it) answers for what kf sees there now
+        surf = torch.nonzero(classify(kf.depth, kf.K, kf.T_world_cam, self.means, None, fc, evidence=False)
+                             == SURFACE).flatten()
+        if fc.relabel_radius <= 0 or len(surf) == 0:
+            return
+        dist, _ = cKDTree(means.numpy()).query(self.means[surf].numpy(), distance_upper_bound=fc.relabel_radius)
+        idx = surf[torch.from_numpy(np.isfinite(dist))]
+        if len(idx) == 0:
+            return
+        pix = project_pixels(kf.K, kf.T_world_cam, self.means[idx], kf.size)
+        for m, fm in kf.features.items():
+            if m in self.W and m in self.cfg.models:
+                gt = pixel_features(kf, fm, pix, self.cfg, m)
+                has = gt.abs().sum(1) > 0
+                if bool(has.any()):
+                    q = self._queries_for_rows(m, self.banks[m].assign(gt[has]))
+                    self.params[query_key(m)].data[idx[has]] = q
+
 
     @torch.no_grad()
     def _remove(self, index: torch.Tensor) -> None:
