@@ -27,7 +27,8 @@ import torch
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from m3_ros.geometry import backproject, project, scale_intrinsics
+from m3_ros.geometry import backproject, invert, project, scale_intrinsics, transform_points
+from m3_ros.memory.attention import attention_logits
 
 
 @dataclass
@@ -35,7 +36,8 @@ class GroundingConfig:
     mode: Literal["render", "view", "gaussians"] = "gaussians"
     """How relevance is read out of the memory (see module docstring)."""
     score: Literal["row_mass", "cosine"] = "row_mass"
-    """Gaussians mode: how a Gaussian's relevance is read. ``cosine``: cos(decoded feature, text).
+    """How a Gaussian's (or rendered pixel's, in render / view mode and verification) relevance is
+    read. ``cosine``: cos(decoded feature, text).
     ``row_mass``: the text first picks its bank rows (the PSC rows within ``row_margin`` of the best
     row's cosine); a Gaussian's relevance is the attention weight its principal query puts on those
     rows (times its query-norm confidence, see ``confidence_norm``), thresholded at ``row_mass_min``.
@@ -107,7 +109,7 @@ class GroundingConfig:
 @dataclass
 class GroundingResult:
     points: np.ndarray  # [k, 3] region centres in the memory frame, best first
-    scores: np.ndarray  # [k] mean relevance (cosine) of each region
+    scores: np.ndarray  # [k] mean relevance of each region (row mass, or cosine: GroundingConfig.score)
     model: str
     mode: str
     n_candidates: int  # points that passed the threshold
@@ -181,23 +183,6 @@ def _ranked_regions(points: np.ndarray, scores: np.ndarray, radius: float,
     return regions
 
 
-def row_mass(memory, model: str, text_emb: torch.Tensor, row_margin: float) -> tuple[np.ndarray, float]:
-    """Attention mass [N] each Gaussian puts on the text's bank rows, and the best row's cosine.
-
-    The text's rows are those whose cosine to ``text_emb`` [d] is within ``row_margin`` of the best
-    row's (cosines against the raw rows, in the model's own space). Weights come from the
-    per-Gaussian attention cache: exact when the bank fits the cache's top rows, otherwise the mass
-    outside each Gaussian's top rows is missed (tau = 0.05 leaves little there).
-    """
-    bank = memory.banks[model]
-    s = torch.nn.functional.normalize(bank.rows.float(), dim=1) @ torch.nn.functional.normalize(text_emb.float().reshape(-1), dim=0)
-    best = float(s.max())
-    match = (s >= best - row_margin).float()  # [t]
-    st = memory.attention(model)
-    mass = st.w @ match if st.w.shape[1] == len(bank) else (st.w * match[st.idx]).sum(-1)
-    return mass.detach().cpu().numpy().astype(np.float64), best
-
-
 def _baseline_score(memory, model: str, text_emb: torch.Tensor) -> float:
     """Cosine between the text and what a zero principal query decodes to."""
     channels = memory.cfg.models[model].channels
@@ -247,22 +232,75 @@ def _means_tree(memory, min_opacity: float):
     return cKDTree(memory.means.detach().cpu().numpy()[keep].astype(np.float64)), keep
 
 
-def _render_points(memory, model: str, text_emb: torch.Tensor, cameras: list[Camera],
-                   cfg: GroundingConfig, max_depth: float | None = None
-                   ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Render relevance + depth from cameras; lift rendered pixels to 3D (see confidence_norm, snap_radius).
+def text_rows(memory, model: str, text_emb: torch.Tensor, row_margin: float) -> tuple[torch.Tensor, float]:
+    """The text's bank rows: [t] bool, rows whose cosine to ``text_emb`` [d] is within ``row_margin`` of
+    the best row's (cosines against the raw rows, in the model's own space), and that best cosine."""
+    rows = memory.banks[model].rows.float()
+    s = torch.nn.functional.normalize(rows, dim=1) @ torch.nn.functional.normalize(text_emb.float().reshape(-1), dim=0)
+    best = float(s.max())
+    return s >= best - row_margin, best
 
-    Returns points [M, 3] (memory frame), their relevance [M], one relevance map [h, w] per camera.
+
+def row_mass(memory, model: str, text_emb: torch.Tensor, row_margin: float) -> tuple[np.ndarray, float]:
+    """Attention mass [N] each Gaussian puts on the text's bank rows (``text_rows``), and the best
+    row's cosine. Weights come from the per-Gaussian attention cache: exact when the bank fits the
+    cache's top rows, otherwise the mass outside each Gaussian's top rows is missed (tau = 0.05
+    leaves little there).
     """
-    pts_all, sc_all, maps = [np.zeros((0, 3))], [np.zeros(0)], []
-    baseline = _baseline_score(memory, model, text_emb) if cfg.confidence_norm > 0 else 0.0
-    for T, K, w, h in cameras:
+    match, best = text_rows(memory, model, text_emb, row_margin)
+    match = match.float()
+    st = memory.attention(model)
+    mass = st.w @ match if st.w.shape[1] == len(memory.banks[model]) else (st.w * match[st.idx]).sum(-1)
+    return mass.detach().cpu().numpy().astype(np.float64), best
+
+
+@torch.no_grad()
+def _pixel_mass(memory, model: str, queries: torch.Tensor, match: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Attention mass [M] that rendered queries [M, l] put on the bank rows ``match`` [t] (bool)."""
+    bank = memory.banks[model]
+    W = memory.W[model].detach()
+    out = torch.empty(queries.shape[0])
+    for b in range(0, queries.shape[0], chunk):
+        w = torch.softmax(attention_logits(queries[b:b + chunk].float(), W, bank.unit_rows, memory.cfg.tau), dim=-1)
+        out[b:b + chunk] = w[:, match].sum(-1)
+    return out
+
+
+def _render_relevance(memory, model: str, text_emb: torch.Tensor, camera: Camera, cfg: GroundingConfig,
+                      match: torch.Tensor | None) -> dict:
+    """"relevance" [h, w], "alpha" and "depth" from one camera: cosine (``match`` None, the
+    confidence_norm discount applied) or row mass on the ``match`` rows (times the same confidence)."""
+    T, K, w, h = camera
+    if match is None:
         out = memory.relevance(model, text_emb, T, K, w, h)
         rel = np.asarray(out["relevance"], dtype=np.float64)
         alpha = np.asarray(out["alpha"], dtype=np.float64)
         if cfg.confidence_norm > 0 and "query_norm" in out:
             c = np.clip(np.asarray(out["query_norm"], dtype=np.float64) / (np.maximum(alpha, 1e-6) * cfg.confidence_norm), 0, 1)
-            rel = c * rel + (1 - c) * baseline
+            rel = c * rel + (1 - c) * _baseline_score(memory, model, text_emb)
+        return {"relevance": rel, "alpha": alpha, "depth": out["depth"]}
+    out = memory.render(T, K, w, h)
+    q = out["queries"][model]
+    alpha = np.asarray(out["alpha"], dtype=np.float64)
+    rel = _pixel_mass(memory, model, q.reshape(-1, q.shape[-1]), match).reshape(h, w).numpy().astype(np.float64)
+    if cfg.confidence_norm > 0:
+        qn = q.norm(dim=-1).numpy().astype(np.float64)
+        rel = rel * np.clip(qn / (np.maximum(alpha, 1e-6) * cfg.confidence_norm), 0, 1)
+    return {"relevance": np.where(alpha >= 0.01, rel, 0.0), "alpha": alpha, "depth": out["depth"]}
+
+
+def _render_points(memory, model: str, text_emb: torch.Tensor, cameras: list[Camera],
+                   cfg: GroundingConfig, max_depth: float | None = None, match: torch.Tensor | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Render relevance + depth from cameras; lift rendered pixels to 3D (see confidence_norm, snap_radius).
+
+    ``match`` [t] bool: score row mass on those bank rows instead of cosine (see ``GroundingConfig.score``).
+    Returns points [M, 3] (memory frame), their relevance [M], one relevance map [h, w] per camera.
+    """
+    pts_all, sc_all, maps = [np.zeros((0, 3))], [np.zeros(0)], []
+    for T, K, w, h in cameras:
+        out = _render_relevance(memory, model, text_emb, (T, K, w, h), cfg, match)
+        rel, alpha = out["relevance"], out["alpha"]
         depth = np.where(alpha > 0.5, np.asarray(out["depth"], dtype=np.float64), 0.0)
         if max_depth is not None:
             depth = np.where(depth <= max_depth, depth, 0.0)
@@ -281,6 +319,16 @@ def _render_points(memory, model: str, text_emb: torch.Tensor, cameras: list[Cam
         pts_all.append(pts)
         sc_all.append(sc)
     return np.concatenate(pts_all), np.concatenate(sc_all), maps
+
+
+def _pixel_spacing(points: np.ndarray, cameras: list[Camera]) -> float:
+    """Median distance (m) between neighbouring rendered pixels at points [M, 3], seen by the first camera."""
+    if len(points) == 0 or not cameras:
+        return 0.0
+    T, K, _, _ = cameras[0]
+    z = transform_points(invert(np.asarray(T, dtype=np.float64)), points)[:, 2]
+    z = z[z > 0]
+    return float(np.median(z) / max(K[0, 0], K[1, 1])) if len(z) else 0.0
 
 
 def _views_seeing(memory, point: np.ndarray, n: int) -> list[int]:
@@ -306,7 +354,7 @@ def _views_seeing(memory, point: np.ndarray, n: int) -> list[int]:
 
 
 def _refine(memory, model: str, text_emb: torch.Tensor, region: tuple, thr: float, cfg: GroundingConfig,
-            views: list[int], maps: list[np.ndarray]) -> tuple:
+            views: list[int], maps: list[np.ndarray], match: torch.Tensor | None = None) -> tuple:
     """Re-estimate the best region's centre from views all around it.
 
     The first pass renders the views that see the most of the memory; their lifted pixels
@@ -319,7 +367,7 @@ def _refine(memory, model: str, text_emb: torch.Tensor, region: tuple, thr: floa
         return region
     # only pixels within refine_radius of the centre are used: render just a window around it
     cams = [_keyframe_camera(memory, i, cfg, centre, cfg.refine_radius) for i in ids]
-    pts, sc, new_maps = _render_points(memory, model, text_emb, cams, cfg)
+    pts, sc, new_maps = _render_points(memory, model, text_emb, cams, cfg, match=match)
     near = (sc >= thr) & (np.linalg.norm(pts - centre, axis=1) <= cfg.refine_radius)
     if near.sum() < cfg.min_region_points:
         return region
@@ -329,7 +377,7 @@ def _refine(memory, model: str, text_emb: torch.Tensor, region: tuple, thr: floa
 
 
 def _verify(memory, model: str, text_emb: torch.Tensor, regions: list, thr: float, cfg: GroundingConfig,
-            views: list[int], maps: list[np.ndarray]) -> list:
+            views: list[int], maps: list[np.ndarray], match: torch.Tensor | None = None) -> list:
     """Veto regions whose rendered relevance does not pass ``thr``; keep the others' order.
 
     ``thr`` is the absolute floor (Otsu / zero-query baseline), not the near-the-best cut:
@@ -346,7 +394,7 @@ def _verify(memory, model: str, text_emb: torch.Tensor, regions: list, thr: floa
     for region in head:
         ids = _views_seeing(memory, region[0], cfg.verify_views)
         cams = [_keyframe_camera(memory, i, cfg, region[0], cfg.verify_radius) for i in ids]
-        pts, sc, new_maps = _render_points(memory, model, text_emb, cams, cfg)
+        pts, sc, new_maps = _render_points(memory, model, text_emb, cams, cfg, match=match)
         near = np.linalg.norm(pts - region[0], axis=1) <= cfg.verify_radius
         if near.sum() >= cfg.min_region_points:
             views.extend(ids)
@@ -401,66 +449,73 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
             raise ValueError("view mode needs the current camera: no frame has been seen yet")
         kf = memory.keyframes[-1]
         camera = (kf.T_world_cam, kf.K, kf.size[1], kf.size[0])
+    baseline = _baseline_score(memory, model, text_emb)
+    match = None
+    if cfg.score == "row_mass":
+        match, best_row = text_rows(memory, model, text_emb, cfg.row_margin)
+        # the text's best bank row must itself beat what an unlabelled surface decodes to
+        if best_row < baseline + cfg.baseline_margin:
+            raise ValueError(f"nothing in the memory matches the query better than an unlabelled surface "
+                             f"(best row {best_row:.2f}, baseline {baseline:.2f})")
     if mode == "render":
         views = _views_covering(memory, cfg.n_views)
         cams = [_keyframe_camera(memory, i, cfg) for i in views]
-        points, scores, maps = _render_points(memory, model, text_emb, cams, cfg)
+        points, scores, maps = _render_points(memory, model, text_emb, cams, cfg, match=match)
     elif mode == "view":
         T, K, w, h = camera
-        points, scores, maps = _render_points(memory, model, text_emb,
-                                              [_scaled_camera(np.asarray(T), np.asarray(K), int(w), int(h), cfg.view_scale)],
-                                              cfg, max_depth=cfg.view_max_depth)
+        view_cam = _scaled_camera(np.asarray(T), np.asarray(K), int(w), int(h), cfg.view_scale)
+        points, scores, maps = _render_points(memory, model, text_emb, [view_cam], cfg,
+                                              max_depth=cfg.view_max_depth, match=match)
     else:
-        rel = memory.gaussian_relevance(model, text_emb).detach().cpu().numpy().astype(np.float64)
-        conf = np.ones_like(rel)
+        conf = 1.0
         if cfg.confidence_norm > 0:
             # the same discount as a rendered pixel's (alpha = 1): a weak, never-seeded query
             # (floor, walls) decodes as strongly as an object's, cosine attention being scale-invariant
             conf = np.clip(memory.query_norms(model).detach().cpu().numpy().astype(np.float64) / cfg.confidence_norm, 0, 1)
-            rel = conf * rel + (1 - conf) * _baseline_score(memory, model, text_emb)
+        if match is not None:
+            rel = conf * row_mass(memory, model, text_emb, cfg.row_margin)[0]
+        else:
+            rel = memory.gaussian_relevance(model, text_emb).detach().cpu().numpy().astype(np.float64)
+            rel = conf * rel + (1 - conf) * baseline
         keep = memory.opacities.detach().cpu().numpy() >= cfg.min_opacity
         points = memory.means.detach().cpu().numpy().astype(np.float64)[keep]
         scores = rel[keep]
-        if cfg.score == "row_mass":
-            mass, best_row = row_mass(memory, model, text_emb, cfg.row_margin)
-            masses = (conf * mass)[keep]
     ok = np.isfinite(scores)
     points, scores = points[ok], scores[ok]
     if len(scores) < cfg.min_region_points:
         if mode == "view":
             raise ValueError("the current camera sees no remembered surface")
         raise ValueError("memory rendered no usable surface for this query")
-    baseline = _baseline_score(memory, model, text_emb)
-    floor = max(otsu_threshold(scores), baseline + cfg.baseline_margin)
-    if mode == "gaussians" and cfg.score == "row_mass":
-        masses = masses[ok]
-        # the text's best bank row must itself beat what an unlabelled surface decodes to
-        if best_row < baseline + cfg.baseline_margin:
-            raise ValueError(f"nothing in the memory matches the query better than an unlabelled surface "
-                             f"(best row {best_row:.2f}, baseline {baseline:.2f})")
-        thr, scores = cfg.row_mass_min, masses
+    if match is not None:
+        thr = floor = cfg.row_mass_min
         if not np.any(scores >= thr):
             raise ValueError(f"no remembered surface attends to the query's memory rows "
                              f"(most {float(scores.max()):.2f} < {thr:.2f})")
     else:
+        floor = max(otsu_threshold(scores), baseline + cfg.baseline_margin)
         thr = max(floor, float(np.percentile(scores, 99)) - cfg.relative_margin)
         if not np.any(scores >= thr):
             raise ValueError(f"nothing in the memory matches the query better than an unlabelled surface "
                              f"(best {float(scores.max()):.2f}, baseline {baseline:.2f})")
     sel = scores >= thr
-    ranked = _ranked_regions(points[sel], scores[sel], cfg.cluster_radius, cfg.min_region_points, thr)
+    radius = cfg.cluster_radius
+    if mode in ("render", "view"):
+        # lifted pixels lie one rendered pixel apart: a coarse render of a far surface spaces them
+        # wider than cluster_radius, and one object would fall apart into fragments
+        radius = max(radius, 1.5 * _pixel_spacing(points[sel], cams if mode == "render" else [view_cam]))
+    ranked = _ranked_regions(points[sel], scores[sel], radius, cfg.min_region_points, thr)
     if not ranked:
         # only regions smaller than min_region_points pass: a small or far object (a lego brick
         # across the room keeps a handful of Gaussians); the best of them beats no answer
-        ranked = _ranked_regions(points[sel], scores[sel], cfg.cluster_radius, 1, thr)
+        ranked = _ranked_regions(points[sel], scores[sel], radius, 1, thr)
     regions = [(c, s, p) for c, s, p, _ in ranked]
     # a clear winner needs no rendering; close runners-up are checked (see verify_dominance)
     contested = len(ranked) > 1 and ranked[1][3] * cfg.verify_dominance >= ranked[0][3]
     if mode == "gaussians" and cfg.verify_views > 0 and len(memory.keyframes) > 0 and contested:
-        regions = _verify(memory, model, text_emb, regions, floor, cfg, views, maps)
+        regions = _verify(memory, model, text_emb, regions, floor, cfg, views, maps, match)
     regions = regions[:top_k]
     if mode in ("render", "view") and cfg.refine_views > 0 and len(memory.keyframes) > 0:
-        regions[0] = _refine(memory, model, text_emb, regions[0], thr, cfg, views, maps)
+        regions[0] = _refine(memory, model, text_emb, regions[0], thr, cfg, views, maps, match)
     return GroundingResult(
         points=np.stack([r[0] for r in regions]), scores=np.array([r[1] for r in regions]),
         model=model, mode=mode, n_candidates=int(sel.sum()), threshold=thr,

@@ -36,7 +36,7 @@ from m3_ros.memory.config import MemoryConfig, ModelSlot  # noqa: F401  (re-expo
 from m3_ros.memory.freespace import SURFACE, THROUGH, classify, decayed_logits, project_pixels
 from m3_ros.memory.gaussians import empty_params, query_key
 from m3_ros.memory.rasterize import rasterize
-from m3_ros.memory.seeding import inherit_queries, least_useful, pixel_features, seed_geometry, seed_points
+from m3_ros.memory.seeding import detected_mask, inherit_queries, least_useful, pixel_features, seed_geometry, seed_points
 from m3_ros.memory.sh import camera_centre, sh_to_rgb
 from m3_ros.memory.snapshot import AttentionCache, BankView, MemorySnapshot
 from m3_ros.memory.strategy import DensifyStrategy
@@ -232,8 +232,16 @@ class M3Memory:
             q = torch.zeros(len(pts), slot.channels)
             if m in feats and m in self.W:
                 q = self._queries_for_rows(m, self.banks[m].assign(pixel_features(kf, feats[m], pix, cfg, m)))
-            # geometry the memory already knows keeps what it decoded before
-            inherit_queries(q, pts, tree, self.params[query_key(m)].detach(), cfg.inherit_radius)
+            # geometry the memory already knows keeps what it decoded before. A region model that
+            # ran on this keyframe says "no object here" outside its regions: only pixels inside a
+            # detected region (a cell across its silhouette, a coarse grid cell) inherit there.
+            # Inheriting everywhere chained an object's query across the floor, keyframe by
+            # keyframe (room dev seed 1: floor 2.3 m from the soccer ball attending to its row).
+            allowed = None
+            if m in feats and slot.sample_mode == "nearest":
+                objects = detected_mask(kf)
+                allowed = np.zeros(len(pts), dtype=bool) if objects is None else objects[pix[:, 0], pix[:, 1]]
+            inherit_queries(q, pts, tree, self.params[query_key(m)].detach(), cfg.inherit_radius, allowed)
             new[query_key(m)] = q
         ops.append_gaussians(self.params, self.optimizer, new)
         self._keep_densify_stats(torch.cat([torch.arange(self.n_gaussians - len(pts)),

@@ -47,23 +47,45 @@ def seed_points(kf: Keyframe, cfg: MemoryConfig, room: int, render_fn, generator
     none = (np.zeros((0, 3)), np.zeros((0, 2), dtype=np.int64))
     if room <= 0:
         return none
-    pts, pix = geometry.backproject(np.asarray(kf.depth, dtype=np.float64), np.asarray(kf.K),
-                                    np.asarray(kf.T_world_cam), stride=cfg.seed_stride)
+    depth = np.asarray(kf.depth, dtype=np.float64)
+    pts, pix = geometry.backproject(depth, np.asarray(kf.K), np.asarray(kf.T_world_cam), stride=cfg.seed_stride)
+    fine = np.zeros(len(pts), dtype=bool)
+    objects = detected_mask(kf) if cfg.object_voxel_size > 0 else None
+    if objects is not None:
+        # detected objects: every pixel, finer voxels (small things keep enough Gaussians to be
+        # found and grasped; floor and walls keep the coarse budget)
+        opts, opix = geometry.backproject(np.where(objects, depth, 0.0), np.asarray(kf.K), np.asarray(kf.T_world_cam))
+        coarse = ~objects[pix[:, 0], pix[:, 1]] if len(pix) else np.zeros(0, dtype=bool)
+        pts, pix = np.concatenate([pts[coarse], opts]), np.concatenate([pix[coarse], opix])
+        fine = np.concatenate([np.zeros(int(coarse.sum()), dtype=bool), np.ones(len(opts), dtype=bool)])
     if len(pts) == 0:
         return none
     if render_fn is not None:
         H, W = kf.size
         out = render_fn(np.asarray(kf.T_world_cam), np.asarray(kf.K), W, H)
         keep = unexplained(kf, pix, out["alpha"], out["depth_raw"], cfg.unexplained_depth_rel)
-        pts, pix = pts[keep], pix[keep]
+        pts, pix, fine = pts[keep], pix[keep], fine[keep]
         if len(pts) == 0:
             return none
     keep = voxel_downsample(pts, cfg.voxel_size)
+    if fine.any():
+        keep = np.union1d(keep[~fine[keep]], np.flatnonzero(fine)[voxel_downsample(pts[fine], cfg.object_voxel_size)])
     if existing_means is not None and cfg.max_per_voxel > 0:
         keep = keep[~over_budget(pts[keep], existing_means, cfg.voxel_size, cfg.max_per_voxel)]
     if len(keep) > room:
         keep = keep[np.sort(torch.randperm(len(keep), generator=generator)[:room].numpy())]
     return pts[keep], pix[keep]
+
+
+def detected_mask(kf: Keyframe) -> np.ndarray | None:
+    """[H, W] True inside any detector region of kf (None when kf carries no instances)."""
+    if not kf.instances:
+        return None
+    m = np.zeros(kf.size, dtype=bool)
+    for inst in kf.instances:
+        if inst.mask.shape == m.shape:
+            m |= inst.mask
+    return m
 
 
 def over_budget(pts: np.ndarray, existing_means: np.ndarray, voxel: float, k: int) -> np.ndarray:
@@ -111,12 +133,17 @@ def pixel_features(kf: Keyframe, fm, pix: np.ndarray, cfg: MemoryConfig, model: 
     return gt
 
 
-def inherit_queries(q: torch.Tensor, pts: np.ndarray, tree: cKDTree | None, known: torch.Tensor, radius: float) -> None:
+def inherit_queries(q: torch.Tensor, pts: np.ndarray, tree: cKDTree | None, known: torch.Tensor, radius: float,
+                    allowed: np.ndarray | None = None) -> None:
     """Give rows of q [M, l] that are zero (no feature in this keyframe: a missed detection, a model
-    that skipped it) the query of the nearest known Gaussian within radius (known [N, l]), in place."""
+    that skipped it) the query of the nearest known Gaussian within radius (known [N, l]), in place.
+    ``allowed`` [M] bool limits this to some rows (None = all)."""
     if tree is None:
         return
-    none = torch.nonzero(q.abs().sum(1) == 0).flatten()
+    zero = q.abs().sum(1) == 0
+    if allowed is not None:
+        zero &= torch.from_numpy(np.asarray(allowed, dtype=bool))
+    none = torch.nonzero(zero).flatten()
     if len(none):
         dist, nn = tree.query(pts[none.numpy()], distance_upper_bound=radius)
         ok = np.isfinite(dist)

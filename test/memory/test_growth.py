@@ -83,3 +83,28 @@ def test_frustum_culled_steps_match_full_renders():
     for k in a.params:
         torch.testing.assert_close(a.params[k], b.params[k], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(a._strategy_state["grad2d"], b._strategy_state["grad2d"], rtol=1e-4, atol=1e-6)
+
+
+def test_detected_objects_are_seeded_finer_than_the_background():
+    """Pixels inside a detector region seed at object_voxel_size and stride 1; the rest as before."""
+    from m3_ros.types import Instance
+
+    kf, region = render_view(0.0, W=80, H=60)
+    kf.instances = [Instance(mask=region == 1, label="red box")]  # the detector saw the red face only
+    coarse = M3Memory(_cfg(voxel_size=0.08, seed_stride=2, object_voxel_size=0.0))
+    fine = M3Memory(_cfg(voxel_size=0.08, seed_stride=2, object_voxel_size=0.02))
+    coarse.add_keyframe(kf)
+    fine.add_keyframe(kf)
+
+    def on_red(mem):  # Gaussians on the red face (z = 1.5, x in [-0.35, 0.05], y in [-0.2, 0.2])
+        m = mem.means.numpy()
+        return ((np.abs(m[:, 2] - 1.5) < 1e-3) & (m[:, 0] > -0.36) & (m[:, 0] < 0.06)
+                & (np.abs(m[:, 1]) < 0.21)).sum()
+
+    # the 0.4 x 0.4 m face: ~25 voxels of 8 cm, ~400 of 2 cm (bounded by the pixels that see it)
+    assert on_red(fine) >= 4 * on_red(coarse) > 0
+    # the background (wall, green face) keeps the coarse budget
+    assert coarse.n_gaussians - on_red(coarse) == fine.n_gaussians - on_red(fine)
+    # the finer seeds are 2 cm apart, not closer
+    red = fine.means.numpy()[np.abs(fine.means.numpy()[:, 2] - 1.5) < 1e-3]
+    assert len(np.unique(np.floor(red / 0.02).astype(np.int64), axis=0)) == len(red)

@@ -153,3 +153,25 @@ def test_featureless_keyframe_inherits_queries_from_known_geometry(radius):
         assert nonzero == 0.0
     else:
         assert nonzero > 0.5
+
+
+@pytest.mark.parametrize("ran", [True, False])
+def test_region_model_zero_means_no_object_and_is_not_inherited(ran):
+    """A region model that ran and labelled nothing says "no object here": new Gaussians keep a zero
+    query even next to labelled ones (inheriting chained a label across the floor). Only a keyframe
+    the model gave no map at all inherits."""
+    from m3_ros.memory.gaussians import query_key
+
+    cfg = _cfg(inherit_radius=0.1, unexplained_depth_rel=0.0)
+    cfg.models["dino"].sample_mode = "nearest"
+    mem = M3Memory(cfg)
+    mem.add_keyframe(render_view(0.0)[0])
+    n0 = mem.n_gaussians
+    kf, _ = render_view(0.25, index=1, with_features=ran)
+    if ran:
+        kf.features["dino"].features.zero_()
+    mem.add_keyframe(kf)
+    q_new = mem.params[query_key("dino")].detach()[n0:]
+    assert len(q_new) > 0
+    nonzero = (q_new.abs().sum(1) > 0).float().mean().item()
+    assert nonzero == 0.0 if ran else nonzero > 0.5
