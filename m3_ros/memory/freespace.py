@@ -7,11 +7,15 @@ Gaussians lose opacity and, once nearly transparent, are removed (M3Memory._clea
 place the object moved to is then unexplained geometry and seeding.py seeds it.
 
 Only "the ray passes through" counts as evidence, and it is read conservatively:
-- the observed depth is the *minimum* over a window around the projected centre (holes ignored),
-  so a Gaussian at a silhouette, or misregistered by a few pixels (pose error), always has its own
-  surface in the window and is never seen through;
-- a window with too few valid pixels (holes, depth cut at the pipeline's max_depth) gives no
-  evidence;
+- every valid pixel of a window around the projected centre must see a surface beyond the
+  Gaussian (the window's minimum depth, holes ignored), so a Gaussian at a silhouette, or
+  misregistered by a few pixels (pose error), or hidden behind a nearby surface, always has that
+  surface in the window and is never seen through. The price: a Gaussian closer to a slanted
+  surface than the window reaches (the bottom of an object on a table seen at a grazing angle)
+  gets no evidence; it is SURFACE instead (a window pixel sees a surface within the margin of it
+  in 3D) and M3Memory relabels such remnants next to removed Gaussians;
+- a window with too few valid pixels (holes, depth cut at the pipeline's max_depth, the image
+  border) gives no evidence;
 - "clearly" is a margin that grows with range like stereo depth noise, ``max(margin, noise z^2)``,
   plus the Gaussian's own extent (``extent`` times its largest scale);
 - a Gaussian behind the observed surface (hidden) or at it (surface) is kept; so is one that
@@ -28,7 +32,8 @@ from scipy import ndimage
 
 OUTSIDE, THROUGH, SURFACE, HIDDEN, UNKNOWN = 0, 1, 2, 3, 4
 """Codes of ``classify``: out of the image or behind the camera; clearly in front of the observed
-surface (free-space evidence); on it; behind it; in the image without a usable depth there."""
+surface (free-space evidence); within the margin of a surface the window sees; behind the centre
+pixel's surface; in the image without a usable depth there."""
 
 
 @dataclass
@@ -60,7 +65,7 @@ class FreeSpaceConfig:
     window: float = 0.02
     """Half-width of the min-filter window as a fraction of the image width (pixels rounded up)."""
     min_valid: float = 0.5
-    """Fraction of valid depth pixels the window needs for any evidence."""
+    """Fraction of the window's pixels (outside the image counts as invalid) with depth, needed for evidence."""
     near: float = 0.1
     """Gaussians closer to the camera than this (m) get no evidence."""
 
@@ -93,20 +98,6 @@ def project_pixels(K: np.ndarray, T_world_cam: np.ndarray, means: torch.Tensor, 
     return np.stack([v, u], 1)
 
 
-def window_min_depth(depth: np.ndarray, radius: int, min_valid: float) -> np.ndarray:
-    """Nearest valid depth [H, W] within a (2 radius + 1)^2 window of depth [H, W] (0 / non-finite =
-    hole, ignored); 0 where fewer than min_valid of the window's pixels are valid (no evidence)."""
-    d = np.asarray(depth, dtype=np.float64)
-    valid = np.isfinite(d) & (d > 0)
-    if radius <= 0:
-        return np.where(valid, d, 0.0)
-    size = 2 * radius + 1
-    # outside the image counts as a hole: border windows see less and need the same valid fraction
-    dmin = ndimage.minimum_filter(np.where(valid, d, np.inf), size=size, mode="constant", cval=np.inf)
-    frac = ndimage.uniform_filter(valid.astype(np.float64), size=size, mode="constant", cval=0.0)
-    return np.where((frac >= min_valid - 1e-9) & np.isfinite(dmin), dmin, 0.0)
-
-
 def classify(depth: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray, means: torch.Tensor,
              scales: torch.Tensor | None, params: FreeSpaceConfig, evidence: bool = True) -> torch.Tensor:
     """What one depth image says about each Gaussian.
@@ -118,7 +109,7 @@ def classify(depth: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray, means: t
         means: [N, 3] Gaussian centres in the memory frame.
         scales: [N, 3] activated scales (m), or None (extent term off).
         params: margins and window.
-        evidence: False skips the window filter: no Gaussian is THROUGH (cheaper, for SURFACE / HIDDEN only).
+        evidence: False never answers THROUGH (for SURFACE / HIDDEN only).
 
     Returns:
         [N] int8 codes OUTSIDE, THROUGH, SURFACE, HIDDEN or UNKNOWN (module constants).
@@ -146,12 +137,29 @@ def classify(depth: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray, means: t
     if scales is not None and params.extent > 0:
         margin = margin + params.extent * scales.detach().double().numpy()[idx].max(-1)
     at = d[vi, ui]  # the depth right at the projected centre
+    r = params.radius_px(W)
+    f = 0.5 * (K[0, 0] + K[1, 1])
+    dv, du = (x.reshape(-1) for x in np.mgrid[-r:r + 1, -r:r + 1])
+    off_px = np.hypot(dv, du)  # [P] window offsets
     code = np.full(len(idx), UNKNOWN, dtype=np.int8)
-    code[(at > 0) & (np.abs(zi - at) <= margin)] = SURFACE
-    code[(at > 0) & (zi > at + margin)] = HIDDEN
-    if evidence:  # every valid pixel of the window lies beyond the Gaussian by the margin
-        near_d = window_min_depth(d, params.radius_px(W), params.min_valid)[vi, ui]
-        code[(near_d > 0) & (zi < near_d - margin)] = THROUGH
+    for s in range(0, len(idx), 4096):  # chunks bound the [chunk, P] arrays
+        c = slice(s, s + 4096)
+        vv, uu = vi[c, None] + dv, ui[c, None] + du  # [C, P]
+        ok = (vv >= 0) & (vv < H) & (uu >= 0) & (uu < W)
+        dw = np.where(ok, d[np.clip(vv, 0, H - 1), np.clip(uu, 0, W - 1)], 0.0)
+        valid = dw > 0
+        # a window pixel explains the Gaussian when the surface it sees lies within the margin of the
+        # centre in 3D: depth gap and lateral offset (offset pixels at the Gaussian's depth) together
+        lateral = zi[c, None] * off_px / f
+        explained = (valid & ((dw - zi[c, None]) ** 2 + lateral ** 2 <= margin[c, None] ** 2)).any(1)
+        cc = np.full(len(explained), UNKNOWN, dtype=np.int8)
+        cc[explained] = SURFACE
+        cc[~explained & (at[c] > 0) & (zi[c] > at[c] + margin[c])] = HIDDEN
+        if evidence:  # every valid pixel of the window sees a surface beyond the Gaussian by the margin
+            near = np.where(valid, dw, np.inf).min(1)
+            frac = valid.mean(1)  # outside the image counts as a hole
+            cc[(frac >= params.min_valid - 1e-9) & np.isfinite(near) & (zi[c] < near - margin[c])] = THROUGH
+        code[c] = cc
     out[torch.from_numpy(idx)] = torch.from_numpy(code)
     return out
 

@@ -6,7 +6,7 @@ import torch
 
 from m3_ros.geometry import intrinsics_matrix
 from m3_ros.memory.freespace import (HIDDEN, OUTSIDE, SURFACE, THROUGH, UNKNOWN, FreeSpaceConfig, classify,
-                                     decayed_logits, window_min_depth)
+                                     decayed_logits)
 from m3_ros.memory.gaussians import query_key
 from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot
 from synthetic_scene import render_view
@@ -115,14 +115,18 @@ def test_margin_grows_with_range():
     assert _codes(depth, means, None, noise=0.0)[0] == THROUGH
 
 
-def test_window_min_depth_ignores_holes_and_needs_valid_pixels():
-    d = np.full((9, 9), 2.0)
-    d[4, 4] = 1.0
-    d[0, 0] = 0.0
-    out = window_min_depth(d, 1, 0.5)
-    assert out[3, 3] == 1.0 and out[4, 5] == 1.0 and out[4, 7] == 2.0
-    assert out[0, 1] == 2.0  # the hole is ignored...
-    assert out[0, 0] == 0.0  # ...but a corner window has 3 valid pixels out of 9 (outside = hole)
+def test_a_slanted_floor_does_not_hide_a_floater_above_it():
+    """A floor seen at a grazing angle: window pixels below see it far nearer than the centre pixel,
+    yet none of them sees a surface near the floater, so the floater is seen through; a Gaussian on
+    the floor is explained by its own surface."""
+    cam_h = 0.2  # camera 20 cm above a floor (y down in the optical frame: the floor is y = cam_h)
+    _, ry = _rays()
+    depth = np.where(ry > 0, cam_h / np.maximum(ry, 1e-9), 0.0).astype(np.float32)
+    depth[depth > 3.0] = 0.0
+    on_floor = torch.tensor([[0.0, cam_h, 1.0]])
+    floater = torch.tensor([[0.0, cam_h - 0.08, 1.0]])  # 8 cm above the floor, 1 m ahead
+    assert _codes(depth, on_floor, None)[0] == SURFACE
+    assert _codes(depth, floater, None)[0] == THROUGH
 
 
 def test_decay_multiplies_opacity_and_config_is_checked():
