@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from m3_ros.grounding import GroundingConfig, GroundingResult, ground, validate_query
+from m3_ros.grounding import GroundingConfig, GroundingResult, ground, relevance_image, validate_query
 from m3_ros.stream import KeyframeSelector, KeyframeSelectorConfig
 from m3_ros.tracking import DriftTracker, TrackerConfig
 from m3_ros.types import Instance, Keyframe
@@ -357,8 +357,8 @@ class MemoryPipeline:
             raise ValueError(f"memory is not ready for queries: {e}") from e
         with self._query():
             emb = self._embed(q)
-            out = mem.snapshot().relevance(self._text_model.name, emb, T_world_cam, K, width, height)
-        return np.where(np.asarray(out["alpha"]) > 0.5, np.asarray(out["relevance"]), np.nan)
+            return relevance_image(mem.snapshot(), self._text_model.name, emb, (T_world_cam, K, width, height),
+                                   self.cfg.grounding)
 
     def stats(self) -> dict:
         if not self.ready:

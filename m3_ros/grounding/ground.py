@@ -289,6 +289,16 @@ def _render_relevance(memory, model: str, text_emb: torch.Tensor, camera: Camera
     return {"relevance": np.where(alpha >= 0.01, rel, 0.0), "alpha": alpha, "depth": out["depth"]}
 
 
+def relevance_image(memory, model: str, text_emb: torch.Tensor, camera: Camera,
+                    cfg: GroundingConfig | None = None) -> np.ndarray:
+    """Relevance [h, w] of text_emb [d] rendered from camera (T_world_cam, K, width, height), NaN where
+    nothing is rendered; read as grounding reads it (``cfg.score``: row mass or cosine)."""
+    cfg = cfg or GroundingConfig()
+    match = text_rows(memory, model, text_emb, cfg.row_margin)[0] if cfg.score == "row_mass" else None
+    out = _render_relevance(memory, model, text_emb, camera, cfg, match)
+    return np.where(np.asarray(out["alpha"]) > 0.5, out["relevance"], np.nan)
+
+
 def _render_points(memory, model: str, text_emb: torch.Tensor, cameras: list[Camera],
                    cfg: GroundingConfig, max_depth: float | None = None, match: torch.Tensor | None = None
                    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:

@@ -181,3 +181,21 @@ def test_row_mass_ignores_gaussians_that_blend_rows():
     res = ground(mem, red_text, "dino", GroundingConfig(mode="gaussians", score="row_mass", cluster_radius=0.08,
                                                          verify_views=0))
     assert np.linalg.norm(res.points[0] - RED_CENTRE) < 0.06, res.points
+
+
+@pytest.mark.parametrize("score", ["row_mass", "cosine"])
+def test_relevance_image_lights_the_matching_face(memory, score):
+    from m3_ros.grounding import relevance_image
+
+    kf, region = render_view(0.0, index=9)
+    img = relevance_image(memory, "dino", region_features()[1], (kf.T_world_cam, kf.K, 40, 30),
+                          GroundingConfig(score=score))
+    assert img.shape == (30, 40) and np.isfinite(img).mean() > 0.9
+    red, rest = region == 1, (region != 1) & np.isfinite(img)
+    # every red-face pixel outscores every other pixel, away from the face's silhouette
+    from scipy import ndimage
+    inner = ndimage.binary_erosion(red, iterations=2)
+    outer = rest & ~ndimage.binary_dilation(red, iterations=2)
+    assert np.nanmin(img[inner]) > np.nanmax(img[outer])
+    if score == "row_mass":  # a fraction of attention: near 1 on the face, near 0 on the others
+        assert np.nanmin(img[inner]) > 0.9 and np.nanmax(img[outer]) < 0.1
