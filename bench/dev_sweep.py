@@ -30,11 +30,11 @@ from m3_ros.sim.sensors import DetectorNoise, SensorConfig  # noqa: E402
 BASE = GroundingConfig()
 VARIANTS = {
     "gaussians": BASE,
-    "gaussians_cosine": replace(BASE, score="cosine"),
-    "gaussians_rowmargin0": replace(BASE, row_margin=0.0),
-    "gaussians_rowmargin0.1": replace(BASE, row_margin=0.1),
-    "gaussians_rowmass0.3": replace(BASE, row_mass_min=0.3),
-    "gaussians_rowmass0.7": replace(BASE, row_mass_min=0.7),
+    "gaussians_rowmass": replace(BASE, score="row_mass"),
+    "gaussians_rowmass_margin0": replace(BASE, score="row_mass", row_margin=0.0),
+    "gaussians_rowmass_margin0.1": replace(BASE, score="row_mass", row_margin=0.1),
+    "gaussians_rowmass_min0.3": replace(BASE, score="row_mass", row_mass_min=0.3),
+    "gaussians_rowmass_min0.7": replace(BASE, score="row_mass", row_mass_min=0.7),
     "gaussians_noconf": replace(BASE, confidence_norm=0.0),
     "gaussians_conf2": replace(BASE, confidence_norm=2.0),
     "gaussians_noverify": replace(BASE, verify_views=0),

@@ -35,16 +35,18 @@ from m3_ros.memory.attention import attention_logits
 class GroundingConfig:
     mode: Literal["render", "view", "gaussians"] = "gaussians"
     """How relevance is read out of the memory (see module docstring)."""
-    score: Literal["row_mass", "cosine"] = "row_mass"
+    score: Literal["cosine", "row_mass"] = "cosine"
     """How a Gaussian's (or rendered pixel's, in render / view mode and verification) relevance is
-    read. ``cosine``: cos(decoded feature, text).
-    ``row_mass``: the text first picks its bank rows (the PSC rows within ``row_margin`` of the best
-    row's cosine); a Gaussian's relevance is the attention weight its principal query puts on those
-    rows (times its query-norm confidence, see ``confidence_norm``), thresholded at ``row_mass_min``.
-    A blend of rows (a floor Gaussian that learnt a little of every object it sat behind) decodes
-    close to the text by cosine but puts little mass on any one row. Dev scenes (table seed 1 and
-    room seed 2 realistic, room seed 1 ideal; dev phrasings; 68 queries, no verification):
-    cosine 0.56 within 5 cm, row_mass 0.78 (wrong object 0.03 -> 0.06)."""
+    read. ``cosine``: cos(decoded feature, text). ``row_mass``: the text first picks its bank rows
+    (the PSC rows within ``row_margin`` of the best row's cosine); a Gaussian's relevance is the
+    attention weight its principal query puts on those rows (times its query-norm confidence, see
+    ``confidence_norm``), thresholded at ``row_mass_min``: a blend of rows decodes close to the text
+    by cosine but puts little mass on any one row. Dev evidence, dev phrasings only: with label
+    inheritance chaining across floors (since fixed), row_mass 0.78 vs cosine 0.56 within 5 cm
+    (table s1 + room s2 realistic, room s1 ideal; offline, no verification); after the fix the two
+    were level offline (room s1 ideal + s2 realistic: 0.64 vs 0.61) and the full dev sweep
+    (table, two_tables, room seed 1, realistic, 76 queries; bench/results/dev_sweep_realistic.md)
+    gave cosine 0.49, row_mass 0.43, so cosine is the default."""
     row_margin: float = 0.03
     """row_mass: bank rows whose cosine to the text is within this of the best row's are the text's
     rows (a label and its near-synonyms). Same dev scenes: 0 / 0.03 / 0.06 / 0.1 gave 0.74 / 0.78 /
