@@ -96,6 +96,28 @@ def timed(pipe: MemoryPipeline, q: str) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def twenty_clients(pipe: MemoryPipeline, texts: list[str], rounds: int) -> tuple[list[float], "Trainer"]:
+    """Rounds of 20 threads released together by a barrier while a Trainer runs; each call's ms."""
+    lat, lock = [], threading.Lock()
+    with Trainer(pipe) as tr:
+        time.sleep(0.5)
+        for rnd in range(rounds):
+            start = threading.Barrier(20)
+
+            def client(i: int) -> None:
+                start.wait()
+                ms = timed(pipe, texts[(i + rnd) % len(texts)])
+                with lock:
+                    lat.append(ms)
+            ts = [threading.Thread(target=client, args=(i,)) for i in range(20)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            time.sleep(0.5)
+    return lat, tr
+
+
 class Trainer:
     """train_for in a loop on its own thread (the node's train timer), counting steps."""
 
@@ -139,24 +161,7 @@ def section_latency(pipe: MemoryPipeline, queries: list[str], quick: bool) -> tu
             time.sleep(float(rng.uniform(0.1, 0.4)))
     one_rate = tr.steps / tr.wall
     # 20 clients at once while training, 3 rounds
-    clients = []
-    lock = threading.Lock()
-    with Trainer(pipe) as tr2:
-        time.sleep(0.5)
-        for rnd in range(3):
-            start = threading.Barrier(20)
-
-            def client(i: int) -> None:
-                start.wait()
-                ms = timed(pipe, queries[(i + rnd) % len(queries)])
-                with lock:
-                    clients.append(ms)
-            ts = [threading.Thread(target=client, args=(i,)) for i in range(20)]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
-            time.sleep(0.5)
+    clients, tr2 = twenty_clients(pipe, queries, rounds=3)
     rows = [["idle, all (first asks included)", len(idle), pct(idle, 50), pct(idle, 95), max(idle)],
             ["idle, first ask of each text", len(cold), pct(cold, 50), pct(cold, 95), max(cold)],
             ["idle, repeated texts", len(warm), pct(warm, 50), pct(warm, 95), max(warm)],
@@ -405,23 +410,7 @@ def section_profile(pipe: MemoryPipeline, texts: list[str], walk: str) -> list[s
         return lat, tr.steps
 
     def clients20():
-        lat, lock = [], threading.Lock()
-        with Trainer(pipe) as tr:
-            time.sleep(0.5)
-            for rnd in range(2):
-                start = threading.Barrier(20)
-
-                def client(i: int) -> None:
-                    start.wait()
-                    ms = timed(pipe, texts[(i + rnd) % len(texts)])
-                    with lock:
-                        lat.append(ms)
-                ts = [threading.Thread(target=client, args=(i,)) for i in range(20)]
-                for t in ts:
-                    t.start()
-                for t in ts:
-                    t.join()
-                time.sleep(0.5)
+        lat, tr = twenty_clients(pipe, texts, rounds=2)
         return lat, tr.steps
 
     _orig_run = Trainer._run
