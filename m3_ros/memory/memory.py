@@ -285,7 +285,6 @@ class M3Memory:
                     q = self._queries_for_rows(m, self.banks[m].assign(gt[has]))
                     self.params[query_key(m)].data[idx[has]] = q
 
-
     @torch.no_grad()
     def _remove(self, index: torch.Tensor) -> None:
         """Evict the Gaussians at index [k], with their optimiser state and densify statistics."""
