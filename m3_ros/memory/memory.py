@@ -306,21 +306,24 @@ class M3Memory:
             st[k] = pad[old_index]
 
     # ---- rendering ---------------------------------------------------------------------------
-    def _activated(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        p = self.params
-        return p["means"], p["quats"], p["log_scales"].exp(), torch.sigmoid(p["opacity_logits"])
+    def _rows(self, name: str, index: torch.Tensor | None) -> torch.Tensor:
+        """Parameter ``name``'s rows at index [M] (all N when None), differentiably."""
+        return self.params[name] if index is None else self.params[name][index]
 
-    def _rgb(self, viewmat: torch.Tensor) -> torch.Tensor:
-        """Activated colours [N, 3] seen through viewmat [4, 4] (view-dependent when sh_degree > 0)."""
-        p = self.params
-        return sh_to_rgb(p["colors"], p["means"], camera_centre(viewmat), self.cfg.sh_degree)
+    def _activated(self, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Means, quats, scales and opacities of the Gaussians at index [M] (all when None), activated."""
+        return (self._rows("means", index), self._rows("quats", index), self._rows("log_scales", index).exp(),
+                torch.sigmoid(self._rows("opacity_logits", index)))
+
+    def _rgb(self, viewmat: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Activated colours [N, 3] (or [M, 3] at index) seen through viewmat [4, 4] (view-dependent when sh_degree > 0)."""
+        return sh_to_rgb(self._rows("colors", index), self._rows("means", index), camera_centre(viewmat),
+                         self.cfg.sh_degree)
 
     def _raster(self, colors: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
                 index: torch.Tensor | None = None):
         """Render colors [N, D] (or only the Gaussians at index [M], colors then [M, D]) through one camera."""
-        means, quats, scales, opac = self._activated()
-        if index is not None:
-            means, quats, scales, opac = means[index], quats[index], scales[index], opac[index]
+        means, quats, scales, opac = self._activated(index)
         return rasterize(means, quats, scales, opac, colors, viewmat[None], K[None], width, height,
                          near_plane=self.cfg.near_plane, far_plane=self.cfg.far_plane, render_mode="RGB+ED",
                          backend=self.cfg.backend)
@@ -429,8 +432,10 @@ class M3Memory:
             # Only what this view can see is rendered, so the step's cost follows the visible set.
             vis = (frustum_index(self.means, self.scales, v.viewmat, v.K, w, h, cfg.near_plane, cfg.far_plane)
                    if cfg.frustum_cull else None)
-            chans = torch.cat([self._rgb(v.viewmat)] + [self.params[query_key(m)] for m in models], -1)
-            img, alpha, meta = self._raster(chans if vis is None else chans[vis], v.viewmat, v.K, w, h, vis)
+            # gather the visible rows before activating them: colours, scales and opacities of the
+            # rest are never computed (bench_scale: the step at 200k did all N of them)
+            chans = torch.cat([self._rgb(v.viewmat, vis)] + [self._rows(query_key(m), vis) for m in models], -1)
+            img, alpha, meta = self._raster(chans, v.viewmat, v.K, w, h, vis)
             loss, losses = view_losses(cfg, v, img[0], models, self.W, self.banks, self._gen)
             self.optimizer.zero_grad(set_to_none=True)
             if self.wm_optimizer is not None:
