@@ -216,7 +216,8 @@ class MemoryPipeline:
         return True
 
     def train_for(self, budget_s: float, max_steps: int = 1000) -> int:
-        """Ingest extracted keyframes, then train until ``budget_s`` is spent; returns steps.
+        """Ingest one extracted keyframe (every waiting one when ``max_steps`` is 0), then train until
+        ``budget_s`` is spent, at least one step when ``max_steps`` > 0; returns steps.
 
         The work runs on the pipeline's training thread (see ``train_nice``); the caller waits for it.
         """
@@ -242,16 +243,23 @@ class MemoryPipeline:
         t0 = time.monotonic()
         with self._swap_lock:
             mem = self.memory
+        # A call that may train ingests one waiting keyframe, then steps: ingesting every waiting one
+        # first took seconds on a loaded machine (about 1 s each) and training made no step at all
+        # while 20 clients asked (test_autosave_load). An ingest-only call (max_steps 0) takes them all.
         while True:
             with self._lock:
                 kf = self._ready_kf.popleft() if self._ready_kf else None
             if kf is None:
                 break
             mem.add_keyframe(kf)
+            if max_steps > 0:
+                break
         steps = 0
         if mem.n_gaussians == 0:
             return 0
-        while steps < max_steps and time.monotonic() - t0 < budget_s:
+        # the first step is taken even when ingesting used up the budget: with keyframes arriving
+        # all the time, every call ran out of budget in add_keyframe and training stopped
+        while steps < max_steps and (steps == 0 or time.monotonic() - t0 < budget_s):
             # the first step of every call runs regardless, so back-to-back queries cannot starve
             # training (test_autosave_load: 20 clients stopped it completely)
             if self.cfg.queries_first and steps > 0:

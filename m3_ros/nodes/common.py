@@ -1,6 +1,8 @@
 """Small helpers shared by the thin nodes: QoS, clean main(), TF lookups, parameter declarations."""
 from __future__ import annotations
 
+import faulthandler
+import signal
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,7 +29,11 @@ def latched_qos(depth: int = 1) -> QoSProfile:
 
 
 def spin_node(make_node: Callable[[], Node], threads: int = 3, args: list[str] | None = None) -> int:
-    """Run one node on a multi-threaded executor; end cleanly on Ctrl-C or external shutdown."""
+    """Run one node on a multi-threaded executor; end cleanly on Ctrl-C or external shutdown.
+
+    ``kill -USR1 <pid>`` writes every thread's Python stack to stderr (a stuck callback shows there).
+    """
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     rclpy.init(args=args)
     node = None
     try:

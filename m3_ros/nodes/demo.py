@@ -208,14 +208,17 @@ def wait_for_clock(node: Node, timeout: float, sim: NodeProcess) -> None:
 
 def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None,
         max_walk_s: float = 240.0, settle_s: float = 3.0, quiet: bool = False,
-        settle_steps_per_keyframe: int = 8, settle_max_s: float = 60.0) -> dict:
+        settle_steps_per_keyframe: int = 8, settle_max_s: float = 60.0, look_keyframes: int = 2,
+        look_max_s: float = 20.0) -> dict:
     """Run the whole loop once; returns the report (also written to out/report.json).
 
     ``sim_params`` may name a scene (``scene``, ``seed``, ``sensors``); the target and query
     follow from it (see pick_target). After the walk the robot waits ``settle_s`` and until the
     memory has trained ``settle_steps_per_keyframe`` steps per keyframe (at most ``settle_max_s``):
     on a loaded machine the walk alone can leave a memory with a step or two per keyframe, and a
-    robot acts on a settled memory, not on whatever a busy CPU managed during the walk.
+    robot acts on a settled memory, not on whatever a busy CPU managed during the walk. On a
+    generated scene the robot then walks to the target's grasp base and looks until the memory
+    has taken ``look_keyframes`` keyframes there (at most ``look_max_s``) before asking and grasping.
     """
     sim_params = dict(sim_params or {})
     target, query, go_to = pick_target(str(sim_params.get("scene", "default")), int(sim_params.get("seed", 0)))
@@ -304,9 +307,16 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
             time.sleep(0.2)
         log(f"memory trained {demo.status.train_iteration} steps on {demo.status.keyframes} keyframes")
         if go_to:  # navigation stand-in: stand with the target in the arm's reach, as a robot would
+            k0 = int(demo.status.keyframes)
             demo.go_to.publish(String(data=target))
             log(f"standing at the grasp base of {target!r}")
             time.sleep(1.0)  # the simulator moves the base between physics steps; TF follows
+            # look before grasping: the way to the grasp base added odometry error that only keyframes
+            # seen from there take out (ICP against the map, half a correction per keyframe)
+            t_look = time.monotonic()
+            while int(demo.status.keyframes) < k0 + look_keyframes and time.monotonic() - t_look < look_max_s:
+                time.sleep(0.1)
+            log(f"looked at the target: {int(demo.status.keyframes) - k0} keyframes from the grasp base")
         truth = demo.true_centre(target)
         res = demo.call(demo.ground, GroundQuery.Request(query=query, frame_id="odom", top_k=3), 60.0)
         if not res.success:

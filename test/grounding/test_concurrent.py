@@ -182,3 +182,28 @@ def test_pipeline_error_paths(pipeline):
     pipeline.reset()  # last test of the module: the fixture's memory is not needed after it
     with pytest.raises(ValueError, match="memory is empty"):
         pipeline.ground("red box")
+
+
+def test_train_for_interleaves_keyframes_and_steps():
+    """Keyframes waiting to join the memory never stop training: a call that may train ingests one
+    and then steps, even when ingesting spent its whole budget; an ingest-only call takes them all."""
+    from m3_ros.foundation import FoundationConfig, load_models
+    models = load_models(FoundationConfig(models=["minilm_labels"]))
+    cfg = PipelineConfig(models=["minilm_labels"], memory_overrides=dict(backend="torch", seed_stride=1, train_scale=1.0,
+                                                                         feature_points=100, voxel_size=0.04, seed=0))
+    pipe = MemoryPipeline(cfg, models=models)
+    pipe.load()
+    try:
+        for i, tx in enumerate([-0.3, 0.0, 0.3]):
+            kf, region = render_view(tx, W=40, H=30, index=i, with_features=False)
+            assert pipe.offer_frame(float(i), kf.rgb, kf.depth, kf.K, kf.T_world_cam,
+                                    [Instance(mask=region == 1, label="red box", id=1)])
+        while pipe._in_flight:  # features extracted on the worker; nothing ingested yet
+            threading.Event().wait(0.01)
+        assert pipe.stats()["keyframes"] == 0
+        assert pipe.train_for(0.0, max_steps=5) == 1  # budget spent: still one step, after one keyframe
+        assert pipe.stats()["keyframes"] == 1 and not pipe.idle()
+        assert pipe.train_for(0.0, max_steps=0) == 0  # ingest only: the rest join at once
+        assert pipe.stats()["keyframes"] == 3 and pipe.idle()
+    finally:
+        pipe.close()

@@ -12,6 +12,7 @@ import time
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from m3_ros.msg import MemoryStatus
 from m3_ros.srv import GroundQuery
@@ -28,7 +29,10 @@ def main() -> int:
     a = ap.parse_args()
     rclpy.init()
     nodes = [Node(f"ground_client_{i}") for i in range(a.clients)]
-    clients = [n.create_client(GroundQuery, "ground") for n in nodes]
+    # the reply topic is shared by every client: a burst of 20 answers at once must fit each reader's
+    # history (the default depth of 10 can drop a client's own reply before it is taken)
+    reply_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+    clients = [n.create_client(GroundQuery, "ground", qos_profile=reply_qos) for n in nodes]
     status: list[tuple[float, MemoryStatus]] = []
     nodes[0].create_subscription(MemoryStatus, "memory/status", lambda m: status.append((time.monotonic(), m)), 10)
     ex = MultiThreadedExecutor(num_threads=4)
