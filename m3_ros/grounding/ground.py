@@ -243,17 +243,15 @@ def text_rows(memory, model: str, text_emb: torch.Tensor, row_margin: float) -> 
     return s >= best - row_margin, best
 
 
-def row_mass(memory, model: str, text_emb: torch.Tensor, row_margin: float) -> tuple[np.ndarray, float]:
-    """Attention mass [N] each Gaussian puts on the text's bank rows (``text_rows``), and the best
-    row's cosine. Weights come from the per-Gaussian attention cache: exact when the bank fits the
-    cache's top rows, otherwise the mass outside each Gaussian's top rows is missed (tau = 0.05
-    leaves little there).
+def row_mass(memory, model: str, match: torch.Tensor) -> np.ndarray:
+    """Attention mass [N] each Gaussian puts on the bank rows ``match`` [t] (bool, from ``text_rows``).
+    Weights come from the per-Gaussian attention cache: exact when the bank fits the cache's top
+    rows, otherwise the mass outside each Gaussian's top rows is missed (tau = 0.05 leaves little there).
     """
-    match, best = text_rows(memory, model, text_emb, row_margin)
-    match = match.float()
+    m = match.float()
     st = memory.attention(model)
-    mass = st.w @ match if st.w.shape[1] == len(memory.banks[model]) else (st.w * match[st.idx]).sum(-1)
-    return mass.detach().cpu().numpy().astype(np.float64), best
+    mass = st.w @ m if st.w.shape[1] == len(memory.banks[model]) else (st.w * m[st.idx]).sum(-1)
+    return mass.detach().cpu().numpy().astype(np.float64)
 
 
 @torch.no_grad()
@@ -269,9 +267,10 @@ def _pixel_mass(memory, model: str, queries: torch.Tensor, match: torch.Tensor, 
 
 
 def _render_relevance(memory, model: str, text_emb: torch.Tensor, camera: Camera, cfg: GroundingConfig,
-                      match: torch.Tensor | None) -> dict:
+                      match: torch.Tensor | None, baseline: float | None = None) -> dict:
     """"relevance" [h, w], "alpha" and "depth" from one camera: cosine (``match`` None, the
-    confidence_norm discount applied) or row mass on the ``match`` rows (times the same confidence)."""
+    confidence_norm discount towards ``baseline``, the zero query's score, applied) or row mass on
+    the ``match`` rows (times the same confidence)."""
     T, K, w, h = camera
     if match is None:
         out = memory.relevance(model, text_emb, T, K, w, h)
@@ -279,7 +278,9 @@ def _render_relevance(memory, model: str, text_emb: torch.Tensor, camera: Camera
         alpha = np.asarray(out["alpha"], dtype=np.float64)
         if cfg.confidence_norm > 0 and "query_norm" in out:
             c = np.clip(np.asarray(out["query_norm"], dtype=np.float64) / (np.maximum(alpha, 1e-6) * cfg.confidence_norm), 0, 1)
-            rel = c * rel + (1 - c) * _baseline_score(memory, model, text_emb)
+            if baseline is None:
+                baseline = _baseline_score(memory, model, text_emb)
+            rel = c * rel + (1 - c) * baseline
         return {"relevance": rel, "alpha": alpha, "depth": out["depth"]}
     out = memory.render(T, K, w, h)
     q = out["queries"][model]
@@ -310,8 +311,9 @@ def _render_points(memory, model: str, text_emb: torch.Tensor, cameras: list[Cam
     Returns points [M, 3] (memory frame), their relevance [M], one relevance map [h, w] per camera.
     """
     pts_all, sc_all, maps = [np.zeros((0, 3))], [np.zeros(0)], []
+    baseline = _baseline_score(memory, model, text_emb) if match is None and cfg.confidence_norm > 0 else None
     for T, K, w, h in cameras:
-        out = _render_relevance(memory, model, text_emb, (T, K, w, h), cfg, match)
+        out = _render_relevance(memory, model, text_emb, (T, K, w, h), cfg, match, baseline)
         rel, alpha = out["relevance"], out["alpha"]
         depth = np.where(alpha > 0.5, np.asarray(out["depth"], dtype=np.float64), 0.0)
         if max_depth is not None:
@@ -485,7 +487,7 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
             # (floor, walls) decodes as strongly as an object's, cosine attention being scale-invariant
             conf = np.clip(memory.query_norms(model).detach().cpu().numpy().astype(np.float64) / cfg.confidence_norm, 0, 1)
         if match is not None:
-            rel = conf * row_mass(memory, model, text_emb, cfg.row_margin)[0]
+            rel = conf * row_mass(memory, model, match)
         else:
             rel = memory.gaussian_relevance(model, text_emb).detach().cpu().numpy().astype(np.float64)
             rel = conf * rel + (1 - conf) * baseline

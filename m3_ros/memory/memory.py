@@ -220,7 +220,8 @@ class M3Memory:
             def render(T, K, W, H):
                 return self._render_raw(T, K, W, H, with_queries=False)
         # Room for a whole keyframe's worth, at most the global limit: new places are not refused.
-        pts, pix = seed_points(kf, cfg, cfg.max_gaussians, render, self._gen, self.means.numpy())
+        objects = detected_mask(kf)  # [H, W] inside any detector region, None without instances
+        pts, pix = seed_points(kf, cfg, cfg.max_gaussians, render, self._gen, self.means.numpy(), objects)
         if len(pts) == 0:
             return
         over = self.n_gaussians + len(pts) - cfg.max_gaussians
@@ -239,7 +240,6 @@ class M3Memory:
             # keyframe (room dev seed 1: floor 2.3 m from the soccer ball attending to its row).
             allowed = None
             if m in feats and slot.sample_mode == "nearest":
-                objects = detected_mask(kf)
                 allowed = np.zeros(len(pts), dtype=bool) if objects is None else objects[pix[:, 0], pix[:, 1]]
             inherit_queries(q, pts, tree, self.params[query_key(m)].detach(), cfg.inherit_radius, allowed)
             new[query_key(m)] = q

@@ -37,9 +37,11 @@ def unexplained(kf: Keyframe, pix: np.ndarray, alpha: np.ndarray, depth_raw: np.
 
 
 def seed_points(kf: Keyframe, cfg: MemoryConfig, room: int, render_fn, generator: torch.Generator,
-                existing_means: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                existing_means: np.ndarray | None = None, objects: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """World points [M, 3] and their pixels [M, 2] (v, u) to seed from kf, at most room of them,
-    none in a voxel that already holds cfg.max_per_voxel of existing_means [N, 3].
+    none in a voxel that already holds cfg.max_per_voxel of existing_means [N, 3]. ``objects``
+    [H, W] bool (``detected_mask``) is seeded at cfg.object_voxel_size.
 
     render_fn(T_world_cam, K, W, H) -> {"alpha", "depth_raw"} renders the current memory, or is
     None when the memory is empty (everything is unexplained).
@@ -50,8 +52,7 @@ def seed_points(kf: Keyframe, cfg: MemoryConfig, room: int, render_fn, generator
     depth = np.asarray(kf.depth, dtype=np.float64)
     pts, pix = geometry.backproject(depth, np.asarray(kf.K), np.asarray(kf.T_world_cam), stride=cfg.seed_stride)
     fine = np.zeros(len(pts), dtype=bool)
-    objects = detected_mask(kf) if cfg.object_voxel_size > 0 else None
-    if objects is not None:
+    if objects is not None and cfg.object_voxel_size > 0:
         # detected objects: every pixel, finer voxels (small things keep enough Gaussians to be
         # found and grasped; floor and walls keep the coarse budget)
         opts, opix = geometry.backproject(np.where(objects, depth, 0.0), np.asarray(kf.K), np.asarray(kf.T_world_cam))
