@@ -139,6 +139,12 @@ class MemoryConfig:
     duck moved (test/eval/test_moved_object.py), never on test seeds."""
     frustum_cull: bool = True
     """Train steps render only the Gaussians that can touch the sampled view (training.frustum_index)."""
+    selective_adam: bool = False
+    """Train steps gather the rows of the Gaussians in view (frustum_cull) into small leaf tensors and
+    step Adam on those rows only (optim.selective_adam_step, as gsplat's SelectiveAdam), so a step's
+    cost follows the visible set instead of the map size. It changes the dynamics of rows out of
+    view: they keep their values and Adam moments as they are, where dense Adam would decay the
+    moments and keep moving the values along the old momentum. False = dense torch Adam on every row."""
     near_plane: float = 0.01
     """Rasterizer near plane (m)."""
     far_plane: float = 100.0

@@ -35,6 +35,7 @@ from m3_ros.memory.bank import MemoryBank
 from m3_ros.memory.config import MemoryConfig, ModelSlot  # noqa: F401  (re-exported: the public names)
 from m3_ros.memory.freespace import SURFACE, THROUGH, classify, decayed_logits, project_pixels
 from m3_ros.memory.gaussians import empty_params, query_key
+from m3_ros.memory.optim import selective_adam_step
 from m3_ros.memory.rasterize import rasterize
 from m3_ros.memory.seeding import detected_mask, inherit_queries, least_useful, pixel_features, seed_geometry, seed_points
 from m3_ros.memory.sh import camera_centre, sh_to_rgb
@@ -47,16 +48,6 @@ from m3_ros.memory.wm import carry_queries, initial_wm, queries_for_rows, refit_
 from m3_ros.types import Keyframe
 
 _TrainView = TrainView  # the former private name
-
-
-def _scatter_meta(meta: dict, index: torch.Tensor, n: int) -> dict:
-    """A culled render's meta ("means2d" [1, M, 2] with its grad, "radii" [1, M]) as if all n Gaussians
-    had been rendered: the culled ones have radius 0 and no gradient."""
-    m2d = torch.zeros(1, n, 2)
-    if meta["means2d"].grad is not None:
-        m2d.grad = torch.zeros(1, n, 2).index_copy_(1, index, meta["means2d"].grad)
-    radii = torch.zeros((1, n), dtype=meta["radii"].dtype).index_copy_(1, index, meta["radii"])
-    return dict(meta, means2d=m2d, radii=radii)
 
 
 class M3Memory:
@@ -315,18 +306,28 @@ class M3Memory:
         return (self._rows("means", index), self._rows("quats", index), self._rows("log_scales", index).exp(),
                 torch.sigmoid(self._rows("opacity_logits", index)))
 
-    def _rgb(self, viewmat: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """Activated colours [N, 3] (or [M, 3] at index) seen through viewmat [4, 4] (view-dependent when sh_degree > 0)."""
-        return sh_to_rgb(self._rows("colors", index), self._rows("means", index), camera_centre(viewmat),
-                         self.cfg.sh_degree)
+    def _train_rows(self, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Every parameter's rows at index [M] (all N when None) for a train step's forward.
+
+        With selective_adam: fresh leaf tensors [M, ...] (copies), whose .grad after backward is the
+        visible rows' gradient, so nothing N-sized is allocated or zeroed. Without: differentiable
+        gathers of the parameters, whose dense .grad [N, ...] torch Adam steps.
+        """
+        if self.cfg.selective_adam:
+            return {n: (p.detach() if index is None else p.detach()[index]).requires_grad_(p.requires_grad)
+                    for n, p in self.params.items()}
+        return {n: self._rows(n, index) for n in self.params.keys()}
+
+    def _rgb(self, viewmat: torch.Tensor, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Activated colours [M, 3] of rows (``_train_rows``) seen through viewmat [4, 4] (view-dependent when sh_degree > 0)."""
+        return sh_to_rgb(rows["colors"], rows["means"], camera_centre(viewmat), self.cfg.sh_degree)
 
     def _raster(self, colors: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
-                index: torch.Tensor | None = None):
-        """Render colors [N, D] (or only the Gaussians at index [M], colors then [M, D]) through one camera."""
-        means, quats, scales, opac = self._activated(index)
-        return rasterize(means, quats, scales, opac, colors, viewmat[None], K[None], width, height,
-                         near_plane=self.cfg.near_plane, far_plane=self.cfg.far_plane, render_mode="RGB+ED",
-                         backend=self.cfg.backend)
+                rows: dict[str, torch.Tensor]):
+        """Render colors [M, D] of the Gaussians rows (``_train_rows``, [M, ...] each) through one camera."""
+        return rasterize(rows["means"], rows["quats"], rows["log_scales"].exp(), torch.sigmoid(rows["opacity_logits"]),
+                         colors, viewmat[None], K[None], width, height, near_plane=self.cfg.near_plane,
+                         far_plane=self.cfg.far_plane, render_mode="RGB+ED", backend=self.cfg.backend)
 
     def _render_raw(self, T_world_cam: np.ndarray, K: np.ndarray, width: int, height: int,
                     with_queries: bool = True, models: list[str] | None = None) -> dict:
@@ -434,23 +435,27 @@ class M3Memory:
                    if cfg.frustum_cull else None)
             # gather the visible rows before activating them: colours, scales and opacities of the
             # rest are never computed (bench_scale: the step at 200k did all N of them)
-            chans = torch.cat([self._rgb(v.viewmat, vis)] + [self._rows(query_key(m), vis) for m in models], -1)
-            img, alpha, meta = self._raster(chans, v.viewmat, v.K, w, h, vis)
+            rows = self._train_rows(vis)
+            chans = torch.cat([self._rgb(v.viewmat, rows)] + [rows[query_key(m)] for m in models], -1)
+            img, alpha, meta = self._raster(chans, v.viewmat, v.K, w, h, rows)
             loss, losses = view_losses(cfg, v, img[0], models, self.W, self.banks, self._gen)
-            self.optimizer.zero_grad(set_to_none=True)
+            if not cfg.selective_adam:
+                self.optimizer.zero_grad(set_to_none=True)
             if self.wm_optimizer is not None:
                 self.wm_optimizer.zero_grad(set_to_none=True)
             if meta["means2d"].requires_grad:
                 meta["means2d"].retain_grad()  # view-space gradient for the densify policy
             loss.backward()
-            self.optimizer.step()
+            if cfg.selective_adam:
+                selective_adam_step(self.optimizer, {n: r.grad for n, r in rows.items()}, vis)
+            else:
+                self.optimizer.step()
             if self.wm_optimizer is not None:
                 self.wm_optimizer.step()
                 self._wm_version += 1
             self.iteration += 1
-            meta = dict(meta, width=w, height=h)
-            if vis is not None:  # the densify policy keeps statistics for all N Gaussians
-                meta = _scatter_meta(meta, vis, self.n_gaussians)
+            # the densify policy keeps statistics for all N Gaussians: "index" says whose rows meta's are
+            meta = dict(meta, width=w, height=h, index=vis)
             refined = self.strategy.step_post_backward(self.params, self.optimizer, self._strategy_state,
                                                        self.iteration, meta, self.extent)
             out = {k: float(x.detach()) for k, x in losses.items()}

@@ -46,7 +46,11 @@ class DensifyStrategy:
     @torch.no_grad()
     def step_post_backward(self, params: nn.ParameterDict, optimizer: torch.optim.Optimizer, state: dict,
                            step: int, meta: dict, extent: float) -> dict[str, int]:
-        """Update gradient statistics from meta (rasterize's) and refine when due; returns counts."""
+        """Update gradient statistics from meta (rasterize's) and refine when due; returns counts.
+
+        meta: "means2d" [1, M, 2] (with .grad after backward), "radii" [1, M], "width", "height", and
+        "index" [M], the rows of the M rendered Gaussians among params' N (None or absent: M = N, all).
+        """
         if not self.cfg.enabled:
             return {}
         n = params["means"].shape[0]
@@ -54,12 +58,17 @@ class DensifyStrategy:
             state["grad2d"], state["count"] = torch.zeros(n), torch.zeros(n)
         m2d = meta["means2d"]
         if m2d.grad is not None:
-            g = m2d.grad[0].clone()  # [N, 2] pixels -> NDC units, as 3DGS
+            g = m2d.grad[0].clone()  # [M, 2] pixels -> NDC units, as 3DGS
             g[:, 0] *= meta.get("width", 1) / 2.0
             g[:, 1] *= meta.get("height", 1) / 2.0
             seen = meta["radii"][0] > 0
-            state["grad2d"][seen] += g[seen].norm(dim=-1)
-            state["count"][seen] += 1
+            rows = torch.nonzero(seen).flatten()
+            norms = g[rows].norm(dim=-1)
+            index = meta.get("index")
+            if index is not None:  # a culled render: only its rows are touched (O(M), not O(N))
+                rows = index[rows]
+            state["grad2d"].index_add_(0, rows, norms)
+            state["count"].index_add_(0, rows, torch.ones_like(norms))
         if step < self.cfg.refine_start or step % self.cfg.refine_every != 0:
             return {}
         out = self._refine(params, optimizer, state, extent)

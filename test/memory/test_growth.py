@@ -67,7 +67,8 @@ def test_frustum_culled_steps_match_full_renders():
     from m3_ros.memory.training import frustum_index
 
     def build(cull):
-        mem = M3Memory(_cfg(frustum_cull=cull, densify=DensifyConfig(refine_start=10_000)))
+        # dense Adam in both: selective Adam would leave the culled rows still (test_selective_adam.py)
+        mem = M3Memory(_cfg(frustum_cull=cull, selective_adam=False, densify=DensifyConfig(refine_start=10_000)))
         mem.add_keyframe(render_view(0.0)[0])
         mem.add_keyframe(render_view(1.5, index=1)[0])
         return mem
