@@ -38,6 +38,10 @@ class ModelSlot:
         return self.sample_mode == "bilinear" if self.centre is None else bool(self.centre)
 
 
+_RETIRED = ("relevance_stride", "relevance_candidates", "relevance_max_rows")
+"""Keys of older saved configs that no longer mean anything (the vote-based relevance map)."""
+
+
 @dataclass
 class MemoryConfig:
     """Everything M3Memory needs; nodes fill it from ROS parameters, the CLI and benches from YAML."""
@@ -151,14 +155,11 @@ class MemoryConfig:
     """Rasterizer far plane (m)."""
     backend: Literal["auto", "torch", "cpu", "cuda"] = "auto"
     """Rasterizer backend."""
-    relevance_tile: int = 32
-    """Relevance maps pick candidate bank rows per tile x tile pixel block (see RelevanceIndex.relevance_image)."""
-    relevance_stride: int = 4
-    """Pixel stride of the subsample that votes for each tile's candidate rows."""
-    relevance_candidates: int = 8
-    """Rows each subsampled pixel votes for."""
-    relevance_max_rows: int = 64
-    """Cap on a tile's candidate rows (most-voted win); softmax and norm are exact over them."""
+    relevance_max_err: float = 0.05
+    """Relevance maps (RelevanceIndex.relevance_image) guarantee each pixel within this of the cosine of
+    its fully decoded feature; a pixel whose cheap bound is looser is computed exactly."""
+    relevance_tile: int = 8
+    """Pixel block of the first relevance level, used for banks over attention.TILE_ROWS rows."""
     decode_budget_bytes: int = 256 << 20
     """Memory budget of one chunk of full decoding."""
     cache_top_rows: int = 64
@@ -185,7 +186,9 @@ class MemoryConfig:
         if not 0.0 < self.train_scale <= 1.0:
             raise ValueError(f"train_scale must be in (0, 1], got {self.train_scale}")
         check_sh_degree(self.sh_degree)
-        for name in ("relevance_tile", "relevance_stride", "relevance_candidates", "relevance_max_rows"):
+        if not self.relevance_max_err > 0:
+            raise ValueError(f"relevance_max_err must be positive, got {self.relevance_max_err}")
+        for name in ("relevance_tile",):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_per_voxel < 0:
@@ -197,8 +200,9 @@ class MemoryConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "MemoryConfig":
-        """Inverse of dataclasses.asdict (YAML/JSON); unknown keys raise ValueError."""
-        d = dict(d)
+        """Inverse of dataclasses.asdict (YAML/JSON); unknown keys raise ValueError (retired ones of saved
+        memories are dropped)."""
+        d = {k: v for k, v in d.items() if k not in _RETIRED}
         names = {f.name for f in dataclasses.fields(cls)}
         bad = set(d) - names
         if bad:

@@ -263,9 +263,8 @@ class MemorySnapshot:
         out = self.render_raw(T_world_cam, K, width, height, models=[model])
         alpha = out["alpha"]
         cfg = self.cfg
-        rel = idx.relevance_image(out["queries"][model], cfg.relevance_stride, cfg.relevance_candidates,
-                                  cfg.relevance_max_rows, cfg.relevance_tile)
-        rel = torch.where(torch.from_numpy(alpha >= 0.01), rel, 0.0)
+        rel = idx.relevance_image(out["queries"][model], torch.from_numpy(alpha >= 0.01), cfg.relevance_max_err,
+                                  cfg.relevance_tile)
         depth = np.where(alpha >= 0.5, out["depth_raw"], 0.0).astype(np.float32)
         return {"relevance": rel.numpy(), "depth": depth, "alpha": alpha,
                 "query_norm": out["queries"][model].norm(dim=-1).numpy()}

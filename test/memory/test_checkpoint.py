@@ -167,6 +167,21 @@ def test_version_2_checkpoint_loads_uncentred(mem, tmp_path):
         assert torch.equal(bank.counts, torch.ones(len(bank)))
 
 
+def test_memory_saved_with_the_vote_relevance_keys_loads(mem, tmp_path):
+    path = tmp_path / "m"
+    mem.save(path)
+    meta = json.loads((path / "meta.json").read_text())
+    # What configs wrote before the bounded relevance map; they mean nothing now and are dropped.
+    meta["config"].update(relevance_stride=4, relevance_candidates=8, relevance_max_rows=64)
+    del meta["config"]["relevance_max_err"]
+    (path / "meta.json").write_text(json.dumps(meta))
+    loaded = M3Memory.load(path)
+    assert loaded.cfg.relevance_max_err == MemoryConfig().relevance_max_err
+    _assert_same(mem, loaded)
+    with pytest.raises(ValueError, match="unknown MemoryConfig keys"):
+        MemoryConfig.from_dict({"relevance_strides": 4})
+
+
 def test_state_dict_round_trip_without_files(mem):
     state = mem.state_dict()
     assert set(state["banks"]) == set(mem.banks) and state["keyframes"] == len(mem.keyframes)
