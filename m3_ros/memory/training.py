@@ -25,15 +25,22 @@ def frustum_index(means: torch.Tensor, scales: torch.Tensor, viewmat: torch.Tens
     Conservative: a Gaussian is kept when its centre lies between the planes and its projected
     centre is within 3 sigma (largest scale, over depth, in pixels) plus 2 px of the image, i.e.
     wider than the rasterizer's own 3-sigma footprint, so the render is the same as without culling.
+
+    Each image-side test, u + r >= -0.5 with u = fx x / z + cx and r = 3 s F / z + 2, is multiplied
+    by z > 0 into one linear in the camera-frame centre: fx x + (cx + 2.5) z + 3 s F >= 0. The four
+    of them and z come out of one [5, 3] x [3, N] product, so the test is a few passes over N
+    contiguous values (200k Gaussians on 2 cores: ~2 ms, ~6 with the divisions). Same kept set:
+    test_selective_adam.test_frustum_index_matches_the_projected_test.
     """
-    pc = means @ viewmat[:3, :3].T + viewmat[:3, 3]  # [N, 3] camera frame
-    z = pc[:, 2]
-    ok = (z > near) & (z < far)
-    zc = z.clamp_min(near)
-    u = K[0, 0] * pc[:, 0] / zc + K[0, 2]
-    v = K[1, 1] * pc[:, 1] / zc + K[1, 2]
-    r = 3.0 * scales.max(-1).values * torch.maximum(K[0, 0], K[1, 1]) / zc + 2.0  # [N] pixels
-    ok &= (u + r >= -0.5) & (u - r <= width - 0.5) & (v + r >= -0.5) & (v - r <= height - 0.5)
+    fx, fy, cx, cy = (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
+    A = torch.tensor([[fx, 0.0, cx + 2.5], [-fx, 0.0, width + 1.5 - cx],  # u >= -0.5 - r, u <= width - 0.5 + r
+                      [0.0, fy, cy + 2.5], [0.0, -fy, height + 1.5 - cy],  # the same for v
+                      [0.0, 0.0, 1.0]], dtype=means.dtype)  # z
+    R, t = viewmat[:3, :3].to(means.dtype), viewmat[:3, 3].to(means.dtype)
+    d = torch.addmm((A @ t)[:, None], A @ R, means.T)  # [5, N]: the four sides times z, and z
+    z = d[4]
+    r = (3.0 * max(fx, fy)) * scales.amax(-1)  # [N] 3 sigma in pixels, times z (the 2 px are in A)
+    ok = (z > near) & (z < far) & (d[:4].amin(0) + r >= 0)
     if bool(ok.all()):
         return None
     return torch.nonzero(ok).flatten()
