@@ -107,14 +107,30 @@ def least_useful(opacities: torch.Tensor, n: int) -> torch.Tensor:
     return torch.topk(opacities, n, largest=False).indices
 
 
+def footprint_cap(kf: Keyframe, pts: np.ndarray, cfg: MemoryConfig) -> np.ndarray:
+    """[M] largest initial scale (m) of points pts [M, 3] seeded from kf: twice the spacing of the
+    samples they came from (seed_stride pixels at their depth, at least a voxel).
+
+    The nearest-neighbour scale assumes dense samples. An isolated far sample (a patch of floor
+    seen once across the room) would start as a disc the size of the gap to its neighbours: on
+    the table dev walk (seed 0) discs 0.6-0.8 m wide at 0.9 opacity stood beside the camera's
+    path and pulled every rendered depth 20-30 % short.
+    """
+    z = geometry.transform_points(geometry.invert(np.asarray(kf.T_world_cam, dtype=np.float64)), pts)[:, 2]
+    spacing = np.maximum(z, 0.0) * cfg.seed_stride / float(np.asarray(kf.K)[0, 0])
+    return 2.0 * np.maximum(spacing, cfg.voxel_size)
+
+
 def seed_geometry(kf: Keyframe, pts: np.ndarray, pix: np.ndarray, existing_means: np.ndarray,
                   cfg: MemoryConfig) -> dict[str, torch.Tensor]:
     """Means, log-scales (nearest-neighbour spacing), identity rotations, opacity and colour of new Gaussians."""
     M = len(pts)
     rgb = torch.from_numpy(kf.rgb[pix[:, 0], pix[:, 1]].astype(np.float32) / 255.0)
+    log_scales = np.minimum(nn_log_scales(pts, existing_means.astype(np.float64)),
+                            np.log(footprint_cap(kf, pts, cfg))[:, None])
     return {
         "means": torch.from_numpy(pts).float(),
-        "log_scales": torch.from_numpy(nn_log_scales(pts, existing_means.astype(np.float64))).float(),
+        "log_scales": torch.from_numpy(log_scales).float(),
         "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(M, 1),
         "opacity_logits": torch.full((M,), float(logit(torch.tensor(cfg.init_opacity)))),
         "colors": dc_to_colors(logit(rgb), cfg.sh_degree),  # higher SH orders start at 0
