@@ -51,7 +51,7 @@ def build_memory(scene_name: str, seed: int, extra_train_s: float, max_frames: i
     pipe.load()
     scene = resolve_scene(scene_name, seed)
     t0 = time.monotonic()
-    cameras, n = [], 0
+    cameras, seen, n = [], [], 0
     with SimWorld(scene, seed=seed, sensors="realistic") as world:
         while not world.walk_done and n < max_frames:
             world.advance(0.2)
@@ -63,15 +63,20 @@ def build_memory(scene_name: str, seed: int, extra_train_s: float, max_frames: i
             pipe.train_for(0.15)
             while taken and not pipe.idle():  # the same keyframes on every run and machine
                 pipe.train_for(0.05)
-            if n % 10 == 0:
-                cameras.append((f.T_odom_cam.copy(), f.K.copy(), f.rgb.shape[1], f.rgb.shape[0]))
+            if n % 10 == 0:  # the camera in the memory's frame (map: refined odometry), as the robot has it
+                cameras.append((pipe.T_map_odom @ f.T_odom_cam, f.K.copy(), f.rgb.shape[1], f.rgb.shape[0],
+                                f.depth.copy()))
+                seen.append(_visible_objects(world, f))
         while not pipe.idle():
             pipe.train_for(0.05)
         pipe.train_for(extra_train_s, max_steps=100000)
-        cameras.append((f.T_odom_cam.copy(), f.K.copy(), f.rgb.shape[1], f.rgb.shape[0]))  # the current camera
-        # truth into the odometry (memory) frame with the final drift
-        T_odom_world = f.T_odom_base @ invert(f.T_world_base)
-        truth = {o.name: (T_odom_world[:3, :3] @ o.aabb_center + T_odom_world[:3, 3]) for o in world.objects()}
+        cameras.append((pipe.T_map_odom @ f.T_odom_cam, f.K.copy(), f.rgb.shape[1], f.rgb.shape[0],
+                        f.depth.copy()))  # the current camera, with its measured depth
+        seen.append(_visible_objects(world, f))
+        # truth into the memory's frame as the robot holds it now: the final odometry error, then its
+        # map -> odom estimate (the memory lives in map with refine_poses; as eval/suite.py judges)
+        T_map_world = pipe.T_map_odom @ f.T_odom_base @ invert(f.T_world_base)
+        truth = {o.name: (T_map_world[:3, :3] @ o.aabb_center + T_map_world[:3, 3]) for o in world.objects()}
     keys = [(o.name, o.library) for o in scene.objects]
     records = load_phrasing_records("dev")
     queries = []
@@ -84,7 +89,14 @@ def build_memory(scene_name: str, seed: int, extra_train_s: float, max_frames: i
             f"wall, then {extra_train_s:.0f} s more training; memory {st['keyframes']} keyframes, {st['gaussians']} "
             f"Gaussians, bank rows {st['bank_rows']}, {st['iteration']} train steps; {len(queries)} unambiguous dev "
             f"phrasings over {len({q[1] for q in queries})} objects")
-    return pipe, queries, truth, cameras, line
+    return pipe, queries, truth, cameras, seen, line
+
+
+def _visible_objects(world, frame) -> dict[str, int]:
+    """Pixels of each object in the frame's ground-truth segmentation (what the camera really sees)."""
+    ids, counts = np.unique(frame.segmentation, return_counts=True)
+    px = dict(zip(ids.tolist(), counts.tolist()))
+    return {b.name: int(px.get(b.seg_id, 0)) for b in world.bodies}
 
 
 def timed(pipe: MemoryPipeline, q: str) -> float:
@@ -211,7 +223,7 @@ def section_relevance(pipe: MemoryPipeline, queries: list[str], cameras: list) -
         rows.append([f"synthetic, {t} rows (untrained W_m)"] + r)
         res[t] = r
     snap = pipe.memory.snapshot()
-    T, K, w, h = cameras[-1]
+    T, K, w, h = cameras[-1][:4]
     K = K.copy()
     K[:2] *= 160 / w  # same pixel convention: focal lengths and principal point scale together
     g = torch.Generator().manual_seed(0)
@@ -238,19 +250,30 @@ def section_relevance(pipe: MemoryPipeline, queries: list[str], cameras: list) -
 
 
 def in_view(point: np.ndarray, camera: tuple, max_depth: float = 2.5) -> bool:
-    T, K, w, h = camera
+    T, K, w, h = camera[:4]
     uv, z = project(point[None], K, T)
     return bool(0.1 < z[0] < max_depth and 0 <= uv[0, 0] < w and 0 <= uv[0, 1] < h)
 
 
-def section_accuracy(pipe: MemoryPipeline, queries: list[tuple[str, str]], truth: dict, cameras: list) -> tuple[list[str], dict]:
+MIN_SEEN_PX = 30
+"""A target is visible when the ground-truth segmentation holds at least this many of its pixels (320x240;
+a priori: a lego brick 1.5 m away covers about 30)."""
+
+
+def section_accuracy(pipe: MemoryPipeline, queries: list[tuple[str, str]], truth: dict, cameras: list,
+                     seen: list[dict]) -> tuple[list[str], dict]:
+    """Grounding error on targets in view of each camera: the box centre projects into the image at
+    0.1-2.5 m and the simulator's segmentation shows the object (MIN_SEEN_PX); the cases whose centre
+    projects but which the camera does not see (occluded, or only a sliver at the border) are
+    reported apart."""
     modes = {"view": GroundingConfig(mode="view"), "gaussians": GroundingConfig(mode="gaussians"),
              "render": GroundingConfig(mode="render")}
     rows, errs, times = [], {m: [] for m in modes}, {m: [] for m in modes}
-    cases = [(q, name, ci) for ci, cam in enumerate(cameras) for q, name in queries if in_view(truth[name], cam)]
+    cases = [(q, name, ci, seen[ci].get(name, 0) >= MIN_SEEN_PX) for ci, cam in enumerate(cameras)
+             for q, name in queries if in_view(truth[name], cam)]
     for mode, gcfg in modes.items():
         pipe.cfg.grounding = gcfg
-        for q, name, ci in cases:
+        for q, name, ci, vis in cases:
             t0 = time.perf_counter()
             try:
                 res = pipe.ground(q, camera=cameras[ci])
@@ -259,20 +282,29 @@ def section_accuracy(pipe: MemoryPipeline, queries: list[tuple[str, str]], truth
                 err = float("inf")
             times[mode].append((time.perf_counter() - t0) * 1e3)
             errs[mode].append(err)
-            rows.append([mode, ci, name, q, f"{err:.1f}", f"{times[mode][-1]:.0f}", "yes" if err <= 5 else "no"])
-    summary = [[m, len(errs[m]), f"{np.median(errs[m]):.1f}", f"{np.mean(np.array(errs[m]) <= 5):.2f}",
-                f"{np.median(times[m]):.0f}"] for m in modes]
+            rows.append([mode, ci, name, seen[ci].get(name, 0), q, f"{err:.1f}", f"{times[mode][-1]:.0f}",
+                         "yes" if err <= 5 else "no"])
+    vis = np.array([c[3] for c in cases], dtype=bool)
+    summary = []
+    for m in modes:
+        e = np.array(errs[m])
+        for label, sel in (("visible", vis), ("centre in frame, not visible", ~vis)):
+            if sel.any():
+                summary.append([m, label, int(sel.sum()), f"{np.median(e[sel]):.1f}", f"{np.mean(e[sel] <= 5):.2f}",
+                                f"{np.median(np.array(times[m])[sel]):.0f}"])
     lines = ["## Grounding on targets in view (dev phrasings)", "",
              f"- {len(cameras)} cameras along the walk (every 10th frame and the final one: 'the current camera'); a "
-             "target is in view when its box centre projects into the image at 0.1-2.5 m (occlusion not checked). "
-             "gaussians and render modes ignore the camera; they answer the same cases for comparison.",
+             f"target is in view when its box centre projects into the image at 0.1-2.5 m and the simulator's "
+             f"segmentation shows at least {MIN_SEEN_PX} of its pixels; the RESULT figures are over these. gaussians "
+             "and render modes ignore the camera; they answer the same cases for comparison.",
              "- error = distance from the grounded point to the centre of the object's axis-aligned box (odom frame, "
              "final drift); inf = refused.", ""]
-    lines += table(["mode", "cases", "median error cm", "within 5 cm", "median ms"], summary)
+    lines += table(["mode", "target", "cases", "median error cm", "within 5 cm", "median ms"], summary)
     lines += ["", "<details><summary>every case</summary>", ""]
-    lines += table(["mode", "camera", "object", "query", "error cm", "ms", "within 5 cm"], rows)
+    lines += table(["mode", "camera", "object", "object px", "query", "error cm", "ms", "within 5 cm"], rows)
     lines += ["", "</details>"]
-    return lines, {f"{m}_within5": float(np.mean(np.array(errs[m]) <= 5)) for m in modes}
+    return lines, {f"{m}_within5": float(np.mean(np.array(errs[m])[vis] <= 5)) if vis.any() else float("nan")
+                   for m in modes}
 
 
 # ---- profile (--profile): where a query's time goes, idle / while training / 20 clients ----------
@@ -344,16 +376,16 @@ def _load_cached(path: str):
     pipe = MemoryPipeline(PipelineConfig(models=["minilm_labels"]), models=load_models(FoundationConfig(models=["minilm_labels"])))
     pipe.load()
     pipe.memory = d["mem"]
-    return pipe, d["queries"], d["truth"], d["cameras"], d["line"]
+    return pipe, d["queries"], d["truth"], d["cameras"], d["seen"], d["line"]
 
 
-def _save_cached(path: str, pipe, queries, truth, cameras, line) -> None:
+def _save_cached(path: str, pipe, queries, truth, cameras, seen, line) -> None:
     import copyreg
     import pickle
     copyreg.pickle(type(threading.RLock()), lambda _: (threading.RLock, ()))
     copyreg.pickle(type(threading.Lock()), lambda _: (threading.Lock, ()))
     with open(path, "wb") as f:
-        pickle.dump({"mem": pipe.memory, "queries": queries, "truth": truth, "cameras": cameras, "line": line}, f)
+        pickle.dump({"mem": pipe.memory, "queries": queries, "truth": truth, "cameras": cameras, "seen": seen, "line": line}, f)
 
 
 def section_profile(pipe: MemoryPipeline, texts: list[str], walk: str) -> list[str]:
@@ -461,21 +493,21 @@ def main() -> None:
     t_start = time.monotonic()
     if a.profile:
         if a.memory_cache and Path(a.memory_cache).exists():
-            pipe, queries, truth, cameras, walk = _load_cached(a.memory_cache)
+            pipe, queries, truth, cameras, seen, walk = _load_cached(a.memory_cache)
         else:
-            pipe, queries, truth, cameras, walk = build_memory(a.scene, a.seed, 5.0, max_frames=120)
+            pipe, queries, truth, cameras, seen, walk = build_memory(a.scene, a.seed, 5.0, max_frames=120)
             if a.memory_cache:
-                _save_cached(a.memory_cache, pipe, queries, truth, cameras, walk)
+                _save_cached(a.memory_cache, pipe, queries, truth, cameras, seen, walk)
         lines = section_profile(pipe, [q for q, _ in queries], walk)
         pipe.close()
         (Path(__file__).resolve().parent / "results" / "query_profile.md").write_text("\n".join(lines) + "\n")
         return
-    pipe, queries, truth, cameras, walk = build_memory(a.scene, a.seed, 5.0 if a.quick else 20.0,
+    pipe, queries, truth, cameras, seen, walk = build_memory(a.scene, a.seed, 5.0 if a.quick else 20.0,
                                                        max_frames=120 if a.quick else 10_000)
     texts = [q for q, _ in queries]
     rel_lines, rel_res = section_relevance(pipe, texts, cameras)
     lat_lines, lat_res = section_latency(pipe, texts, a.quick)
-    acc_lines, acc_res = section_accuracy(pipe, queries, truth, cameras)
+    acc_lines, acc_res = section_accuracy(pipe, queries, truth, cameras, seen)
     pipe.close()
     lines = machine_header() + [
         "- the machine was shared with other agents' jobs while this ran: latencies are noisy upper bounds.",

@@ -94,7 +94,7 @@ class MemoryPipeline:
         self._no_queries = threading.Condition()
         self._texts: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._texts_lock = threading.Lock()
-        self._camera: tuple | None = None  # latest (T_world_cam, K, width, height) offered
+        self._camera: tuple | None = None  # latest (T_world_cam, K, width, height, depth) offered
         self._trainer = None  # ThreadPoolExecutor(1): the training thread (see train_nice)
         self._inflight: dict[tuple, Future] = {}  # ground() calls being answered now, by question
         self._inflight_lock = threading.Lock()
@@ -180,8 +180,9 @@ class MemoryPipeline:
             raise ValueError(f"depth {depth.shape} does not match colour {rgb.shape[:2]}")
         T_odom_cam = np.array(T_world_cam, dtype=np.float64)
         T_map_cam = self.tracker.predict(T_odom_cam) if self.cfg.refine_poses else T_odom_cam
-        self._camera = (T_map_cam, np.array(K, dtype=np.float64), int(rgb.shape[1]), int(rgb.shape[0]))
         depth = np.where(np.isfinite(depth) & (depth <= self.cfg.max_depth), depth, 0.0).astype(np.float32)
+        # view mode grounds what this camera sees: its pose and its measured depth
+        self._camera = (T_map_cam, np.array(K, dtype=np.float64), int(rgb.shape[1]), int(rgb.shape[0]), depth)
         if not np.any(depth > 0):
             raise ValueError(f"depth image has no valid pixel within {self.cfg.max_depth} m")
         with self._lock:
@@ -322,7 +323,7 @@ class MemoryPipeline:
 
         Runs on the memory's last published snapshot: never waits for a train step, and any number
         of threads may ground at once. View mode renders from ``camera`` (T_world_cam [4, 4], K [3, 3],
-        width, height), by default the latest camera offered. Callers asking the same question (same
+        width, height[, measured depth [height, width]]), by default the latest frame offered (with its depth). Callers asking the same question (same
         normalised text, top_k and grounding settings) while it is being answered on the same snapshot
         share that one answer (the same GroundingResult object: read it, do not edit it), or its error.
         """

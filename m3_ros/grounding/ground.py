@@ -4,10 +4,14 @@ Three ways to get per-point relevance, all through Gaussian memory attention in 
 model's own feature space (see M3_METHOD.md):
 - ``render``: render the relevance map from the keyframe views that see the most
   Gaussians and lift confident pixels with the rendered depth and the camera pose;
-- ``view``: the same from the robot's current camera ("what I see"), then refined from
-  keyframes spread around the target;
 - ``gaussians``: score each Gaussian's decoded principal query (per-Gaussian attention cache)
-  at its mean.
+  at its mean;
+- ``view``: "what I see": render relevance and depth from the robot's current camera; the
+  Gaussians that camera sees (depth test) set the threshold, and only regions it sees answer,
+  scored as ``gaussians`` scores them with their unseen far side. Lifting rendered pixels
+  instead (as ``render`` does) lost thin and small objects, whose pixels blend their query with
+  the background's (bench_query, table dev seed 0: a red bar no rendered pixel scored above the
+  unlabelled-surface baseline, while its Gaussians passed).
 ``bench/bench_grounding.py`` and ``bench/bench_query.py`` measure them on the simulator walk.
 The default is ``gaussians``: it scores every Gaussian, so every object in the memory and every
 side of it takes part, while ``render`` only sees what a few chosen views see and ``view`` only
@@ -105,7 +109,12 @@ class GroundingConfig:
     within this distance (m), and is moved onto it. Expected depth blends the surfaces a pixel sees,
     so such pixels can float in free space between an object and the table (0 = off)."""
     view_max_depth: float = 2.5
-    """View mode: rendered depth beyond this (m) is not lifted (the pipeline drops such depth too)."""
+    """View mode: surfaces farther than this (m) from the camera are not in view (the pipeline drops
+    such depth too)."""
+    view_margin: float = 0.05
+    """View mode: a Gaussian is in view when its mean lies at most this far (m) behind the depth the
+    current camera renders at its pixel. A priori: a few times the rendered depth's scatter on
+    noisy-depth memories (1-2 cm), less than the gap between an object and what stands behind it."""
 
 
 @dataclass
@@ -151,13 +160,16 @@ def select_regions(points: np.ndarray, scores: np.ndarray, radius: float,
     return [(c, s, p) for c, s, p, _ in _ranked_regions(points, scores, radius, min_points, threshold)]
 
 
-def _ranked_regions(points: np.ndarray, scores: np.ndarray, radius: float,
-                    min_points: int, threshold: float) -> list[tuple[np.ndarray, float, np.ndarray, float]]:
+def _ranked_regions(points: np.ndarray, scores: np.ndarray, radius: float, min_points: int, threshold: float,
+                    seen: np.ndarray | None = None) -> list[tuple[np.ndarray, float, np.ndarray, float]]:
     """Cluster scored points [M, 3] by distance; regions sorted by relevance above threshold.
 
     The rank is the sum of (score - threshold) over a region: a large surface that only
     just passes the threshold gains little, and a few stray points that match as well as
     the object (scores saturate at the same bank row) lose to the object's many points.
+
+    seen [M] (view mode): a region needs min_points members the current camera sees; its unseen
+    members (the object's far side) still count for its centre and rank.
 
     Returns [(score-weighted centre [3], mean score, member points [m, 3])]; the ranked form also
     carries each region's rank.
@@ -175,7 +187,7 @@ def _ranked_regions(points: np.ndarray, scores: np.ndarray, radius: float,
     regions = []
     for lab in np.unique(labels):
         idx = np.flatnonzero(labels == lab)
-        if len(idx) < min_points:
+        if len(idx) < min_points or (seen is not None and int(seen[idx].sum()) < min_points):
             continue
         # coordinate-wise median: stray points (a label bleeding onto the surface behind an
         # object, a few mis-seeded Gaussians) stretch a bounding box or a mean, not the median
@@ -193,7 +205,7 @@ def _baseline_score(memory, model: str, text_emb: torch.Tensor) -> float:
         return float(torch.nn.functional.cosine_similarity(f.float(), text_emb.float().reshape(-1), dim=0))
 
 
-Camera = tuple  # (T_world_cam [4, 4], K [3, 3], width, height)
+Camera = tuple  # (T_world_cam [4, 4], K [3, 3], width, height), in view mode optionally + measured depth [height, width]
 
 
 def _scaled_camera(T_world_cam: np.ndarray, K: np.ndarray, width: int, height: int, scale: float,
@@ -345,6 +357,29 @@ def _pixel_spacing(points: np.ndarray, cameras: list[Camera]) -> float:
     return float(np.median(z) / max(K[0, 0], K[1, 1])) if len(z) else 0.0
 
 
+def _checked_depth(depth, width: int, height: int) -> np.ndarray:
+    """A measured depth image as float [height, width] metres (0 where invalid), or ValueError."""
+    d = np.asarray(depth, dtype=np.float64)
+    if d.shape != (height, width):
+        raise ValueError(f"view mode: the camera's depth image is {d.shape}, expected ({height}, {width})")
+    return np.where(np.isfinite(d) & (d > 0), d, 0.0)
+
+
+def _seen_from(points: np.ndarray, camera: Camera, depth: np.ndarray, cfg: GroundingConfig) -> np.ndarray:
+    """[M] whether the camera (T_world_cam, K, w, h) sees each point [M, 3]: it projects into the
+    image within view_max_depth and no more than view_margin behind the depth [h, w] there
+    (measured or rendered; 0 = unknown, not seen)."""
+    T, K, w, h = camera
+    uv, z = project(points, K, T)
+    u, v = np.floor(uv[:, 0]), np.floor(uv[:, 1])
+    inside = (z > 0) & (z <= cfg.view_max_depth) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    seen = np.zeros(len(points), dtype=bool)
+    iu, iv = u[inside].astype(np.int64), v[inside].astype(np.int64)
+    d = depth[iv, iu]
+    seen[inside] = (d > 0) & (z[inside] <= d + cfg.view_margin)
+    return seen
+
+
 def _views_seeing(memory, point: np.ndarray, n: int) -> list[int]:
     """Up to n keyframes whose image contains ``point`` [3], spread over viewing directions."""
     cands, dirs = [], []
@@ -440,8 +475,9 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
            top_k: int = 1, camera: Camera | None = None) -> GroundingResult:
     """Ground one text embedding [d] (in ``model``'s space) in ``memory`` (an ``M3Memory`` or snapshot).
 
-    ``camera`` (T_world_cam [4, 4], K [3, 3], width, height) is the robot's current camera, used by
-    ``view`` mode (without it, view mode uses the newest keyframe's camera).
+    ``camera`` (T_world_cam [4, 4], K [3, 3], width, height[, depth [height, width] m]) is the robot's
+    current camera, used by ``view`` mode (without it, view mode uses the newest keyframe's camera);
+    with its measured depth, that depth decides which Gaussians the camera sees, else the render's.
     Raises ValueError for an empty memory, a model the memory has no bank for, an unknown mode,
     or view mode with no camera at all.
     """
@@ -462,7 +498,7 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
         if len(memory.keyframes) == 0:
             raise ValueError("view mode needs the current camera: no frame has been seen yet")
         kf = memory.keyframes[-1]
-        camera = (kf.T_world_cam, kf.K, kf.size[1], kf.size[0])
+        camera = (kf.T_world_cam, kf.K, kf.size[1], kf.size[0], kf.depth)
     baseline = _baseline_score(memory, model, text_emb)
     match = None
     if cfg.score == "row_mass":
@@ -475,11 +511,6 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
         views = _views_covering(memory, cfg.n_views)
         cams = [_keyframe_camera(memory, i, cfg) for i in views]
         points, scores, maps = _render_points(memory, model, text_emb, cams, cfg, match=match)
-    elif mode == "view":
-        T, K, w, h = camera
-        view_cam = _scaled_camera(np.asarray(T), np.asarray(K), int(w), int(h), cfg.view_scale)
-        points, scores, maps = _render_points(memory, model, text_emb, [view_cam], cfg,
-                                              max_depth=cfg.view_max_depth, match=match)
     else:
         conf = 1.0
         if cfg.confidence_norm > 0:
@@ -496,9 +527,22 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
         scores = rel[keep]
     ok = np.isfinite(scores)
     points, scores = points[ok], scores[ok]
-    if len(scores) < cfg.min_region_points:
-        if mode == "view":
+    seen = None
+    if mode == "view":
+        T, K, w, h = camera[:4]
+        view_cam = _scaled_camera(np.asarray(T), np.asarray(K), int(w), int(h), cfg.view_scale)
+        out = _render_relevance(memory, model, text_emb, view_cam, cfg, match, baseline)
+        maps = [np.where(out["alpha"] > 0.5, out["relevance"], np.nan)]
+        if len(camera) > 4 and camera[4] is not None:
+            # the sensor's own depth says what the camera sees now; a render of an under-trained
+            # memory does not: round Gaussians of a table top stand several cm above it and
+            # hide the small objects on it from low views (bench_query, table dev seed 0)
+            seen = _seen_from(points, (T, K, w, h), _checked_depth(camera[4], int(w), int(h)), cfg)
+        else:
+            seen = _seen_from(points, view_cam, out["depth"], cfg)
+        if seen.sum() < cfg.min_region_points:
             raise ValueError("the current camera sees no remembered surface")
+    if len(scores) < cfg.min_region_points:
         raise ValueError("memory rendered no usable surface for this query")
     if match is not None:
         thr = floor = cfg.row_mass_min
@@ -506,29 +550,34 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
             raise ValueError(f"no remembered surface attends to the query's memory rows "
                              f"(most {float(scores.max()):.2f} < {thr:.2f})")
     else:
-        floor = max(otsu_threshold(scores), baseline + cfg.baseline_margin)
-        thr = max(floor, float(np.percentile(scores, 99)) - cfg.relative_margin)
-        if not np.any(scores >= thr):
+        # view mode: the cut is set among what the camera sees, not by the best match anywhere
+        ref = scores if seen is None else scores[seen]
+        floor = max(otsu_threshold(ref), baseline + cfg.baseline_margin)
+        thr = max(floor, float(np.percentile(ref, 99)) - cfg.relative_margin)
+        if not np.any(ref >= thr):
             raise ValueError(f"nothing in the memory matches the query better than an unlabelled surface "
                              f"(best {float(scores.max()):.2f}, baseline {baseline:.2f})")
     sel = scores >= thr
     radius = cfg.cluster_radius
-    if mode in ("render", "view"):
+    if mode == "render":
         # lifted pixels lie one rendered pixel apart: a coarse render of a far surface spaces them
         # wider than cluster_radius, and one object would fall apart into fragments
-        radius = max(radius, 1.5 * _pixel_spacing(points[sel], cams if mode == "render" else [view_cam]))
-    ranked = _ranked_regions(points[sel], scores[sel], radius, cfg.min_region_points, thr)
+        radius = max(radius, 1.5 * _pixel_spacing(points[sel], cams))
+    in_view = None if seen is None else seen[sel]
+    ranked = _ranked_regions(points[sel], scores[sel], radius, cfg.min_region_points, thr, in_view)
     if not ranked:
         # only regions smaller than min_region_points pass: a small or far object (a lego brick
         # across the room keeps a handful of Gaussians); the best of them beats no answer
-        ranked = _ranked_regions(points[sel], scores[sel], radius, 1, thr)
+        ranked = _ranked_regions(points[sel], scores[sel], radius, 1, thr, in_view)
+    if not ranked:
+        raise ValueError("nothing the current camera sees matches the query better than an unlabelled surface")
     regions = [(c, s, p) for c, s, p, _ in ranked]
     # a clear winner needs no rendering; close runners-up are checked (see verify_dominance)
     contested = len(ranked) > 1 and ranked[1][3] * cfg.verify_dominance >= ranked[0][3]
-    if mode == "gaussians" and cfg.verify_views > 0 and len(memory.keyframes) > 0 and contested:
+    if mode != "render" and cfg.verify_views > 0 and len(memory.keyframes) > 0 and contested:
         regions = _verify(memory, model, text_emb, regions, floor, cfg, views, maps, match)
     regions = regions[:top_k]
-    if mode in ("render", "view") and cfg.refine_views > 0 and len(memory.keyframes) > 0:
+    if mode == "render" and cfg.refine_views > 0 and len(memory.keyframes) > 0:
         regions[0] = _refine(memory, model, text_emb, regions[0], thr, cfg, views, maps, match)
     return GroundingResult(
         points=np.stack([r[0] for r in regions]), scores=np.array([r[1] for r in regions]),

@@ -143,6 +143,24 @@ def test_view_mode_grounds_what_the_current_camera_sees(memory, region, centre):
     assert np.linalg.norm(res2.points[0] - centre) < 0.06
 
 
+@pytest.mark.parametrize("region,centre", [(1, RED_CENTRE), (2, GREEN_CENTRE)])
+def test_view_mode_reads_visibility_from_the_measured_depth(memory, region, centre):
+    kf = memory.keyframes[1]
+    cfg = GroundingConfig(mode="view", cluster_radius=0.08, view_scale=1.0)
+    # the camera's own depth: the face it measures answers
+    res = ground(memory.snapshot(), region_features()[region], "dino", cfg,
+                 camera=(kf.T_world_cam, kf.K, 40, 30, kf.depth))
+    assert np.linalg.norm(res.points[0] - centre) < 0.06, res.points
+    # something 10 cm in front of the lens (a hand over the camera): the memory is not what it sees now
+    blocked = np.full_like(np.asarray(kf.depth, dtype=np.float64), 0.1)
+    with pytest.raises(ValueError, match="sees no remembered surface"):
+        ground(memory.snapshot(), region_features()[region], "dino", cfg,
+               camera=(kf.T_world_cam, kf.K, 40, 30, blocked))
+    with pytest.raises(ValueError, match="depth image is"):
+        ground(memory.snapshot(), region_features()[region], "dino", cfg,
+               camera=(kf.T_world_cam, kf.K, 40, 30, np.ones((10, 10))))
+
+
 def test_view_mode_errors(memory):
     T = np.diag([-1.0, 1.0, -1.0, 1.0])  # turned around: looking down -z, away from every surface
     kf = memory.keyframes[0]
