@@ -109,3 +109,23 @@ def test_detected_objects_are_seeded_finer_than_the_background():
     # the finer seeds are 2 cm apart, not closer
     red = fine.means.numpy()[np.abs(fine.means.numpy()[:, 2] - 1.5) < 1e-3]
     assert len(np.unique(np.floor(red / 0.02).astype(np.int64), axis=0)) == len(red)
+
+
+def test_isolated_seed_starts_no_larger_than_its_sample_spacing():
+    """A lone far sample must not start as a disc the size of the gap to its neighbours."""
+    from m3_ros.memory.seeding import footprint_cap, seed_geometry
+
+    kf, _ = render_view(0.0)
+    cfg = _cfg()
+    # two points 1 m apart on the wall (2 m away), no other Gaussian: nearest-neighbour spacing 1 m
+    pts = np.array([[-0.5, 0.0, 2.0], [0.5, 0.0, 2.0]])
+    pix = np.array([[15, 5], [15, 30]])
+    scales = seed_geometry(kf, pts, pix, np.zeros((0, 3)), cfg)["log_scales"].exp()
+    cap = footprint_cap(kf, pts, cfg)
+    spacing = 2.0 * cfg.seed_stride / kf.K[0, 0]  # metres between seed_stride pixels at 2 m
+    np.testing.assert_allclose(cap, 2.0 * max(spacing, cfg.voxel_size), rtol=1e-6)
+    assert torch.all(scales <= torch.from_numpy(cap)[:, None].float() * (1 + 1e-5)) and float(scales.max()) < 0.5
+    # densely seeded points keep their nearest-neighbour scale (smaller than the cap)
+    dense = np.stack([np.linspace(-0.1, 0.1, 21), np.zeros(21), np.full(21, 2.0)], 1)
+    s = seed_geometry(kf, dense, np.tile([[15, 20]], (21, 1)), np.zeros((0, 3)), cfg)["log_scales"].exp()
+    assert float(s.max()) < float(footprint_cap(kf, dense, cfg).min())
