@@ -70,7 +70,7 @@ class PipelineConfig:
     keyframe camera error from 9.8 to 7.9 cm over seeds 1-3 (9.3 -> 5.2 on seed 1, 7.5 -> 1.7 on
     seed 2), but makes seed 3 worse (12.6 -> 16.9): see bench/results/drift.md."""
     tracking: TrackerConfig = field(default_factory=TrackerConfig)
-    """Drift correction (ICP, reference map); its depth arrives already cut at ``max_depth``."""
+    """Drift correction (ICP, reference map); it takes the depth uncut and cuts at its own ``max_depth``."""
 
 
 class MemoryPipeline:
@@ -180,6 +180,7 @@ class MemoryPipeline:
             raise ValueError(f"depth {depth.shape} does not match colour {rgb.shape[:2]}")
         T_odom_cam = np.array(T_world_cam, dtype=np.float64)
         T_map_cam = self.tracker.predict(T_odom_cam) if self.cfg.refine_poses else T_odom_cam
+        depth_full = depth  # the tracker cuts at its own max_depth: far walls hold its yaw
         depth = np.where(np.isfinite(depth) & (depth <= self.cfg.max_depth), depth, 0.0).astype(np.float32)
         # view mode grounds what this camera sees: its pose and its measured depth
         self._camera = (T_map_cam, np.array(K, dtype=np.float64), int(rgb.shape[1]), int(rgb.shape[0]), depth)
@@ -196,7 +197,7 @@ class MemoryPipeline:
             if self.first_keyframe_wall is None:
                 self.first_keyframe_wall = time.monotonic()
         if self.cfg.refine_poses:  # ICP (~0.1 s) outside self._lock: the worker's callbacks take it
-            T_map_cam, res = self.tracker.track(depth, K, T_odom_cam)
+            T_map_cam, res = self.tracker.track(depth_full, K, T_odom_cam)
             if not res.accepted:
                 log.debug("keyframe %d pose not refined: %s", index, res.reason)
         kf = Keyframe(index=index, stamp=stamp, rgb=rgb, depth=depth, K=K,
