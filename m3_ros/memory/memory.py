@@ -35,7 +35,7 @@ from m3_ros.memory.bank import MemoryBank
 from m3_ros.memory.config import MemoryConfig, ModelSlot  # noqa: F401  (re-exported: the public names)
 from m3_ros.memory.freespace import SURFACE, THROUGH, classify, decayed_logits, project_pixels
 from m3_ros.memory.gaussians import empty_params, query_key
-from m3_ros.memory.optim import selective_adam_step
+from m3_ros.memory.optim import catch_up_rows, selective_adam_step
 from m3_ros.memory.rasterize import rasterize
 from m3_ros.memory.seeding import detected_mask, inherit_queries, least_useful, pixel_features, seed_geometry, seed_points
 from m3_ros.memory.sh import camera_centre, sh_to_rgb
@@ -163,6 +163,7 @@ class M3Memory:
         check_keyframe(kf)
         with self._lock:
             cfg = self.cfg
+            self._catch_up_all()  # eviction, free space and seeding read every Gaussian
             feats = {m: fm for m, fm in kf.features.items() if m in cfg.models}
             for m, fm in feats.items():
                 rows = fm.features.reshape(-1, fm.dim).float()
@@ -314,7 +315,7 @@ class M3Memory:
         gathers of the parameters, whose dense .grad [N, ...] torch Adam steps.
         """
         if self.cfg.selective_adam:
-            return {n: (p.detach() if index is None else p.detach()[index]).requires_grad_(p.requires_grad)
+            return {n: (p.detach() if index is None else p.detach().index_select(0, index)).requires_grad_(p.requires_grad)
                     for n, p in self.params.items()}
         return {n: self._rows(n, index) for n in self.params.keys()}
 
@@ -435,6 +436,9 @@ class M3Memory:
                    if cfg.frustum_cull else None)
             # gather the visible rows before activating them: colours, scales and opacities of the
             # rest are never computed (bench_scale: the step at 200k did all N of them)
+            catch_up = cfg.selective_adam and cfg.selective_adam_catch_up
+            if catch_up:  # the momentum steps dense Adam gave these rows while they were out of view
+                catch_up_rows(self.optimizer, vis)
             rows = self._train_rows(vis)
             chans = torch.cat([self._rgb(v.viewmat, rows)] + [rows[query_key(m)] for m in models], -1)
             img, alpha, meta = self._raster(chans, v.viewmat, v.K, w, h, rows)
@@ -447,7 +451,7 @@ class M3Memory:
                 meta["means2d"].retain_grad()  # view-space gradient for the densify policy
             loss.backward()
             if cfg.selective_adam:
-                selective_adam_step(self.optimizer, {n: r.grad for n, r in rows.items()}, vis)
+                selective_adam_step(self.optimizer, {n: r.grad for n, r in rows.items()}, vis, catch_up)
             else:
                 self.optimizer.step()
             if self.wm_optimizer is not None:
@@ -456,6 +460,8 @@ class M3Memory:
             self.iteration += 1
             # the densify policy keeps statistics for all N Gaussians: "index" says whose rows meta's are
             meta = dict(meta, width=w, height=h, index=vis)
+            if catch_up and self.strategy.refine_due(self.iteration):
+                self._catch_up_all()  # the policy reads every row's opacity and scale
             refined = self.strategy.step_post_backward(self.params, self.optimizer, self._strategy_state,
                                                        self.iteration, meta, self.extent)
             out = {k: float(x.detach()) for k, x in losses.items()}
@@ -465,6 +471,12 @@ class M3Memory:
             self.train_time_s += time.perf_counter() - t0
             self._publish()
             return out
+
+    def _catch_up_all(self) -> None:
+        """Every row to where dense Adam would have it (selective_adam_catch_up): before anything that
+        reads all N rows (densify, seeding and free space at a keyframe, saving). O(N), not per step."""
+        if self.cfg.selective_adam and self.cfg.selective_adam_catch_up:
+            catch_up_rows(self.optimizer, None)
 
     def train(self, iterations: int) -> dict[str, float]:
         """Run `iterations` train steps (offline); returns the last step's losses."""
@@ -484,6 +496,7 @@ class M3Memory:
         "max_rows", "centring"}}, "iteration", "extent", "keyframes" (count; keyframes are not stored).
         """
         with self._lock:
+            self._catch_up_all()  # the moments are not saved: what they still owe the values is
             return {
                 "config": dataclasses.asdict(self.cfg),
                 "params": {k: v.detach().contiguous().clone() for k, v in self.params.items()},

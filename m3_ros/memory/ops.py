@@ -28,7 +28,8 @@ def _update(params: nn.ParameterDict, optimizer: torch.optim.Optimizer,
         st = optimizer.state.pop(old, None)
         if st is not None:
             for k, v in st.items():
-                if k != "step" and torch.is_tensor(v) and v.shape == old.shape:
+                # per-row state: the moments [N, ...] and optim.py's "last_step" [N]
+                if k != "step" and torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == old.shape[0]:
                     st[k] = state_fn(name, v)
             optimizer.state[new] = st
         group["params"][0] = new
@@ -44,7 +45,7 @@ def append_gaussians(params: nn.ParameterDict, optimizer: torch.optim.Optimizer,
                          f"got {({k: tuple(v.shape) for k, v in new.items()})}")
     _update(params, optimizer,
             lambda n, p: torch.cat([p, new[n].to(p.dtype)], 0),
-            lambda n, v: torch.cat([v, torch.zeros_like(new[n], dtype=v.dtype)], 0))
+            lambda n, v: torch.cat([v, v.new_zeros((new[n].shape[0], *v.shape[1:]))], 0))
 
 
 @torch.no_grad()

@@ -43,6 +43,10 @@ class DensifyStrategy:
     def initial_state(self) -> dict:
         return {"grad2d": None, "count": None}
 
+    def refine_due(self, step: int) -> bool:
+        """Whether step_post_backward at this step clones, splits and prunes."""
+        return self.cfg.enabled and step >= self.cfg.refine_start and step % self.cfg.refine_every == 0
+
     @torch.no_grad()
     def step_post_backward(self, params: nn.ParameterDict, optimizer: torch.optim.Optimizer, state: dict,
                            step: int, meta: dict, extent: float) -> dict[str, int]:
@@ -69,7 +73,7 @@ class DensifyStrategy:
                 rows = index[rows]
             state["grad2d"].index_add_(0, rows, norms)
             state["count"].index_add_(0, rows, torch.ones_like(norms))
-        if step < self.cfg.refine_start or step % self.cfg.refine_every != 0:
+        if not self.refine_due(step):
             return {}
         out = self._refine(params, optimizer, state, extent)
         state["grad2d"], state["count"] = None, None
