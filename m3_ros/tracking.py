@@ -122,9 +122,9 @@ class TrackerConfig:
     max_depth: float = 4.0
     """Depth beyond this (m) is not used. The pipeline hands over its depth uncut: in a room the walls
     2.5-4 m away (noise 2.5-6.4 cm, weighed by ``depth_sigma_per_m2``) hold yaw, the error that moves
-    far answers most. bench_drift.py, room dev seeds 1-5, keyframe camera error mean / final / object
-    cm (see there): 6.3 / 8.6 / 6.4 at 2.5 m without the noise model, 4.8 / 6.4 / 4.7 at 4 m with it;
-    two_tables seeds 1-3 unchanged (7.9 / 17.6 / 7.6 and 8.4 / 18.1 / 7.8)."""
+    far answers most. bench_drift.py, keyframe camera error mean / final cm: room dev seeds 1-5, 6.3 /
+    8.6 at 2.5 m without the noise model, 4.9 / 6.4 at 4 m with it (odometry 12.3 / 18.4); two_tables
+    dev seeds 1-3 (no walls), 7.9 / 17.6 before, 8.5 / 18.2 now."""
     depth_sigma_per_m2: float | None = 0.004
     """Depth noise model of the camera, sigma(z) = depth_sigma_per_m2 * z**2 (m; stereo noise grows with
     the square of range; 0.004 is an Intel RealSense D435 at 640x480, 4 mm at 1 m); None = exact depth.
