@@ -160,8 +160,13 @@ class IcpResult:
 
 def _voxel_first(points: np.ndarray, voxel: float) -> np.ndarray:
     """Indices of the first point in each occupied voxel of size ``voxel``, in input order."""
-    keys = np.floor(points / voxel).astype(np.int64)
-    _, first = np.unique(keys, axis=0, return_index=True)
+    keys = np.floor(points / voxel).astype(np.int64) + (1 << 20)  # 21 bits an axis: +-15 km at 1.5 cm
+    if len(keys) and (keys.min() < 0 or keys.max() >= 1 << 21):
+        raise ValueError(f"points span more than 2**20 voxels of {voxel} m from the origin")
+    # one int64 per voxel: a 1-D unique sorts ~10x faster than unique(axis=0) over rows (the map's
+    # 200k rows made that the tracker's main cost)
+    packed = (keys[:, 0] << 42) | (keys[:, 1] << 21) | keys[:, 2]
+    _, first = np.unique(packed, return_index=True)
     return np.sort(first)
 
 
