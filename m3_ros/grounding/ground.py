@@ -113,8 +113,9 @@ class GroundingConfig:
     such depth too)."""
     view_margin: float = 0.05
     """View mode: a Gaussian is in view when its mean lies at most this far (m) behind the depth the
-    current camera renders at its pixel. A priori: a few times the rendered depth's scatter on
-    noisy-depth memories (1-2 cm), less than the gap between an object and what stands behind it."""
+    current camera measures (or, without a depth image, renders) at its pixel. A priori: a few times
+    the depth noise at arm's length (1-2 cm), less than the gap between an object and what stands
+    behind it."""
 
 
 @dataclass
