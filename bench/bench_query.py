@@ -297,8 +297,8 @@ def section_accuracy(pipe: MemoryPipeline, queries: list[tuple[str, str]], truth
              f"target is in view when its box centre projects into the image at 0.1-2.5 m and the simulator's "
              f"segmentation shows at least {MIN_SEEN_PX} of its pixels; the RESULT figures are over these. gaussians "
              "and render modes ignore the camera; they answer the same cases for comparison.",
-             "- error = distance from the grounded point to the centre of the object's axis-aligned box (odom frame, "
-             "final drift); inf = refused.", ""]
+             "- error = distance from the grounded point to the centre of the object's axis-aligned box, in the "
+             "memory's map frame (the truth through the final odometry error and map -> odom); inf = refused.", ""]
     lines += table(["mode", "target", "cases", "median error cm", "within 5 cm", "median ms"], summary)
     lines += ["", "<details><summary>every case</summary>", ""]
     lines += table(["mode", "camera", "object", "object px", "query", "error cm", "ms", "within 5 cm"], rows)
@@ -491,6 +491,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t_start = time.monotonic()
+    load0 = os.getloadavg()[0]
     if a.profile:
         if a.memory_cache and Path(a.memory_cache).exists():
             pipe, queries, truth, cameras, seen, walk = _load_cached(a.memory_cache)
@@ -510,7 +511,8 @@ def main() -> None:
     acc_lines, acc_res = section_accuracy(pipe, queries, truth, cameras, seen)
     pipe.close()
     lines = machine_header() + [
-        "- the machine was shared with other agents' jobs while this ran: latencies are noisy upper bounds.",
+        f"- 1-min load average at the start / end: {load0:.1f} / {os.getloadavg()[0]:.1f} (2 cores: other work "
+        "inflates every latency).",
         "", walk, f"- total wall {time.monotonic() - t_start:.0f} s", "",
         *lat_lines, "", *rel_lines, "", *acc_lines]
     res = {**lat_res, **rel_res, "view_within5": acc_res["view_within5"],
