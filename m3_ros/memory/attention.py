@@ -95,13 +95,11 @@ class RelevanceIndex:
     """Per (bank, W_m, text) precomputation for relevance maps that never decode d-dim features.
 
     Logits in an orthonormal basis of W_m's row space: with W_m·W_mᵀ = V·Λ·Vᵀ, a query q maps to
-    y = q·V·Λ^½ / ‖q·W_m‖ (‖y‖ ≤ 1) and its logits are y·B / tau with B = Λ^-½·Vᵀ·A, whose
+    y = q·V·Λ^½ / ‖q·W_m‖ (‖y‖ ≤ 1) and its logits are y·B / tau with B = Λ^-½·Vᵀ·A (A = W_m·PSĈᵀ), whose
     columns have ‖b_j‖ ≤ 1. That makes a bound on every logit of a group of pixels cheap: the
     group's centre c and radius ρ give y·b_j ≤ c·b_j + ρ·‖b_j‖ (see relevance_image).
     """
 
-    A: torch.Tensor  # [l, t] W_m · PSĈᵀ
-    M: torch.Tensor  # [l, l] W_m · W_mᵀ, for ‖q·W_m‖
     s: torch.Tensor  # [t] PSC · t̂, the bank scored against the text once
     rows: torch.Tensor  # [t, d] raw PSC (only candidate Gram blocks are formed from it)
     tau: float
@@ -121,22 +119,17 @@ class RelevanceIndex:
         t_hat = F.normalize(text_emb.float(), dim=0)
         A = (W_m @ bank_unit.T).contiguous()
         M = W_m @ W_m.T
-        lam, V = torch.linalg.eigh(M.double())
+        lam, V = torch.linalg.eigh(M.double())  # M = W_m·W_mᵀ
         # directions W_m does not span carry no logit (Vᵀ·A is 0 there), so dropping them is exact
         inv = torch.where(lam > lam.max().clamp_min(1e-30) * 1e-10, lam.clamp_min(1e-30).rsqrt(), 0.0)
         B = ((inv[:, None] * V.T) @ A.double()).float().contiguous()
-        return cls(A=A, M=M, s=bank_rows @ t_hat, rows=bank_rows, tau=tau,
+        return cls(s=bank_rows @ t_hat, rows=bank_rows, tau=tau,
                    basis=(V * lam.clamp_min(0.0).sqrt()).float(), B=B, b_norm=B.norm(dim=0),
                    r_max=float(bank_rows.norm(dim=1).max()) if len(bank_rows) else 0.0,
                    **_spectral(bank_rows, SPECTRAL_RANK))
 
-    def scaled(self, queries: torch.Tensor) -> torch.Tensor:
-        """q / (‖q·W_m‖ · tau) [B, l], so logits = scaled(q) @ A."""
-        n2 = ((queries @ self.M) * queries).sum(-1).clamp_min(1e-12)
-        return queries / (n2.sqrt() * self.tau).unsqueeze(-1)
-
     def unit(self, queries: torch.Tensor) -> torch.Tensor:
-        """y [B, l] of queries [B, l]: logits = y @ B / tau, ‖y‖ ≤ 1 (the 1e-6 floor of `scaled`)."""
+        """y [B, l] of queries [B, l]: logits = y @ B / tau, ‖y‖ ≤ 1 (the 1e-6 floor of _scaled_queries)."""
         z = queries @ self.basis
         return z / z.norm(dim=-1, keepdim=True).clamp_min(1e-6)
 
@@ -162,9 +155,9 @@ class RelevanceIndex:
         out = torch.zeros(H * W)
         st = {"level1": 0, "level2": 0, "level3": 0}
         todo = torch.nonzero(valid.reshape(-1)).squeeze(-1)
-        if self.A.shape[1] and todo.numel():
+        if self.B.shape[1] and todo.numel():
             y = self.unit(queries.reshape(-1, l).float())  # [H*W, l]
-            if self.A.shape[1] > tile_rows:
+            if self.B.shape[1] > tile_rows:
                 r1, ok1 = self._tile_relevance(y.view(H, W, l), valid, max_err, tile)
                 out = torch.where(ok1, r1, out)
                 todo = torch.nonzero(valid.reshape(-1) & ~ok1).squeeze(-1)
@@ -189,7 +182,7 @@ class RelevanceIndex:
         mass m left out is at most Σ_{j∉C} exp(ub_j) / Z_C; |cos(F) - cos(F_C)| ≤ 2m(1 + max‖PSC‖/‖F_C‖).
         """
         H, W, l = y.shape
-        t, tau = self.A.shape[1], self.tau
+        t, tau = self.B.shape[1], self.tau
         ty, tx = -(-H // tile), -(-W // tile)
         pad = (0, 0, 0, tx * tile - W, 0, ty * tile - H)
         yt = F.pad(y, pad).reshape(ty, tile, tx, tile, l).permute(0, 2, 1, 3, 4).reshape(ty * tx, tile * tile, l)
