@@ -299,11 +299,14 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
             if now - t_walk0 > max_walk_s:
                 raise TimeoutError(f"the walk did not finish in {max_walk_s}s (walk_state={demo.walk_state!r})")
             time.sleep(0.1)
-        want = settle_steps_per_keyframe * int(demo.status.keyframes)
-        log(f"walk done; training at least {settle_s:.0f}s more and until {want} steps before the final query")
+        log(f"walk done; training at least {settle_s:.0f}s more and until {settle_steps_per_keyframe} steps "
+            "per keyframe before the final query")
         t_settle = time.monotonic()
         time.sleep(settle_s)
-        while demo.status.train_iteration < want and time.monotonic() - t_settle < settle_max_s:
+        # the target follows the keyframe count as it arrives: on a loaded machine the status lags the
+        # walk (a run counted 3 keyframes at the end of the walk and the memory then held 10)
+        while (demo.status.train_iteration < settle_steps_per_keyframe * int(demo.status.keyframes)
+               and time.monotonic() - t_settle < settle_max_s):
             time.sleep(0.2)
         log(f"memory trained {demo.status.train_iteration} steps on {demo.status.keyframes} keyframes")
         if go_to:  # navigation stand-in: stand with the target in the arm's reach, as a robot would
