@@ -516,8 +516,11 @@ class MemoryNode(Node):
         mem = self.pipeline.memory
         if mem is None or mem.n_gaussians == 0 or self.cloud_pub.get_subscription_count() == 0:
             return
-        keep = mem.opacities.detach().cpu().numpy() >= float(self.p["cloud_min_opacity"])
-        means = mem.means.detach().cpu().numpy()[keep]
+        # one published snapshot: the live tensors change size under a train step's densify / prune
+        # (reading opacities and means one after the other crashed the node: 50000 vs 49068 rows)
+        snap = mem.snapshot()
+        keep = snap.opacities.cpu().numpy() >= float(self.p["cloud_min_opacity"])
+        means = snap.means.cpu().numpy()[keep]
         header = Header(stamp=self.last_header.stamp, frame_id=self.memory_frame)
         self.cloud_pub.publish(convert.points_to_cloud(means, header))
 
