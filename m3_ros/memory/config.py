@@ -95,16 +95,6 @@ class MemoryConfig:
     keyframe inherits only inside detected regions: outside them its zero means "no object here"."""
     init_opacity: float = 0.5
     """Opacity of new Gaussians."""
-    empty_query_weight: float = 0.0
-    """Region models ("nearest" sampling): weight, relative to the feature loss, of the squared norm of
-    the rendered principal query at pixels with depth where no detected region is (their feature
-    cell and its 8 neighbours empty, views.empty_cells): "no object here" (0 = off, the default).
-    The feature loss ignores zero targets, so a surface's query only ever moves towards labels; on
-    room dev walks floor patches of 100+ Gaussians near the table and beside floor objects decoded
-    object labels and out-ranked the objects (answers 0.5-3.7 m off). The term does what it says on
-    a synthetic wall (test_unlabelled_surface_loses_a_leaked_label), but on the room dev walks at 0.5
-    (one run each, realistic sensors) seed 2 went 0.30 -> 0.10 within 5 cm and seed 3 gave 0.28,
-    with the far floor answers still there: it is not the cause, so it stays off."""
     label_depth_rel: float = 0.1
     """Region-map models ("nearest" sampling): a pixel takes its cell's feature, for seeding and as a
     training target, only if its depth is within this fraction of the cell's median depth (0 = off).

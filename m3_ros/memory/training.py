@@ -13,7 +13,7 @@ import torch
 from m3_ros.memory.attention import candidate_rows, memory_attention
 from m3_ros.memory.config import MemoryConfig
 from m3_ros.memory.losses import depth_loss, feature_loss, rgb_loss
-from m3_ros.memory.views import TrainView, cell_index, label_depth_consistent
+from m3_ros.memory.views import TrainView, label_depth_consistent
 
 
 @torch.no_grad()
@@ -55,11 +55,9 @@ def sample_view(views: list[TrainView], cfg: MemoryConfig, rng: random.Random) -
 
 
 def feature_targets(cfg: MemoryConfig, v: TrainView, model: str, fm, generator: torch.Generator
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Train-scale pixels (pv [n], pu [n]) drawn for model's loss, their ground truth gt [n, d]
-    (zero where a region model's label crosses a depth edge: zero targets are ignored) and
-    empty [n] bool: a region model's pixels with measured depth whose cell neighbourhood holds no
-    region (views.empty_cells; all False for other models)."""
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Train-scale pixels (pv [n], pu [n]) drawn for model's loss and their ground truth gt [n, d]
+    (zero where a region model's label crosses a depth edge: zero targets are ignored)."""
     h, w = v.rgb.shape[:2]
     n = min(cfg.feature_points, h * w)
     flat = torch.randperm(h * w, generator=generator)[:n]
@@ -72,12 +70,7 @@ def feature_targets(cfg: MemoryConfig, v: TrainView, model: str, fm, generator: 
         ok = label_depth_consistent(v.depth[pv, pu].numpy(), uv[:, 0].numpy(), uv[:, 1].numpy(), cd,
                                     v.kf.size, cfg.label_depth_rel)
         gt = torch.where(torch.from_numpy(ok)[:, None], gt, 0.0)
-    empty = torch.zeros(n, dtype=torch.bool)
-    ec = v.empty_cells.get(model)
-    if ec is not None:
-        row, col = cell_index(uv[:, 0].numpy(), uv[:, 1].numpy(), v.kf.size, tuple(ec.shape))
-        empty = ec[torch.from_numpy(row), torch.from_numpy(col)] & (v.depth[pv, pu] > 0)
-    return pv, pu, gt, empty
+    return pv, pu, gt
 
 
 def view_losses(cfg: MemoryConfig, v: TrainView, img: torch.Tensor, models: list[str], W: dict, banks: dict,
@@ -92,13 +85,8 @@ def view_losses(cfg: MemoryConfig, v: TrainView, img: torch.Tensor, models: list
         l = cfg.models[m].channels
         fm = v.kf.features.get(m)
         if fm is not None:
-            pv, pu, gt, empty = feature_targets(cfg, v, m, fm, generator)
+            pv, pu, gt = feature_targets(cfg, v, m, fm, generator)
             q = img[pv, pu, c:c + l]  # [n, l] rendered principal queries
-            if bool(empty.any()):
-                # "no object here": the feature loss ignores zero targets, so without this term a
-                # surface only ever moves towards labels (see MemoryConfig.empty_query_weight)
-                losses[f"empty_{m}"] = q[empty].pow(2).sum(-1).mean()
-                loss = loss + cfg.lambda_feature * cfg.empty_query_weight * losses[f"empty_{m}"]
             b = banks[m]
             rows, unit = b.rows, b.unit_rows
             if 0 < cfg.train_max_rows < len(b):

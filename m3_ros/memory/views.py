@@ -27,10 +27,9 @@ class TrainView:
     viewmat: torch.Tensor  # [4, 4] world -> camera
     scale: float
     cell_depth: dict = field(default_factory=dict)  # region model -> [h, w] median depth of each feature cell
-    empty_cells: dict = field(default_factory=dict)  # region model -> [h, w] bool: no region in the cell or around it
 
 
-def cell_index(u: np.ndarray, v: np.ndarray, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _cell_index(u: np.ndarray, v: np.ndarray, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Feature cell (row, col) that nearest sampling reads at pixel coordinates (u, v) (FeatureMap convention)."""
     (H, W), (h, w) = image_hw, grid_hw
     # grid_sample "nearest" rounds (u + 0.5) * w / W - 0.5 half to even, as np.rint does
@@ -44,7 +43,7 @@ def cell_median_depth(depth: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray
     H, W = depth.shape
     h, w = grid_hw
     vv, uu = np.mgrid[0:H, 0:W]
-    row, col = cell_index(uu, vv, (H, W), (h, w))
+    row, col = _cell_index(uu, vv, (H, W), (h, w))
     lab = np.where(np.isfinite(depth) & (depth > 0), row * w + col + 1, 0)
     med = ndimage.median(np.nan_to_num(depth), labels=lab, index=np.arange(1, h * w + 1))
     return np.nan_to_num(np.asarray(med, dtype=np.float64), nan=0.0).reshape(h, w)
@@ -53,18 +52,9 @@ def cell_median_depth(depth: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray
 def label_depth_consistent(z: np.ndarray, u: np.ndarray, v: np.ndarray, cell_depth: np.ndarray,
                            image_hw: tuple[int, int], rel: float) -> np.ndarray:
     """[M] True where depth z [M] at pixels (u, v) [M] is within rel of its cell's median depth."""
-    row, col = cell_index(u, v, image_hw, cell_depth.shape)
+    row, col = _cell_index(u, v, image_hw, cell_depth.shape)
     med = cell_depth[row, col]
     return (med > 0) & (np.abs(np.asarray(z, dtype=np.float64) - med) <= rel * med)
-
-
-def empty_cells(fm) -> np.ndarray:
-    """[h, w] True at cells of a region map (FeatureMap or IndexedFeatureMap) that no region covers, nor
-    any of their 8 neighbours: there the model says "no object" with certainty (eroded masks and the
-    cell grid blur a region's border by a cell)."""
-    index = getattr(fm, "index", None)
-    covered = (index >= 0).numpy() if index is not None else (fm.features.abs().sum(-1) > 0).numpy()
-    return ~ndimage.binary_dilation(covered, structure=np.ones((3, 3), dtype=bool))
 
 
 def check_keyframe(kf: Keyframe) -> None:
@@ -104,15 +94,13 @@ def prepare_view(kf: Keyframe, cfg: MemoryConfig) -> TrainView:
         # Nearest, so edges never average foreground and background depth.
         depth = F.interpolate(depth[None, None], size=(h, w), mode="nearest")[0, 0]
     sx = w / W
-    cell_depth, empty = {}, {}
-    full = np.nan_to_num(np.asarray(kf.depth, dtype=np.float64))
-    for m, fm in kf.features.items():
-        if m in cfg.models and cfg.models[m].sample_mode == "nearest":
-            if cfg.label_depth_rel > 0:
+    cell_depth = {}
+    if cfg.label_depth_rel > 0:
+        full = np.nan_to_num(np.asarray(kf.depth, dtype=np.float64))
+        for m, fm in kf.features.items():
+            if m in cfg.models and cfg.models[m].sample_mode == "nearest":
                 cell_depth[m] = cell_median_depth(full, grid_hw(fm))
-            if cfg.empty_query_weight > 0:
-                empty[m] = torch.from_numpy(empty_cells(fm))
     return TrainView(kf=kf, rgb=rgb.contiguous(), depth=depth.contiguous(),
                      K=torch.tensor(geometry.scale_intrinsics(kf.K, sx), dtype=torch.float32),
                      viewmat=torch.tensor(geometry.invert(np.asarray(kf.T_world_cam)), dtype=torch.float32),
-                     scale=sx, cell_depth=cell_depth, empty_cells=empty)
+                     scale=sx, cell_depth=cell_depth)
