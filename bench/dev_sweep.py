@@ -40,6 +40,10 @@ VARIANTS = {
     "gaussians_noverify": replace(BASE, verify_views=0),
     "gaussians_margin0.05": replace(BASE, relative_margin=0.05),
     "gaussians_min_region10": replace(BASE, min_region_points=10),
+    "gaussians_support0.3": replace(BASE, label_support=0.3),
+    "gaussians_support0.5": replace(BASE, label_support=0.5),
+    "gaussians_support0.7": replace(BASE, label_support=0.7),
+    "gaussians_support0.5_conf2": replace(BASE, label_support=0.5, confidence_norm=2.0),
     "view": replace(BASE, mode="view"),
     "render": replace(BASE, mode="render"),
 }

@@ -7,6 +7,7 @@ Where things live:
     wm.py         W_m initialisation and seeded principal queries
     seeding.py    new Gaussians where a keyframe sees unexplained geometry
     freespace.py  free-space evidence: Gaussians a keyframe's rays pass through fade and go (moved objects)
+    labelvotes.py label support: how often keyframes saw each Gaussian inside a detector region
     training.py   the keyframe a step draws and the losses on its render
     snapshot.py   read-only snapshots: rendering and every query
     checkpoint.py files on disk (``state_dict`` / ``from_state`` here are its only contact)
@@ -35,6 +36,7 @@ from m3_ros.memory.bank import MemoryBank
 from m3_ros.memory.config import MemoryConfig, ModelSlot  # noqa: F401  (re-exported: the public names)
 from m3_ros.memory.freespace import SURFACE, THROUGH, classify, decayed_logits, project_pixels
 from m3_ros.memory.gaussians import empty_params, query_key
+from m3_ros.memory.labelvotes import VOTES_KEY, surface_votes
 from m3_ros.memory.optim import catch_up_rows, selective_adam_step
 from m3_ros.memory.rasterize import rasterize
 from m3_ros.memory.seeding import detected_mask, inherit_queries, least_useful, pixel_features, seed_geometry, seed_points
@@ -66,6 +68,7 @@ class M3Memory:
             self._gen = torch.Generator().manual_seed(cfg.seed)
             self._rng = random.Random(cfg.seed)
             self.params = empty_params({m: s.channels for m, s in cfg.models.items()}, cfg.sh_degree)
+            self.params[VOTES_KEY] = nn.Parameter(torch.zeros(0, 2), requires_grad=False)
             self.banks: dict[str, MemoryBank] = {}
             self.W: dict[str, nn.Parameter] = {}
             self._wm_version = 0
@@ -88,6 +91,7 @@ class M3Memory:
         lrs = {"means": cfg.lr_means * self.extent, "log_scales": cfg.lr_scales, "quats": cfg.lr_quats,
                "opacity_logits": cfg.lr_opacity, "colors": cfg.lr_colors}
         lrs.update({query_key(m): cfg.lr_queries for m in cfg.models})
+        lrs[VOTES_KEY] = 0.0  # counts, not trained (labelvotes.py)
         self.optimizer = ops.make_optimizer(self.params, lrs)
         ws = [p for p in self.W.values() if p.requires_grad]
         self.wm_optimizer = torch.optim.Adam(ws, lr=cfg.lr_wm) if ws else None
@@ -180,6 +184,7 @@ class M3Memory:
             self._cam_centres.append(np.asarray(kf.T_world_cam)[:3, 3].copy())
             self._clear_free_space(kf)  # before seeding: where something left is unexplained now
             self._seed(kf, feats)
+            self._vote_labels(kf, feats)
             self._update_extent()
             self._views.append(prepare_view(compact_keyframe(kf, cfg), cfg))
             if len(self._views) > cfg.window:
@@ -235,9 +240,22 @@ class M3Memory:
                 allowed = np.zeros(len(pts), dtype=bool) if objects is None else objects[pix[:, 0], pix[:, 1]]
             inherit_queries(q, pts, tree, self.params[query_key(m)].detach(), cfg.inherit_radius, allowed)
             new[query_key(m)] = q
+        new[VOTES_KEY] = torch.zeros(len(pts), 2)  # this keyframe's vote follows (_vote_labels)
         ops.append_gaussians(self.params, self.optimizer, new)
         self._keep_densify_stats(torch.cat([torch.arange(self.n_gaussians - len(pts)),
                                             torch.full((len(pts),), -1, dtype=torch.long)]))
+
+    @torch.no_grad()
+    def _vote_labels(self, kf: Keyframe, feats: dict) -> None:
+        """Add kf's label votes (labelvotes.py) when it carries a region model's features: every
+        Gaussian its depth sees on the surface is inside a detector region or outside all of them."""
+        if self.n_gaussians == 0 or not any(self.cfg.models[m].sample_mode == "nearest" for m in feats):
+            return
+        regions = detected_mask(kf)
+        if regions is None:
+            regions = np.zeros(kf.size, dtype=bool)  # the detector ran and found nothing
+        self.params[VOTES_KEY].data += surface_votes(self.means.numpy(), np.asarray(kf.depth), kf.K,
+                                                     kf.T_world_cam, regions)
 
     @torch.no_grad()
     def _clear_free_space(self, kf: Keyframe) -> None:
@@ -352,7 +370,7 @@ class M3Memory:
             # makes the attention cache compare queries instead of trusting the version
             cfg=self.cfg, version=self._version if copy else -1, iteration=self.iteration, means=c(means), quats=c(quats),
             scales=c(scales), opacities=c(opac), colors=c(self.params["colors"]),
-            queries={m: c(self.params[query_key(m)]) for m in self.cfg.models},
+            queries={m: c(self.params[query_key(m)]) for m in self.cfg.models}, label_votes=c(self.params[VOTES_KEY]),
             W={m: c(w) for m, w in self.W.items()},
             banks={m: BankView(b.rows, b.unit_rows, b.version) for m, b in self.banks.items()},
             keyframes=self.keyframes, caches=self._caches)
@@ -416,6 +434,11 @@ class M3Memory:
         """[N] length of each Gaussian's principal query (seeded ones are unit length)."""
         with self._lock:
             return self._capture(copy=False).query_norms(model)
+
+    def label_support(self) -> torch.Tensor:
+        """[N] each Gaussian's share of keyframes that saw it inside a detector region (labelvotes.support)."""
+        with self._lock:
+            return self._capture(copy=False).label_support()
 
     # ---- training ----------------------------------------------------------------------------
     def _sample_view(self) -> TrainView:
@@ -516,7 +539,11 @@ class M3Memory:
         cfg = cfg if cfg is not None else MemoryConfig.from_dict(state["config"])
         mem = cls(cfg)
         with mem._lock:
-            mem.params = nn.ParameterDict({n: nn.Parameter(t.clone()) for n, t in state["params"].items()})
+            params = dict(state["params"])
+            if VOTES_KEY not in params:  # saved before label votes: no keyframe has voted
+                params[VOTES_KEY] = torch.zeros(int(params["means"].shape[0]), 2)
+            mem.params = nn.ParameterDict({n: nn.Parameter(t.clone(), requires_grad=n != VOTES_KEY)
+                                           for n, t in params.items()})
             for m, b in state["banks"].items():
                 s = cfg.models[m]
                 bank = MemoryBank(int(b["rows"].shape[1]), s.theta, s.max_rows, centre=bool(b.get("centring", s.centred)))

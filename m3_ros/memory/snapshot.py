@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from m3_ros import geometry
 from m3_ros.memory.attention import RelevanceIndex, attention_logits, decode_chunked
+from m3_ros.memory.labelvotes import support
 from m3_ros.memory.rasterize import rasterize
 from m3_ros.memory.sh import camera_centre, sh_to_rgb
 
@@ -160,6 +161,7 @@ class MemorySnapshot:
     banks: dict[str, BankView]
     keyframes: list
     caches: dict[str, AttentionCache]
+    label_votes: torch.Tensor | None = None  # [N, 2] labelvotes.py (None: a memory without votes)
     _index_base: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -305,6 +307,12 @@ class MemorySnapshot:
                                       self.version)
 
     @torch.no_grad()
+    def label_support(self) -> torch.Tensor:
+        """[N] each Gaussian's share of keyframes that saw it inside a detector region (0.5 unvoted)."""
+        if self.label_votes is None:
+            return torch.full((self.n_gaussians,), 0.5)
+        return support(self.label_votes)
+
     def query_norms(self, model: str) -> torch.Tensor:
         """[N] length of each Gaussian's principal query (seeded ones are unit length)."""
         self.check_model(model)

@@ -2,6 +2,8 @@
 import sys
 from pathlib import Path
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -217,3 +219,27 @@ def test_relevance_image_lights_the_matching_face(memory, score):
     assert np.nanmin(img[inner]) > np.nanmax(img[outer])
     if score == "row_mass":  # a fraction of attention: near 1 on the face, near 0 on the others
         assert np.nanmin(img[inner]) > 0.9 and np.nanmax(img[outer]) < 0.1
+
+
+def test_label_support_keeps_a_label_that_bled_onto_the_wall_from_answering():
+    """The first view's red-box mask spilled onto the wall; six later views see that wall outside
+    every region. Without label support the wall strip answers "red" beside the box; with it, only
+    the box does."""
+    from synthetic_scene import labelled_view
+
+    slot = ModelSlot(channels=8, theta=0.9, max_rows=20, sample_mode="nearest")
+    mem = M3Memory(MemoryConfig(models={"labels": slot}, voxel_size=0.04, object_voxel_size=0.02, seed_stride=1,
+                                train_scale=1.0, feature_points=200, backend="torch", seed=0))
+    for i, tx in enumerate((0.0, 0.05, -0.05, 0.1, -0.1, 0.15, 0.02)):
+        mem.add_keyframe(labelled_view(tx, i, bleed_px=6 if i == 0 else 0)[0])
+    g = torch.Generator().manual_seed(5)
+    text = region_features(32)[1] + 0.4 * torch.randn(32, generator=g)  # near the red label, not it
+
+    def on_wall(cfg: GroundingConfig) -> int:
+        res = ground(mem, text, "labels", cfg, top_k=5)
+        assert np.linalg.norm(res.points[0] - [-0.15, 0.0, 1.5]) < 0.2  # the red face ranks first either way
+        return sum(int((np.abs(p[:, 2] - 2.0) < 0.05).sum()) for p in res.region_points)
+
+    base = GroundingConfig(verify_views=0, cluster_radius=0.05)  # the strip's seeds are ~3 cm apart at 2 m
+    assert on_wall(replace(base, label_support=0.0)) >= 5
+    assert on_wall(replace(base, label_support=0.5)) == 0

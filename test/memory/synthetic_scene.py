@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from m3_ros.geometry import intrinsics_matrix
-from m3_ros.types import FeatureMap, Keyframe
+from m3_ros.types import FeatureMap, Instance, Keyframe
 
 # (z, x0, x1, y0, y1, rgb, region id): world frame = first camera's optical frame.
 RECTS = [
@@ -45,3 +46,22 @@ def render_view(tx: float, W: int = 40, H: int = 30, d: int = 32, index: int = 0
     kf = Keyframe(index=index, stamp=float(index), rgb=(rgb * 255).astype(np.uint8), depth=depth.astype(np.float32),
                   K=K, T_world_cam=T, features=feats)
     return kf, region
+
+
+def labelled_view(tx: float, index: int, bleed_px: int = 0) -> tuple[Keyframe, np.ndarray]:
+    """The scene seen from (tx, 0, 0) by a region model that labels the two boxes (not the wall), and
+    the wall pixels [H, W] its red-box mask holds: with bleed_px, that mask (and so the red label)
+    spills this far onto the wall left of the box."""
+    kf, region = render_view(tx, W=80, H=60, index=index, with_features=False)
+    mask = region == 1
+    if bleed_px:
+        grown = ndimage.binary_dilation(mask, np.ones((1, 2 * bleed_px + 1), bool))
+        left = np.zeros_like(mask)
+        left[:, : int(np.flatnonzero(mask.any(0))[0])] = True
+        mask = mask | (grown & left & (region == 0))
+    f = torch.zeros(*mask.shape, 32)
+    f[torch.from_numpy(mask)] = region_features(32)[1]
+    f[torch.from_numpy(region == 2)] = region_features(32)[2]
+    kf.features["labels"] = FeatureMap("labels", f, mask.shape)
+    kf.instances = [Instance(mask=mask, label="red box"), Instance(mask=region == 2, label="green box")]
+    return kf, mask & (region == 0)
