@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from m3_ros import geometry
-from m3_ros.memory.attention import RelevanceIndex, attention_logits, decode_chunked
+from m3_ros.memory.attention import attention_logits, decode_chunked
 from m3_ros.memory.labelvotes import support
 from m3_ros.memory.rasterize import rasterize
+from m3_ros.memory.relevance import RelevanceIndex
 from m3_ros.memory.sh import camera_centre, sh_to_rgb
 
 

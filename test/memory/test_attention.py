@@ -1,8 +1,8 @@
-"""Memory attention, chunked decoding and relevance without decoding."""
+"""Memory attention and chunked decoding (relevance maps: test_relevance.py)."""
 import torch
 import torch.nn.functional as F
 
-from m3_ros.memory.attention import RelevanceIndex, attention_logits, decode_chunked, memory_attention
+from m3_ros.memory.attention import attention_logits, decode_chunked, memory_attention
 
 
 def _setup(t=300, d=48, l=8, M=500, seed=0, peaky=True):
@@ -46,74 +46,6 @@ def test_topk_attention_close_and_exact_at_t():
     qg, Wg = q.clone().requires_grad_(), W.clone().requires_grad_()
     memory_attention(qg, Wg, rows, unit, 0.05, topk=8).sum().backward()
     assert qg.grad.abs().sum() > 0 and Wg.grad.abs().sum() > 0
-
-
-def _image_setup(t, d=64, l=16, H=30, W=44, seed=0, block=4, noise=0.02, separated=True):
-    """A rendered query image [H, W, l] of block x block regions, each pointing at one bank row.
-
-    separated: rows mostly inside W_m's row space, so attention is peaked (a trained memory);
-    otherwise rows are random in d dims and attention spreads over many of them.
-    """
-    g = torch.Generator().manual_seed(seed)
-    if separated:
-        basis = torch.randn(l, d, generator=g)
-        rows = torch.randn(t, l, generator=g) @ basis + 0.2 * torch.randn(t, d, generator=g)
-        Wm = torch.randn(l, l, generator=g) @ basis
-    else:
-        rows = torch.randn(t, d, generator=g) + 0.5 * torch.randn(d, generator=g)
-        Wm = torch.randn(l, d, generator=g)
-    unit = F.normalize(rows, dim=-1)
-    target = unit[torch.randint(0, t, (-(-H // block), -(-W // block)), generator=g)]
-    q = torch.linalg.lstsq(Wm.T, target.reshape(-1, d).T).solution.T.reshape(*target.shape[:2], l)
-    q = q.repeat_interleave(block, 0).repeat_interleave(block, 1)[:H, :W]
-    q = q * (1 + noise * torch.randn(q.shape, generator=g))
-    text = torch.randn(d, generator=g)
-    ref = F.cosine_similarity(decode_chunked(q.reshape(-1, l), Wm, rows, unit, 0.05), text[None], dim=-1)
-    return RelevanceIndex.build(Wm, rows, unit, text, 0.05), q, ref.view(H, W)
-
-
-def test_relevance_image_within_its_bound_of_full_decoding_at_every_level():
-    for t, separated, tile_rows in ((20, True, 10**9), (300, True, 10**9), (300, True, 0), (2000, True, 0),
-                                    (300, False, 10**9), (300, False, 0)):
-        idx, q, ref = _image_setup(t, separated=separated)
-        for max_err in (0.2, 0.05, 0.005):
-            st = {}
-            rel = idx.relevance_image(q, None, max_err, tile=4, tile_rows=tile_rows, stats=st)
-            err = (rel - ref).abs().max().item()
-            assert err <= max_err + 1e-4, (t, separated, tile_rows, max_err, err, st)
-            assert sum(st.values()) == q.shape[0] * q.shape[1]
-
-
-def test_relevance_levels_carry_what_they_should():
-    # Peaked attention: level 1 (blocks) answers the pixels when asked to run.
-    idx, q, _ = _image_setup(300, noise=0.0)
-    st = {}
-    idx.relevance_image(q, None, 0.05, tile=4, tile_rows=0, stats=st)
-    assert st["level1"] == q.shape[0] * q.shape[1], st
-    # A bank the spectral directions cover (rank 20 < 32) is exact at level 2.
-    idx, q, ref = _image_setup(20)
-    st = {}
-    rel = idx.relevance_image(q, None, 1e-3, stats=st)
-    assert st["level2"] == q.shape[0] * q.shape[1] and idx.tail < 1e-3 * idx.P.norm() ** 2
-    torch.testing.assert_close(rel, ref, rtol=1e-4, atol=1e-4)
-    # Diffuse attention over a full-rank bank: the spectral bound is too loose for some pixels,
-    # which are decoded (level 3), and the answer still holds.
-    idx, q, ref = _image_setup(300, separated=False)
-    st = {}
-    rel = idx.relevance_image(q, None, 0.01, stats=st)
-    assert st["level3"] > 0 and (rel - ref).abs().max() <= 0.01 + 1e-4
-
-
-def test_relevance_image_mask_and_empty_bank():
-    idx, q, ref = _image_setup(300)
-    mask = torch.zeros(q.shape[:2], dtype=torch.bool)
-    mask[5:20, 10:30] = True
-    st = {}
-    rel = idx.relevance_image(q, mask, 0.05, stats=st)
-    assert bool((rel[~mask] == 0).all()) and sum(st.values()) == int(mask.sum())
-    assert (rel[mask] - ref[mask]).abs().max() <= 0.05 + 1e-4
-    empty = RelevanceIndex.build(torch.randn(16, 64), torch.zeros(0, 64), torch.zeros(0, 64), torch.randn(64), 0.05)
-    assert bool((empty.relevance_image(q) == 0).all())
 
 
 def test_queries_stay_valid_when_bank_grows():
