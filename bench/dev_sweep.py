@@ -69,12 +69,16 @@ def main() -> None:
                     help="realistic, ideal, or realistic with one part off (to find what costs most)")
     ap.add_argument("--variants", nargs="+", default=None, help="a subset of VARIANTS")
     ap.add_argument("--no-refine", action="store_true", help="memory on raw odometry (PipelineConfig.refine_poses off)")
+    ap.add_argument("--memory", nargs="+", default=[], metavar="NAME=JSON",
+                    help="MemoryConfig overrides, e.g. selective_adam=true (PipelineConfig.memory_overrides)")
     a = ap.parse_args()
     variants = {k: VARIANTS[k] for k in (a.variants or VARIANTS)}
     if any(s >= 100 for s in a.seeds):
         sys.exit("dev_sweep: seeds >= 100 are test scenes; tune on dev seeds (< 100) only")
-    pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"], refine_poses=not a.no_refine))
-    tag = a.sensors + ("_norefine" if a.no_refine else "")
+    overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in a.memory)}
+    pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"], refine_poses=not a.no_refine,
+                                         memory_overrides=overrides))
+    tag = a.sensors + ("_norefine" if a.no_refine else "") + "".join(f"_{k}" for k in overrides)
     pipe.load()
     queries: list[dict] = []
     t_start = time.monotonic()
@@ -102,7 +106,8 @@ def main() -> None:
             per.append([fam, m, len(sel), float(np.mean([q["success"] for q in sel]))])
     best = max(rows, key=lambda r: r[2])
     sections = machine_header() + [
-        "", f"Dev scenes {a.families} x seeds {a.seeds}, {a.sensors} sensors, pose refinement {'off' if a.no_refine else 'on'}, dev phrasings only.", "",
+        "", f"Dev scenes {a.families} x seeds {a.seeds}, {a.sensors} sensors, pose refinement {'off' if a.no_refine else 'on'}, "
+        f"memory overrides {overrides or 'none'}, dev phrasings only.", "",
         *table(["method", "n", "within 5 cm", "median cm", "wrong object", "ms"], rows), "",
         *table(["family", "method", "n", "within 5 cm"], per)]
     write_report(f"dev_sweep_{tag}", "Dev sweep of grounding variants", sections,
