@@ -24,32 +24,44 @@ import torch.nn.functional as F  # noqa: E402
 import bench_raster  # noqa: E402
 from _common import machine_header, table, time_ms, write_report  # noqa: E402
 from m3_ros.memory import ops  # noqa: E402
+from m3_ros.memory.attention import attention_logits  # noqa: E402
 from m3_ros.memory.bank import MemoryBank, similarity_reduction  # noqa: E402
 from m3_ros.memory.distill import DistillBaseline, feature_distance  # noqa: E402
 from m3_ros.memory.gaussians import query_key  # noqa: E402
 from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot  # noqa: E402
 from m3_ros.memory.strategy import DensifyConfig  # noqa: E402
+from m3_ros.memory.wm import queries_for_rows  # noqa: E402
 from m3_ros.types import FeatureMap, Keyframe  # noqa: E402
 
 D = 384  # DINOv2-S feature width
 L = 16  # principal-query channels
 
 
-def synthetic_bank(rows: int, seed: int = 0) -> torch.Tensor:
-    """[rows, D] clustered rows (60 'objects' with spread), pairwise like a reduced real bank."""
+def synthetic_bank(rows: int, seed: int = 0, spread_dims: int = D) -> torch.Tensor:
+    """[rows, D] clustered rows (60 'objects' with spread), pairwise like a reduced real bank.
+
+    spread_dims < D puts the spread in that many shared directions (same energy): rows a W_m of
+    that many channels can tell apart, as a trained memory's are.
+    """
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(60, D, generator=g)
-    return centres[torch.randint(0, 60, (rows,), generator=g)] + 0.8 * torch.randn(rows, D, generator=g)
+    of = torch.randint(0, 60, (rows,), generator=g)
+    spread = 0.8 * torch.randn(rows, D, generator=g)
+    if spread_dims < D:
+        basis = torch.linalg.qr(torch.randn(D, spread_dims, generator=g)).Q  # [D, spread_dims]
+        spread = spread[:, :spread_dims] @ basis.T * (D / spread_dims) ** 0.5
+    return centres[of] + spread
 
 
-def synthetic_memory(n: int, width: int, height: int, bank_rows: int, backend: str, topk: int = 32) -> M3Memory:
+def synthetic_memory(n: int, width: int, height: int, bank_rows: int, backend: str, topk: int = 32,
+                     spread_dims: int = D) -> M3Memory:
     """A memory with n Gaussians seeded from the ray-cast room, and a bank of bank_rows rows.
 
     The keyframe is 320x240; train_scale makes training render at width x height. Its feature
     grid (17x23, DINOv2-S's at 320x240) holds bank rows, so every Gaussian's query points at one.
     """
     depth, rgb, K = bench_raster.synthetic_rgbd(320, 240)
-    bank = synthetic_bank(bank_rows)
+    bank = synthetic_bank(bank_rows, spread_dims=spread_dims)
     g = torch.Generator().manual_seed(1)
     # One bank row per 2x2 block of cells: piecewise-constant like object regions.
     block = torch.randint(0, bank_rows, (9, 12), generator=g)
@@ -65,6 +77,37 @@ def synthetic_memory(n: int, width: int, height: int, bank_rows: int, backend: s
     mem.banks["dinov2_s"] = b
     mem._init_wm("dinov2_s", D)
     mem.add_keyframe(kf)  # grid rows are bank rows: the bank does not grow, queries point at them
+    return mem
+
+
+@torch.no_grad()
+def fit_synthetic_memory(mem: M3Memory, steps: int = 200, batch: int = 256, lr: float = 0.02) -> M3Memory:
+    """mem (synthetic_memory) with W_m and the queries fitted so that attention picks each Gaussian's
+    own row: cross-entropy of the logits over the whole bank, on the rows the keyframe shows and a
+    sample of the others (so W_m separates the bank, not just one view).
+
+    Stands in for a trained memory's peaked attention without rendering: the untrained W_m (the
+    bank's top principal directions) spreads each query over hundreds of similar rows.
+    """
+    bank, W = mem.banks["dinov2_s"], mem.W["dinov2_s"]
+    key = query_key("dinov2_s")
+    seeded = queries_for_rows(W, bank, torch.arange(len(bank)))  # [t, l] the query seeding gives each row
+    row = torch.cdist(mem.params[key].detach(), seeded).argmin(1)  # [n] the row each Gaussian was seeded for
+    seen = torch.unique(row)
+    Q, Wf = seeded.clone().requires_grad_(True), W.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([Q, Wf], lr=lr)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(steps):
+        idx = torch.unique(torch.cat([seen, torch.randint(0, len(bank), (batch,), generator=g)]))
+        with torch.enable_grad():
+            loss = F.cross_entropy(attention_logits(Q[idx], Wf, bank.unit_rows, mem.cfg.tau), idx)
+            opt.zero_grad()
+            loss.backward()
+        opt.step()
+    W.data.copy_(Wf.detach())
+    mem.params[key].data.copy_(Q.detach()[row])
+    mem._wm_version += 1
+    mem._publish()
     return mem
 
 
