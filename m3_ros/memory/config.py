@@ -179,7 +179,7 @@ class MemoryConfig:
     """Relevance maps (RelevanceIndex.relevance_image) guarantee each pixel within this of the cosine of
     its fully decoded feature; a pixel whose cheap bound is looser is computed exactly."""
     relevance_tile: int = 8
-    """Pixel block of the first relevance level, used for banks over attention.TILE_ROWS rows."""
+    """Pixel block of the first relevance level, used for banks over relevance.TILE_ROWS rows."""
     decode_budget_bytes: int = 256 << 20
     """Memory budget of one chunk of full decoding."""
     cache_top_rows: int = 64
