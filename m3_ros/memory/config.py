@@ -147,14 +147,14 @@ class MemoryConfig:
     duck moved (test/eval/test_moved_object.py), never on test seeds."""
     frustum_cull: bool = True
     """Train steps render only the Gaussians that can touch the sampled view (training.frustum_index)."""
-    selective_adam: bool = False
-    """Off by default for now: on the room dev walk (seed 1, bench_scale's procedure, one run each)
-    grounding within 5 cm was 0.04 / 0.04 (ICP on / off) with it and the seeding scale cap together,
-    0.375 / 0.08 with dense Adam, 0.33 / 0.21 with the cap off; held-out PSNR was the same. Until that
-    is understood, dense Adam stays the default and the step cost follows the map size (1.5x at 200k).
-    Caution on those figures: repeated walks of one room dev seed with the same code spread 0.10-0.30
-    (seed 2, dev phrasings), so one run per variant resolves little; bench_scale on the test seed
-    gave 0.00 three times with it and 0.33 once without.
+    selective_adam: bool = True
+    """On by default (with selective_adam_catch_up): a step's cost follows the view, not the map.
+    Evidence on dev scenes, dev phrasings (bench/dev_sweep.py: room seeds 2 + 3, table and two_tables
+    seed 1, 108 queries, realistic sensors): within 5 cm 53 of 108 with it; two runs of the same code
+    with dense Adam gave 60 and 47 (room alone 26 and 16 of 56), so no difference shows through the
+    spread of repeated walks, which one run per variant cannot resolve. Earlier single runs (room
+    dev seed 1: 0.04 with it and the seeding scale cap vs 0.375 dense; bench_scale on the test
+    seed 0.00 three times vs 0.33 once) lie inside that spread too.
     Train steps gather the rows of the Gaussians in view (frustum_cull) into small leaf tensors and
     step Adam on those rows only (optim.py, as gsplat's SelectiveAdam), so a step's gradients, Adam
     update and densify statistics cost what the view sees, not the map size (bench_scale: the step on
