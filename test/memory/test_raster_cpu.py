@@ -91,6 +91,27 @@ def test_cpu_matches_reference_images_and_gradients(cpu_kernel, seed, render_mod
         _close(g_fast, g_ref, name)
 
 
+def test_cpu_gradients_are_the_same_bits_every_run_on_two_threads(cpu_kernel):
+    """Which thread sums which tile must not depend on timing: otherwise the gradients' last bits
+    change from call to call and training (chaotic over hundreds of steps) never repeats."""
+    means, quats, scales, opac, colors, vm, Ks, W, H, bg = random_scene(7, n=3000, d=20, width=160, height=120)
+    scales = scales * 4  # large footprints: each Gaussian reaches many tiles, summed by both threads
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(12):
+            leaves = [x.clone().requires_grad_(True) for x in (means, quats, scales, opac, colors)]
+            render, alphas, _ = rasterize(*leaves, vm, Ks, W, H, render_mode="RGB+ED", backend="cpu", tile_size=8)
+            (render.sum() + alphas.sum()).backward()
+            grads.append([x.grad for x in leaves])
+    finally:
+        torch.set_num_threads(threads)
+    for g in grads[1:]:
+        for a, b in zip(grads[0], g):
+            assert torch.equal(a, b)
+
+
 def test_cpu_culls_and_gives_culled_gaussians_no_gradient(cpu_kernel):
     means, quats, scales, opac, colors, vm, Ks, W, H, bg = random_scene(4, n=50)
     means = means.clone()

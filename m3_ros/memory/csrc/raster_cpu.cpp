@@ -517,7 +517,10 @@ std::vector<torch::Tensor> composite_bwd(torch::Tensor means2d, torch::Tensor co
       std::vector<float> gpix(P * Dp, 0.f), Tr(P), kTT(P), GB(P), Gs(ts + 1), al(ts + 1);
       std::vector<int32_t> lst(P);
       std::vector<float> gcol(Dp);
-#pragma omp for schedule(dynamic, 1)
+      // Static round-robin, not dynamic: which thread sums which tile must not depend on timing, or
+      // the per-thread partial sums (and so every gradient's last bits) differ from run to run, and
+      // training, chaotic over hundreds of steps, ends in a different memory each time.
+#pragma omp for schedule(static, 1)
       for (int t = 0; t < T; ++t) {
         const int px0 = (t % tiles_x) * (int)ts, py0 = (t / tiles_x) * (int)ts;
         const int px1 = std::min(px0 + (int)ts, (int)W) - 1, py1 = std::min(py0 + (int)ts, (int)H) - 1;
