@@ -67,8 +67,9 @@ class PipelineConfig:
     """Refine each keyframe's odometry pose by depth-to-map ICP and keep ``T_map_odom``; the memory
     then lives in ``map``. Off: the memory lives in ``odom`` and ``T_map_odom`` stays the identity.
     On by default: bench/bench_drift.py (dev walks, realistic sensors) takes the mean keyframe
-    camera error from 12.3 to 4.9 cm on room seeds 1-5 and from 9.8 to 8.5 cm on two_tables
-    seeds 1-3, where seed 3 gets worse (16.9 -> 19.6): see bench/results/drift*.md."""
+    camera error from 12.3 to 4.5 cm on room seeds 1-5 and from 9.8 to 7.9 cm on two_tables
+    seeds 1-3, where seed 3 gets worse (12.6 -> 18.6), and where objects land (object cm) from
+    15.1 to 4.0 and 17.7 to 4.2 cm: see bench/results/drift*.md."""
     tracking: TrackerConfig = field(default_factory=TrackerConfig)
     """Drift correction (ICP, reference map); it takes the depth uncut and cuts at its own ``max_depth``."""
 
