@@ -130,13 +130,17 @@ class TrackerConfig:
     the square of range; 0.004 is an Intel RealSense D435 at 640x480, 4 mm at 1 m); None = exact depth.
     ICP weighs each point by it and the map fits wider planes to noisy points."""
     gain: float = 0.5
-    """Fraction of an accepted correction that goes into ``T_map_odom`` (in the camera frame): below 1
-    averages ICP's own noise over keyframes while drift, which persists, is still taken out (0.5 set
-    on the two_tables dev walk, seed 1: 1.0 followed ICP's noise on small curved objects). The
+    """Fraction of an accepted correction that goes into the odometry correction the next keyframe's ICP
+    starts from (in the camera frame): below 1 averages ICP's own noise over keyframes while drift,
+    which persists, is still taken out (0.5 set on the two_tables dev walk, seed 1: 1.0 followed ICP's
+    noise on small curved objects; room dev seeds 1-5, object cm 4.0 at 0.5, 5.2 at 1.0). The
     keyframe itself is placed at ICP's full estimate: placing it at the smoothed pose put half of
     every measured residual into the map and the memory. bench_drift, dev seeds, object cm (where
     grounding after the walk sees each object) half-placed -> fully placed: room 1-5 5.0 -> 4.0,
-    two_tables 1-3 8.5 -> 4.2 (seed 1 12.7 -> 3.7); keyframe camera error room 4.9 -> 4.5 cm."""
+    two_tables 1-3 8.5 -> 4.2 (seed 1 12.7 -> 3.7); keyframe camera error room 4.9 -> 4.5 cm.
+    ``T_map_odom``, what the robot believes and publishes, agrees with the newest keyframe's placement
+    instead: the smoothed correction lags the map, and every answer moved with the lag (object cm,
+    room dev seeds 1-5 4.0 -> 3.5, 4 of 5 better; two_tables 1-3 4.2 -> 3.6, 2 of 3 better)."""
 
 
 @dataclass
@@ -405,19 +409,21 @@ class DriftTracker:
         """Empty map, ``T_map_odom`` back to the identity."""
         with self._lock:
             self.map = PointMap(self.cfg.map)
-            self._T_map_odom = np.eye(4)
+            self._T_map_odom = np.eye(4)  # smoothed by the gain: the next keyframe's ICP starts from it
+            self._T_belief = np.eye(4)  # the newest keyframe's placement · its odometry⁻¹ (published)
             self.accepted = 0
             self.refused = 0
             self.last: IcpResult | None = None
 
     @property
     def T_map_odom(self) -> np.ndarray:
-        """[4, 4] copy of the current map -> odom correction."""
+        """[4, 4] copy of the current map -> odom correction: where the newest keyframe was placed,
+        carried by odometry since."""
         with self._lock:
-            return self._T_map_odom.copy()
+            return self._T_belief.copy()
 
     def predict(self, T_odom_cam: np.ndarray) -> np.ndarray:
-        """[4, 4] camera pose in the map from odometry alone."""
+        """[4, 4] camera pose in the map: the odometry's pose through ``T_map_odom``."""
         return self.T_map_odom @ np.asarray(T_odom_cam, dtype=np.float64)
 
     def depth_sigma(self, points_cam: np.ndarray) -> np.ndarray | None:
@@ -459,6 +465,7 @@ class DriftTracker:
                 self._T_map_odom = step @ self._T_map_odom
                 self.accepted += 1
             self.last = res
+            self._T_belief = T_map_cam @ np.linalg.inv(T_odom_cam)
             self.map.add(transform_points(T_map_cam, pts), self.depth_sigma(pts))
             return T_map_cam, res
 

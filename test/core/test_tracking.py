@@ -88,8 +88,9 @@ def test_tracker_removes_drift_along_a_path(gain):
 
     Exact geometry: every keyframe lands within 2 cm of the truth, whatever the gain: the keyframe
     is placed at ICP's estimate. The default gain 0.5 (which averages ICP noise on real depth) only
-    smooths T_map_odom, which then lags a drift this fast (0.8 deg and 1.3 cm a keyframe) but still
-    removes most of it.
+    smooths the correction the next ICP starts from; the published T_map_odom agrees with the newest
+    keyframe, so it undoes the drift at either gain (the smoothed one lags a drift this fast, 0.8 deg
+    and 1.3 cm a keyframe, and answers moved with that lag).
     """
     tr = DriftTracker(TrackerConfig(gain=gain))
     errs_odom, errs_map = [], []
@@ -104,12 +105,9 @@ def test_tracker_removes_drift_along_a_path(gain):
     assert errs_odom[-1] > 0.15
     assert tr.accepted >= 8
     assert max(errs_map) < 0.02, np.round(errs_map, 3)
-    # T_map_odom undoes the drift (T_map_odom @ T_odom_world ~ identity), the smoothed one most of it
+    # T_map_odom undoes the drift (T_map_odom @ T_odom_world ~ identity)
     e_t, e_r = pose_error(tr.T_map_odom @ drift, np.eye(4))
-    if gain == 1.0:
-        assert e_t < 0.03 and e_r < 0.5
-    else:
-        assert e_t < 0.5 * errs_odom[-1], (e_t, np.round(errs_odom, 3))
+    assert e_t < 0.03 and e_r < 0.5, (e_t, e_r)
 
 
 def test_reference_from_saved_views_keeps_tracking():
@@ -123,3 +121,4 @@ def test_reference_from_saved_views_keeps_tracking():
     assert res.accepted, res.reason
     e_t, e_r = pose_error(T_map_cam, T_true)
     assert e_t < 0.01 and e_r < 0.5
+
