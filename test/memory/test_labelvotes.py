@@ -90,3 +90,24 @@ def test_keyframes_without_a_region_model_do_not_vote():
     mem.add_keyframe(render_view(0.0)[0])
     mem.add_keyframe(render_view(0.05, index=1)[0])
     assert mem.params[VOTES_KEY].sum() == 0
+
+
+def test_a_centre_just_off_a_slanted_surface_votes_and_one_well_in_front_does_not():
+    """Seen at a grazing angle, a Gaussian 1 cm off the surface lies 3 cm in front of its pixel's depth
+    along the ray: it still votes (the tolerance holds across the surface); one 10 cm in front does not."""
+    W, H = 80, 60
+    K = np.array([[64.0, 0, 39.5], [0, 64.0, 29.5], [0, 0, 1.0]])
+    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
+    rx = (u - K[0, 2]) / K[0, 0]
+    depth = (1.0 / (1.0 - 3.0 * rx)).astype(np.float32)  # the plane z = 1 + 3x, steep to the camera
+    depth[depth <= 0] = 0.0
+    depth[depth > 8] = 0.0
+    n = np.array([-3.0, 0.0, 1.0]) / np.sqrt(10.0)  # its unit normal, towards the camera side is -n
+    on = np.array([0.0, 0.0, 1.0])  # on the plane, at the image centre
+    ray = on / np.linalg.norm(on)
+    cos = abs(float(n @ ray))
+    off_1cm = on - 0.01 / cos * ray  # 1 cm from the plane (3.2 cm along the ray)
+    front = on - 0.10 * ray  # 10 cm in front along the ray (3.2 cm from the plane)
+    regions = np.zeros((H, W), dtype=bool)
+    votes = surface_votes(np.stack([on, off_1cm, front]), depth, K, np.eye(4), regions)
+    assert votes.tolist() == [[0, 1], [0, 1], [0, 0]]
