@@ -4,8 +4,9 @@ grasps in the simulator and measure relevance IoU, timing and memory use.
 
 The memory sees only what the robot sees: noisy depth, drifting odometry, the detector's
 labels. The truth (object boxes, true poses) is used only to judge. M3 answers live in the
-memory's ``map`` frame (odometry refined by ICP, PipelineConfig.refine_poses), the voxel map's in
-odom; both are judged in the world through the robot's *current* odometry error and, for
+memory's ``map`` frame (odometry refined by ICP, PipelineConfig.refine_poses), ``voxel_labels`` in
+odom (raw odometry poses) and ``voxel_labels_map`` in map (the same refined keyframe poses as the
+memory, so drift does not separate it from M3); all are judged in the world through the robot's *current* odometry error and, for
 M3, its map -> odom estimate (``T_world_map = T_world_base_true @ inv(T_odom_base) @
 inv(T_map_odom)``), i.e. where the robot would reach for them from where it stands.
 """
@@ -145,6 +146,9 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
     sensors = SensorConfig.resolve(rc.sensors)
     out = RunResult(rc.family, sensors.name, rc.seed)
     vmap = VoxelLabelMap() if rc.voxel else None
+    # the same baseline on the keyframe poses the memory gets (ICP-refined, in map): drift is then
+    # not what separates the two
+    vmap_map = VoxelLabelMap() if rc.voxel and pipe.cfg.refine_poses else None
     text = pipe.text_model
     with SimWorld(scene, seed=rc.seed, sensors=sensors) as world:
         world.advance(0.0)
@@ -174,6 +178,8 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
                     if vmap is not None:  # the same frame, clipped as the memory clips it
                         d = np.where(f.depth <= pipe.cfg.max_depth, f.depth, 0.0)
                         vmap.integrate(d, f.K, f.T_odom_cam, inst)
+                        if vmap_map is not None:  # T_map_odom now agrees with this keyframe's placement
+                            vmap_map.integrate(d, f.K, pipe.T_map_odom @ f.T_odom_cam, inst)
                 elif frames % 4 == 2:
                     held.append(f)
                 # wait for each keyframe (ingested, untrained): every run holds the same keyframes
@@ -203,7 +209,8 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
 
         variants = {f"m3_{m}": GroundingConfig(mode=m) for m in rc.m3_modes}
         variants.update({f"m3_{k}": v for k, v in rc.m3_variants.items()})
-        methods = list(variants) + (["voxel_labels"] if vmap is not None else [])
+        methods = list(variants) + (["voxel_labels"] if vmap is not None else []) + \
+            (["voxel_labels_map"] if vmap_map is not None else [])
         for split, qs in queries.items():
             for q in qs:
                 emb = text.encode_text([q.text])[0] if vmap is not None else None
@@ -215,6 +222,8 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
                             pt_odom = vmap.ground(emb, text.encode_labels).points[0]
                             pt = transform_points(world.T_world_base @ invert(world.T_odom_base),
                                                   np.atleast_2d(pt_odom))[0]
+                        elif method == "voxel_labels_map":
+                            pt = _to_world(world, pipe, vmap_map.ground(emb, text.encode_labels).points[0])[0]
                         else:
                             pipe.cfg.grounding = variants[method]
                             pt = _to_world(world, pipe, pipe.ground(q.text).points[0])[0]

@@ -105,6 +105,9 @@ def test_moved_duck_answers_at_its_new_place_and_leaves_the_old_one(moved):
 
 @pytest.mark.xfail(strict=False, reason="open, intermittent (3 of 4 runs): Gaussians on the table top where "
                    "the duck stood (~4 cm below its old centre, within the free-space margin of the table) still "
-                   "decode to the duck's label row and form the second region; the duck's body is gone (test above)")
+                   "decode to the duck's label row and form the second region; the duck's body is gone (test above). "
+                   "Label support cannot drop them: after the move every view sees that table top inside the "
+                   "*table's* detector region (votes inside 9, outside 0), and votes do not say which label; only "
+                   "training towards the table's label moves their queries, and 2 steps a frame do not get there")
 def test_no_region_answers_at_the_old_place(moved):
     assert np.min(np.linalg.norm(moved["answers"] - moved["old"], axis=1)) > 0.05, moved["answers"]
