@@ -44,6 +44,8 @@ VARIANTS = {
     "gaussians_support0.5": replace(BASE, label_support=0.5),
     "gaussians_support0.7": replace(BASE, label_support=0.7),
     "gaussians_support0.5_conf2": replace(BASE, label_support=0.5, confidence_norm=2.0),
+    "gaussians_centre_median": replace(BASE, centre="median"),
+    "gaussians_centre_top_half": replace(BASE, centre="top_half"),
     "view": replace(BASE, mode="view"),
     "render": replace(BASE, mode="render"),
 }

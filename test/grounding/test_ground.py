@@ -243,3 +243,22 @@ def test_label_support_keeps_a_label_that_bled_onto_the_wall_from_answering():
     base = GroundingConfig(verify_views=0, cluster_radius=0.05)  # the strip's seeds are ~3 cm apart at 2 m
     assert on_wall(replace(base, label_support=0.0)) >= 5
     assert on_wall(replace(base, label_support=0.5)) == 0
+
+
+def test_region_centre_is_the_middle_of_the_seen_surfaces_and_ignores_a_few_strays():
+    """Gaussians of a 10 cm box seen from above and one side: many on the top face, fewer on the
+    side. The median sits on the top face; the middle of the points' extent is nearer the box
+    centre, and three stray points 2 cm outside the box do not pull it out of the box."""
+    from m3_ros.grounding.ground import _ranked_regions
+    g = np.random.default_rng(0)
+    top = np.column_stack([g.uniform(-0.05, 0.05, 300), g.uniform(-0.05, 0.05, 300), np.full(300, 0.10)])
+    side = np.column_stack([g.uniform(-0.05, 0.05, 60), np.full(60, -0.05), g.uniform(0.0, 0.10, 60)])
+    stray = np.array([[0.07, 0.0, 0.05], [0.07, 0.01, 0.05], [0.07, 0.02, 0.05]])
+    pts = np.concatenate([top, side, stray])
+    scores = np.full(len(pts), 0.8)
+    centre = np.array([0.0, 0.0, 0.05])
+    mid = _ranked_regions(pts, scores, 0.03, 5, 0.5, centre="mid_range")[0][0]
+    med = _ranked_regions(pts, scores, 0.03, 5, 0.5, centre="median")[0][0]
+    assert np.linalg.norm(med - centre) > 0.045, med  # the top face's height
+    assert np.linalg.norm(mid - centre) < np.linalg.norm(med - centre) - 0.01, (mid, med)
+    assert np.all(np.abs(mid[:2]) < 0.02) and 0.0 < mid[2] < 0.10, mid
