@@ -101,6 +101,7 @@ class MemoryPipeline:
         self._inflight_lock = threading.Lock()
         self._trainer_lock = threading.Lock()
         self._next_index = 0
+        self.paused = False  # no train step starts while True (keyframes are still ingested)
         self.first_keyframe_wall: float | None = None
         self.load_error: str | None = None
         self._loaded = threading.Event()
@@ -262,7 +263,7 @@ class MemoryPipeline:
             return 0
         # the first step is taken even when ingesting used up the budget: with keyframes arriving
         # all the time, every call ran out of budget in add_keyframe and training stopped
-        while steps < max_steps and (steps == 0 or time.monotonic() - t0 < budget_s):
+        while steps < max_steps and not self.paused and (steps == 0 or time.monotonic() - t0 < budget_s):
             # the first step of every call runs regardless, so back-to-back queries cannot starve
             # training (test_autosave_load: 20 clients stopped it completely)
             if self.cfg.queries_first and steps > 0:
@@ -273,6 +274,13 @@ class MemoryPipeline:
             mem.train_step()
             steps += 1
         return steps
+
+    def pause_training(self, paused: bool) -> None:
+        """Stop (or resume) train steps; on stopping, return once a step already running has finished,
+        so that the iteration count stands still from then on (on the training thread, train_nice > 0)."""
+        self.paused = bool(paused)
+        if self.paused:
+            self.train_for(0.0, max_steps=0)  # queued behind the training thread's running call
 
     def idle(self) -> bool:
         """True when no keyframe is waiting for extraction or ingestion."""

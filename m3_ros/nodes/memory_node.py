@@ -293,6 +293,8 @@ class MemoryNode(Node):
     def _apply_live(self, changed: dict[str, object]) -> None:
         """Parameters accepted by the on-set callback take effect here (the rest are rejected there)."""
         self.p.update(changed)
+        if "training" in changed:  # once this returns, no step runs (one in flight has finished)
+            self.pipeline.pause_training(not changed["training"])
         for k, v in changed.items():
             if k in _GROUNDING_FIELDS:
                 setattr(self.pipeline.cfg.grounding, _GROUNDING_FIELDS[k], v)
