@@ -1,12 +1,16 @@
-"""Build the compiled CPU rasterizer into a cache inside the venv: ``python -m m3_ros.memory.build_ext``.
+"""Build the compiled CPU kernels into a cache inside the venv: ``python -m m3_ros.memory.build_ext``.
 
+Two libraries: the rasterizer (a torch extension, ``csrc/raster_cpu.cpp``) and the relevance moments
+(``csrc/relevance_cpu.cpp``, plain C loaded with ctypes, so it builds in under a second).
 ``scripts/setup.sh`` runs this once (and again when this file or ``csrc/*`` change);
-``m3_ros.memory._raster_cpu`` then only loads the cached library, it never builds.
+``m3_ros.memory._raster_cpu`` and ``_relevance_cpu`` then only load the cached libraries, they never build.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +23,8 @@ SOURCES = [CSRC / "raster_cpu.cpp"]
 # feature flags: a venv moved to another CPU sees a stale build (torch fallback + warning), never SIGILL.
 CFLAGS = ["-O3", "-fopenmp", "-march=native"]
 LDFLAGS = ["-fopenmp"]
+RELEVANCE_SOURCE = CSRC / "relevance_cpu.cpp"
+RELEVANCE_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 
 
 def cache_dir() -> Path:
@@ -32,6 +38,15 @@ def source_hash() -> str:
     for src in SOURCES:
         h.update(src.read_bytes())
     h.update(" ".join(CFLAGS + LDFLAGS).encode())
+    h.update(_cpu_flags().encode())
+    return h.hexdigest()
+
+
+def relevance_source_hash() -> str:
+    """source_hash() of the relevance library."""
+    h = hashlib.sha256()
+    h.update(RELEVANCE_SOURCE.read_bytes())
+    h.update(" ".join(RELEVANCE_FLAGS).encode())
     h.update(_cpu_flags().encode())
     return h.hexdigest()
 
@@ -55,6 +70,14 @@ def stamp_path() -> Path:
     return cache_dir() / "source.sha256"
 
 
+def relevance_library_path() -> Path:
+    return cache_dir() / "relevance" / "libm3_relevance_cpu.so"
+
+
+def relevance_stamp_path() -> Path:
+    return cache_dir() / "relevance" / "source.sha256"
+
+
 def build(verbose: bool = False) -> Path:
     """Compile the extension into ``cache_dir()`` (~40 s on 2 cores) and stamp it with ``source_hash()``."""
     from torch.utils.cpp_extension import load
@@ -68,13 +91,29 @@ def build(verbose: bool = False) -> Path:
     return library_path()
 
 
+def build_relevance(verbose: bool = False) -> Path:
+    """Compile the relevance library with the C++ compiler torch uses ($CXX, else c++) and stamp it."""
+    out = relevance_library_path()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    relevance_stamp_path().unlink(missing_ok=True)
+    tmp = out.with_suffix(".tmp.so")  # a process that already loaded the old library keeps its copy
+    cmd = [os.environ.get("CXX", "c++"), *RELEVANCE_FLAGS, str(RELEVANCE_SOURCE), "-o", str(tmp)]
+    if verbose:
+        print(" ".join(cmd))
+    subprocess.run(cmd, check=True)
+    tmp.replace(out)
+    relevance_stamp_path().write_text(relevance_source_hash())
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
-    t0 = time.perf_counter()
-    path = build(verbose=args.verbose)
-    print(f"built {path} in {time.perf_counter() - t0:.1f} s")
+    for step in (build, build_relevance):
+        t0 = time.perf_counter()
+        path = step(verbose=args.verbose)
+        print(f"built {path} in {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from m3_ros.memory import _relevance_cpu
+
 TILE_ROWS = 1024
 """Banks over this many rows bound logits per pixel block first (level 1 of relevance_image)."""
+TILE_PROBE = 8
+"""Level 1 runs on every TILE_PROBE-th block first and on the rest only if one of those answered a pixel
+(diffuse attention: none does, and the probe costs an eighth of the level)."""
 SPECTRAL_RANK = 96
 """‖f‖ comes from the bank's top principal directions (level 2). Only speed depends on it: on
 bench_memory's 5000-row synthetic bank (60 clusters) 32 left 3 % of pixels to full decoding, 64 none."""
@@ -48,6 +53,8 @@ class RelevanceIndex:
     r_norm: torch.Tensor  # [t] ‖PSC_j‖
     P: torch.Tensor  # [t, K] PSC·V_K, V_K the top K right singular vectors of PSC: ‖e·PSC·V_k‖ ≤ ‖e·PSC‖
     sigma2: torch.Tensor  # [K + 1] σ²_1..σ²_{K+1} of PSC (0 past its rank): ‖e·PSC‖² ≤ ‖e·P_k‖² + σ²_{k+1}·‖e‖²
+    compiled: bool = True
+    """Weights' moments from the compiled kernel (_relevance_cpu) when it loads; False: the PyTorch twin."""
 
     @classmethod
     @torch.no_grad()
@@ -122,19 +129,37 @@ class RelevanceIndex:
             stats.update(st)
         return out.view(H, W)
 
-    def _tile_relevance(self, y: torch.Tensor, valid: torch.Tensor, max_err: float, tile: int, max_rows: int = 64
+    def _tile_relevance(self, y: torch.Tensor, valid: torch.Tensor, max_err: float, tile: int
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """Level 1 of relevance_image for y [H, W, l]: (relevance [H*W], bound <= max_err [H*W]).
+
+        Runs on every TILE_PROBE-th block with a pixel to answer first, and on the others only if
+        one of those answered a pixel (_tile_blocks). This only decides speed: a pixel level 1 does
+        not answer goes on to the next level.
+        """
+        H, W, l = y.shape
+        yt, vt = _blocks(y, tile), _blocks(valid, tile, False)  # [T, P, l], [T, P]
+        live = torch.nonzero(vt.any(-1)).squeeze(-1)  # blocks with a pixel to answer
+        probe = torch.zeros(live.shape, dtype=torch.bool)
+        probe[::TILE_PROBE] = True
+        rel = torch.zeros(vt.shape)
+        ok = torch.zeros(vt.shape, dtype=torch.bool)
+        for part in (live[probe], live[~probe]):
+            if part.numel():
+                rel[part], ok[part] = self._tile_blocks(yt[part], vt[part], max_err)
+            if not ok.any():
+                break
+        return _unblocks(rel, H, W), _unblocks(ok, H, W)
+
+    def _tile_blocks(self, yt: torch.Tensor, vt: torch.Tensor, max_err: float, max_rows: int = 64
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """_tile_relevance on blocks yt [T, P, l] with pixels vt [T, P]: (relevance [T, P], bound <= max_err [T, P]).
 
         Over a block with centre c and radius ρ, y·b_j ≤ c·b_j + ρ‖b_j‖, so the candidates are the
         rows with the highest bounds, the softmax and ‖F_C‖² = wᵀGw are exact over them, and the
         mass m left out is at most Σ_{j∉C} exp(ub_j) / Z_C; |cos(F) - cos(F_C)| ≤ 2m(1 + max‖PSC‖/‖F_C‖).
         """
-        H, W, l = y.shape
         t, tau = self.B.shape[1], self.tau
-        yt, vt = _blocks(y, tile), _blocks(valid, tile, False)  # [T, P, l], [T, P]
-        live = torch.nonzero(vt.any(-1)).squeeze(-1)  # blocks with a pixel to answer
-        yt, vt = yt[live], vt[live]
         centre = (yt * vt.unsqueeze(-1)).sum(1) / vt.sum(-1, keepdim=True).clamp_min(1)  # [T, l]
         rho = ((yt - centre[:, None]).norm(dim=-1) * vt).amax(-1)  # [T]
         lam = centre @ self.B / tau  # [T, t]
@@ -162,10 +187,7 @@ class RelevanceIndex:
             m = torch.sigmoid(lo[:, None] - torch.logsumexp(logits, dim=-1))  # [S, P] bound on the mass left out
             rel_t[sel] = (num / fn.clamp_min(1e-12)).clamp(-1.0, 1.0)
             bound_t[sel] = 2.0 * m * (1.0 + self.r_max / fn.clamp_min(1e-12))
-        rel = torch.zeros(_n_blocks(H, W, tile), tile * tile)
-        ok = torch.zeros(rel.shape, dtype=torch.bool)
-        rel[live], ok[live] = rel_t, (bound_t <= max_err) & vt
-        return _unblocks(rel, H, W), _unblocks(ok, H, W)
+        return rel_t, (bound_t <= max_err) & vt
 
     def _shared_relevance(self, y: torch.Tensor, free: torch.Tensor, max_err: float
                           ) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -233,19 +255,34 @@ class RelevanceIndex:
         return rel, err <= max_err
 
     def _moments(self, y: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(e @ cols [P, c], ‖e‖² [P]) for y [P, l] and per-row columns [t, c], with e_j = exp(y·b_j/tau)
-        scaled so that each pixel's largest is 1."""
+        """(w @ cols [P, c], ‖w‖² [P]) for y [P, l] and per-row columns [t, c], with w = softmax(y·B/tau)
+        each pixel's attention weights.
+
+        The compiled kernel where it loads (self.compiled), else the PyTorch twin below. The kernel skips
+        the pass for each pixel's largest logit where it can: |y·b_j/tau| ≤ max‖b_j‖/tau (‖y‖ ≤ 1), so
+        unshifted weights and their squares' sum stay finite in float32 when 2·max‖b_j‖/(tau ln 2) + log2 t
+        is well under 127 (tau = 0.05: at most 58 + log2 t). Both paths then divide by Σ_j e_j.
+        """
         t = self.B.shape[1]
         B2 = self.B / (self.tau * math.log(2.0))  # exp2 costs a third of exp on CPU
-        chunk = max(16, (1 << 21) // (4 * t))  # [chunk, t] stays in cache
-        out, w2 = torch.empty(y.shape[0], cols.shape[1]), torch.empty(y.shape[0])
-        for b in range(0, y.shape[0], chunk):
-            e = y[b:b + chunk] @ B2
-            e -= e.amax(-1, keepdim=True)
-            e.exp2_()
-            torch.mm(e, cols, out=out[b:b + chunk])
-            w2[b:b + chunk] = torch.linalg.vector_norm(e, dim=-1) ** 2
-        return out, w2
+        cols1 = torch.cat([cols, torch.ones(t, 1)], 1)  # e @ 1 = Σ_j e_j
+        got = None
+        if self.compiled:
+            shift = 2.0 * float(self.b_norm.max()) / (self.tau * math.log(2.0)) + math.log2(max(t, 1)) > 100.0
+            got = _relevance_cpu.moments(y, B2.T.contiguous(), cols1, shift)
+        if got is None:
+            chunk = max(16, (1 << 21) // (4 * t))  # [chunk, t] stays in cache
+            out, w2 = torch.empty(y.shape[0], cols1.shape[1]), torch.empty(y.shape[0])
+            for b in range(0, y.shape[0], chunk):
+                e = y[b:b + chunk] @ B2
+                e -= e.amax(-1, keepdim=True)
+                e.exp2_()
+                torch.mm(e, cols1, out=out[b:b + chunk])
+                w2[b:b + chunk] = torch.linalg.vector_norm(e, dim=-1) ** 2
+        else:
+            out, w2 = got
+        z = out[:, -1:]
+        return out[:, :-1] / z, w2 / (z[:, 0] * z[:, 0])
 
     def _norm_interval(self, n: torch.Tensor, r_sum: torch.Tensor, Pe: torch.Tensor, w2: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor]:
