@@ -99,12 +99,16 @@ def backproject(depth: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray | None
     z = depth[v, u]
     ok = np.isfinite(z) & (z > 0)
     u, v, z = u[ok], v[ok], z[ok].astype(np.float64)
-    x = (u - K[0, 2]) * z / K[0, 0]
-    y = (v - K[1, 2]) * z / K[1, 1]
-    pts = np.stack([x, y, z], axis=-1)
+    pts = unproject(u, v, z, K)
     if T_world_cam is not None:
         pts = transform_points(T_world_cam, pts)
     return pts, np.stack([v, u], axis=-1)
+
+
+def unproject(u: np.ndarray, v: np.ndarray, z: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Camera-frame points [N, 3] of pixels (u, v) [N] (column, row; pixel centres at integers) at depth z [N]."""
+    z = np.asarray(z, dtype=np.float64)
+    return np.stack([(u - K[0, 2]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1], z], axis=-1)
 
 
 def project(points_world: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

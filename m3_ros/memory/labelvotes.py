@@ -31,8 +31,7 @@ def incidence(depth: np.ndarray, K: np.ndarray, u: np.ndarray, v: np.ndarray) ->
 
     def point(uu: np.ndarray, vv: np.ndarray) -> np.ndarray:
         uu, vv = np.clip(uu, 0, W - 1), np.clip(vv, 0, H - 1)
-        z = d[vv, uu]
-        return np.stack([(uu - K[0, 2]) / K[0, 0] * z, (vv - K[1, 2]) / K[1, 1] * z, z], axis=1)
+        return geometry.unproject(uu, vv, d[vv, uu], K)
 
     p0 = point(u, v)
     tu = point(u + 1, v) - point(u - 1, v)
