@@ -13,7 +13,7 @@
 namespace {
 
 typedef float v16 __attribute__((vector_size(64)));  // 16 pixels; split to AVX2/SSE where there is no AVX-512
-typedef int32_t v16i __attribute__((vector_size(64)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
 constexpr int kLanes = 16;
 constexpr int kRows = 64;    // rows per block: their weights for 16 pixels (4 KB) stay in L1
 constexpr int kAcc = 8;      // accumulators held in registers per pass over a block
@@ -22,26 +22,33 @@ constexpr int kMaxC = 512;   // columns (the caller checks)
 
 inline v16 splat(float x) { return v16{} + x; }
 
-// 2^x for x in [-126, 126] (clamped there; the caller keeps logits inside): 2^n · 2^f with n = round(x),
-// f in [-0.5, 0.5], and 2^f from the degree-7 Taylor series of e^(f ln 2) (truncation below 1e-8
-// relative, under float32 rounding).
+// 2^x for x in [-126, 126]: 2^n · 2^f with n = round(x), f in [-0.5, 0.5], and 2^f from the degree-6
+// Taylor series of e^(f ln 2) (truncation below 1.2e-7 relative, float32 rounding's size). Adding 1.5·2^23
+// rounds x to an integer held in the sum's low mantissa bits; shifted into the exponent field (mod 2^32)
+// they give 2^n. 12 vector ops.
 inline v16 exp2v(v16 x) {
-  x = x < -126.0f ? splat(-126.0f) : x;
-  x = x > 126.0f ? splat(126.0f) : x;
-  v16i n = __builtin_convertvector(x + 128.5f, v16i) - 128;  // floor(x + 0.5): the sum is positive
-  v16 f = x - __builtin_convertvector(n, v16);
-  v16 p = splat(1.525273380405984e-05f);
-  p = p * f + 1.5403530393381606e-04f;
+  const v16 t = x + 12582912.0f;
+  const v16 f = x - (t - 12582912.0f);
+  v16 p = splat(1.5403530393381606e-04f);
   p = p * f + 1.3333558146428443e-03f;
   p = p * f + 9.618129107628477e-03f;
   p = p * f + 5.550410866482158e-02f;
   p = p * f + 2.402265069591007e-01f;
   p = p * f + 6.931471805599453e-01f;
   p = p * f + 1.0f;
-  v16i bits = (n + 127) << 23;
+  v16u bits;
+  std::memcpy(&bits, &t, sizeof(bits));
+  bits = (bits << 23) + (127u << 23);
   v16 scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
+}
+
+// Shifted logits are at most 0 but may fall below exp2v's range (their weight is then 2^-126, not ~0);
+// unshifted ones are within ±100 (the caller's condition).
+template <bool Shift>
+inline v16 in_range(v16 x) {
+  return Shift ? (x < -126.0f ? splat(-126.0f) : x) : x;
 }
 
 // Logits y·b2_j of 16 pixels (Y: l vectors, one per query dim) for row j (b: its l coefficients).
@@ -68,9 +75,9 @@ inline void accumulate(v16* acc, const v16* E, int nr, const float* cr, int64_t 
   for (int k = 0; k < N; ++k) acc[k] = a[k];
 }
 
-template <int L>
+template <int L, bool Shift>
 void moments_group(const float* y, int64_t np, int l, const float* bt, int64_t t, const float* cols, int c,
-                   bool shift_max, float* out, float* w2) {
+                   float* out, float* w2) {
   alignas(64) v16 Y[kMaxL];
   alignas(64) v16 acc[kMaxC];
   alignas(64) v16 E[kRows];
@@ -78,7 +85,7 @@ void moments_group(const float* y, int64_t np, int l, const float* bt, int64_t t
     for (int p = 0; p < kLanes; ++p) Y[i][p] = p < np ? y[p * l + i] : 0.0f;
   }
   v16 shift{};
-  if (shift_max) {  // only where the logits could overflow float32 unshifted (see RelevanceIndex._moments)
+  if (Shift) {  // only where the logits could overflow float32 unshifted (see RelevanceIndex._moments)
     shift = splat(-1e30f);
     for (int64_t j = 0; j < t; ++j) {
       v16 z = logit<L>(Y, bt + j * l, l);
@@ -98,14 +105,14 @@ void moments_group(const float* y, int64_t np, int l, const float* bt, int64_t t
         const v16 yi = Y[i];
         z0 += yi * b[i]; z1 += yi * b[n + i]; z2 += yi * b[2 * n + i]; z3 += yi * b[3 * n + i];
       }
-      E[r] = exp2v(z0 - shift);
-      E[r + 1] = exp2v(z1 - shift);
-      E[r + 2] = exp2v(z2 - shift);
-      E[r + 3] = exp2v(z3 - shift);
+      E[r] = exp2v(in_range<Shift>(z0 - shift));
+      E[r + 1] = exp2v(in_range<Shift>(z1 - shift));
+      E[r + 2] = exp2v(in_range<Shift>(z2 - shift));
+      E[r + 3] = exp2v(in_range<Shift>(z3 - shift));
       sq += E[r] * E[r] + E[r + 1] * E[r + 1] + E[r + 2] * E[r + 2] + E[r + 3] * E[r + 3];
     }
     for (; r < nr; ++r) {
-      v16 e = exp2v(logit<L>(Y, bt + (j0 + r) * l, l) - shift);
+      v16 e = exp2v(in_range<Shift>(logit<L>(Y, bt + (j0 + r) * l, l) - shift));
       E[r] = e;
       sq += e * e;
     }
@@ -133,8 +140,10 @@ void moments_group(const float* y, int64_t np, int l, const float* bt, int64_t t
 
 extern "C" {
 
-// y [P, l], bt [t, l] (the logit matrix transposed, already divided by tau·ln 2), cols [t, c]; out [P, c] = e @ cols and w2 [P] = ‖e‖², e_j = 2^(y·bt_j - shift), shift the pixel's
-// largest logit if shift_max, else 0. All float32, contiguous. Returns 0, or -1 for sizes it does not take.
+// y [P, l], bt [t, l] (the logit matrix transposed, already divided by tau·ln 2), cols [t, c];
+// out [P, c] = e @ cols and w2 [P] = ‖e‖², e_j = 2^(y·bt_j - shift), shift the pixel's largest logit if
+// shift_max, else 0 (then every |y·bt_j| must be at most 100). All float32, contiguous. Returns 0, or -1
+// for sizes it does not take.
 int m3_relevance_moments(const float* y, int64_t P, int64_t l, const float* bt, int64_t t, const float* cols,
                          int64_t c, int shift_max, float* out, float* w2, int n_threads) {
   if (l < 1 || l > kMaxL || c < 1 || c > kMaxC || P < 0 || t < 0) return -1;
@@ -142,12 +151,13 @@ int m3_relevance_moments(const float* y, int64_t P, int64_t l, const float* bt, 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(std::max(1, n_threads)) if (groups > 1 && n_threads > 1)
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t p0 = g * kLanes, np = std::min<int64_t>(kLanes, P - p0);
-    if (l == 16) {
-      moments_group<16>(y + p0 * l, np, 16, bt, t, cols, static_cast<int>(c), shift_max != 0, out + p0 * c, w2 + p0);
-    } else {
-      moments_group<0>(y + p0 * l, np, static_cast<int>(l), bt, t, cols, static_cast<int>(c), shift_max != 0,
-                       out + p0 * c, w2 + p0);
-    }
+    const float* yg = y + p0 * l;
+    float *og = out + p0 * c, *wg = w2 + p0;
+    const int ci = static_cast<int>(c), li = static_cast<int>(l);
+    if (l == 16 && shift_max) moments_group<16, true>(yg, np, li, bt, t, cols, ci, og, wg);
+    else if (l == 16) moments_group<16, false>(yg, np, li, bt, t, cols, ci, og, wg);
+    else if (shift_max) moments_group<0, true>(yg, np, li, bt, t, cols, ci, og, wg);
+    else moments_group<0, false>(yg, np, li, bt, t, cols, ci, og, wg);
   }
   return 0;
 }
