@@ -87,6 +87,19 @@ class MemoryConfig:
     does). Seeding only regions under 0.45 m of measured extent fine was tried on dev walks and did
     not help (room seeds 2 / 3: 0.15 / 0.28 within 5 cm; table 1: 0.875 vs 0.917; two tables 1:
     0.39 vs 0.46; one run each), so it was not kept."""
+    object_gap: float = 0.02
+    """Pixels of a small detector region (measured extent under object_max_extent) are seeded even
+    where the memory already renders them, wherever no Gaussian centre lies within this distance (m)
+    of their point (0 = off). An object first seen from across a room keeps the few large Gaussians
+    that explain it from there, and a close view then adds nothing (room dev seed 1 at the 50k limit:
+    a 7 cm ball held 3 Gaussians, a lego brick 8, and neither could be found). 2 cm = twice
+    object_voxel_size, chosen a priori, not tuned. Dev (bench/dev_sweep.py, realistic; room, table,
+    two_tables seeds 1+2; dev phrasings), within 5 cm: off 0.61, on 0.69 (room 0.50 -> 0.68, table
+    0.71 -> 0.81, two_tables 0.60 = 0.60); wrong object 0.12 -> 0.07."""
+    object_max_extent: float = 0.45
+    """A detector region counts as small (object_gap) when its points span less than this (m) along
+    every map axis (5th-95th percentile): graspable objects, not walls, table tops or cabinets.
+    A priori (the arm's reach for objects, with a margin)."""
     unexplained_depth_rel: float = 0.1
     """A pixel is unexplained if the rendered alpha < 0.5 or its depth is off by this fraction."""
     inherit_radius: float = 0.02
@@ -101,6 +114,16 @@ class MemoryConfig:
     A cell is labelled when most of its pixels are the region; without the check the rest, across
     the silhouette and often metres behind, seeded far Gaussians carrying the object's query (the
     cause of bench_grounding's 2 m render-mode errors)."""
+    vote_same_label: bool = False
+    """Label votes (labelvotes.py) count a Gaussian seen inside a detector region as inside only
+    when that region's label row is its own top attention row; inside another label's region it
+    votes as outside. Without it, a table top where a moved object stood kept the object's label
+    and full support: every later view saw it inside the *table's* region (test_moved_object).
+    Off by default: on dev (bench/dev_sweep.py, realistic; room, table, two_tables seeds 1+2; dev
+    phrasings; with object_gap) 0.68 on vs 0.69 off within 5 cm (room 0.64 / 0.68, table 0.75 /
+    0.81, two_tables 0.65 / 0.60), and in test_moved_object the table top where the duck stood still
+    answers: the Gaussians left there float 1.6-2.3 cm above it, and no later view sees them on the
+    table's surface within the vote tolerance, so they get no vote at all."""
     window: int = 64
     """Keyframes kept for training (older ones are evicted at random, so coverage stays spread)."""
     recent: int = 3
@@ -213,6 +236,9 @@ class MemoryConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_per_voxel < 0:
             raise ValueError(f"max_per_voxel must be >= 0, got {self.max_per_voxel}")
+        if self.object_gap < 0 or self.object_max_extent < 0:
+            raise ValueError(f"object_gap and object_max_extent must be >= 0, got {self.object_gap}, "
+                             f"{self.object_max_extent}")
         if self.object_voxel_size < 0:
             raise ValueError(f"object_voxel_size must be >= 0 (0 = off), got {self.object_voxel_size}")
         if self.max_gaussians <= 0:

@@ -7,7 +7,9 @@ label, and a keyframe with a pose error seeds an object's label onto the floor b
 attention is scale-invariant, so such a weak query decodes as strongly as the object's own.
 
 Every keyframe that carries a region model's features votes, per Gaussian whose centre its depth
-sees (the pixel's depth agrees with the centre's), "inside a region" or "outside every region".
+sees (the pixel's depth agrees with the centre's), "inside a region" or "outside every region";
+with MemoryConfig.vote_same_label, inside a region of another label than the Gaussian's own (its
+top attention row) counts as outside.
 The votes are counts kept with the Gaussians (cloned with them, saved with them); grounding trusts
 a Gaussian's region-model relevance in proportion to its support (GroundingConfig.label_support).
 Pure numpy / torch; no ROS, no memory state.
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from m3_ros import geometry
+from m3_ros.memory.attention import attention_logits
 
 VOTES_KEY = "label_votes"
 """ParameterDict key of the [N, 2] vote counts (inside a region, outside every region); not trained."""
@@ -46,23 +49,22 @@ def incidence(depth: np.ndarray, K: np.ndarray, u: np.ndarray, v: np.ndarray) ->
     return cos
 
 
-def surface_votes(means: np.ndarray, depth: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray,
-                  regions: np.ndarray, tol: float = 0.02, noise: float = 0.02, near: float = 0.1,
-                  min_cos: float = 0.25) -> torch.Tensor:
-    """Votes [N, 2] (inside, outside) of one keyframe for Gaussian centres means [N, 3].
+def surface_pixels(means: np.ndarray, depth: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray,
+                   tol: float = 0.02, noise: float = 0.02, near: float = 0.1, min_cos: float = 0.25
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The centres of means [N, 3] that a depth image [H, W] (0 = no return) sees on its surface:
+    (index [S], row v [S], column u [S] of their pixels).
 
-    A centre votes when it projects into the image at depth z > near and the depth [H, W] (0 = no
-    return) of its pixel lies within max(tol, noise * z^2) of z, measured across the surface (the
-    pixel sees it, not something in front of or behind it); it votes inside when regions [H, W]
-    (bool) is True at that pixel. The tolerance grows with range like stereo noise (a few sigma of
-    a D435 at noise = 0.02). Along the ray it is that tolerance over the cosine of the incidence
-    angle (at most 1 / min_cos): a Gaussian 5 mm above a table seen at 15 degrees lies 2 cm in front
-    of its pixel's depth, and had never voted (a moved object's label stayed where it had stood).
+    A centre is seen when it projects into the image at depth z > near and its pixel's depth lies
+    within max(tol, noise * z^2) of z, measured across the surface (the pixel sees it, not something
+    in front of or behind it). The tolerance grows with range like stereo noise (a few sigma of a
+    D435 at noise = 0.02). Along the ray it is that tolerance over the cosine of the incidence angle
+    (at most 1 / min_cos): a Gaussian 5 mm above a table seen at 15 degrees lies 2 cm in front of its
+    pixel's depth, and had never voted (a moved object's label stayed where it had stood).
     """
-    N = len(means)
-    out = torch.zeros(N, 2)
-    if N == 0:
-        return out
+    none = np.zeros(0, dtype=np.int64)
+    if len(means) == 0:
+        return none, none, none
     H, W = depth.shape
     uv, z = geometry.project(np.asarray(means, dtype=np.float64), np.asarray(K, dtype=np.float64),
                              np.asarray(T_world_cam, dtype=np.float64))
@@ -75,10 +77,37 @@ def surface_votes(means: np.ndarray, depth: np.ndarray, K: np.ndarray, T_world_c
     cos = np.maximum(incidence(depth, np.asarray(K, dtype=np.float64), u[idx], v[idx]), min_cos)
     seen = np.isfinite(d) & (d > 0) & (np.abs(d - z[idx]) <= np.maximum(tol, noise * z[idx] ** 2) / cos)
     idx = idx[seen]
-    inside = np.asarray(regions, dtype=bool)[v[idx], u[idx]]
+    return idx, v[idx], u[idx]
+
+
+def surface_votes(means: np.ndarray, depth: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray,
+                  regions: np.ndarray, agree=None, **seen_kw) -> torch.Tensor:
+    """Votes [N, 2] (inside, outside) of one keyframe for Gaussian centres means [N, 3].
+
+    Every centre the depth sees on its surface (surface_pixels; seen_kw its tolerances) votes inside
+    when regions [H, W] (bool) is True at its pixel, outside otherwise. ``agree(idx [S], v [S], u [S])
+    -> [S] bool``, if given, is asked about the inside ones: those it refuses (a region of another
+    label than the Gaussian's own) vote outside.
+    """
+    out = torch.zeros(len(means), 2)
+    idx, v, u = surface_pixels(means, depth, K, T_world_cam, **seen_kw)
+    if len(idx) == 0:
+        return out
+    inside = np.asarray(regions, dtype=bool)[v, u]
+    if agree is not None and inside.any():
+        inside[inside] = np.asarray(agree(idx[inside], v[inside], u[inside]), dtype=bool)
     out[torch.from_numpy(idx[inside]), 0] = 1.0
     out[torch.from_numpy(idx[~inside]), 1] = 1.0
     return out
+
+
+def carries_row(queries: torch.Tensor, rows: torch.Tensor, W_m: torch.Tensor, bank_unit: torch.Tensor,
+                tau: float) -> np.ndarray:
+    """[S] True where bank row rows[i] (-1 = the pixel has no usable label, e.g. across a silhouette)
+    is -1 or the top attention row of principal query queries[i] [S, l]; a zero query carries none."""
+    top = attention_logits(queries, W_m, bank_unit, tau).argmax(-1)
+    top[queries.norm(dim=1) == 0] = -2
+    return ((rows < 0) | (top == rows)).numpy()
 
 
 def support(votes: torch.Tensor) -> torch.Tensor:

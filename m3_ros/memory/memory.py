@@ -36,7 +36,7 @@ from m3_ros.memory.bank import MemoryBank
 from m3_ros.memory.config import MemoryConfig, ModelSlot  # noqa: F401  (re-exported: the public names)
 from m3_ros.memory.freespace import SURFACE, THROUGH, classify, decayed_logits, project_pixels
 from m3_ros.memory.gaussians import empty_params, query_key
-from m3_ros.memory.labelvotes import VOTES_KEY, surface_votes
+from m3_ros.memory.labelvotes import VOTES_KEY, carries_row, surface_votes
 from m3_ros.memory.optim import catch_up_rows, selective_adam_step
 from m3_ros.memory.rasterize import rasterize
 from m3_ros.memory.seeding import detected_mask, inherit_queries, least_useful, pixel_features, seed_geometry, seed_points
@@ -254,8 +254,20 @@ class M3Memory:
         regions = detected_mask(kf)
         if regions is None:
             regions = np.zeros(kf.size, dtype=bool)  # the detector ran and found nothing
+        models = [m for m in feats if self.cfg.models[m].sample_mode == "nearest" and m in self.W
+                  and len(self.banks[m]) > 0]
+
+        def same_label(idx: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndarray:
+            ok = np.ones(len(idx), dtype=bool)
+            for m in models:
+                rows = self.banks[m].assign(pixel_features(kf, feats[m], np.stack([v, u], 1), self.cfg, m))
+                ok &= carries_row(self.params[query_key(m)].detach()[torch.from_numpy(idx)], rows, self.W[m],
+                                  self.banks[m].unit_rows, self.cfg.tau)
+            return ok
+
+        agree = same_label if self.cfg.vote_same_label and models else None
         self.params[VOTES_KEY].data += surface_votes(self.means.numpy(), np.asarray(kf.depth), kf.K,
-                                                     kf.T_world_cam, regions)
+                                                     kf.T_world_cam, regions, agree)
 
     @torch.no_grad()
     def _clear_free_space(self, kf: Keyframe) -> None:

@@ -65,6 +65,12 @@ def seed_points(kf: Keyframe, cfg: MemoryConfig, room: int, render_fn, generator
         H, W = kf.size
         out = render_fn(np.asarray(kf.T_world_cam), np.asarray(kf.K), W, H)
         keep = unexplained(kf, pix, out["alpha"], out["depth_raw"], cfg.unexplained_depth_rel)
+        if fine.any() and cfg.object_gap > 0 and existing_means is not None and len(existing_means):
+            # small objects the memory explains only coarsely (seen from afar) are filled in
+            small = small_regions(kf, cfg.object_max_extent)[pix[:, 0], pix[:, 1]] & fine & ~keep
+            if small.any():
+                gap, _ = cKDTree(existing_means).query(pts[small], distance_upper_bound=cfg.object_gap)
+                keep[np.flatnonzero(small)[~np.isfinite(gap)]] = True
         pts, pix, fine = pts[keep], pix[keep], fine[keep]
         if len(pts) == 0:
             return none
@@ -86,6 +92,23 @@ def detected_mask(kf: Keyframe) -> np.ndarray | None:
     for inst in kf.instances:
         if inst.mask.shape == m.shape:
             m |= inst.mask
+    return m
+
+
+def small_regions(kf: Keyframe, max_extent: float) -> np.ndarray:
+    """[H, W] True inside kf's detector regions whose depth points span less than max_extent (m)
+    along every axis of kf's world frame (5th-95th percentile; regions without depth are not small)."""
+    m = np.zeros(kf.size, dtype=bool)
+    depth = np.asarray(kf.depth, dtype=np.float64)
+    for inst in kf.instances:
+        mask = np.asarray(inst.mask, dtype=bool)
+        if mask.shape != m.shape:
+            continue
+        pts, _ = geometry.backproject(np.where(mask, depth, 0.0), np.asarray(kf.K), np.asarray(kf.T_world_cam))
+        if len(pts) >= 3:
+            span = np.percentile(pts, 95, axis=0) - np.percentile(pts, 5, axis=0)
+            if float(span.max()) < max_extent:
+                m |= mask
     return m
 
 

@@ -111,3 +111,30 @@ def test_a_centre_just_off_a_slanted_surface_votes_and_one_well_in_front_does_no
     regions = np.zeros((H, W), dtype=bool)
     votes = surface_votes(np.stack([on, off_1cm, front]), depth, K, np.eye(4), regions)
     assert votes.tolist() == [[0, 1], [0, 1], [0, 0]]
+
+
+def test_inside_another_labels_region_counts_as_outside():
+    """Where the red box stood, later views see a region of another label (the object moved and the
+    table's region covers the spot): the Gaussians still carrying the red label lose their support.
+    Counted by region alone (vote_same_label off), every later view voted them inside."""
+    from synthetic_scene import region_features
+
+    def relabelled(tx: float, index: int):
+        kf, _ = labelled_view(tx, index)
+        f = kf.features["labels"].features
+        red = f[..., 0] == region_features(32)[1][0]
+        f[red] = region_features(32)[2]  # the same pixels now carry the green label
+        return kf
+
+    def support_of_red(same_label: bool) -> np.ndarray:
+        mem = _memory()
+        mem.cfg.vote_same_label = same_label
+        mem.add_keyframe(labelled_view(0.0, 0)[0])
+        red = np.abs(mem.means.numpy()[:, 2] - 1.5) < 0.01
+        assert red.sum() >= 20
+        for i, tx in enumerate((0.05, -0.05, 0.1), start=1):
+            mem.add_keyframe(relabelled(tx, i))
+        return mem.label_support().numpy()[: len(red)][red]
+
+    assert np.median(support_of_red(True)) < 0.35
+    assert np.median(support_of_red(False)) > 0.75
