@@ -23,7 +23,8 @@ SPECTRAL_RANK = 96
 """‖f‖ comes from the bank's top principal directions (level 2). Only speed depends on it: on
 bench_memory's 5000-row synthetic bank (60 clusters) 32 left 3 % of pixels to full decoding, 64 none."""
 FIRST_RANK = 16
-"""Level 2 tries this many principal directions first; the pixels whose bound is too loose take all of them."""
+"""Level 2 tries this many principal directions first; the pixels whose bound is too loose take 3x as many,
+then all of them (each step only the directions it adds)."""
 SHARE_ROWS = 512
 """Banks over this many rows share a pixel's weights with the pixels near it in query space (level 2s)."""
 SHARE_RADIUS = 0.02
@@ -94,8 +95,8 @@ class RelevanceIndex:
         2s. (banks over share_rows) leaders, a few pixels per block, get exact weights over the whole
            bank; the pixels within SHARE_RADIUS of a leader in query space take its n and ‖f‖, widened
            by what the distance can change (_shared_relevance). Smooth image regions end here.
-        2. the pixel's own weights over the whole bank: exact n; ‖f‖ from FIRST_RANK, then
-           SPECTRAL_RANK principal directions, the rest bounded by the next singular value (_pixel_bounds).
+        2. the pixel's own weights over the whole bank: exact n; ‖f‖ from FIRST_RANK, then 3·FIRST_RANK,
+           then SPECTRAL_RANK principal directions, the rest bounded by the next singular value (_pixel_relevance).
         3. full decoding.
         stats, if given, receives the pixel count of each level (leaders count at level 2).
         """
@@ -212,26 +213,55 @@ class RelevanceIndex:
         ft = _blocks(free, SHARE_TILE, False)
         yt = y.reshape(-1, l)[pix.clamp_min(0)]  # [T, P, l]
         st = torch.where(ft, step.reshape(-1)[pix.clamp_min(0)], float("inf"))
-        lead = torch.full((H * W,), -1)
-        dist = torch.zeros(H * W)
+        lead_t = torch.full(pix.shape, -1)  # [T, P] in blocks until the end: dense updates, no index lists
+        dist_t = torch.zeros(pix.shape)
         rows = torch.arange(pix.shape[0])
         for _ in range(SHARE_ROUNDS):
             j = torch.where(ft, st, float("inf")).argmin(-1)  # [T]
             has = ft[rows, j]
-            d = (yt - yt[rows, j][:, None]).norm(dim=-1)  # [T, P]
+            # [T, P]; exact differences (the matmul form loses digits at distances near rho)
+            d = torch.cdist(yt, yt[rows, j][:, None], compute_mode="donot_use_mm_for_euclid_dist")[..., 0]
             join = ft & has[:, None] & (d <= rho)
-            lead[pix[join]] = pix[rows, j][:, None].expand_as(pix)[join]
-            dist[pix[join]] = d[join]
+            lead_t = torch.where(join, pix[rows, j][:, None], lead_t)
+            dist_t = torch.where(join, d, dist_t)
             ft &= ~join
+        lead = torch.full((H * W,), -1)
+        dist = torch.zeros(H * W)
+        inside = pix >= 0
+        lead[pix[inside]], dist[pix[inside]] = lead_t[inside], dist_t[inside]
         members = torch.nonzero(lead >= 0).squeeze(-1)
         leaders, at = torch.unique(lead[members], return_inverse=True)
         g = torch.expm1(rho * self.b_norm / self.tau)
-        cols = torch.cat([self.s[:, None], self.r_norm[:, None], (g * self.s.abs())[:, None],
-                          (g * self.r_norm)[:, None], self.P], 1)
-        m, w2 = self._moments(y.reshape(-1, l)[leaders], cols)
-        lo, hi = self._norm_interval(m[:, 0], m[:, 1], m[:, 4:], w2)
-        frac = dist[members] / rho
-        est, err = _bounded(m[at, 0], lo[at], hi[at], frac * m[at, 2], frac * m[at, 3])
+        base = torch.stack([self.s, self.r_norm, g * self.s.abs(), g * self.r_norm], 1)
+        yl, frac = y.reshape(-1, l)[leaders], dist[members] / rho
+        n, r_sum, en, ef, w2, h, lo, hi = torch.zeros(8, len(leaders))
+        est, err = torch.zeros(len(members)), torch.full((len(members),), float("inf"))
+        # ‖f‖ from the principal directions in steps, as at level 2; a leader takes the next step only
+        # if one of its members fails the bound and would pass were ‖f‖ known exactly (at most hi)
+        redo = torch.arange(len(leaders))
+        ranks = self._ranks()
+        for i, k in enumerate(ranks):
+            new = self.P[:, ranks[i - 1] if i else 0:k]
+            if i == 0:
+                m, w2 = self._moments(yl, torch.cat([base, new], 1))
+                (n, r_sum, en, ef), m = m[:, :4].unbind(1), m[:, 4:]
+            else:
+                m, _ = self._moments(yl[redo], new)
+            h[redo] += (m * m).sum(-1)
+            lo[redo], hi[redo] = self._norm_interval(n[redo], r_sum[redo], h[redo], k, w2[redo])
+            now = torch.zeros(len(leaders), dtype=torch.bool)
+            now[redo] = True
+            sel = torch.nonzero(now[at]).squeeze(-1)  # members whose leader took this step
+            a = at[sel]
+            est[sel], err[sel] = _bounded(n[a], lo[a], hi[a], frac[sel] * en[a], frac[sel] * ef[a])
+            if i + 1 == len(ranks):
+                break
+            best = _bounded(n[a], hi[a], hi[a], frac[sel] * en[a], frac[sel] * ef[a])[1]
+            hope = torch.zeros(len(leaders), dtype=torch.bool)
+            hope[a[(err[sel] > max_err) & (best <= max_err)]] = True
+            redo = torch.nonzero(hope).squeeze(-1)
+            if not redo.numel():
+                break
         rel, ok = torch.zeros(H * W), torch.zeros(H * W, dtype=torch.bool)
         rel[members], ok[members] = est, err <= max_err
         return rel, ok, int(ok[leaders].sum())
@@ -241,16 +271,26 @@ class RelevanceIndex:
 
         Exact weights e and numerator n = e·(PSC·t̂); ‖f‖² = ‖e·PSC‖² lies in [h, h + σ²_{k+1}·‖e‖²]
         with h = ‖e·P_k‖² (the bank's top principal directions), and in [n², (e·‖PSC_j‖)²]. FIRST_RANK
-        directions first, all SPECTRAL_RANK where that bound is looser than max_err.
+        directions first; where that bound is looser than max_err, 3·FIRST_RANK, then all SPECTRAL_RANK
+        (a step's pass adds only its new directions to h: the weights are the same, recomputed).
         """
-        rel, err = torch.zeros(y.shape[0]), torch.full((y.shape[0],), float("inf"))
-        redo = torch.arange(y.shape[0])
-        K = self.P.shape[1]
-        for k in ([FIRST_RANK, K] if K > 2 * FIRST_RANK else [K]):
+        P = y.shape[0]
+        rel, err = torch.zeros(P), torch.full((P,), float("inf"))
+        n, r_sum, h, w2 = torch.zeros(4, P)
+        redo = torch.arange(P)
+        ranks = self._ranks()
+        for i, k in enumerate(ranks):
             if not redo.numel():
                 break
-            m, w2 = self._moments(y[redo], torch.cat([self.s[:, None], self.r_norm[:, None], self.P[:, :k]], 1))
-            rel[redo], err[redo] = _bounded(m[:, 0], *self._norm_interval(m[:, 0], m[:, 1], m[:, 2:], w2))
+            new = self.P[:, ranks[i - 1] if i else 0:k]
+            if i == 0:
+                m, w2[redo] = self._moments(y[redo], torch.cat([self.s[:, None], self.r_norm[:, None], new], 1))
+                n[redo], r_sum[redo], m = m[:, 0], m[:, 1], m[:, 2:]
+            else:
+                m, _ = self._moments(y[redo], new)
+            h[redo] += (m * m).sum(-1)
+            lo, hi = self._norm_interval(n[redo], r_sum[redo], h[redo], k, w2[redo])
+            rel[redo], err[redo] = _bounded(n[redo], lo, hi)
             redo = redo[err[redo] > max_err]
         return rel, err <= max_err
 
@@ -284,13 +324,17 @@ class RelevanceIndex:
         z = out[:, -1:]
         return out[:, :-1] / z, w2 / (z[:, 0] * z[:, 0])
 
-    def _norm_interval(self, n: torch.Tensor, r_sum: torch.Tensor, Pe: torch.Tensor, w2: torch.Tensor
+    def _ranks(self) -> list[int]:
+        """Principal directions level 2 takes in steps: FIRST_RANK, 3·FIRST_RANK, all (those below half of all)."""
+        K = self.P.shape[1]
+        return [k for k in (FIRST_RANK, 3 * FIRST_RANK) if 2 * k <= K] + [K]
+
+    def _norm_interval(self, n: torch.Tensor, r_sum: torch.Tensor, h: torch.Tensor, k: int, w2: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(lo, hi) [P] around ‖f‖ = ‖e·PSC‖ from n = e·(PSC·t̂) [P], r_sum = e·‖PSC_j‖ [P], Pe = e·P_k [P, k]
+        """(lo, hi) [P] around ‖f‖ = ‖e·PSC‖ from n = e·(PSC·t̂) [P], r_sum = e·‖PSC_j‖ [P], h = ‖e·P_k‖² [P]
         and w2 = ‖e‖² [P]: ‖f‖ ≥ ‖e·P_k‖, ≥ |n| (t̂ is a unit vector), ≤ r_sum (triangle inequality)."""
-        h = (Pe * Pe).sum(-1)
         lo = torch.maximum(h.sqrt(), n.abs())
-        hi = torch.minimum((h + self.sigma2[Pe.shape[1]] * w2).sqrt(), r_sum)
+        hi = torch.minimum((h + self.sigma2[k] * w2).sqrt(), r_sum)
         return lo, hi
 
     def _exact_relevance(self, y: torch.Tensor, budget_bytes: int = 64 << 20) -> torch.Tensor:

@@ -67,14 +67,14 @@ def test_kernel_is_what_relevance_image_uses(kernel, monkeypatch):
     assert calls
 
 
-def _diffuse_image(t, H=24, W=31, seed=3, noise=0.01):
+def _diffuse_image(t, H=24, W=31, seed=3, noise=0.01, d=64):
     """A query image of 3x3-pixel regions over a diffuse bank, and its fully decoded relevance."""
-    idx, Wm, rows, unit, g = _index(t, d=64, seed=seed)
+    idx, Wm, rows, unit, g = _index(t, d=d, seed=seed)
     target = unit[torch.randint(0, t, (-(-H // 3), -(-W // 3)), generator=g)]
-    q = torch.linalg.lstsq(Wm.T, target.reshape(-1, 64).T).solution.T.reshape(*target.shape[:2], 16)
+    q = torch.linalg.lstsq(Wm.T, target.reshape(-1, d).T).solution.T.reshape(*target.shape[:2], 16)
     q = q.repeat_interleave(3, 0).repeat_interleave(3, 1)[:H, :W]
     q = q * (1 + noise * torch.randn(q.shape, generator=g))
-    text = torch.randn(64, generator=g)
+    text = torch.randn(d, generator=g)
     idx = RelevanceIndex.build(Wm, rows, unit, text, 0.05)
     ref = F.cosine_similarity(decode_chunked(q.reshape(-1, 16), Wm, rows, unit, 0.05), text[None], dim=-1)
     return idx, q, ref.view(H, W)
@@ -101,6 +101,26 @@ def test_relevance_image_with_the_kernel_within_its_bound_and_equal_to_the_torch
         diff = (maps[0] - maps[1]).abs()[mask]
         assert (diff <= 1e-4).float().mean().item() >= 0.99, (diff.max().item(), levels)
         assert diff.max().item() <= 2 * max_err + 1e-4
+
+
+@pytest.mark.parametrize("share_rows", [0, 10**9])
+def test_every_step_of_principal_directions_runs_and_the_answers_hold(kernel, share_rows):
+    # A diffuse bank of rank 128 > SPECTRAL_RANK: FIRST_RANK directions leave some pixels (and leaders)
+    # too loose at a tight max_err, so 3·FIRST_RANK and then all SPECTRAL_RANK run, each adding only
+    # its new directions to ‖e·P_k‖².
+    idx, q, ref = _diffuse_image(1500, d=128, noise=0.002)
+    assert idx._ranks() == [16, 48, 96]
+    widths = []
+    original = idx._moments
+    spy = dataclasses.replace(idx)
+    spy._moments = lambda y, cols: widths.append(cols.shape[1]) or original(y, cols)
+    for max_err in (0.02, 0.005):
+        st = {}
+        rel = spy.relevance_image(q, None, max_err, tile_rows=10**9, share_rows=share_rows, stats=st)
+        assert (rel - ref).abs().max().item() <= max_err + 1e-4, st
+    assert 32 in widths and 48 in widths, widths  # the 16 -> 48 and 48 -> 96 steps
+    if share_rows == 0:
+        assert 4 + 16 in widths  # leaders' first step: n, r_sum, their two widening sums, 16 directions
 
 
 def test_stale_or_missing_library_falls_back_to_torch(kernel, monkeypatch):
