@@ -21,6 +21,7 @@ hands it out without taking the lock, so queries run on it while a train step is
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import threading
 import time
@@ -49,6 +50,8 @@ from m3_ros.memory.views import (TrainView, cell_median_depth, check_keyframe, c
 from m3_ros.memory.wm import carry_queries, initial_wm, queries_for_rows, refit_wm, span_coverage
 from m3_ros.types import Keyframe
 
+log = logging.getLogger(__name__)
+
 _TrainView = TrainView  # the former private name
 
 
@@ -73,6 +76,8 @@ class M3Memory:
             self.W: dict[str, nn.Parameter] = {}
             self._wm_version = 0
             self._views: list[TrainView] = []
+            self.cleared = 0  # Gaussians removed by free-space evidence (stats)
+            self.stale_dropped = 0  # keyframes that left the training window as stale (stats)
             self._cam_centres: list[np.ndarray] = []
             self.extent = 1.0
             self.iteration = 0
@@ -123,7 +128,8 @@ class M3Memory:
         with self._lock:
             return {"keyframes": len(self._views), "gaussians": self.n_gaussians,
                     "bank_rows": {m: len(b) for m, b in self.banks.items()}, "iteration": self.iteration,
-                    "last_loss": self.last_loss, "train_time_s": self.train_time_s}
+                    "last_loss": self.last_loss, "train_time_s": self.train_time_s,
+                    "cleared": self.cleared, "stale_dropped": self.stale_dropped}
 
     # ---- W_m -------------------------------------------------------------------------------
     def _init_wm(self, model: str, dim: int) -> None:
@@ -287,8 +293,16 @@ class M3Memory:
             return
         means, scales = self.means[gone].clone(), self.scales[gone].clone()
         self._remove(gone)
-        self._views = [v for v in self._views if int((classify(v.kf.depth, v.kf.K, v.kf.T_world_cam, means, scales,
-                                                               fc, evidence=False) == SURFACE).sum()) < fc.stale_points]
+        stale = [v.kf.index for v in self._views
+                 if int((classify(v.kf.depth, v.kf.K, v.kf.T_world_cam, means, scales, fc, evidence=False)
+                         == SURFACE).sum()) >= fc.stale_points]
+        self._views = [v for v in self._views if v.kf.index not in stale]
+        self.cleared += len(gone)
+        self.stale_dropped += len(stale)
+        # a changed scene, or a keyframe whose pose disagrees with the map: either way worth a line
+        (log.warning if stale else log.info)(
+            "free space seen by keyframe %d: removed %d Gaussians; %d kept keyframes saw them on their surface "
+            "and left the training window %s (%d remain)", kf.index, len(gone), len(stale), stale, len(self._views))
         # the surface the object uncovered (the table under it) answers for what kf sees there now
         surf = torch.nonzero(classify(kf.depth, kf.K, kf.T_world_cam, self.means, None, fc, evidence=False)
                              == SURFACE).flatten()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import faulthandler
 import signal
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -99,6 +100,7 @@ class TFListener:
         from tf2_msgs.msg import TFMessage
         self._node = node
         self._on_update = on_update
+        self._lock = threading.Lock()  # the fallback buffer is read and fed from different executor threads
         try:
             import tf2_ros  # noqa: F401
             from rclpy.duration import Duration
@@ -124,9 +126,10 @@ class TFListener:
                     else:
                         self._tf2.set_transform(tf, "tf")
                 else:
-                    self._core.set_transform(tf.header.frame_id, tf.child_frame_id,
-                                             convert.stamp_to_sec(tf.header.stamp),
-                                             convert.transform_msg_to_matrix(tf.transform), static=static)
+                    T = convert.transform_msg_to_matrix(tf.transform)
+                    with self._lock:
+                        self._core.set_transform(tf.header.frame_id, tf.child_frame_id,
+                                                 convert.stamp_to_sec(tf.header.stamp), T, static=static)
             except ValueError as e:
                 self._node.get_logger().warning(
                     f"dropped {'/tf_static' if static else '/tf'} transform {tf.header.frame_id} -> "
@@ -137,7 +140,8 @@ class TFListener:
     def set_transform(self, parent: str, child: str, stamp: float, T_parent_child, static: bool = False) -> None:
         """Add one transform (odometry, a mount parameter); ValueError when it is malformed."""
         if self._tf2 is None:
-            self._core.set_transform(parent, child, stamp, T_parent_child, static=static)
+            with self._lock:
+                self._core.set_transform(parent, child, stamp, T_parent_child, static=static)
             return
         from geometry_msgs.msg import TransformStamped
         from m3_ros.geometry import matrix_to_pose
@@ -157,7 +161,8 @@ class TFListener:
     def lookup(self, target: str, source: str, stamp: float | None):
         """T_target_source [4, 4] at ``stamp`` seconds (None: the newest); TransformError otherwise."""
         if self._tf2 is None:
-            return self._core.lookup(target, source, stamp)
+            with self._lock:
+                return self._core.lookup(target, source, stamp)
         import tf2_ros
         from rclpy.time import Time
         from m3_ros.nodes import convert

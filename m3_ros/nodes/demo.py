@@ -332,6 +332,10 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
         log(f"{res.message}")
         log(f"grounded point {np.round(point, 3).tolist()} vs the true centre of {target} "
             f"{np.round(truth, 3).tolist() if truth is not None else None}: {err_cm:.1f} cm")
+        # what the memory dropped on the way (free-space removals, rejected input) explains a far answer
+        for line in procs[0].log_text().splitlines():
+            if "free space seen by" in line or "dropped input" in line:
+                log(f"memory_node: {line.strip()[-300:]}")
         report["go_to"] = go_to
         color = demo.color
         snapshot = (color, demo.info, demo.camera_pose(color) if color is not None else None)

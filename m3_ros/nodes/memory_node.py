@@ -3,7 +3,8 @@
 Thin: parameters, QoS, message conversion; the work is in ``m3_ros.pipeline``.
 Threads: sensor callbacks only convert and hand frames to the feature worker; a timer
 in its own callback group trains; services run in a third group, so the executor
-never waits on training.
+never waits on training; /tf is taken in in a fourth, so slow frame processing never
+drops the poses that frames are placed with.
 """
 from __future__ import annotations
 
@@ -228,8 +229,12 @@ class MemoryNode(Node):
         qos = sensor_qos(bool(p["reliable_sensors"]))
         self.create_subscription(Image, p["color_topic"], lambda m: self._on("color", m), qos, callback_group=sensors)
         self.create_subscription(Image, p["depth_topic"], lambda m: self._on("depth", m), qos, callback_group=sensors)
-        self.tf = TFListener(self, cache_time=float(p["tf_cache_s"]), callback_group=sensors,
-                             on_update=self._flush_waiting)
+        # /tf in its own group: frame processing (ICP, conversion) in the sensors group took seconds on a
+        # loaded machine, /tf's queue (100 samples, ~4 s) overflowed, and poses were interpolated across the
+        # gap (10-30 cm off on the default walk). Intake only records; a sensors-group timer flushes frames.
+        self._tf_new = threading.Event()
+        self.tf = TFListener(self, cache_time=float(p["tf_cache_s"]), callback_group=MutuallyExclusiveCallbackGroup(),
+                             on_update=self._tf_new.set)
         self.create_subscription(Odometry, p["odom_topic"], self._on_odom, qos, callback_group=sensors)
         self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_info, qos, callback_group=sensors)
         self.create_subscription(LabeledInstanceArray, p["instances_topic"], self._on_instances, qos, callback_group=sensors)
@@ -252,6 +257,7 @@ class MemoryNode(Node):
         # would stop whenever /clock does (before the simulator starts, or when it pauses).
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self.create_timer(float(p["train_period"]), self._on_train, callback_group=train, clock=steady)
+        self.create_timer(0.02, self._flush_on_tf, callback_group=sensors, clock=steady)
         self.create_timer(float(p["status_period"]), self._on_status, callback_group=services, clock=steady)
         self.create_timer(float(p["cloud_period"]), self._on_cloud, callback_group=services, clock=steady)
         if float(p["autosave_period_s"]) > 0:
@@ -329,6 +335,11 @@ class MemoryNode(Node):
             for old in sorted(self.instances)[:-20]:
                 del self.instances[old]
         self._flush_waiting()
+
+    def _flush_on_tf(self) -> None:
+        if self._tf_new.is_set():
+            self._tf_new.clear()
+            self._flush_waiting()
 
     def _flush_waiting(self) -> None:
         """Process waiting frames whose instances arrived (or waited long enough, or there is no
@@ -650,7 +661,7 @@ class MemoryNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    return spin_node(MemoryNode, threads=4, args=args)
+    return spin_node(MemoryNode, threads=5, args=args)
 
 
 if __name__ == "__main__":
