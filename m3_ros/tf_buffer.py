@@ -25,6 +25,11 @@ class ConnectivityError(TransformError):
     """The two frames are not in one tree (a transform is missing)."""
 
 
+class GapError(TransformError):
+    """The stamp falls between two samples of a dynamic edge farther apart than allowed: a pose
+    interpolated across the gap would be invented (lost /tf on a loaded machine, a bag with holes)."""
+
+
 class ExtrapolationError(TransformError):
     """The stamp lies outside the samples of a dynamic edge of the chain."""
 

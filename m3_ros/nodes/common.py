@@ -1,6 +1,7 @@
 """Small helpers shared by the thin nodes: QoS, clean main(), TF lookups, parameter declarations."""
 from __future__ import annotations
 
+import bisect
 import faulthandler
 import signal
 import threading
@@ -101,6 +102,8 @@ class TFListener:
         self._node = node
         self._on_update = on_update
         self._lock = threading.Lock()  # the fallback buffer is read and fed from different executor threads
+        self._cache_time = float(cache_time)
+        self._stamps: dict[str, list[float]] = {}  # child frame -> sorted stamps of its dynamic samples (gaps)
         try:
             import tf2_ros  # noqa: F401
             from rclpy.duration import Duration
@@ -114,6 +117,30 @@ class TFListener:
                                  callback_group=callback_group)
         node.create_subscription(TFMessage, "/tf_static", lambda m: self._on_tf(m, True), tf_static_qos(),
                                  callback_group=callback_group)
+
+    def _record(self, child: str, stamp: float) -> None:
+        with self._lock:
+            st = self._stamps.setdefault(child, [])
+            if not st or stamp > st[-1]:
+                st.append(stamp)
+            else:
+                i = bisect.bisect_left(st, stamp)
+                if i == len(st) or st[i] != stamp:
+                    st.insert(i, stamp)
+            drop = bisect.bisect_left(st, st[-1] - self._cache_time)
+            if drop > 0:
+                del st[:drop]
+
+    def check_gap(self, child: str, stamp: float, max_gap: float) -> None:
+        """GapError when ``stamp`` lies between two samples of the dynamic edge into ``child`` that are
+        more than ``max_gap`` seconds apart (a lookup there interpolates across missing data)."""
+        from m3_ros.tf_buffer import GapError
+        with self._lock:
+            st = self._stamps.get(child, [])
+            i = bisect.bisect_left(st, stamp)
+            if 0 < i < len(st) and st[i] != stamp and st[i] - st[i - 1] > max_gap:
+                raise GapError(f"no {child} pose near t={stamp:.3f}: its samples jump from {st[i - 1]:.3f} to "
+                               f"{st[i]:.3f} ({st[i] - st[i - 1]:.2f} s > {max_gap:.2f} s; lost /tf or odometry)")
 
     def _on_tf(self, msg, static: bool) -> None:
         from m3_ros.nodes import convert
@@ -130,6 +157,8 @@ class TFListener:
                     with self._lock:
                         self._core.set_transform(tf.header.frame_id, tf.child_frame_id,
                                                  convert.stamp_to_sec(tf.header.stamp), T, static=static)
+                if not static:  # after the buffer took it: a malformed one leaves no stamp
+                    self._record(tf.child_frame_id, convert.stamp_to_sec(tf.header.stamp))
             except ValueError as e:
                 self._node.get_logger().warning(
                     f"dropped {'/tf_static' if static else '/tf'} transform {tf.header.frame_id} -> "
@@ -142,6 +171,8 @@ class TFListener:
         if self._tf2 is None:
             with self._lock:
                 self._core.set_transform(parent, child, stamp, T_parent_child, static=static)
+            if not static:
+                self._record(child, float(stamp))
             return
         from geometry_msgs.msg import TransformStamped
         from m3_ros.geometry import matrix_to_pose
@@ -157,6 +188,7 @@ class TFListener:
             self._tf2.set_transform_static(tf, "m3_ros")
         else:
             self._tf2.set_transform(tf, "m3_ros")
+            self._record(child, float(stamp))
 
     def lookup(self, target: str, source: str, stamp: float | None):
         """T_target_source [4, 4] at ``stamp`` seconds (None: the newest); TransformError otherwise."""

@@ -38,7 +38,7 @@ from m3_ros.nodes.common import Param, TFListener, declare_params, latched_qos, 
 from m3_ros.pipeline import MemoryPipeline, PipelineConfig
 from m3_ros.srv import GroundQuery, MemoryIO
 from m3_ros.stream import ApproximateSync, KeyframeSelectorConfig
-from m3_ros.tf_buffer import ConnectivityError, ExtrapolationError, TransformError
+from m3_ros.tf_buffer import ConnectivityError, ExtrapolationError, GapError, TransformError
 
 # One place for every parameter and its default (config/m3.yaml overrides).
 PARAMS: dict[str, object] = {
@@ -56,6 +56,7 @@ PARAMS: dict[str, object] = {
     "camera_frame": "",  # "" = the colour image's header.frame_id
     "tf_cache_s": 10.0,
     "pose_wait": 0.5,
+    "tf_max_gap_s": 0.5,
     "reliable_sensors": False,
     "sync_slop": 0.05,
     "instances_slop": 0.02,
@@ -107,6 +108,9 @@ PARAM_SPECS: dict[str, Param] = {
     "tf_cache_s": Param(0.0, "s of /tf history kept", range=(0.5, 600.0)),
     "pose_wait": Param(0.0, "s (stamp time) a frame waits for its pose at the image stamp", range=(0.0, 10.0),
                        live=True),
+    "tf_max_gap_s": Param(0.0, "s, widest gap between odometry / TF samples a pose is interpolated across "
+                               "(wider: the frame is dropped, its pose would be invented)", range=(0.01, 60.0),
+                          live=True),
     "sync_slop": Param(0.0, "s, colour/depth approximate sync", range=(0.0, 1.0)),
     "instances_slop": Param(0.0, "s, labelled instances matched to the colour frame", range=(0.0, 1.0), live=True),
     "instances_wait": Param(0.0, "s a frame waits for its instances", range=(0.0, 10.0), live=True),
@@ -355,7 +359,7 @@ class MemoryNode(Node):
                 try:
                     pose = self._pose_at(color, depth, t)
                 except TransformError as e:
-                    late = not isinstance(e, ExtrapolationError) or e.future
+                    late = not isinstance(e, (ExtrapolationError, GapError)) or getattr(e, "future", False)
                     if late and newest - t <= float(self.p["pose_wait"]):
                         continue  # odometry / TF for this stamp may still arrive
                     pose = e
@@ -367,6 +371,8 @@ class MemoryNode(Node):
                 self._reject(f"no camera pose at the image stamp (late): odometry / TF never reached it: {pose}")
             elif isinstance(pose, ExtrapolationError):
                 self._reject(f"no camera pose at the image stamp (early): odometry / TF start after it: {pose}")
+            elif isinstance(pose, GapError):
+                self._reject(f"no camera pose at the image stamp (gap): {pose}")
             elif isinstance(pose, TransformError):
                 self._reject(f"no camera pose at the image stamp (no tf): {pose}")
             else:
@@ -392,6 +398,8 @@ class MemoryNode(Node):
                     f"no camera mount: no transform {base} -> {cam} on /tf_static, topic {self.p['mount_topic']} "
                     f"or parameter camera_mount ({e})") from e
             T_odom_cam = T_odom_base @ self.T_base_cam
+        for frame in (base, cam):  # the moving edges: a pose across a hole in them is made up
+            self.tf.check_gap(frame, t, float(self.p["tf_max_gap_s"]))
         return T_odom_base, T_odom_cam
 
     def _instances_for(self, stamp: float) -> LabeledInstanceArray | None:

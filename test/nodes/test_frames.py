@@ -2,7 +2,8 @@
 
 Odometry with the wrong child frame and a depth image in another frame are warned about by
 name; a colour frame stamped after the last odometry (and before the first) is dropped
-with an extrapolation reason once newer frames show that its pose will not come.
+with an extrapolation reason once newer frames show that its pose will not come, and one
+stamped inside a hole in the odometry wider than ``tf_max_gap_s`` is dropped with a gap reason.
 """
 import os
 
@@ -57,6 +58,9 @@ def test_frame_ids_checked_and_no_extrapolation(tmp_path):
             frame(1.5, depth_frame="camera_depth_optical_frame")
             wait_for(lambda: "depth image frame_id 'camera_depth_optical_frame' is not the camera frame" in mem.log_text(),
                      30, what="the depth-frame warning")
+            # 1.5 lies between samples 1 s apart (> tf_max_gap_s, 0.5 in m3.yaml): its pose would be made up
+            wait_for(lambda: "no camera pose at the image stamp (gap)" in mem.log_text(), 30, what="a gap drop")
+            assert "jump from 1.000 to 2.000" in mem.log_text()
             frame(3.0)   # after the last one ...
             frame(4.0)   # ... and newer frames show that it will not come
             wait_for(lambda: "extrapolation into the future" in mem.log_text(), 30, what="a future-extrapolation drop")
