@@ -33,6 +33,7 @@ The default seed is the evaluation's test scene (100), reported untuned; develop
 from __future__ import annotations
 
 import argparse
+import json
 import dataclasses
 import os
 import resource
@@ -278,14 +279,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=100, help="room seed (100: the evaluation's test scene)")
     ap.add_argument("--family", default="room", help="scene family (room is the issue's; others for a smoke run)")
     ap.add_argument("--models", nargs="+", default=MODELS, help="foundation models")
+    ap.add_argument("--memory", nargs="+", default=[], metavar="NAME=JSON",
+                    help="MemoryConfig overrides for dev studies, e.g. object_gap=0.0 (PipelineConfig.memory_overrides)")
+    ap.add_argument("--tag", default="", help="write results/scale_<tag>.md instead of scale.md (dev studies)")
     args = ap.parse_args(argv)
+    overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.memory)}
     t_start = time.monotonic()
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     n_steps, n_trials = (5, 4) if args.quick else (15, 8)
     rc = RunConfig(family=args.family, seed=args.seed, sensors="realistic", m3_modes=["gaussians"], voxel=False,
                    grasps=0, iou_views=0)
-    pipe = MemoryPipeline(PipelineConfig(models=args.models, refine_poses=False))
+    pipe = MemoryPipeline(PipelineConfig(models=args.models, refine_poses=False, memory_overrides=overrides))
     pipe.load()
 
     # ---- refinement off: the suite's own run
@@ -366,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     sections = machine_header() + [
         f"- scene: generated `{rc.family}` seed {rc.seed} ({'test' if rc.seed >= 100 else 'dev'} seed), realistic sensors "
         f"(D435-like depth, 2 % odometry drift, dropped frames, noisy detector); models {args.models}; walk {frames} "
-        f"frames, {walk_s:.0f} s wall with refinement; whole benchmark {time.monotonic() - t_start:.0f} s",
+        f"frames, {walk_s:.0f} s wall with refinement; whole benchmark {time.monotonic() - t_start:.0f} s; "
+        f"memory overrides {overrides or 'none'}",
         "", "Grounding (`gaussians` mode), fraction of phrasings within 5 cm of the target:", "",
         *table(["pose refinement", "test phrasings", "dev phrasings", "ICP accepted"], rows_acc),
         "", "Memory after the refined walk:", "",
@@ -405,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         "", "Not trials (the memory did not answer at the object before it moved, so a move says nothing): "
         + ("; ".join(f"{t['object']} ({t['query']!r}: {t['skipped']})" for t in skipped) or "none") + ".",
     ]
-    write_report("scale", "A memory for a whole home: growth, drift, moved objects, banks", sections, {
+    write_report(f"scale_{args.tag}" if args.tag else "scale", "A memory for a whole home: growth, drift, moved objects, banks", sections, {
         "gaussians_room": st["gaussians"], "step_ms_20k": s20, "step_ms_200k": s200,
         "step_ratio_200k_20k": s200 / s20, "psnr_db": psnr_rows[-1][2],
         "query_ms_200k": float(np.median(qt)), "rss_mb_room": rss, "ground_5cm_drift": acc_on["test"],
