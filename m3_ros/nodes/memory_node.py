@@ -3,7 +3,7 @@
 Thin: parameters, QoS, message conversion; the work is in ``m3_ros.pipeline``.
 Threads: sensor callbacks only convert and hand frames to the feature worker; a timer
 in its own callback group trains; services run in a third group, so the executor
-never waits on training; /tf is taken in in a fourth, so slow frame processing never
+never waits on training; /tf and odometry are taken in in a fourth, so slow frame processing never
 drops the poses that frames are placed with.
 """
 from __future__ import annotations
@@ -225,6 +225,7 @@ class MemoryNode(Node):
         self._relevance_busy = threading.Lock()  # one relevance image at a time; queries meanwhile skip it
         self.info: CameraInfo | None = None
         self.stamps = convert.StampChecks(max_future_s=float(p["max_future_stamp_s"]))
+        self._stamp_lock = threading.Lock()
         self._saved_state: tuple | None = None
 
         sensors = MutuallyExclusiveCallbackGroup()
@@ -236,10 +237,11 @@ class MemoryNode(Node):
         # /tf in its own group: frame processing (ICP, conversion) in the sensors group took seconds on a
         # loaded machine, /tf's queue (100 samples, ~4 s) overflowed, and poses were interpolated across the
         # gap (10-30 cm off on the default walk). Intake only records; a sensors-group timer flushes frames.
+        # Odometry is a pose source too (the odom -> base edge where no /tf carries it): same group.
         self._tf_new = threading.Event()
-        self.tf = TFListener(self, cache_time=float(p["tf_cache_s"]), callback_group=MutuallyExclusiveCallbackGroup(),
-                             on_update=self._tf_new.set)
-        self.create_subscription(Odometry, p["odom_topic"], self._on_odom, qos, callback_group=sensors)
+        poses = MutuallyExclusiveCallbackGroup()
+        self.tf = TFListener(self, cache_time=float(p["tf_cache_s"]), callback_group=poses, on_update=self._tf_new.set)
+        self.create_subscription(Odometry, p["odom_topic"], self._on_odom, qos, callback_group=poses)
         self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_info, qos, callback_group=sensors)
         self.create_subscription(LabeledInstanceArray, p["instances_topic"], self._on_instances, qos, callback_group=sensors)
         self.create_subscription(TransformStamped, p["mount_topic"], self._on_mount, latched_qos(), callback_group=sensors)
@@ -410,20 +412,26 @@ class MemoryNode(Node):
 
     def _reject(self, why: str) -> None:
         """Log a dropped input once per kind of problem every 5 s (a bad stream would flood the log)."""
-        self._rejects += 1
         kind = why.split(":")[0][:40]
-        self._reject_counts[kind] = self._reject_counts.get(kind, 0) + 1
         now = time.monotonic()
-        if now - self._last_reject.get(kind, -np.inf) >= 5.0:
-            self._last_reject[kind] = now
-            self.get_logger().warning(f"dropped input ({self._rejects} so far): {why}")
+        with self._stamp_lock:  # called from the sensors and the pose groups
+            self._rejects += 1
+            self._reject_counts[kind] = self._reject_counts.get(kind, 0) + 1
+            log = now - self._last_reject.get(kind, -np.inf) >= 5.0
+            if log:
+                self._last_reject[kind] = now
+            n = self._rejects
+        if log:
+            self.get_logger().warning(f"dropped input ({n} so far): {why}")
 
     def _check_stamp(self, name: str, msg) -> None:
         """convert.StampChecks against this node's clock; a jump back restarts the time-ordered state."""
         now = self.get_clock().now().nanoseconds * 1e-9
         t = convert.stamp_to_sec(msg.header.stamp)
-        self.stamps.check(name, t, now if now > 0 else None)  # 0: simulated time not started yet
-        if self.stamps.jumped:  # a bag played again or a simulator restarted
+        with self._stamp_lock:  # odometry (pose group) and images (sensors group) check from two threads
+            self.stamps.check(name, t, now if now > 0 else None)  # 0: simulated time not started yet
+            jumped = self.stamps.jumped
+        if jumped:  # a bag played again or a simulator restarted
             self.get_logger().warning(f"{name} stamps jumped back to {t:.3f}; restarting time sync")
             self.sync = ApproximateSync(["color", "depth"], slop=float(self.p["sync_slop"]))
             self.pipeline.selector.reset()
