@@ -46,6 +46,8 @@ VARIANTS = {
     "gaussians_support0.5_conf2": replace(BASE, label_support=0.5, confidence_norm=2.0),
     "gaussians_centre_median": replace(BASE, centre="median"),
     "gaussians_centre_top_half": replace(BASE, centre="top_half"),
+    "gaussians_baseline0.015": replace(BASE, baseline_margin=0.015),
+    "gaussians_baseline0": replace(BASE, baseline_margin=0.0),
     "view": replace(BASE, mode="view"),
     "render": replace(BASE, mode="render"),
 }
@@ -73,6 +75,8 @@ def main() -> None:
     ap.add_argument("--no-refine", action="store_true", help="memory on raw odometry (PipelineConfig.refine_poses off)")
     ap.add_argument("--memory", nargs="+", default=[], metavar="NAME=JSON",
                     help="MemoryConfig overrides, e.g. selective_adam=true (PipelineConfig.memory_overrides)")
+    ap.add_argument("--absent", type=int, default=24,
+                    help="phrasings of objects a scene does not hold, asked per scene (each method should refuse)")
     a = ap.parse_args()
     variants = {k: VARIANTS[k] for k in (a.variants or VARIANTS)}
     if any(s >= 100 for s in a.seeds):
@@ -83,24 +87,27 @@ def main() -> None:
     tag = a.sensors + ("_norefine" if a.no_refine else "") + "".join(f"_{k}" for k in overrides)
     pipe.load()
     queries: list[dict] = []
+    absent: list[dict] = []
     t_start = time.monotonic()
     for fam in a.families:
         for seed in a.seeds:
             rc = RunConfig(family=fam, seed=seed, sensors=SENSORS[a.sensors](), m3_modes=[], m3_variants=variants,
-                           splits=("dev",), grasps=0, iou_views=0)
+                           splits=("dev",), grasps=0, iou_views=0, absent=a.absent)
             r = run_scene(rc, pipe)
             queries += r.queries
+            absent += r.absent
             print(f"  stats: {r.stats}", flush=True)
             print(f"[{time.monotonic() - t_start:6.0f} s] {fam}/seed {seed}: {len(r.queries)} answers", flush=True)
     pipe.close()
-    (RESULTS_DIR / f"dev_sweep_{tag}_answers.json").write_text(json.dumps(queries, indent=1))
+    (RESULTS_DIR / f"dev_sweep_{tag}_answers.json").write_text(json.dumps(queries + absent, indent=1))
     methods = sorted({q["method"] for q in queries})
     rows = []
     for m in methods:
         sel = [q for q in queries if q["method"] == m]
+        gone = [q["refused"] for q in absent if q["method"] == m]
         rows.append([m, len(sel), float(np.mean([q["success"] for q in sel])),
                      float(np.median([q["error_cm"] for q in sel])), float(np.mean([q["wrong_object"] for q in sel])),
-                     float(np.median([q["ms"] for q in sel]))])
+                     float(np.mean(gone)) if gone else float("nan"), float(np.median([q["ms"] for q in sel]))])
     per = []
     for fam in a.families:
         for m in methods:
@@ -110,7 +117,10 @@ def main() -> None:
     sections = machine_header() + [
         "", f"Dev scenes {a.families} x seeds {a.seeds}, {a.sensors} sensors, pose refinement {'off' if a.no_refine else 'on'}, "
         f"memory overrides {overrides or 'none'}, dev phrasings only.", "",
-        *table(["method", "n", "within 5 cm", "median cm", "wrong object", "ms"], rows), "",
+        *table(["method", "n", "within 5 cm", "median cm", "wrong object", "absent refused", "ms"], rows), "",
+        f"`absent refused`: of {len(absent) // max(len(methods), 1)} phrasings of objects the scene does not hold "
+        "(m3_ros.eval.phrasings.absent_queries), the fraction a method refused; answering one points the robot at "
+        "something that is not there. The voxel map always answers its best label.", "",
         *table(["family", "method", "n", "within 5 cm"], per)]
     write_report(f"dev_sweep_{tag}", "Dev sweep of grounding variants", sections,
                  {"best": best[0], "best_within5": best[2],

@@ -23,6 +23,11 @@ class Query:
     def ambiguous(self) -> bool:
         return len(self.targets) > 1
 
+    @property
+    def absent(self) -> bool:
+        """No scene object fits it (absent_queries): the right answer is a refusal."""
+        return not self.targets
+
 
 def scene_queries(scene: SceneConfig, split: str) -> list[Query]:
     """Every phrasing of ``split`` for every library object of the scene, in scene order."""
@@ -36,4 +41,20 @@ def scene_queries(scene: SceneConfig, split: str) -> list[Query]:
         for ph in recs[o.library]:
             others = [n for n in referents(ph, o.library, keys, lib) if n != o.name]
             out.append(Query(ph.text, [o.name, *others], ph.kind))
+    return out
+
+
+def absent_queries(scene: SceneConfig, split: str) -> list[Query]:
+    """Phrasings of ``split`` written for library objects the scene does not hold and that fit none
+    of its objects (``referents`` is empty): a memory that answers them points at something that
+    is not there. Targets are empty; library order."""
+    lib = load_library()
+    recs = load_phrasing_records(split)
+    keys = [(o.name, o.library) for o in scene.objects]
+    present = {o.library for o in scene.objects}
+    out = []
+    for key, phrasings in recs.items():
+        if key in present or key not in lib:
+            continue
+        out += [Query(ph.text, [], ph.kind) for ph in phrasings if not referents(ph, key, keys, lib)]
     return out

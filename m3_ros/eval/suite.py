@@ -22,7 +22,7 @@ import pybullet as p
 
 from m3_ros.baselines.voxel_labels import VoxelLabelMap
 from m3_ros.eval.metrics import Box, judge, otsu_iou
-from m3_ros.eval.phrasings import Query, scene_queries
+from m3_ros.eval.phrasings import Query, absent_queries, scene_queries
 from m3_ros.geometry import invert, transform_points
 from m3_ros.grasp import GraspConfig, plan_grasp
 from m3_ros.grounding import GroundingConfig
@@ -54,6 +54,9 @@ class RunConfig:
     """Also evaluate the labelled voxel map."""
     splits: tuple[str, ...] = ("dev", "test")
     """Phrasing splits to ask."""
+    absent: int = 0
+    """Phrasings of objects the scene does not hold (phrasings.absent_queries) asked per split, evenly
+    spaced over them; each method should refuse them (RunResult.absent). 0 = none."""
     frame_dt: float = 0.25
     """Sim seconds between camera frames (config/sim.yaml's 4 Hz camera)."""
     train_steps_per_frame: int = 2
@@ -80,6 +83,7 @@ class RunResult:
     sensors: str
     seed: int
     queries: list[dict] = field(default_factory=list)
+    absent: list[dict] = field(default_factory=list)  # {"method", "split", "kind", "query", "refused", ...}
     grasps: list[dict] = field(default_factory=list)
     ious: list[float] = field(default_factory=list)
     probe: list[dict] = field(default_factory=list)  # {"t_s", "error_m", "ms"} asked while training
@@ -237,6 +241,8 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
                                         "query": q.text, "error_cm": 100 * j.error_m, "success": j.success,
                                         "wrong_object": j.wrong_object, "hit": j.hit, "ms": ms,
                                         "in_view": any(in_view.get(t, False) for t in q.targets)})
+            if rc.absent > 0:
+                _ask_absent(out, pipe, vmap, vmap_map, variants, scene, split, rc.absent)
         pipe.cfg.grounding = GroundingConfig()
 
         _relevance_iou(out, pipe, world, held, queries, rc.iou_views)
@@ -244,6 +250,31 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
         if rc.grasps > 0:
             _grasps(out, pipe, world, scene, queries, rc.grasps)
     return out
+
+
+def _ask_absent(out: RunResult, pipe: MemoryPipeline, vmap, vmap_map, variants: dict, scene, split: str,
+                n: int) -> None:
+    """Ask up to n phrasings of absent objects with every method; a refusal is the right answer."""
+    qs = absent_queries(scene, split)
+    qs = qs[:: max(1, -(-len(qs) // n))][:n]
+    text = pipe.text_model
+    for q in qs:
+        emb = text.encode_text([q.text])[0] if vmap is not None else None
+        for method in list(variants) + (["voxel_labels"] if vmap is not None else []) + \
+                (["voxel_labels_map"] if vmap_map is not None else []):
+            try:
+                if method == "voxel_labels":
+                    vmap.ground(emb, text.encode_labels)
+                elif method == "voxel_labels_map":
+                    vmap_map.ground(emb, text.encode_labels)
+                else:
+                    pipe.cfg.grounding = variants[method]
+                    pipe.ground(q.text)
+                refused = False
+            except ValueError:
+                refused = True
+            out.absent.append({"family": out.family, "seed": out.seed, "method": method, "split": split,
+                               "kind": q.kind, "query": q.text, "refused": refused})
 
 
 def _relevance_iou(out: RunResult, pipe: MemoryPipeline, world: SimWorld, held: list,

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from m3_ros.eval.metrics import Box, judge, otsu_iou
-from m3_ros.eval.phrasings import scene_queries
+from m3_ros.eval.phrasings import absent_queries, scene_queries
 from m3_ros.sim.scene import ObjectConfig, SceneConfig
 
 BOXES = [Box("duck", np.array([0.0, 0.0, 0.45]), np.array([0.09, 0.07, 0.09])),
@@ -52,3 +52,23 @@ def test_scene_queries_list_every_referent():
     assert by[("d", "category")].targets == ["d"]
     dev = {q.text for q in scene_queries(SceneConfig(objects=objs), "dev")}
     assert dev.isdisjoint({q.text for q in qs})
+
+
+def test_absent_queries_fit_no_scene_object():
+    objs = [ObjectConfig(name="m1", urdf="objects/mug.urdf", xyz=(0, 0, 0.4), library="mug_red", category="mug"),
+            ObjectConfig(name="d", urdf="duck_vhacd.urdf", xyz=(0.4, 0, 0.4), library="duck", category="duck")]
+    scene = SceneConfig(objects=objs)
+    absent = absent_queries(scene, "test")
+    texts = {q.text for q in absent}
+    present = {q.text for q in scene_queries(scene, "test")}
+    assert absent and all(q.absent and not q.ambiguous for q in absent)
+    assert texts.isdisjoint(present)  # no phrasing of the red mug or the duck
+    # "the mug" written for the blue mug would mean the red one here: not absent; its colour phrasing is
+    blue = {q.text for q in scene_queries(SceneConfig(objects=[ObjectConfig(
+        name="b", urdf="objects/mug.urdf", xyz=(0, 0, 0.4), library="mug_blue", category="mug")]), "test")}
+    blue_category = {q.text for q in scene_queries(SceneConfig(objects=[ObjectConfig(
+        name="b", urdf="objects/mug.urdf", xyz=(0, 0, 0.4), library="mug_blue", category="mug")]), "test")
+        if q.kind == "category"}
+    assert blue_category and blue_category.isdisjoint(texts)
+    assert (blue - blue_category) & texts
+    assert not any(q.absent for q in scene_queries(scene, "test"))
