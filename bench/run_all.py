@@ -143,7 +143,7 @@ def main() -> None:
                 rc = RunConfig(family=fam, seed=seed, sensors=cond, m3_modes=modes,
                                grasps=(3 if a.quick else 6) if cond == "realistic" or not a.quick else 0,
                                iou_views=3 if a.quick else 8, keep_frames=keep,
-                               extra_train_steps=100 if a.quick else 400)
+                               extra_train_steps=100 if a.quick else 400, absent=24)
                 t0 = time.monotonic()
                 r = run_scene(rc, pipe)
                 print(f"[{time.monotonic() - t_start:6.0f} s] {fam}/{cond}/seed {seed}: {len(r.queries)} answers, "
@@ -155,7 +155,9 @@ def main() -> None:
     pipe.close()
     queries = [q for r in runs for q in r.queries]
     grasps = [g for r in runs for g in r.grasps]
-    (RESULTS_DIR / "suite_answers.json").write_text(json.dumps({"queries": queries, "grasps": grasps}, indent=1))
+    absent = [q for r in runs for q in r.absent]
+    (RESULTS_DIR / "suite_answers.json").write_text(json.dumps({"queries": queries, "grasps": grasps,
+                                                                "absent": absent}, indent=1))
 
     rows = []
     for fam in a.families:
@@ -176,6 +178,11 @@ def main() -> None:
         for m in methods:
             s = _summary(queries, sensors=cond, method=m, split="test", in_view=True)
             view_rows.append([cond, m, s["n"], s["within5"], s["median_cm"], s["wrong"]])
+    absent_rows = []
+    for cond in CONDITIONS:
+        for m in methods:
+            sel = [q["refused"] for q in absent if q["sensors"] == cond and q["method"] == m and q["split"] == "test"]
+            absent_rows.append([cond, m, len(sel), _frac(sel)])
     kinds = sorted({q["kind"] for q in queries})
     kind_rows = [[k, *[_summary(queries, sensors="realistic", method=m, split="test", kind=k)["within5"]
                        for m in methods]] for k in kinds]
@@ -224,6 +231,10 @@ def main() -> None:
         *table(["sensors", "method", "queries", "within 5 cm", "median cm", "wrong object"], overall),
         "", "## Targets in view of the robot's last camera (test phrasings; view mode's own case)", "",
         *table(["sensors", "method", "queries", "within 5 cm", "median cm", "wrong object"], view_rows),
+        "", "## Objects that are not there (test phrasings of library objects no scene object fits)", "",
+        "A refusal is the right answer; an answer points the robot at something else (phrasings.absent_queries, "
+        "up to 24 per scene and split).", "",
+        *table(["sensors", "method", "queries", "refused"], absent_rows),
         "", "## M3 against the voxel baseline", "", *verdict,
         "", "## Realistic, test phrasings, by kind of phrasing (within 5 cm)", "",
         *table(["kind", *methods], kind_rows),
@@ -243,6 +254,8 @@ def main() -> None:
                                               split="test")["within5"],
         "ground_dev_5cm": _summary(queries, sensors="realistic", method=dflt, split="dev")["within5"],
         "wrong_object": t_real["wrong"],
+        "absent_refused": _frac(q["refused"] for q in absent
+                                if q["sensors"] == "realistic" and q["method"] == dflt and q["split"] == "test"),
         "grasp_success": _frac(g["success"] for g in grasps if g["sensors"] == "realistic"),
         "m3_cos": fidelity.get("m3_cos", float("nan")), "distill_cos": fidelity.get("distill_cos", float("nan")),
         "miou": _frac(x for r in real for x in r.ious),

@@ -273,7 +273,8 @@ def _ask_absent(out: RunResult, pipe: MemoryPipeline, vmap, vmap_map, variants: 
                 refused = False
             except ValueError:
                 refused = True
-            out.absent.append({"family": out.family, "seed": out.seed, "method": method, "split": split,
+            out.absent.append({"family": out.family, "sensors": out.sensors, "seed": out.seed, "method": method,
+                               "split": split,
                                "kind": q.kind, "query": q.text, "refused": refused})
 
 
