@@ -220,20 +220,7 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
                 emb = text.encode_text([q.text])[0] if vmap is not None else None
                 for method in methods:
                     tq = time.perf_counter()
-                    try:
-                        if method == "voxel_labels":
-                            # the labelled voxel map is built on odometry poses: it answers in odom
-                            pt_odom = vmap.ground(emb, text.encode_labels).points[0]
-                            pt = transform_points(world.T_world_base @ invert(world.T_odom_base),
-                                                  np.atleast_2d(pt_odom))[0]
-                        elif method == "voxel_labels_map":
-                            pt = _to_world(world, pipe, vmap_map.ground(emb, text.encode_labels).points[0])[0]
-                        else:
-                            pipe.cfg.grounding = variants[method]
-                            pt = _to_world(world, pipe, pipe.ground(q.text).points[0])[0]
-                    except ValueError as e:
-                        log.info("%s: %r: no answer (%s)", method, q.text, e)
-                        pt = None
+                    pt = _answer(method, q.text, emb, world, pipe, vmap, vmap_map, variants)
                     ms = (time.perf_counter() - tq) * 1e3
                     j = judge(pt, q.targets, boxes)
                     out.queries.append({"family": rc.family, "sensors": sensors.name, "seed": rc.seed,
@@ -242,7 +229,7 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
                                         "wrong_object": j.wrong_object, "hit": j.hit, "ms": ms,
                                         "in_view": any(in_view.get(t, False) for t in q.targets)})
             if rc.absent > 0:
-                _ask_absent(out, pipe, vmap, vmap_map, variants, scene, split, rc.absent)
+                _ask_absent(out, world, pipe, vmap, vmap_map, variants, methods, scene, split, rc.absent)
         pipe.cfg.grounding = GroundingConfig()
 
         _relevance_iou(out, pipe, world, held, queries, rc.iou_views)
@@ -252,30 +239,34 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
     return out
 
 
-def _ask_absent(out: RunResult, pipe: MemoryPipeline, vmap, vmap_map, variants: dict, scene, split: str,
-                n: int) -> None:
+def _answer(method: str, query: str, emb, world: SimWorld, pipe: MemoryPipeline, vmap, vmap_map,
+            variants: dict) -> np.ndarray | None:
+    """One method's answer to ``query`` as a world point [3], or None when it refused."""
+    text = pipe.text_model
+    try:
+        if method == "voxel_labels":
+            # the labelled voxel map is built on odometry poses: it answers in odom
+            pt_odom = vmap.ground(emb, text.encode_labels).points[0]
+            return transform_points(world.T_world_base @ invert(world.T_odom_base), np.atleast_2d(pt_odom))[0]
+        if method == "voxel_labels_map":
+            return _to_world(world, pipe, vmap_map.ground(emb, text.encode_labels).points[0])[0]
+        pipe.cfg.grounding = variants[method]
+        return _to_world(world, pipe, pipe.ground(query).points[0])[0]
+    except ValueError as e:
+        log.info("%s: %r: no answer (%s)", method, query, e)
+        return None
+
+
+def _ask_absent(out: RunResult, world: SimWorld, pipe: MemoryPipeline, vmap, vmap_map, variants: dict,
+                methods: list[str], scene, split: str, n: int) -> None:
     """Ask up to n phrasings of absent objects with every method; a refusal is the right answer."""
     qs = absent_queries(scene, split)
-    qs = qs[:: max(1, -(-len(qs) // n))][:n]
-    text = pipe.text_model
-    for q in qs:
-        emb = text.encode_text([q.text])[0] if vmap is not None else None
-        for method in list(variants) + (["voxel_labels"] if vmap is not None else []) + \
-                (["voxel_labels_map"] if vmap_map is not None else []):
-            try:
-                if method == "voxel_labels":
-                    vmap.ground(emb, text.encode_labels)
-                elif method == "voxel_labels_map":
-                    vmap_map.ground(emb, text.encode_labels)
-                else:
-                    pipe.cfg.grounding = variants[method]
-                    pipe.ground(q.text)
-                refused = False
-            except ValueError:
-                refused = True
+    for q in qs[:: max(1, -(-len(qs) // n))][:n]:
+        emb = pipe.text_model.encode_text([q.text])[0] if vmap is not None else None
+        for method in methods:
+            refused = _answer(method, q.text, emb, world, pipe, vmap, vmap_map, variants) is None
             out.absent.append({"family": out.family, "sensors": out.sensors, "seed": out.seed, "method": method,
-                               "split": split,
-                               "kind": q.kind, "query": q.text, "refused": refused})
+                               "split": split, "kind": q.kind, "query": q.text, "refused": refused})
 
 
 def _relevance_iou(out: RunResult, pipe: MemoryPipeline, world: SimWorld, held: list,

@@ -64,11 +64,10 @@ def test_absent_queries_fit_no_scene_object():
     assert absent and all(q.absent and not q.ambiguous for q in absent)
     assert texts.isdisjoint(present)  # no phrasing of the red mug or the duck
     # "the mug" written for the blue mug would mean the red one here: not absent; its colour phrasing is
-    blue = {q.text for q in scene_queries(SceneConfig(objects=[ObjectConfig(
-        name="b", urdf="objects/mug.urdf", xyz=(0, 0, 0.4), library="mug_blue", category="mug")]), "test")}
-    blue_category = {q.text for q in scene_queries(SceneConfig(objects=[ObjectConfig(
-        name="b", urdf="objects/mug.urdf", xyz=(0, 0, 0.4), library="mug_blue", category="mug")]), "test")
-        if q.kind == "category"}
+    blue_mug = ObjectConfig(name="b", urdf="objects/mug.urdf", xyz=(0, 0, 0.4), library="mug_blue", category="mug")
+    blue_qs = scene_queries(SceneConfig(objects=[blue_mug]), "test")
+    blue = {q.text for q in blue_qs}
+    blue_category = {q.text for q in blue_qs if q.kind == "category"}
     assert blue_category and blue_category.isdisjoint(texts)
     assert (blue - blue_category) & texts
     assert not any(q.absent for q in scene_queries(scene, "test"))
