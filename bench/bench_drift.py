@@ -75,7 +75,10 @@ NOTES = ["", (
     "new object sides) pulling toward the nearest old plane. Dev object cm room 3.45 -> 3.56, two_tables 3.55 -> "
     "3.57 (2 sigmas: 3.67 / 3.57). Tried and not kept (`--icp ... --tag`, results/drift_*_{c2,p30,p60}.md): "
     "matching only the keyframe's planar points with a normal-compatibility test (30 or 60 deg): exact on the "
-    "default table, but room object cm 5.6 / 4.3 and two_tables 7.7 / 7.3 with noisy depth.")]
+    "default table, but room object cm 5.6 / 4.3 and two_tables 7.7 / 7.3 with noisy depth. With the test: a fine "
+    "cap of 1.5 cm (fine_corr_m, the map's voxel; results/drift_*_f15.md) gave room 2.86 (4 of 5 better) but "
+    "two_tables 4.09 (seed 3 4.65 -> 7.93) and left the exact-depth keyframe 1.9 cm off; the consensus counted "
+    "over 10 cm correspondences instead of the fine cap: room 4.10, two_tables 3.61.")]
 
 
 MIN_OBJECT_PX = 300
