@@ -512,7 +512,7 @@ class M3Memory:
             if catch_up and self.strategy.refine_due(self.iteration):
                 self._catch_up_all()  # the policy reads every row's opacity and scale
             refined = self.strategy.step_post_backward(self.params, self.optimizer, self._strategy_state,
-                                                       self.iteration, meta, self.extent)
+                                                       self.iteration, meta, self.extent, self._gen)
             out = {k: float(x.detach()) for k, x in losses.items()}
             out["loss"] = float(loss.detach())
             out.update({k: float(x) for k, x in refined.items()})

@@ -49,8 +49,12 @@ class DensifyStrategy:
 
     @torch.no_grad()
     def step_post_backward(self, params: nn.ParameterDict, optimizer: torch.optim.Optimizer, state: dict,
-                           step: int, meta: dict, extent: float) -> dict[str, int]:
+                           step: int, meta: dict, extent: float,
+                           generator: torch.Generator | None = None) -> dict[str, int]:
         """Update gradient statistics from meta (rasterize's) and refine when due; returns counts.
+
+        generator draws split offsets (the memory's own: torch's global one is shared with anything
+        else in the process, so a run would not reproduce).
 
         meta: "means2d" [1, M, 2] (with .grad after backward), "radii" [1, M], "width", "height", and
         "index" [M], the rows of the M rendered Gaussians among params' N (None or absent: M = N, all).
@@ -75,13 +79,13 @@ class DensifyStrategy:
             state["count"].index_add_(0, rows, torch.ones_like(norms))
         if not self.refine_due(step):
             return {}
-        out = self._refine(params, optimizer, state, extent)
+        out = self._refine(params, optimizer, state, extent, generator)
         state["grad2d"], state["count"] = None, None
         return out
 
     @torch.no_grad()
     def _refine(self, params: nn.ParameterDict, optimizer: torch.optim.Optimizer, state: dict,
-                extent: float) -> dict[str, int]:
+                extent: float, generator: torch.Generator | None = None) -> dict[str, int]:
         n = params["means"].shape[0]
         avg = state["grad2d"] / state["count"].clamp_min(1)
         scales = params["log_scales"].exp()  # [N, 3]
@@ -99,7 +103,7 @@ class DensifyStrategy:
             s = scales[split]
             q = nn.functional.normalize(params["quats"][split], dim=-1)
             R = _quat_to_rot(q)  # [S, 3, 3]
-            off = (R @ (torch.randn_like(s) * s).unsqueeze(-1)).squeeze(-1)
+            off = (R @ (torch.randn(s.shape, generator=generator) * s).unsqueeze(-1)).squeeze(-1)
             k = clone.numel()
             new["means"][k:] += off
             new["log_scales"][k:] -= torch.log(torch.tensor(1.6))

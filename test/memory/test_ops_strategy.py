@@ -66,6 +66,29 @@ def test_densify_clones_splits_prunes_under_cap():
     assert p["means"].shape[0] <= 16
 
 
+def _split_once(generator, global_seed):
+    p, opt = _scene(10)
+    with torch.no_grad():
+        p["log_scales"][:] = -0.5  # every Gaussian is big: all hot ones split
+    strat = DensifyStrategy(DensifyConfig(refine_start=1, refine_every=1, grad_threshold=0.1, grow_scale=0.1,
+                                          prune_scale=10.0), max_gaussians=100)
+    means2d = torch.zeros(1, 10, 2, requires_grad=True)
+    means2d.grad = torch.ones(1, 10, 2)
+    torch.manual_seed(global_seed)  # whatever else the process drew from the global generator
+    strat.step_post_backward(p, opt, strat.initial_state(), 1, {"means2d": means2d, "radii": torch.ones(1, 10),
+                                                                "width": 40, "height": 30}, 1.0, generator)
+    return p["means"].detach().clone()
+
+
+def test_split_offsets_come_from_the_given_generator():
+    a = _split_once(torch.Generator().manual_seed(7), global_seed=1)
+    b = _split_once(torch.Generator().manual_seed(7), global_seed=2)
+    c = _split_once(torch.Generator().manual_seed(8), global_seed=1)
+    assert a.shape[0] == 20  # ten splits happened
+    assert torch.equal(a, b)  # the global generator's state does not matter
+    assert not torch.equal(a, c)  # the given one does
+
+
 def test_voxel_downsample():
     import numpy as np
     pts = np.array([[0.01, 0.01, 0.01], [0.02, 0.02, 0.02], [0.5, 0.5, 0.5]])
