@@ -106,7 +106,8 @@ PARAM_SPECS: dict[str, Param] = {
     "refine_poses": Param(True, "refine keyframe poses by depth-to-map ICP; the memory lives in map_frame "
                                 "(false: in odom_frame, nothing on /tf)"),
     "tf_cache_s": Param(0.0, "s of /tf history kept", range=(0.5, 600.0)),
-    "pose_wait": Param(0.0, "s (stamp time) a frame waits for its pose at the image stamp", range=(0.0, 10.0),
+    "pose_wait": Param(0.0, "s a frame waits for its pose at the image stamp: until newer frames are this far "
+                            "ahead in stamp time and this long has passed since it arrived", range=(0.0, 10.0),
                        live=True),
     "tf_max_gap_s": Param(0.0, "s, widest gap between odometry / TF samples a pose is interpolated across "
                                "(wider: the frame is dropped, its pose would be invented)", range=(0.01, 60.0),
@@ -216,6 +217,7 @@ class MemoryNode(Node):
         # Once a detector publishes instances, each frame waits (up to instances_wait) for its own.
         self.instances: dict[float, LabeledInstanceArray] = {}
         self.waiting: dict[float, tuple] = {}
+        self._arrived: dict[float, float] = {}  # waiting frame stamp -> steady time it arrived
         self._frame_lock = threading.Lock()
         self._rejects = 0
         self._reject_counts: dict[str, int] = {}
@@ -343,7 +345,8 @@ class MemoryNode(Node):
         self._flush_waiting()
 
     def _flush_on_tf(self) -> None:
-        if self._tf_new.is_set():
+        # also while frames wait: one may have waited out its wall-clock pose_wait with nothing new arriving
+        if self._tf_new.is_set() or self.waiting:
             self._tf_new.clear()
             self._flush_waiting()
 
@@ -351,8 +354,10 @@ class MemoryNode(Node):
         """Process waiting frames whose instances arrived (or waited long enough, or there is no
         detector) and whose pose at the image stamp is known (or will not come)."""
         ready = []
+        wait = float(self.p["pose_wait"])
         with self._frame_lock:
             newest = max(self.waiting, default=-np.inf)
+            now = time.monotonic()
             for t in sorted(self.waiting):
                 match = self._instances_for(t)
                 if match is None and self.instances and newest - t <= float(self.p["instances_wait"]):
@@ -362,10 +367,15 @@ class MemoryNode(Node):
                     pose = self._pose_at(color, depth, t)
                 except TransformError as e:
                     late = not isinstance(e, (ExtrapolationError, GapError)) or getattr(e, "future", False)
-                    if late and newest - t <= float(self.p["pose_wait"]):
-                        continue  # odometry / TF for this stamp may still arrive
+                    # odometry / TF for this stamp may still arrive: newer frames are not pose_wait ahead yet,
+                    # or it came in less than pose_wait ago (poses are taken in by their own callback group, so
+                    # a sample sent before the image can be recorded after it; test_frames, publishing faster than
+                    # real time, showed this)
+                    if late and (newest - t <= wait or now - self._arrived.get(t, now) < wait):
+                        continue
                     pose = e
                 del self.waiting[t]
+                self._arrived.pop(t, None)
                 ready.append(((color, depth), pose, match))
         for frame, pose, inst in ready:
             # the text before the first colon (40 characters at most) is the kind: throttled and counted apart
@@ -446,7 +456,9 @@ class MemoryNode(Node):
             return
         frame = (match["color"], match["depth"])
         with self._frame_lock:
-            self.waiting[convert.stamp_to_sec(match["color"].header.stamp)] = frame
+            t = convert.stamp_to_sec(match["color"].header.stamp)
+            self.waiting[t] = frame
+            self._arrived[t] = time.monotonic()
         self._flush_waiting()
 
     def _process(self, color: Image, depth: Image, T_odom_base: np.ndarray, T_odom_cam: np.ndarray,

@@ -104,7 +104,7 @@ def test_moved_duck_answers_at_its_new_place_and_leaves_the_old_one(moved):
 
 
 # Was xfail (open, failing 3 of 4 runs): Gaussians 1.6-2.3 cm above the table top where the duck stood kept
-# its label and answered. They came from keyframes ICP had pulled off their exact pose (new surfaces next to
+# its label and answered. They most likely came from keyframes ICP had pulled off their exact pose (new surfaces next to
 # old planes, IcpConfig.consensus_sigmas); since that fix it passed 4 of 4 (CI and one beside a CPU burner
 # included), and it fails again on the old tracker (2 of 2).
 def test_no_region_answers_at_the_old_place(moved):
