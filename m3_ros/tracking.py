@@ -302,15 +302,12 @@ def _capped_cost(p: np.ndarray, ref: PointMap, cfg: IcpConfig, cap_m: float | No
 
 
 def _consensus(p: np.ndarray, ref: PointMap, cfg: IcpConfig, sigma: np.ndarray | None) -> int:
-    """How many points [N, 3] lie within consensus_sigmas noise sigmas of their nearest map point's plane."""
+    """How many points [N, 3] lie within consensus_sigmas noise sigmas of their map plane (correspondences
+    within fine_corr_m)."""
     # a 1 mm floor: exact depth (sigma None) and near points still meet sensor and map-plane error
-    tol = cfg.consensus_sigmas * (np.full(len(p), 1e-3) if sigma is None
-                                  else np.maximum(np.asarray(sigma, dtype=np.float64), 1e-3))
-    d, j = ref.tree.query(p, distance_upper_bound=cfg.fine_corr_m)
-    ok = np.isfinite(d)
-    j = np.where(ok, np.minimum(j, len(ref) - 1), 0)
-    r = np.abs(np.einsum("ni,ni->n", p - ref.points[j], ref.normals[j]))
-    return int((ok & (r <= tol)).sum())
+    tol = cfg.consensus_sigmas * np.maximum(1e-3 if sigma is None else np.asarray(sigma, dtype=np.float64), 1e-3)
+    _, inl, _, r = _capped_cost(p, ref, cfg, cfg.fine_corr_m)
+    return int((inl & (np.abs(r) <= tol)).sum())
 
 
 def _increment(x: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -385,7 +382,8 @@ def icp(points_cam: np.ndarray, T_map_cam: np.ndarray, ref: PointMap,
         T = _increment(x, c) @ T
         if it > cfg.coarse_iterations and np.linalg.norm(x[3:]) + np.linalg.norm(x[:3]) * radius < cfg.converged_m:
             break
-    cost1, inl, _, _ = _capped_cost(transform_points(T, p0), ref, cfg, scale=scale)
+    p1 = transform_points(T, p0)
+    cost1, inl, _, _ = _capped_cost(p1, ref, cfg, scale=scale)
     n_inl = int(inl.sum())
     res = IcpResult(T, True, "ok", inliers=n_inl, overlap=n_inl / len(p0), conditioning=cond,
                     cost_before=cost0, cost_after=cost1, iterations=it)
@@ -400,7 +398,7 @@ def icp(points_cam: np.ndarray, T_map_cam: np.ndarray, ref: PointMap,
         res.reason = (f"correction {moved:.3f} m / {res.rotation_deg:.1f} deg exceeds "
                       f"{cfg.max_correction_m} m / {cfg.max_correction_deg} deg")
     elif cfg.consensus_sigmas is not None and (
-            _consensus(transform_points(T, p0), ref, cfg, sigma) < _consensus(p0, ref, cfg, sigma)):
+            _consensus(p1, ref, cfg, sigma) < _consensus(p0, ref, cfg, sigma)):
         res.reason = "fewer points fit within their noise after the correction"
     elif not cost1 < cost0:
         res.reason = f"residual did not improve ({cost0:.3g} -> {cost1:.3g})"

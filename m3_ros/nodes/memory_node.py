@@ -216,8 +216,7 @@ class MemoryNode(Node):
         self.sync = ApproximateSync(["color", "depth"], slop=float(p["sync_slop"]))
         # Once a detector publishes instances, each frame waits (up to instances_wait) for its own.
         self.instances: dict[float, LabeledInstanceArray] = {}
-        self.waiting: dict[float, tuple] = {}
-        self._arrived: dict[float, float] = {}  # waiting frame stamp -> steady time it arrived
+        self.waiting: dict[float, tuple] = {}  # stamp -> (colour, depth, steady time it arrived)
         self._frame_lock = threading.Lock()
         self._rejects = 0
         self._reject_counts: dict[str, int] = {}
@@ -265,7 +264,7 @@ class MemoryNode(Node):
         # would stop whenever /clock does (before the simulator starts, or when it pauses).
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self.create_timer(float(p["train_period"]), self._on_train, callback_group=train, clock=steady)
-        self.create_timer(0.02, self._flush_on_tf, callback_group=sensors, clock=steady)
+        self.create_timer(0.02, self._flush_tick, callback_group=sensors, clock=steady)
         self.create_timer(float(p["status_period"]), self._on_status, callback_group=services, clock=steady)
         self.create_timer(float(p["cloud_period"]), self._on_cloud, callback_group=services, clock=steady)
         if float(p["autosave_period_s"]) > 0:
@@ -344,8 +343,8 @@ class MemoryNode(Node):
                 del self.instances[old]
         self._flush_waiting()
 
-    def _flush_on_tf(self) -> None:
-        # also while frames wait: one may have waited out its wall-clock pose_wait with nothing new arriving
+    def _flush_tick(self) -> None:
+        # after new poses, and while frames wait (one may have waited out pose_wait with nothing new arriving)
         if self._tf_new.is_set() or self.waiting:
             self._tf_new.clear()
             self._flush_waiting()
@@ -362,7 +361,7 @@ class MemoryNode(Node):
                 match = self._instances_for(t)
                 if match is None and self.instances and newest - t <= float(self.p["instances_wait"]):
                     continue
-                color, depth = self.waiting[t]
+                color, depth, arrived = self.waiting[t]
                 try:
                     pose = self._pose_at(color, depth, t)
                 except TransformError as e:
@@ -371,11 +370,10 @@ class MemoryNode(Node):
                     # or it came in less than pose_wait ago (poses are taken in by their own callback group, so
                     # a sample sent before the image can be recorded after it; test_frames, publishing faster than
                     # real time, showed this)
-                    if late and (newest - t <= wait or now - self._arrived.get(t, now) < wait):
+                    if late and (newest - t <= wait or now - arrived < wait):
                         continue
                     pose = e
                 del self.waiting[t]
-                self._arrived.pop(t, None)
                 ready.append(((color, depth), pose, match))
         for frame, pose, inst in ready:
             # the text before the first colon (40 characters at most) is the kind: throttled and counted apart
@@ -454,11 +452,9 @@ class MemoryNode(Node):
             return self._reject(str(e))
         if match is None:
             return
-        frame = (match["color"], match["depth"])
         with self._frame_lock:
-            t = convert.stamp_to_sec(match["color"].header.stamp)
-            self.waiting[t] = frame
-            self._arrived[t] = time.monotonic()
+            self.waiting[convert.stamp_to_sec(match["color"].header.stamp)] = (match["color"], match["depth"],
+                                                                               time.monotonic())
         self._flush_waiting()
 
     def _process(self, color: Image, depth: Image, T_odom_base: np.ndarray, T_odom_cam: np.ndarray,
