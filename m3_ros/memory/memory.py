@@ -61,6 +61,7 @@ class M3Memory:
     def __init__(self, cfg: MemoryConfig) -> None:
         self.cfg = cfg
         self._lock = threading.RLock()
+        self._save_lock = threading.Lock()  # one writer at a time (saves share temp directory names)
         self.reset()
 
     # ---- state -------------------------------------------------------------------------------
@@ -586,9 +587,14 @@ class M3Memory:
         return mem
 
     def save(self, path: str | Path) -> None:
-        """Write the memory to one directory atomically (see checkpoint.py)."""
+        """Write the memory to one directory atomically (see checkpoint.py).
+
+        The state is copied under the memory's lock (``state_dict``); writing and fsync run outside
+        it. Holding it throughout, autosaves of 2-3 s every second on a busy disk left training a
+        few steps in ten seconds (test_autosave_load).
+        """
         from m3_ros.memory.checkpoint import save_memory
-        with self._lock:
+        with self._save_lock:
             save_memory(self, Path(path))
 
     @classmethod

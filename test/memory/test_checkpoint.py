@@ -197,3 +197,30 @@ def test_checkpoint_does_not_import_the_memory_class():
     code = ("import sys, m3_ros.memory.checkpoint; "
             "sys.exit(1 if 'm3_ros.memory.memory' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_training_goes_on_while_a_save_writes(mem, tmp_path, monkeypatch):
+    """The lock is held while the state is copied, not while files are written and synced."""
+    import threading
+    writing, release = threading.Event(), threading.Event()
+    real = checkpoint.save_file
+
+    def slow_disk(*a, **k):  # the real write, held until the train step below has run
+        writing.set()
+        assert release.wait(30), "the train step never ran while the save was writing"
+        return real(*a, **k)
+    monkeypatch.setattr(checkpoint, "save_file", slow_disk)
+    saver = threading.Thread(target=mem.save, args=(tmp_path / "m",))
+    saver.start()
+    assert writing.wait(30)
+    before = mem.iteration
+    stepper = threading.Thread(target=mem.train_step)
+    stepper.start()
+    stepper.join(10)
+    stepped = not stepper.is_alive() and mem.iteration == before + 1
+    release.set()
+    saver.join(30)
+    stepper.join(30)
+    assert stepped, "a train step waited for the save's file writing"
+    # what was saved is the state when the save began, loadable and complete
+    assert M3Memory.load(tmp_path / "m").iteration == before
