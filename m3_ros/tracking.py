@@ -441,9 +441,9 @@ class DriftTracker:
     @property
     def T_map_odom(self) -> np.ndarray:
         """[4, 4] copy of the current map -> odom correction: where the newest keyframe was placed,
-        carried by odometry since."""
-        with self._lock:
-            return self._T_belief.copy()
+        carried by odometry since. Not behind the lock that ICP holds (up to a second on a loaded
+        machine): ``_T_belief`` is replaced, never edited in place, so a read sees one whole value."""
+        return self._T_belief.copy()
 
     def predict(self, T_odom_cam: np.ndarray) -> np.ndarray:
         """[4, 4] camera pose in the map: the odometry's pose through ``T_map_odom``."""
@@ -502,6 +502,7 @@ class DriftTracker:
                 self.map.add(transform_points(np.asarray(T_map_cam, dtype=np.float64), pts), self.depth_sigma(pts))
 
     def stats(self) -> dict:
-        with self._lock:
-            return {"accepted": self.accepted, "refused": self.refused, "map_points": len(self.map),
-                    "last_reason": self.last.reason if self.last else ""}
+        """Counters for diagnostics, read without waiting for a running ICP (see ``T_map_odom``)."""
+        last = self.last
+        return {"accepted": self.accepted, "refused": self.refused, "map_points": len(self.map),
+                "last_reason": last.reason if last else ""}

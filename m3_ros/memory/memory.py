@@ -126,11 +126,14 @@ class M3Memory:
         return [v.kf for v in self._views]
 
     def stats(self) -> dict:
-        with self._lock:
-            return {"keyframes": len(self._views), "gaussians": self.n_gaussians,
-                    "bank_rows": {m: len(b) for m, b in self.banks.items()}, "iteration": self.iteration,
-                    "last_loss": self.last_loss, "train_time_s": self.train_time_s,
-                    "cleared": self.cleared, "stale_dropped": self.stale_dropped}
+        """Counters for status reports. Read without the lock: each value is whole (a step or an ingest may
+        be half done, so they can disagree by one step), and a status tick waiting for ingestion (seconds
+        on a loaded machine) held a node's executor thread; with a few queued behind it, queries and
+        pose intake stopped (test_autosave_load)."""
+        return {"keyframes": len(self._views), "gaussians": self.n_gaussians,
+                "bank_rows": {m: len(b) for m, b in list(self.banks.items())}, "iteration": self.iteration,
+                "last_loss": self.last_loss, "train_time_s": self.train_time_s,
+                "cleared": self.cleared, "stale_dropped": self.stale_dropped}
 
     # ---- W_m -------------------------------------------------------------------------------
     def _init_wm(self, model: str, dim: int) -> None:

@@ -4,7 +4,8 @@ Thin: parameters, QoS, message conversion; the work is in ``m3_ros.pipeline``.
 Threads: sensor callbacks only convert and hand frames to the feature worker; a timer
 in its own callback group trains; services run in a third group, so the executor
 never waits on training; /tf and odometry are taken in in a fourth, so slow frame processing never
-drops the poses that frames are placed with.
+drops the poses that frames are placed with. Status, cloud and autosave timers have a group each,
+and what they read (counters, T_map_odom) never waits for ingestion or ICP.
 """
 from __future__ import annotations
 
@@ -265,8 +266,12 @@ class MemoryNode(Node):
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self.create_timer(float(p["train_period"]), self._on_train, callback_group=train, clock=steady)
         self.create_timer(0.02, self._flush_tick, callback_group=sensors, clock=steady)
-        self.create_timer(float(p["status_period"]), self._on_status, callback_group=services, clock=steady)
-        self.create_timer(float(p["cloud_period"]), self._on_cloud, callback_group=services, clock=steady)
+        # Each periodic report in its own group: in the reentrant services group a slow tick (waiting
+        # for a lock) was joined by the next ones until they held every executor thread.
+        self.create_timer(float(p["status_period"]), self._on_status, callback_group=MutuallyExclusiveCallbackGroup(),
+                          clock=steady)
+        self.create_timer(float(p["cloud_period"]), self._on_cloud, callback_group=MutuallyExclusiveCallbackGroup(),
+                          clock=steady)
         if float(p["autosave_period_s"]) > 0:
             if not (p["autosave_path"] or p["memory_dir"]):
                 raise ValueError("autosave_period_s > 0 needs autosave_path or memory_dir")

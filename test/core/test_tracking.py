@@ -122,3 +122,30 @@ def test_reference_from_saved_views_keeps_tracking():
     e_t, e_r = pose_error(T_map_cam, T_true)
     assert e_t < 0.01 and e_r < 0.5
 
+
+
+def test_pose_readers_do_not_wait_for_a_running_icp():
+    """T_map_odom (published on /tf at every status) and the diagnostics counters are read while ICP
+    runs (it holds the tracker's lock, up to a second on a loaded machine)."""
+    import threading
+    tr = DriftTracker()
+    T0 = tr.T_map_odom
+    held, release = threading.Event(), threading.Event()
+
+    def icp_like():
+        with tr._lock:  # as track() holds it around ICP
+            held.set()
+            release.wait(30)
+    t = threading.Thread(target=icp_like)
+    t.start()
+    assert held.wait(10)
+    got = []
+    reader = threading.Thread(target=lambda: got.append((tr.T_map_odom, tr.stats())))
+    reader.start()
+    reader.join(5)
+    answered = not reader.is_alive()
+    release.set()
+    t.join(10)
+    reader.join(10)
+    assert answered, "T_map_odom / stats() waited for ICP"
+    assert np.array_equal(got[0][0], T0) and got[0][1]["accepted"] == 0
