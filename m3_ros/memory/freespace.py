@@ -148,28 +148,38 @@ def classify(depth: np.ndarray, K: np.ndarray, T_world_cam: np.ndarray, means: t
         margin = margin + params.extent * scales.detach().double().numpy()[idx].max(-1)
     at = d[vi, ui]  # the depth right at the projected centre
     r = params.radius_px(W)
+    # Window statistics every Gaussian shares, once per image: the nearest and farthest valid depth
+    # and the count of valid pixels in the (2r+1)^2 window around each pixel (outside = hole).
+    valid_img = d > 0
+    size = 2 * r + 1
+    near_img = ndimage.minimum_filter(np.where(valid_img, d, np.inf), size=size, mode="constant", cval=np.inf)
+    far_img = ndimage.maximum_filter(np.where(valid_img, d, -np.inf), size=size, mode="constant", cval=-np.inf)
+    count = valid_img.astype(np.int32)
+    for axis in (0, 1):
+        count = ndimage.correlate1d(count, np.ones(size, np.int32), axis=axis, mode="constant", cval=0)
+    near, far = near_img[vi, ui], far_img[vi, ui]
+    # A window pixel explains the Gaussian when the surface it sees lies within the margin of the
+    # centre in 3D: depth gap and lateral offset (offset pixels at the Gaussian's depth) together.
+    # The centre pixel (no offset) settles most; only a Gaussian whose window holds a depth within
+    # the margin (near <= z + margin, far >= z - margin) can be explained by another pixel.
+    explained = (at > 0) & ((at - zi) ** 2 <= margin ** 2)
+    maybe = np.nonzero(~explained & (near <= zi + margin) & (far >= zi - margin))[0]
     f = 0.5 * (K[0, 0] + K[1, 1])
     dv, du = (x.reshape(-1) for x in np.mgrid[-r:r + 1, -r:r + 1])
     off_px = np.hypot(dv, du)  # [P] window offsets
-    code = np.full(len(idx), UNKNOWN, dtype=np.int8)
-    for s in range(0, len(idx), 4096):  # chunks bound the [chunk, P] arrays
-        c = slice(s, s + 4096)
+    for s in range(0, len(maybe), 4096):  # chunks bound the [chunk, P] arrays
+        c = maybe[s:s + 4096]
         vv, uu = vi[c, None] + dv, ui[c, None] + du  # [C, P]
         ok = (vv >= 0) & (vv < H) & (uu >= 0) & (uu < W)
         dw = np.where(ok, d[np.clip(vv, 0, H - 1), np.clip(uu, 0, W - 1)], 0.0)
-        valid = dw > 0
-        # a window pixel explains the Gaussian when the surface it sees lies within the margin of the
-        # centre in 3D: depth gap and lateral offset (offset pixels at the Gaussian's depth) together
         lateral = zi[c, None] * off_px / f
-        explained = (valid & ((dw - zi[c, None]) ** 2 + lateral ** 2 <= margin[c, None] ** 2)).any(1)
-        cc = np.full(len(explained), UNKNOWN, dtype=np.int8)
-        cc[explained] = SURFACE
-        cc[~explained & (at[c] > 0) & (zi[c] > at[c] + margin[c])] = HIDDEN
-        if evidence:  # every valid pixel of the window sees a surface beyond the Gaussian by the margin
-            near = np.where(valid, dw, np.inf).min(1)
-            frac = valid.mean(1)  # outside the image counts as a hole
-            cc[(frac >= params.min_valid - 1e-9) & np.isfinite(near) & (zi[c] < near - margin[c])] = THROUGH
-        code[c] = cc
+        explained[c] = ((dw > 0) & ((dw - zi[c, None]) ** 2 + lateral ** 2 <= margin[c, None] ** 2)).any(1)
+    code = np.full(len(idx), UNKNOWN, dtype=np.int8)
+    code[explained] = SURFACE
+    code[~explained & (at > 0) & (zi > at + margin)] = HIDDEN
+    if evidence:  # every valid pixel of the window sees a surface beyond the Gaussian by the margin
+        frac = count[vi, ui] / size ** 2
+        code[(frac >= params.min_valid - 1e-9) & np.isfinite(near) & (zi < near - margin)] = THROUGH
     out[torch.from_numpy(idx)] = torch.from_numpy(code)
     return out
 

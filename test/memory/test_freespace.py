@@ -198,3 +198,51 @@ def test_memory_without_freespace_keeps_the_box():
     mem.add_keyframe(_box_moved_away(2))
     assert int(_box_gaussians(mem).sum()) == n_box
     assert len(mem._views) == 3
+
+
+def _reference_codes(depth, means, scales, params):
+    """classify's rule read literally, one Gaussian and one window pixel at a time (camera = world)."""
+    d = np.nan_to_num(np.asarray(depth, dtype=np.float64))
+    f, r = 0.5 * (K[0, 0] + K[1, 1]), params.radius_px(W)
+    out = []
+    for (x, y, z), s in zip(means.double().numpy(), scales.double().numpy()):
+        u, v = (int(np.rint(K[0, 0] * x / z + K[0, 2])), int(np.rint(K[1, 1] * y / z + K[1, 2]))) if z > params.near else (-1, -1)
+        if not (z > params.near and 0 <= u < W and 0 <= v < H):
+            out.append(OUTSIDE)
+            continue
+        m = max(params.margin, params.noise * z ** 2) + params.extent * s.max()
+        window = [(d[v + a, u + b] if 0 <= v + a < H and 0 <= u + b < W else 0.0, np.hypot(a, b))
+                  for a in range(-r, r + 1) for b in range(-r, r + 1)]
+        seen = [dw for dw, _ in window if dw > 0]
+        if any(dw > 0 and (dw - z) ** 2 + (z * o / f) ** 2 <= m ** 2 for dw, o in window):
+            out.append(SURFACE)
+        elif len(seen) / len(window) >= params.min_valid and seen and z < min(seen) - m:
+            out.append(THROUGH)
+        elif d[v, u] > 0 and z > d[v, u] + m:
+            out.append(HIDDEN)
+        else:
+            out.append(UNKNOWN)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_classify_matches_the_rule_read_pixel_by_pixel(seed):
+    """The window statistics (min / max filters, valid counts) and the centre-pixel shortcut give the
+    same codes as the rule evaluated literally, on a slanted, holed depth image with Gaussians
+    around, in front of and behind its surfaces, at the image border and out of view."""
+    rng = np.random.default_rng(seed)
+    rx, ry = _rays()
+    depth = 1.0 + 0.6 * rx + 0.3 * ry + 0.4 * (rx > 0.2)  # a slanted plane with a step
+    depth[rng.random((H, W)) < 0.25] = 0.0  # holes
+    depth[:, : W // 6] = 0.0  # a band without depth
+    n = 1500
+    v, u = rng.uniform(-3, H + 2, n), rng.uniform(-3, W + 2, n)
+    base = 1.0 + 0.6 * (u - K[0, 2]) / K[0, 0] + 0.3 * (v - K[1, 2]) / K[1, 1]
+    z = np.maximum(base + rng.normal(0, 0.12, n), 0.05)
+    means = torch.tensor(np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], 1))
+    scales = torch.tensor(rng.uniform(0.001, 0.02, (n, 3)))
+    params = FreeSpaceConfig()
+    got = classify(depth.astype(np.float32), K, np.eye(4), means, scales, params).numpy()
+    want = _reference_codes(depth.astype(np.float32), means, scales, params)
+    assert {int(c) for c in np.unique(want)} >= {SURFACE, THROUGH, HIDDEN, UNKNOWN, OUTSIDE}  # every case occurs
+    assert np.array_equal(got, want), np.nonzero(got != want)[0][:10]
