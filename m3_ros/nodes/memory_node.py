@@ -222,8 +222,7 @@ class MemoryNode(Node):
         self._rejects = 0
         self._reject_counts: dict[str, int] = {}
         self._last_reject: dict[str, float] = {}
-        self._steps_since_status = 0
-        self._last_status_t = time.monotonic()
+        self._rate_ref = (0, 0, time.monotonic())  # (memory, iteration, time) at the last status
         self._relevance_busy = threading.Lock()  # one relevance image at a time; queries meanwhile skip it
         self.info: CameraInfo | None = None
         self.stamps = convert.StampChecks(max_future_s=float(p["max_future_stamp_s"]))
@@ -487,7 +486,7 @@ class MemoryNode(Node):
         if not self.p["training"]:
             self.pipeline.train_for(0.0, max_steps=0)  # new keyframes still join the memory, untrained
             return
-        self._steps_since_status += self.pipeline.train_for(float(self.p["train_budget"]))
+        self.pipeline.train_for(float(self.p["train_budget"]))
 
     def _on_status(self) -> None:
         s = self.pipeline.stats()
@@ -500,10 +499,15 @@ class MemoryNode(Node):
         msg.bank_rows = [int(s["bank_rows"].get(m, 0)) for m in msg.models]
         msg.train_iteration = int(s["iteration"])
         msg.last_loss = float(s["last_loss"])
-        msg.train_rate_hz = float(self._steps_since_status / max(now - self._last_status_t, 1e-6))
+        # from the iteration count, read here only: a step counter shared with the training thread
+        # lost its resets (`+=` read it before a train call of seconds and wrote it back after)
+        # and the published rate grew with the iteration (27 Hz reported while 1 step/s ran)
+        mem_id, last_it, last_t = self._rate_ref
+        steps = int(s["iteration"]) - last_it if mem_id == id(self.pipeline.memory) else 0
+        msg.train_rate_hz = float(max(steps, 0) / max(now - last_t, 1e-6))
         msg.train_time_s = float(s["train_time_s"])
         msg.ready = bool(self.pipeline.ready and s["gaussians"] > 0)
-        self._steps_since_status, self._last_status_t = 0, now
+        self._rate_ref = (id(self.pipeline.memory), int(s["iteration"]), now)
         self.status_pub.publish(msg)
         self._publish_diagnostics(msg)
         self._publish_map_odom()

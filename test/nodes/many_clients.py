@@ -73,6 +73,9 @@ def main() -> int:
             r = [m.train_iteration for t, m in status if t <= t_b]
             return r[-1] if r else None
         during = [m.train_iteration for t, m in status if t_load < t <= t_end]
+        # each status's rate against the steps since the status before it, [(rate x dt, steps)]
+        rate_vs_steps = [(round(b.train_rate_hz * (tb - ta), 2), b.train_iteration - a.train_iteration)
+                         for (ta, a), (tb, b) in zip(status, status[1:]) if a.train_iteration > 0]
         print(json.dumps({
             "sent": a.clients * n_rounds, "answered": len(results),
             "succeeded": sum(r["success"] for r in results),
@@ -81,7 +84,7 @@ def main() -> int:
             "load_rate_hz": rate(t_load, t_end + 0.01), "iteration_before": iteration(t_load),
             "iteration_after": iteration(t_end + 1e9), "setup_s": t_load - t0,
             # statuses received while the load ran: training must advance between them
-            "iterations_during": during,
+            "iterations_during": during, "rate_vs_steps": rate_vs_steps,
             "status_publishers": nodes[0].count_publishers("memory/status"),
             "ground_servers": nodes[0].count_services("ground")}))
         return 0

@@ -61,6 +61,10 @@ def test_twenty_concurrent_clients_while_training(running):
     # (a single round can end within one status period, so the load lasts several rounds)
     it = res["iterations_during"]
     assert len(it) >= 2 and it[-1] > it[0], res
+    # the published training rate is the steps taken since the previous status (within what the
+    # receiving side's clock can tell: a status can arrive up to ~0.1 s late under this load)
+    assert len(res["rate_vs_steps"]) >= 5, res
+    assert all(abs(r - n) <= 2 + 0.25 * n for r, n in res["rate_vs_steps"]), res["rate_vs_steps"]
     assert mem.alive(), mem.log_text()[-3000:]
 
 
