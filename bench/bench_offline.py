@@ -99,8 +99,12 @@ def main() -> None:
                 "## memory_node training rate with 20 concurrent ground clients (sim_node walking, label model)",
                 *table(["load", "calls", "answered", "succeeded", "train Hz alone", "train Hz under load",
                         "drop", "slowest round s", "node alive"], load_rows), "",
-                "Training and queries share the memory's lock (a query holds it for its whole duration), so "
-                "training yields to back-to-back queries; every call is answered."]
+                "Queries read the memory's published snapshot and never wait for a train step; training yields "
+                "the CPU to them by design (its thread runs at a lower OS priority, PipelineConfig.train_nice, and "
+                "starts no new step while a query runs, queries_first), so back-to-back rounds of 20 calls leave "
+                "it a few steps; every call is answered. The rates are the published memory/status rate, which "
+                "before 2026-12-04 counted wrongly (a shared counter lost its resets: 8.8 / 1.5 Hz reported on "
+                "2026-12-03 were inflated)."]
     write_report("offline", "Offline tools and load", sections, {**cli_res, **load_res})
 
 
