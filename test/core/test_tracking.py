@@ -124,28 +124,11 @@ def test_reference_from_saved_views_keeps_tracking():
 
 
 
-def test_pose_readers_do_not_wait_for_a_running_icp():
+def test_pose_readers_do_not_wait_for_a_running_icp(while_held):
     """T_map_odom (published on /tf at every status) and the diagnostics counters are read while ICP
     runs (it holds the tracker's lock, up to a second on a loaded machine)."""
-    import threading
     tr = DriftTracker()
     T0 = tr.T_map_odom
-    held, release = threading.Event(), threading.Event()
-
-    def icp_like():
-        with tr._lock:  # as track() holds it around ICP
-            held.set()
-            release.wait(30)
-    t = threading.Thread(target=icp_like)
-    t.start()
-    assert held.wait(10)
-    got = []
-    reader = threading.Thread(target=lambda: got.append((tr.T_map_odom, tr.stats())))
-    reader.start()
-    reader.join(5)
-    answered = not reader.is_alive()
-    release.set()
-    t.join(10)
-    reader.join(10)
+    answered, got = while_held(tr._lock, lambda: (tr.T_map_odom, tr.stats()))  # as track() holds it
     assert answered, "T_map_odom / stats() waited for ICP"
-    assert np.array_equal(got[0][0], T0) and got[0][1]["accepted"] == 0
+    assert np.array_equal(got[0], T0) and got[1]["accepted"] == 0

@@ -177,27 +177,10 @@ def test_region_model_zero_means_no_object_and_is_not_inherited(ran):
     assert nonzero == 0.0 if ran else nonzero > 0.5
 
 
-def test_stats_do_not_wait_for_a_running_ingest(seeded):
+def test_stats_do_not_wait_for_a_running_ingest(seeded, while_held):
     """Status reports read counters while a keyframe is being ingested (which holds the memory's lock
     for seconds on a loaded machine); a node's status ticks had waited and piled up on its executor."""
-    import threading
     mem, _, _ = seeded
-    held, release = threading.Event(), threading.Event()
-
-    def ingest_like():
-        with mem._lock:  # as add_keyframe holds it
-            held.set()
-            release.wait(30)
-    t = threading.Thread(target=ingest_like)
-    t.start()
-    assert held.wait(10)
-    got = []
-    reader = threading.Thread(target=lambda: got.append(mem.stats()))
-    reader.start()
-    reader.join(5)
-    answered = not reader.is_alive()
-    release.set()
-    t.join(10)
-    reader.join(10)
+    answered, got = while_held(mem._lock, mem.stats)  # the lock as add_keyframe holds it
     assert answered, "stats() waited for the memory's lock"
-    assert got[0]["gaussians"] == mem.n_gaussians > 0 and got[0]["keyframes"] == 1
+    assert got["gaussians"] == mem.n_gaussians > 0 and got["keyframes"] == 1
