@@ -17,10 +17,9 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityP
 
 def sensor_qos(reliable: bool, depth: int = 5) -> QoSProfile:
     """BEST_EFFORT sensor QoS as a real camera driver publishes; RELIABLE when tests count."""
-    if reliable:
-        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
-                          reliability=ReliabilityPolicy.RELIABLE)
-    return qos_profile_sensor_data
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=ReliabilityPolicy.RELIABLE if reliable else qos_profile_sensor_data.reliability,
+                      durability=qos_profile_sensor_data.durability)
 
 
 def latched_qos(depth: int = 1) -> QoSProfile:

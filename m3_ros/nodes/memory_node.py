@@ -242,7 +242,10 @@ class MemoryNode(Node):
         self._tf_new = threading.Event()
         poses = MutuallyExclusiveCallbackGroup()
         self.tf = TFListener(self, cache_time=float(p["tf_cache_s"]), callback_group=poses, on_update=self._tf_new.set)
-        self.create_subscription(Odometry, p["odom_topic"], self._on_odom, qos, callback_group=poses)
+        # a pose history as deep as /tf's (100, seconds at odometry rates): with the sensors' depth of 5
+        # (0.25 s at 20 Hz) odometry samples were lost whenever 20 queued ground calls delayed intake
+        self.create_subscription(Odometry, p["odom_topic"], self._on_odom,
+                                 sensor_qos(bool(p["reliable_sensors"]), depth=100), callback_group=poses)
         self.create_subscription(CameraInfo, p["camera_info_topic"], self._on_info, qos, callback_group=sensors)
         self.create_subscription(LabeledInstanceArray, p["instances_topic"], self._on_instances, qos, callback_group=sensors)
         self.create_subscription(TransformStamped, p["mount_topic"], self._on_mount, latched_qos(), callback_group=sensors)

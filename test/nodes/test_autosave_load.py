@@ -65,6 +65,9 @@ def test_twenty_concurrent_clients_while_training(running):
     # receiving side's clock can tell: a status can arrive up to ~0.1 s late under this load)
     assert len(res["rate_vs_steps"]) >= 5, res
     assert all(abs(r - n) <= 2 + 0.25 * n for r, n in res["rate_vs_steps"]), res["rate_vs_steps"]
+    # pose intake kept up: no frame lost its pose to a hole in the odometry while calls queued
+    # (the odometry history was 5 deep, 0.25 s, and 20 queued calls delayed intake longer)
+    assert "(gap)" not in mem.log_text(), [ln for ln in mem.log_text().splitlines() if "(gap)" in ln]
     assert mem.alive(), mem.log_text()[-3000:]
 
 

@@ -28,7 +28,7 @@ import os
 
 from m3_ros.action import Grasp
 from m3_ros.msg import MemoryStatus, SceneGroundTruth
-from m3_ros.nodes.common import TFListener, latched_qos, on_executor
+from m3_ros.nodes.common import TFListener, latched_qos, on_executor, sensor_qos
 from m3_ros.procs import CONFIG_DIR, NodeProcess, wait_for
 from m3_ros.srv import GroundQuery
 
@@ -227,3 +227,13 @@ def test_grasp_action_lifts_the_duck_then_a_cancelled_goal_stops_the_arm(robot):
     planned = res.result.grasp.pose.position
     stop_odom = (T_base @ np.append(stop, 1.0))[:3]
     assert np.linalg.norm(stop_odom - np.array([planned.x, planned.y, planned.z])) > 0.03
+
+
+def test_sensor_qos_keeps_the_history_it_is_given():
+    """Best-effort sensor QoS with the requested depth (it had returned the 5-deep sensor profile for
+    any depth, and memory_node's odometry lost samples whenever intake was delayed 0.25 s)."""
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+    deep, reliable = sensor_qos(False, depth=100), sensor_qos(True, depth=7)
+    assert deep.depth == 100 and deep.reliability == ReliabilityPolicy.BEST_EFFORT
+    assert reliable.depth == 7 and reliable.reliability == ReliabilityPolicy.RELIABLE
+    assert deep.durability == reliable.durability == DurabilityPolicy.VOLATILE
