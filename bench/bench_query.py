@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -99,13 +100,20 @@ def _visible_objects(world, frame) -> dict[str, int]:
     return {b.name: int(px.get(b.seg_id, 0)) for b in world.bodies}
 
 
+_SERVICE = ThreadPoolExecutor(1, thread_name_prefix="service")
+"""Where this script's single caller asks, as memory_node's executor thread does (the pipeline sets a
+query thread's torch threads to PipelineConfig.query_threads; it leaves the main thread alone)."""
+
+
 def timed(pipe: MemoryPipeline, q: str) -> float:
-    t0 = time.perf_counter()
-    try:
-        pipe.ground(q)
-    except ValueError:  # a refused query is an answer too; its latency counts
-        pass
-    return (time.perf_counter() - t0) * 1e3
+    def ask() -> float:
+        t0 = time.perf_counter()
+        try:
+            pipe.ground(q)
+        except ValueError:  # a refused query is an answer too; its latency counts
+            pass
+        return (time.perf_counter() - t0) * 1e3
+    return ask() if threading.current_thread() is not threading.main_thread() else _SERVICE.submit(ask).result()
 
 
 def twenty_clients(pipe: MemoryPipeline, texts: list[str], rounds: int) -> tuple[list[float], "Trainer"]:
@@ -216,6 +224,9 @@ def section_relevance(pipe: MemoryPipeline, queries: list[str], cameras: list) -
     import bench_raster
     from bench_memory import D, fit_synthetic_memory, synthetic_bank, synthetic_memory
     rows, res = [], {}
+    threads = torch.get_num_threads()
+    if pipe.cfg.query_threads:  # timed as the pipeline answers: at its query threads
+        torch.set_num_threads(pipe.cfg.query_threads)
     for t, fitted in ((1000, False), (5000, False), (5000, True)):
         spread = 16 if fitted else D
         mem = synthetic_memory(20000, 160, 120, t, "cpu", spread_dims=spread)
@@ -241,7 +252,10 @@ def section_relevance(pipe: MemoryPipeline, queries: list[str], cameras: list) -
     for qtext in queries[:3]:
         rows.append([f"walked memory, minilm_labels ({len(snap.banks['minilm_labels'])} rows), '{qtext}'"] +
                     _relevance_case(snap, "minilm_labels", pipe._embed(qtext), (T, K, 160, 120)))
-    lines = ["## Relevance map (160x120) against full decoding", ""]
+    lines = ["## Relevance map (160x120) against full decoding", "",
+             f"- torch intra-op threads: {torch.get_num_threads()} (PipelineConfig.query_threads, the count a "
+             "query's thread computes with; 2 threads took 47 instead of 70 ms on the 5000-row bank, 2026-12-04)", ""]
+    torch.set_num_threads(threads)
     lines += table(["bank", "relevance ms", "of which render ms", "pixels at level 1/2s/2/3 %", "median |err|",
                     "p99 |err|", "max |err|"], rows)
     lines += ["", f"- error: |relevance map - cosine of the fully decoded feature| over pixels with alpha >= 0.01; "
@@ -492,9 +506,9 @@ def section_profile(pipe: MemoryPipeline, texts: list[str], walk: str) -> list[s
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (default 1: the query path's tensors are small, and on the shared "
-                         "2-core machine two OpenMP threads made a gaussians query ~10x slower, 27 -> 273 ms)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads of the process (default 0: torch's default, as memory_node runs); "
+                         "queries run at PipelineConfig.query_threads on their own threads either way")
     ap.add_argument("--scene", default="table")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", action="store_true",
@@ -503,7 +517,8 @@ def main() -> None:
     ap.add_argument("--memory-cache", default="",
                     help="pickle of the walked memory: written when missing, reused when present (development only)")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     t_start = time.monotonic()
     load0 = os.getloadavg()[0]
     if a.profile:

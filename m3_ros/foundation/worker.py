@@ -8,6 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from m3_ros.foundation.base import FeatureModel, check_rgb
 from m3_ros.types import FeatureMap, Instance
@@ -42,7 +43,11 @@ class FeatureWorker:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
         self.models = dict(models)
         self.cache_size = cache_size
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="m3_features")
+        # the extraction thread fixes its torch threads to the count at construction: a count set on
+        # another thread later (a query's, PipelineConfig.query_threads) is the default of new threads
+        threads = torch.get_num_threads()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="m3_features",
+                                        initializer=torch.set_num_threads, initargs=(threads,))
         self._lock = threading.Lock()
         self._cache: OrderedDict[object, Future] = OrderedDict()  # key -> done or pending future
         self._timing = {name: ModelTiming() for name in self.models}

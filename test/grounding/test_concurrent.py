@@ -171,6 +171,26 @@ def test_training_runs_on_a_nicer_thread(pipeline):
     assert trainer == min(19, me + pipeline.cfg.train_nice)
 
 
+def test_queries_compute_at_query_threads_and_training_keeps_its_own(pipeline):
+    """A thread that grounds runs its torch ops at cfg.query_threads; the training thread and other
+    threads keep the process's count (two OpenMP teams, a query's and a step's, took turns on 2 cores)."""
+    import torch
+    assert pipeline.cfg.query_threads == 1 and torch.get_num_threads() >= 1
+    seen = {}
+
+    def query():
+        torch.set_num_threads(2)  # whatever the caller's thread had
+        pipeline.ground("red box")
+        seen["query"] = torch.get_num_threads()
+    t = threading.Thread(target=query)
+    t.start()
+    t.join(60)
+    pipeline.train_for(0.01, max_steps=1)
+    seen["trainer"] = pipeline._trainer.submit(torch.get_num_threads).result()
+    assert seen["query"] == 1
+    assert seen["trainer"] == pipeline._train_threads == torch.get_num_threads()  # the main thread's
+
+
 def test_pipeline_error_paths(pipeline):
     with pytest.raises(ValueError, match="empty"):
         pipeline.ground("   ")
