@@ -64,8 +64,9 @@ class PipelineConfig:
     training, feature extraction and other callers keep the process's count; not on the main thread,
     e.g. an offline script's); 0 = leave as is.
     bench_query.py --quick on the table scene, the process at torch's default (2 threads on 2 cores):
-    p95 while training 112 ms with queries at 2 threads, 10.5 ms at 1 (the two OpenMP teams of a query
-    and a train step take turns on the same cores); the relevance map alone is faster at 2 (47 vs 70 ms)."""
+    p95 while training 112 ms with queries at 2 threads, 10.5 ms at 1 (measured, not traced; most likely
+    a query's and a train step's OpenMP teams contending for the 2 cores); the relevance map alone is faster
+    at 2 (47 vs 70 ms)."""
     memory_overrides: dict = field(default_factory=dict)
     """Extra MemoryConfig fields (name -> value)."""
     foundation_overrides: dict = field(default_factory=dict)
