@@ -171,6 +171,16 @@ def test_training_runs_on_a_nicer_thread(pipeline):
     assert trainer == min(19, me + pipeline.cfg.train_nice)
 
 
+def test_keyframes_are_ingested_at_the_process_priority(pipeline):
+    """Ingesting a keyframe holds the memory's lock; on the niced training thread, under 20 clients, one
+    took 7 s. It runs on its own thread at the process's priority; train steps stay niced."""
+    import os
+    me = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert pipeline._ingester is not None  # the fixture's keyframes went through it
+    ingest = pipeline._ingester.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+    assert ingest == me < min(19, me + pipeline.cfg.train_nice)
+
+
 def test_queries_compute_at_query_threads_and_training_keeps_its_own(pipeline):
     """A thread that grounds runs its torch ops at cfg.query_threads; the training thread and other
     threads keep the process's count (two OpenMP teams, a query's and a step's, took turns on 2 cores)."""
