@@ -91,6 +91,7 @@ class M3Memory:
                                               cfg.decode_budget_bytes) for m in cfg.models}
             self._version = getattr(self, "_version", 0) + 1
             self._snapshot: MemorySnapshot | None = None
+            self._stats = self._counts()
 
     def _build_optimizers(self) -> None:
         cfg = self.cfg
@@ -126,12 +127,17 @@ class M3Memory:
         return [v.kf for v in self._views]
 
     def stats(self) -> dict:
-        """Counters for status reports. Read without the lock: each value is whole (a step or an ingest may
-        be half done, so they can disagree by one step), and a status tick waiting for ingestion (seconds
-        on a loaded machine) held a node's executor thread; with a few queued behind it, queries and
-        pose intake stopped (test_autosave_load)."""
+        """Counters for status reports, as of the end of the last mutation (published with the query
+        snapshot), read without the lock: a status tick waiting for ingestion (seconds on a loaded
+        machine) held a node's executor thread, and with a few queued behind it queries and pose intake
+        stopped (test_autosave_load). Read live without the lock they could disagree (a status showed
+        the first keyframe's Gaussians with 0 keyframes)."""
+        return self._stats
+
+    def _counts(self) -> dict:
+        """The counters of ``stats`` (call holding the lock)."""
         return {"keyframes": len(self._views), "gaussians": self.n_gaussians,
-                "bank_rows": {m: len(b) for m, b in list(self.banks.items())}, "iteration": self.iteration,
+                "bank_rows": {m: len(b) for m, b in self.banks.items()}, "iteration": self.iteration,
                 "last_loss": self.last_loss, "train_time_s": self.train_time_s,
                 "cleared": self.cleared, "stale_dropped": self.stale_dropped}
 
@@ -412,6 +418,7 @@ class M3Memory:
         query right after a train step finds them ready.
         """
         self._version += 1
+        self._stats = self._counts()
         snap = self._capture(copy=True)
         for m, cache in self._caches.items():
             if cache._state is not None and m in snap.W and m in snap.banks and len(snap.banks[m]):

@@ -271,9 +271,7 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
                                        + p.log_text()[-3000:])
             now = time.monotonic()
             s = demo.status
-            # ready (Gaussians) counts too: memory/status reads its counters without the memory's lock, so
-            # one status can show the first keyframe's Gaussians before its keyframe count
-            if s is not None and (s.keyframes > 0 or s.ready) and first_kf_t is None:
+            if s is not None and s.keyframes > 0 and first_kf_t is None:
                 first_kf_t = now
             if s is not None and s.ready and now - last_query > 2.0 and first_correct_s is None:
                 last_query = now
