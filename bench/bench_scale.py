@@ -26,6 +26,8 @@ what the frustum keeps, so its cost follows the visible set. ``query_ms_200k`` i
 ``ground`` p50 over the dev phrasings on the 200k map.
 
     .venv/bin/python bench/bench_scale.py [--quick] [--seed N]
+    .venv/bin/python bench/bench_scale.py --quick --family table --seed 1 --tag dev_t1 \
+        --memory NAME=JSON --ground-variants '{"support05": {"label_support": 0.5}}'   # dev studies
 
 The default seed is the evaluation's test scene (100), reported untuned; develop with dev seeds
 (< 100). Nothing here was tuned on seed 100.
@@ -104,11 +106,11 @@ def psnr(pipe: MemoryPipeline, frames: list) -> float:
     return float(np.mean(out)) if out else float("nan")
 
 
-def ask_all(pipe: MemoryPipeline, world: SimWorld, queries: dict) -> list[dict]:
-    """Every phrasing in gaussians mode, judged like the suite."""
+def ask_all(pipe: MemoryPipeline, world: SimWorld, queries: dict, gcfg: GroundingConfig | None = None) -> list[dict]:
+    """Every phrasing in gaussians mode (gcfg: a dev variant), judged like the suite."""
     bx = boxes(world)
     rows = []
-    pipe.cfg.grounding = GroundingConfig(mode="gaussians")
+    pipe.cfg.grounding = gcfg or GroundingConfig(mode="gaussians")
     for split, qs in queries.items():
         for q in qs:
             try:
@@ -168,8 +170,10 @@ def _visible(world: SimWorld, base: np.ndarray, pts: np.ndarray, margin_px: floa
     return bool(np.all((u > margin_px) & (u < cam.width - margin_px) & (v > margin_px) & (v < cam.height - margin_px)))
 
 
-def moved_trial(pipe: MemoryPipeline, world: SimWorld, scene, obj_cfg, query, rc: RunConfig) -> dict | None:
-    """Move one object elsewhere on its support, look at both places from a few poses, ask."""
+def moved_trial(pipe: MemoryPipeline, world: SimWorld, scene, obj_cfg, query, rc: RunConfig,
+                variants: dict | None = None) -> dict | None:
+    """Move one object elsewhere on its support, look at both places from a few poses, ask (also with
+    each dev variant {name: GroundingConfig}: "variants" {name: ok})."""
     obj = world.object_state(obj_cfg.name)
     sup = _support(world, obj)
     if sup is None:
@@ -216,13 +220,21 @@ def moved_trial(pipe: MemoryPipeline, world: SimWorld, scene, obj_cfg, query, rc
         if not f.dropped:
             kfs += ingest(pipe, world, f, rc.train_steps_per_frame)
     pipe.train_for(_NO_LIMIT_S, max_steps=20)
-    res = pipe.ground(query.text, top_k=3)
-    pts = to_world(world, pipe, res.points)
-    d_new = float(np.linalg.norm(pts[0] - new))
-    d_old = float(np.min(np.linalg.norm(pts - old, axis=1)))
+
+    def ask() -> tuple[float, float]:
+        pts = to_world(world, pipe, pipe.ground(query.text, top_k=3).points)
+        return float(np.linalg.norm(pts[0] - new)), float(np.min(np.linalg.norm(pts - old, axis=1)))
+
+    out = {}
+    for name, gcfg in (variants or {}).items():
+        pipe.cfg.grounding = gcfg
+        dn, do = ask()
+        out[name] = dn <= SUCCESS_M and do > SUCCESS_M
+    pipe.cfg.grounding = GroundingConfig(mode="gaussians")
+    d_new, d_old = ask()
     return {"object": obj.name, "query": query.text, "moved_cm": 100 * float(np.linalg.norm(new[:2] - old[:2])),
             "keyframes": kfs, "new_cm": 100 * d_new, "old_cm": 100 * d_old,
-            "ok": d_new <= SUCCESS_M and d_old > SUCCESS_M}
+            "ok": d_new <= SUCCESS_M and d_old > SUCCESS_M, "variants": out}
 
 
 def map_of(mem: M3Memory, view, n_visible: int, n_total: int, gen: torch.Generator) -> M3Memory:
@@ -282,7 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", nargs="+", default=[], metavar="NAME=JSON",
                     help="MemoryConfig overrides for dev studies, e.g. object_gap=0.0 (PipelineConfig.memory_overrides)")
     ap.add_argument("--tag", default="", help="write results/scale_<tag>.md instead of scale.md (dev studies)")
+    ap.add_argument("--ground-variants", default="{}", metavar="JSON",
+                    help='dev studies: {"name": {GroundingConfig field: value}} also asked after the refined walk '
+                         'and in each moved-object trial, e.g. {"support05": {"label_support": 0.5}}')
     args = ap.parse_args(argv)
+    variants = {k: dataclasses.replace(GroundingConfig(mode="gaussians"), **v)
+                for k, v in json.loads(args.ground_variants).items()}
     overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.memory)}
     t_start = time.monotonic()
     torch.manual_seed(0)
@@ -318,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         st = pipe.stats()
         on = ask_all(pipe, world, queries)
         acc_on = {s: float(np.mean([q["success"] for q in on if q["split"] == s])) for s in rc.splits}
+        acc_var = {}
+        for name, gcfg in variants.items():
+            v = ask_all(pipe, world, queries, gcfg)
+            acc_var[name] = {s: float(np.mean([q["success"] for q in v if q["split"] == s])) for s in rc.splits}
         tracker = pipe.tracker.stats()
         trials, skipped = [], []
         dev_q = {q.targets[0]: q for q in queries["dev"] if not q.ambiguous}
@@ -326,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
             if o.grasp_base is None or not o.reachable or o.name not in dev_q:
                 continue
-            r = moved_trial(pipe, world, scene, o, dev_q[o.name], rc)
+            r = moved_trial(pipe, world, scene, o, dev_q[o.name], rc, variants)
             if r is None:
                 continue
             (skipped if "skipped" in r else trials).append(r)
@@ -376,9 +397,14 @@ def main(argv: list[str] | None = None) -> int:
         "", "Grounding (`gaussians` mode), fraction of phrasings within 5 cm of the target:", "",
         *table(["pose refinement", "test phrasings", "dev phrasings", "ICP accepted"], rows_acc),
         "", "Memory after the refined walk:", "",
-        *table(["Gaussians", "keyframes kept", "bank rows", "train steps", "peak RSS MB (process: models, sim, memory)"],
-               [[st["gaussians"], st["keyframes"], " ".join(f"{k}:{v}" for k, v in st["bank_rows"].items()),
-                 st["iteration"], f"{rss:.0f}"]]),
+        *table(["Gaussians", "keyframes kept", "left as stale (free space)", "Gaussians cleared", "bank rows",
+                "train steps", "peak RSS MB (process: models, sim, memory)"],
+               [[st["gaussians"], st["keyframes"], st.get("stale_dropped", 0), st.get("cleared", 0),
+                 " ".join(f"{k}:{v}" for k, v in st["bank_rows"].items()), st["iteration"], f"{rss:.0f}"]]),
+        "", "Left as stale: keyframes that left the training window because free-space evidence removed "
+        "Gaussians on their surface (MemoryConfig.freespace.stale_points); in a scene where nothing moved "
+        "these come from pose or depth errors, and one removal of a handful of Gaussians seen from every "
+        "keyframe empties the window (dev table seed 1, 2026-12-05: 7 Gaussians, 35 of 35 keyframes).",
         "", "Gaussian count during the walk (every 8th keyframe; the global limit is MemoryConfig.max_gaussians, "
         "new places evict the most transparent):", "",
         *table(["wall s", "keyframes taken", "kept for training", "Gaussians", "train steps"], series),
@@ -411,6 +437,13 @@ def main(argv: list[str] | None = None) -> int:
         "", "Not trials (the memory did not answer at the object before it moved, so a move says nothing): "
         + ("; ".join(f"{t['object']} ({t['query']!r}: {t['skipped']})" for t in skipped) or "none") + ".",
     ]
+    if variants:
+        sections += ["", "Dev variants of grounding (--ground-variants), asked on the same memory after the refined "
+                     "walk and in each moved-object trial:", "",
+                     *table(["variant", "settings", "test phrasings", "dev phrasings", "moved ok"],
+                            [[n, json.dumps(json.loads(args.ground_variants)[n]), f"{acc_var[n]['test']:.3f}",
+                              f"{acc_var[n]['dev']:.3f}", f"{sum(t['variants'][n] for t in trials)}/{len(trials)}"]
+                             for n in variants])]
     write_report(f"scale_{args.tag}" if args.tag else "scale", "A memory for a whole home: growth, drift, moved objects, banks", sections, {
         "gaussians_room": st["gaussians"], "step_ms_20k": s20, "step_ms_200k": s200,
         "step_ratio_200k_20k": s200 / s20, "psnr_db": psnr_rows[-1][2],
