@@ -12,6 +12,18 @@ with MemoryConfig.vote_same_label, inside a region of another label than the Gau
 top attention row) counts as outside.
 The votes are counts kept with the Gaussians (cloned with them, saved with them); grounding trusts
 a Gaussian's region-model relevance in proportion to its support (GroundingConfig.label_support).
+Tried for moved objects and not kept (2026-12-05, dev scenes only; bench_scale.py moved-object
+trials, where a small object's old place kept answering): a run count of outside votes since the
+last inside one, zeroing support from 2, 3 or 4 such votes on, changed no dev trial (table seed 1:
+2 of 4 with and without it; two_tables seed 1: 1-2 of 2) and lowered dev accuracy by 0-0.13; the
+old place's Gaussians were voted *inside* after the move (inside the table's region, with
+vote_same_label off), so a run never started. Giving a Gaussian seen inside another label's
+region that label's row (the newest label wins, as a labelled voxel map does) answered the new
+place first in 4 of 4 table-seed-1 trials (2 of 4 before) and dev_sweep's 160 queries 0.74 within
+5 cm (0.68 before), but it flipped the table top at an object's base between the table's and the
+object's label at every keyframe, and test_moved_object's old duck place answered again (2 of 2
+runs); with a strict surface test and eroded regions the duck place still answered and dev fell
+to 0.62.
 Pure numpy / torch; no ROS, no memory state.
 """
 from __future__ import annotations
