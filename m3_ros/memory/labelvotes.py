@@ -15,7 +15,8 @@ a Gaussian's region-model relevance in proportion to its support (GroundingConfi
 Tried for moved objects and not kept (2026-12-05, dev scenes only; bench_scale.py moved-object
 trials, where a small object's old place kept answering): a run count of outside votes since the
 last inside one, zeroing support from 2, 3 or 4 such votes on, changed no dev trial (table seed 1:
-2 of 4 with and without it; two_tables seed 1: 1-2 of 2) and lowered dev accuracy by 0-0.13; the
+2 of 4 with and without it; two_tables seed 1: 1-2 of 2) and moved dev phrasings' accuracy by
+-0.13 (table seed 1) to +0.10 (two_tables seed 1); the
 old place's Gaussians were voted *inside* after the move (inside the table's region, with
 vote_same_label off), so a run never started. Giving a Gaussian seen inside another label's
 region that label's row (the newest label wins, as a labelled voxel map does) answered the new
