@@ -402,9 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                [[st["gaussians"], st["keyframes"], st.get("stale_dropped", 0), st.get("cleared", 0),
                  " ".join(f"{k}:{v}" for k, v in st["bank_rows"].items()), st["iteration"], f"{rss:.0f}"]]),
         "", "Left as stale: keyframes that left the training window because free-space evidence removed "
-        "Gaussians on their surface (MemoryConfig.freespace.stale_points); in a scene where nothing moved "
-        "these come from pose or depth errors, and one removal of a handful of Gaussians seen from every "
-        "keyframe empties the window (dev table seed 1, 2026-12-05: 7 Gaussians, 35 of 35 keyframes).",
+        "Gaussians on their surface (MemoryConfig.freespace.stale_points), counted over the walk, before the "
+        "moved-object trials; nothing moves during the walk, so any here come from pose or depth errors.",
         "", "Gaussian count during the walk (every 8th keyframe; the global limit is MemoryConfig.max_gaussians, "
         "new places evict the most transparent):", "",
         *table(["wall s", "keyframes taken", "kept for training", "Gaussians", "train steps"], series),
