@@ -266,7 +266,7 @@ class MemoryPipeline:
             if self._ingester is None:
                 self._ingester = ThreadPoolExecutor(1, thread_name_prefix="m3-ingest", initializer=torch.set_num_threads,
                                                     initargs=(self._train_threads,))
-                self._ingester.submit(lambda: None).result()
+                self._ingester.submit(lambda: None).result()  # the pool makes its thread at the first submit
 
     def _nicer(self) -> None:
         """Lower the calling (training) thread's priority by cfg.train_nice (a per-thread value on Linux) and

@@ -25,7 +25,7 @@ def models():
     from m3_ros.foundation import FoundationConfig, load_models
     m = load_models(FoundationConfig(models=["minilm_labels"]))
     if "minilm_labels" not in m:
-        pytest.skip("MiniLM weights are not installed (scripts/setup.sh installs them)")
+        pytest.fail("MiniLM weights are not installed: run scripts/setup.sh (a broken setup, not a reason to skip)")
     return m
 
 

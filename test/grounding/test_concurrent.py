@@ -22,7 +22,7 @@ def pipeline():
     from m3_ros.foundation import FoundationConfig, load_models
     models = load_models(FoundationConfig(models=["minilm_labels"]))
     if "minilm_labels" not in models:
-        pytest.skip("MiniLM weights are not installed (scripts/setup.sh installs them)")
+        pytest.fail("MiniLM weights are not installed: run scripts/setup.sh (a broken setup, not a reason to skip)")
     cfg = PipelineConfig(models=["minilm_labels"], grounding=GroundingConfig(cluster_radius=0.05),
                          memory_overrides=dict(backend="torch", seed_stride=1, train_scale=1.0, feature_points=300,
                                                voxel_size=0.02, seed=0))
