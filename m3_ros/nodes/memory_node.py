@@ -447,7 +447,9 @@ class MemoryNode(Node):
             self.stamps.check(name, t, now if now > 0 else None)  # 0: simulated time not started yet
             jumped = self.stamps.jumped
         if jumped:  # a bag played again or a simulator restarted
-            self.get_logger().warning(f"{name} stamps jumped back to {t:.3f}; restarting time sync")
+            # throttled as _reject is: a bad stream jumps at every message (a fuzzed one logged 33 lines in 7 s)
+            self.get_logger().warning(f"{name} stamps jumped back to {t:.3f}; restarting time sync",
+                                      throttle_duration_sec=5.0)
             self.sync = ApproximateSync(["color", "depth"], slop=float(self.p["sync_slop"]))
             self.pipeline.selector.reset()
 
