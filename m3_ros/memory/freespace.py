@@ -20,6 +20,10 @@ Only "the ray passes through" counts as evidence, and it is read conservatively:
   plus the Gaussian's own extent (``extent`` times its largest scale);
 - a Gaussian behind the observed surface (hidden) or at it (surface) is kept; so is one that
   projects outside the image or lies behind the camera.
+A Gaussian at the surface may still be gone: an object lower than the margin (a 2 cm bar on a
+table) leaves Gaussians the new depth explains as the table. labelchange.py reads what the
+detector calls the place now, with the same window, as a second kind of evidence (opt-in:
+FreeSpaceConfig.label_change).
 Pure numpy / torch; no ROS, no memory state.
 """
 from __future__ import annotations
@@ -78,6 +82,24 @@ class FreeSpaceConfig:
     """Fraction of the window's pixels (outside the image counts as invalid) with depth, needed for evidence."""
     near: float = 0.1
     """Gaussians closer to the camera than this (m) get no evidence."""
+    label_change: bool = False
+    """Also count label-change evidence (labelchange.py): a Gaussian on the observed surface whose
+    label no detector region in the window carries (a moved object lower than ``margin``). Off:
+    measured on dev scenes only (2026-12-05), it answered more moved-object trials at the new place
+    (bench_scale.py --quick: table seed 1, 3 of 4 against 2 of 4; two_tables seed 1, 1 of 2 either
+    way) but cost static grounding (dev_sweep.py, table / two_tables / room seeds 1+2, 160 dev
+    phrasings: 0.66 within 5 cm against 0.68; two_tables 0.56 against 0.60). In a static walk it
+    finds tens of Gaussians per keyframe whose label is another object's (label bleed at object
+    bases) and removes them; a variant whose label removals evict no keyframe (not kept in code)
+    gave dev 0.66 too (table 0.75). bench/results/dev_sweep_realistic_label_change*.md,
+    scale_dev_*_lc.md."""
+    label_min_cos: float = 0.5
+    """A region whose feature has at least this cosine with a Gaussian's label carries that label.
+    Set from the object library's labels under MiniLM, not tuned on scenes: two names of one object
+    (the noisy detector's synonyms) have cosine >= 0.49 in 95 % of pairs (lowest 0.21, a tray called
+    "a shallow box"), an object against a fixture's name (table, wall, cabinet, floor) <= 0.46 in
+    99 % (highest 0.52, a wooden plank against a wooden cabinet). Two objects of one kind and two
+    colours reach 0.85, so this tells an object from its support, not from its look-alikes."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.decay < 1.0:
@@ -89,6 +111,8 @@ class FreeSpaceConfig:
         for name in ("relabel_radius", "margin", "noise", "extent", "window", "near"):
             if getattr(self, name) < 0:
                 raise ValueError(f"FreeSpaceConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not -1.0 <= self.label_min_cos <= 1.0:
+            raise ValueError(f"FreeSpaceConfig.label_min_cos must be in [-1, 1], got {self.label_min_cos}")
         if not 0.0 < self.min_valid <= 1.0:
             raise ValueError(f"FreeSpaceConfig.min_valid must be in (0, 1], got {self.min_valid}")
 

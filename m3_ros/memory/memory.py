@@ -7,6 +7,7 @@ Where things live:
     wm.py         W_m initialisation and seeded principal queries
     seeding.py    new Gaussians where a keyframe sees unexplained geometry
     freespace.py  free-space evidence: Gaussians a keyframe's rays pass through fade and go (moved objects)
+    labelchange.py label-change evidence: what the detector calls a place now (moved objects lower than free space sees)
     labelvotes.py label support: how often keyframes saw each Gaussian inside a detector region
     training.py   the keyframe a step draws and the losses on its render
     snapshot.py   read-only snapshots: rendering and every query
@@ -37,6 +38,7 @@ from m3_ros.memory.bank import MemoryBank
 from m3_ros.memory.config import MemoryConfig, ModelSlot  # noqa: F401  (re-exported: the public names)
 from m3_ros.memory.freespace import SURFACE, THROUGH, classify, decayed_logits, project_pixels
 from m3_ros.memory.gaussians import empty_params, query_key
+from m3_ros.memory.labelchange import label_evidence, seen_as_they_were
 from m3_ros.memory.labelvotes import VOTES_KEY, carries_row, surface_votes
 from m3_ros.memory.optim import catch_up_rows, selective_adam_step
 from m3_ros.memory.rasterize import rasterize
@@ -286,6 +288,27 @@ class M3Memory:
                                                      kf.T_world_cam, regions, agree)
 
     @torch.no_grad()
+    def _label_changed(self, kf: Keyframe, surface: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """([N] bool, {model: [N, d]}): labelchange.label_evidence for the Gaussians on kf's surface
+        (surface [N] bool), as rows of the whole memory."""
+        out = torch.zeros(self.n_gaussians, dtype=torch.bool)
+        cand = torch.nonzero(surface).flatten()
+        models = {m: self.banks[m] for m in kf.features
+                  if m in self.cfg.models and self.cfg.models[m].sample_mode == "nearest" and m in self.W
+                  and len(self.banks[m]) > 0}
+        if len(cand) == 0 or not models:
+            return out, {}
+        queries = {m: self.params[query_key(m)].detach()[cand] for m in models}
+        changed, labs = label_evidence(kf, self.means[cand], queries, self.W, models, self.cfg.tau,
+                                       self.cfg.freespace.radius_px(kf.size[1]), self.cfg.freespace.label_min_cos)
+        out[cand[torch.from_numpy(changed)]] = True
+        labels = {}
+        for m, lab in labs.items():
+            labels[m] = torch.zeros(self.n_gaussians, lab.shape[1])
+            labels[m][cand] = lab
+        return out, labels
+
+    @torch.no_grad()
     def _clear_free_space(self, kf: Keyframe) -> None:
         """Free-space evidence of kf's depth (freespace.py): Gaussians its rays clearly pass through
         lose opacity; those then below freespace.min_opacity are removed, and the kept keyframes
@@ -293,7 +316,13 @@ class M3Memory:
         fc = self.cfg.freespace
         if not fc.enabled or self.n_gaussians == 0:
             return
-        through = classify(kf.depth, kf.K, kf.T_world_cam, self.means, self.scales, fc) == THROUGH
+        codes = classify(kf.depth, kf.K, kf.T_world_cam, self.means, self.scales, fc)
+        through, labels = codes == THROUGH, {}
+        if fc.label_change:  # lower than the margin: what the detector calls the place now
+            changed, labels = self._label_changed(kf, codes == SURFACE)
+            for lab in labels.values():  # labels only where label change is the evidence (not free space)
+                lab[~changed | through] = 0.0
+            through |= changed
         if not bool(through.any()):
             return
         logits = self.params["opacity_logits"]
@@ -302,10 +331,10 @@ class M3Memory:
         if len(gone) == 0:
             return
         means, scales = self.means[gone].clone(), self.scales[gone].clone()
+        labels = {m: lab[gone] for m, lab in labels.items()}
         self._remove(gone)
         stale = [v.kf.index for v in self._views
-                 if int((classify(v.kf.depth, v.kf.K, v.kf.T_world_cam, means, scales, fc, evidence=False)
-                         == SURFACE).sum()) >= fc.stale_points]
+                 if int(seen_as_they_were(v.kf, means, scales, labels, fc).sum()) >= fc.stale_points]
         self._views = [v for v in self._views if v.kf.index not in stale]
         self.cleared += len(gone)
         self.stale_dropped += len(stale)

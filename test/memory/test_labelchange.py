@@ -1,0 +1,152 @@
+"""Label-change evidence: when a region map says a Gaussian's label is gone from its place."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from m3_ros.geometry import intrinsics_matrix
+from m3_ros.memory.compact import index_feature_map
+from m3_ros.memory.freespace import FreeSpaceConfig
+from m3_ros.memory.gaussians import query_key
+from m3_ros.memory.labelchange import pixel_cells, top_labels, unsupported
+from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot
+from m3_ros.types import FeatureMap, Keyframe
+
+H, W, h, w = 48, 64, 12, 16  # image and a stride-4 feature grid
+BAR, TABLE, ROD = (torch.tensor(v, dtype=torch.float32) for v in
+                   ([1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.8, 0.0, 0.6, 0.0]))  # cos(BAR, ROD) = 0.8
+
+
+def region_map(*cells) -> FeatureMap:
+    """A [h, w] region map from (rows slice, cols slice, feature), later ones on top; the rest
+    outside every region."""
+    f = torch.zeros(h, w, 4)
+    for rs, cs, feat in cells:
+        f[rs, cs] = feat
+    return FeatureMap("labels", f, (H, W))
+
+
+def at(i: int, j: int) -> np.ndarray:
+    """The pixel (v, u) at the centre of cell (i, j)."""
+    return np.array([[int((i + 0.5) * H / h), int((j + 0.5) * W / w)]])
+
+
+def test_pixels_map_to_the_cells_feature_maps_sample():
+    pix = np.array([[0, 0], [3, 3], [4, 4], [47, 63], [24, 33]])
+    assert pixel_cells(pix, (H, W), (h, w)).tolist() == [[0, 0], [0, 0], [1, 1], [11, 15], [6, 8]]
+    fm = region_map((slice(6, 7), slice(8, 9), BAR))
+    uv = torch.tensor([[33.0, 24.0]])
+    assert torch.equal(fm.sample(uv, mode="nearest")[0], BAR)  # the cell pixel_cells names holds the feature
+
+
+def test_a_label_no_region_in_the_window_carries_is_unsupported():
+    table_everywhere = region_map((slice(None), slice(None), TABLE))
+    assert unsupported(BAR[None], at(6, 8), table_everywhere, radius_px=7, min_cos=0.5).tolist() == [True]
+    # the table's own Gaussian there is carried by the table's region
+    assert unsupported(TABLE[None], at(6, 8), table_everywhere, radius_px=7, min_cos=0.5).tolist() == [False]
+
+
+def test_its_own_region_anywhere_in_the_window_supports_it():
+    # the bar's region two cells (8 px) away: a misregistered object or the table at its base
+    fm = region_map((slice(None), slice(None), TABLE), (slice(6, 7), slice(10, 11), BAR))
+    assert unsupported(BAR[None], at(6, 8), fm, radius_px=7, min_cos=0.5).tolist() == [False]
+    # three cells (12 px) away is outside a 7 px window (two cells)
+    fm = region_map((slice(None), slice(None), TABLE), (slice(6, 7), slice(11, 12), BAR))
+    assert unsupported(BAR[None], at(6, 8), fm, radius_px=7, min_cos=0.5).tolist() == [True]
+
+
+def test_a_synonym_supports_and_min_cos_decides_what_is_one():
+    fm = region_map((slice(None), slice(None), TABLE), (slice(5, 8), slice(7, 10), ROD))
+    assert unsupported(BAR[None], at(6, 8), fm, radius_px=7, min_cos=0.5).tolist() == [False]
+    assert unsupported(BAR[None], at(6, 8), fm, radius_px=7, min_cos=0.9).tolist() == [True]
+
+
+def test_no_evidence_without_full_cover_a_label_or_the_whole_window_in_the_image():
+    # a missed detection or an eroded mask: one uncovered cell in the window
+    fm = region_map((slice(None), slice(None), TABLE))
+    fm.features[7, 9] = 0.0
+    assert unsupported(BAR[None], at(6, 8), fm, radius_px=7, min_cos=0.5).tolist() == [False]
+    full = region_map((slice(None), slice(None), TABLE))
+    # a Gaussian that never had a label; a window running off the image
+    pix = np.concatenate([at(6, 8), at(0, 8), at(6, 15)])
+    dec = torch.stack([torch.zeros(4), BAR, BAR])
+    assert unsupported(dec, pix, full, radius_px=7, min_cos=0.5).tolist() == [False, False, False]
+    # the dense and the compact (index + table) forms answer alike
+    dec = torch.stack([BAR, TABLE, BAR])
+    pix = np.concatenate([at(6, 8), at(6, 8), at(3, 3)])
+    assert (unsupported(dec, pix, full, 7, 0.5).tolist() == unsupported(dec, pix, index_feature_map(full), 7, 0.5).tolist()
+            == [True, False, True])
+
+
+def test_nothing_to_judge():
+    fm = region_map()
+    assert unsupported(torch.zeros(0, 4), np.zeros((0, 2), np.int64), fm, 7, 0.5).tolist() == []
+    assert unsupported(BAR[None], at(6, 8), fm, 7, 0.5).tolist() == [False]  # no region at all
+
+
+# ---- in a memory: a flat mat on a wall (1 cm in front of it, far inside free space's margin)
+
+MAT, WALL = (torch.randn(2, 32, generator=torch.Generator().manual_seed(3)) + 0.2).unbind(0)
+
+
+def mat_view(tx: float, index: int, mat: bool) -> Keyframe:
+    """A camera at (tx, 0, 0) looking down +z at a wall (z = 2) that a detector labels "wall"
+    everywhere, and, if mat, a 40 x 40 cm mat 1 cm in front of it that it labels "mat"."""
+    Wi, Hi = 80, 60
+    K = intrinsics_matrix(0.8 * Wi, 0.8 * Wi, (Wi - 1) / 2, (Hi - 1) / 2)
+    v, u = np.mgrid[0:Hi, 0:Wi].astype(np.float64)
+    x, y = tx + (u - K[0, 2]) / K[0, 0] * 2.0, (v - K[1, 2]) / K[1, 1] * 2.0
+    on = mat & (x > -0.3) & (x < 0.1) & (np.abs(y) < 0.2)
+    depth = np.where(on, 1.99, 2.0).astype(np.float32)
+    rgb = np.where(on[..., None], [200, 40, 40], [120, 120, 150]).astype(np.uint8)
+    f = torch.where(torch.from_numpy(on)[..., None], MAT, WALL).float()
+    T = np.eye(4)
+    T[0, 3] = tx
+    return Keyframe(index=index, stamp=float(index), rgb=rgb, depth=depth, K=K, T_world_cam=T,
+                    features={"labels": FeatureMap("labels", f, (Hi, Wi))})
+
+
+def _memory(label_change: bool = True) -> M3Memory:
+    slot = ModelSlot(channels=8, theta=0.9, max_rows=20, sample_mode="nearest")
+    return M3Memory(MemoryConfig(models={"labels": slot}, voxel_size=0.04, object_voxel_size=0.02, seed_stride=1,
+                                 train_scale=1.0, feature_points=200, backend="torch", seed=0,
+                                 freespace=FreeSpaceConfig(label_change=label_change)))
+
+
+def _mat_gaussians(mem: M3Memory) -> torch.Tensor:
+    b = mem.banks["labels"]
+    lab = top_labels(mem.params[query_key("labels")].detach(), mem.W["labels"], b.rows, b.unit_rows, mem.cfg.tau)
+    return (torch.nn.functional.cosine_similarity(lab, MAT[None], dim=1) > 0.99) & (mem.opacities >= 0.2)
+
+
+def test_a_mat_taken_away_is_removed_by_its_label_and_the_views_that_showed_it_leave():
+    mem = _memory()
+    mem.add_keyframe(mat_view(0.0, 0, mat=True))
+    mem.add_keyframe(mat_view(0.1, 1, mat=True))
+    mem.train(5)
+    n_mat, n_all = int(_mat_gaussians(mem).sum()), mem.n_gaussians
+    assert n_mat > 20
+    # the same scene seen again: nothing changed, nothing removed, no view leaves
+    mem.add_keyframe(mat_view(0.05, 2, mat=True))
+    assert int(_mat_gaussians(mem).sum()) >= n_mat and mem.stats()["cleared"] == 0
+    assert [v.kf.index for v in mem._views] == [0, 1, 2]
+    # the mat is gone: the wall is 1 cm behind where it was, so free space sees nothing; the label does
+    mem.add_keyframe(mat_view(0.0, 3, mat=False))
+    mem.add_keyframe(mat_view(0.1, 4, mat=False))
+    assert int(_mat_gaussians(mem).sum()) <= n_mat // 10
+    assert mem.stats()["cleared"] >= n_mat // 2
+    assert [v.kf.index for v in mem._views] == [3, 4]  # those that showed the mat left the training window
+    assert mem.n_gaussians >= n_all - n_mat  # the wall stays
+    mem.train(3)
+
+
+def test_without_label_change_the_mat_stays():
+    mem = _memory(label_change=False)
+    mem.add_keyframe(mat_view(0.0, 0, mat=True))
+    mem.add_keyframe(mat_view(0.1, 1, mat=True))
+    mem.train(5)
+    n_mat = int(_mat_gaussians(mem).sum())
+    mem.add_keyframe(mat_view(0.0, 2, mat=False))
+    mem.add_keyframe(mat_view(0.1, 3, mat=False))
+    assert int(_mat_gaussians(mem).sum()) == n_mat and mem.stats()["cleared"] == 0
+    assert len(mem._views) == 4
