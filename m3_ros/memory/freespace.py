@@ -91,8 +91,10 @@ class FreeSpaceConfig:
     phrasings: 0.66 within 5 cm against 0.68; two_tables 0.56 against 0.60). In a static walk it
     finds tens of Gaussians per keyframe whose label is another object's (label bleed at object
     bases) and removes them; a variant whose label removals evict no keyframe (not kept in code)
-    gave dev 0.66 too (table 0.75). bench/results/dev_sweep_realistic_label_change*.md,
-    scale_dev_*_lc.md."""
+    gave dev 0.66 too (table 0.75); one that relabels such a Gaussian with the region's label
+    instead of fading it (not kept in code) gave dev 0.67 (wrong object 0.12 against 0.09) and
+    table seed 1's trials 2 of 4. bench/results/dev_sweep_realistic_label_change*.md,
+    scale_dev_*_lc*.md."""
     label_min_cos: float = 0.5
     """A region whose feature has at least this cosine with a Gaussian's label carries that label.
     Set from the object library's labels under MiniLM, not tuned on scenes: two names of one object
