@@ -288,40 +288,37 @@ class M3Memory:
                                                      kf.T_world_cam, regions, agree)
 
     @torch.no_grad()
-    def _label_changed(self, kf: Keyframe, surface: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """([N] bool, {model: [N, d]}): labelchange.label_evidence for the Gaussians on kf's surface
-        (surface [N] bool), as rows of the whole memory."""
+    def _label_changed(self, kf: Keyframe, surface: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """labelchange.label_evidence for the Gaussians on kf's surface (surface [N] bool): ([N] bool
+        changed, {model: [S, d] labels}, [S] the rows they belong to)."""
         out = torch.zeros(self.n_gaussians, dtype=torch.bool)
         cand = torch.nonzero(surface).flatten()
         models = {m: self.banks[m] for m in kf.features
                   if m in self.cfg.models and self.cfg.models[m].sample_mode == "nearest" and m in self.W
                   and len(self.banks[m]) > 0}
         if len(cand) == 0 or not models:
-            return out, {}
+            return out, {}, cand
         queries = {m: self.params[query_key(m)].detach()[cand] for m in models}
-        changed, labs = label_evidence(kf, self.means[cand], queries, self.W, models, self.cfg.tau,
-                                       self.cfg.freespace.radius_px(kf.size[1]), self.cfg.freespace.label_min_cos)
+        changed, labels = label_evidence(kf, self.means[cand], queries, self.W, models, self.cfg.tau,
+                                         self.cfg.freespace.radius_px(kf.size[1]), self.cfg.freespace.label_min_cos)
         out[cand[torch.from_numpy(changed)]] = True
-        labels = {}
-        for m, lab in labs.items():
-            labels[m] = torch.zeros(self.n_gaussians, lab.shape[1])
-            labels[m][cand] = lab
-        return out, labels
+        return out, labels, cand
 
     @torch.no_grad()
     def _clear_free_space(self, kf: Keyframe) -> None:
-        """Free-space evidence of kf's depth (freespace.py): Gaussians its rays clearly pass through
-        lose opacity; those then below freespace.min_opacity are removed, and the kept keyframes
-        that saw them on their surface leave the training window (they show the old state)."""
+        """Free-space evidence of kf's depth (freespace.py), and with freespace.label_change of its
+        region labels (labelchange.py): Gaussians its rays clearly pass through (or whose label is
+        gone) lose opacity; those then below freespace.min_opacity are removed, and the kept
+        keyframes that saw them on their surface as they were leave the training window."""
         fc = self.cfg.freespace
         if not fc.enabled or self.n_gaussians == 0:
             return
         codes = classify(kf.depth, kf.K, kf.T_world_cam, self.means, self.scales, fc)
-        through, labels = codes == THROUGH, {}
+        through, labels, row = codes == THROUGH, {}, None
         if fc.label_change:  # lower than the margin: what the detector calls the place now
-            changed, labels = self._label_changed(kf, codes == SURFACE)
-            for lab in labels.values():  # labels only where label change is the evidence (not free space)
-                lab[~changed | through] = 0.0
+            changed, labels, cand = self._label_changed(kf, codes == SURFACE)
+            row = torch.full((self.n_gaussians,), -1, dtype=torch.long)  # Gaussian -> its row in labels
+            row[cand] = torch.arange(len(cand))
             through |= changed
         if not bool(through.any()):
             return
@@ -331,10 +328,16 @@ class M3Memory:
         if len(gone) == 0:
             return
         means, scales = self.means[gone].clone(), self.scales[gone].clone()
-        labels = {m: lab[gone] for m, lab in labels.items()}
+        # the labels of those gone by label change alone (zero rows for the rest: free space's evidence)
+        by_label = row[gone] if row is not None else torch.full((len(gone),), -1, dtype=torch.long)
+        by_label[(codes == THROUGH)[gone]] = -1
+        gone_labels = {}
+        for m, lab in labels.items():
+            gone_labels[m] = torch.zeros(len(gone), lab.shape[1])
+            gone_labels[m][by_label >= 0] = lab[by_label[by_label >= 0]]
         self._remove(gone)
         stale = [v.kf.index for v in self._views
-                 if int(seen_as_they_were(v.kf, means, scales, labels, fc).sum()) >= fc.stale_points]
+                 if int(seen_as_they_were(v.kf, means, scales, gone_labels, fc).sum()) >= fc.stale_points]
         self._views = [v for v in self._views if v.kf.index not in stale]
         self.cleared += len(gone)
         self.stale_dropped += len(stale)
