@@ -31,16 +31,8 @@ from scipy import ndimage
 from m3_ros.memory.attention import attention_logits
 from m3_ros.memory.compact import IndexedFeatureMap, index_feature_map
 from m3_ros.memory.freespace import SURFACE, FreeSpaceConfig, classify, project_pixels
+from m3_ros.memory.views import cell_index
 from m3_ros.types import FeatureMap, Keyframe
-
-
-def pixel_cells(pix: np.ndarray, image_size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
-    """Grid cells [S, 2] (i, j) holding pixels pix [S, 2] (v, u) of an image of image_size (H, W) on a
-    feature grid (h, w) (cell centres at ``(j + 0.5) W / w - 0.5``, as FeatureMap)."""
-    (H, W), (h, w) = image_size, grid
-    i = np.clip(np.floor((pix[:, 0] + 0.5) * h / H), 0, h - 1).astype(np.int64)
-    j = np.clip(np.floor((pix[:, 1] + 0.5) * w / W), 0, w - 1).astype(np.int64)
-    return np.stack([i, j], 1)
 
 
 def unsupported(decoded: torch.Tensor, pix: np.ndarray, fm: FeatureMap | IndexedFeatureMap,
@@ -64,7 +56,7 @@ def unsupported(decoded: torch.Tensor, pix: np.ndarray, fm: FeatureMap | Indexed
     H, W = ifm.image_size
     r = int(np.ceil(radius_px * max(h / H, w / W)))
     size = 2 * r + 1
-    ci, cj = pixel_cells(pix, (H, W), (h, w)).T
+    ci, cj = cell_index(pix[:, 1], pix[:, 0], (H, W), (h, w))  # the cells FeatureMap.sample reads
     # outside the grid counts as uncovered: a window at the border gives no evidence
     covered = ndimage.minimum_filter((index >= 0).astype(np.uint8), size=size, mode="constant", cval=0)[ci, cj] > 0
     labelled = (decoded.abs().sum(1) > 0).numpy()

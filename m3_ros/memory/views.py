@@ -29,7 +29,7 @@ class TrainView:
     cell_depth: dict = field(default_factory=dict)  # region model -> [h, w] median depth of each feature cell
 
 
-def _cell_index(u: np.ndarray, v: np.ndarray, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def cell_index(u: np.ndarray, v: np.ndarray, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Feature cell (row, col) that nearest sampling reads at pixel coordinates (u, v) (FeatureMap convention)."""
     (H, W), (h, w) = image_hw, grid_hw
     # grid_sample "nearest" rounds (u + 0.5) * w / W - 0.5 half to even, as np.rint does
@@ -43,7 +43,7 @@ def cell_median_depth(depth: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray
     H, W = depth.shape
     h, w = grid_hw
     vv, uu = np.mgrid[0:H, 0:W]
-    row, col = _cell_index(uu, vv, (H, W), (h, w))
+    row, col = cell_index(uu, vv, (H, W), (h, w))
     lab = np.where(np.isfinite(depth) & (depth > 0), row * w + col + 1, 0)
     med = ndimage.median(np.nan_to_num(depth), labels=lab, index=np.arange(1, h * w + 1))
     return np.nan_to_num(np.asarray(med, dtype=np.float64), nan=0.0).reshape(h, w)
@@ -52,7 +52,7 @@ def cell_median_depth(depth: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray
 def label_depth_consistent(z: np.ndarray, u: np.ndarray, v: np.ndarray, cell_depth: np.ndarray,
                            image_hw: tuple[int, int], rel: float) -> np.ndarray:
     """[M] True where depth z [M] at pixels (u, v) [M] is within rel of its cell's median depth."""
-    row, col = _cell_index(u, v, image_hw, cell_depth.shape)
+    row, col = cell_index(u, v, image_hw, cell_depth.shape)
     med = cell_depth[row, col]
     return (med > 0) & (np.abs(np.asarray(z, dtype=np.float64) - med) <= rel * med)
 

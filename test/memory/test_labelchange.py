@@ -8,7 +8,8 @@ from m3_ros.geometry import intrinsics_matrix
 from m3_ros.memory.compact import index_feature_map
 from m3_ros.memory.freespace import FreeSpaceConfig
 from m3_ros.memory.gaussians import query_key
-from m3_ros.memory.labelchange import pixel_cells, top_labels, unsupported
+from m3_ros.memory.labelchange import top_labels, unsupported
+from m3_ros.memory.views import cell_index
 from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot
 from m3_ros.types import FeatureMap, Keyframe
 
@@ -33,10 +34,10 @@ def at(i: int, j: int) -> np.ndarray:
 
 def test_pixels_map_to_the_cells_feature_maps_sample():
     pix = np.array([[0, 0], [3, 3], [4, 4], [47, 63], [24, 33]])
-    assert pixel_cells(pix, (H, W), (h, w)).tolist() == [[0, 0], [0, 0], [1, 1], [11, 15], [6, 8]]
+    assert np.stack(cell_index(pix[:, 1], pix[:, 0], (H, W), (h, w)), 1).tolist() == [[0, 0], [0, 0], [1, 1], [11, 15], [6, 8]]
     fm = region_map((slice(6, 7), slice(8, 9), BAR))
     uv = torch.tensor([[33.0, 24.0]])
-    assert torch.equal(fm.sample(uv, mode="nearest")[0], BAR)  # the cell pixel_cells names holds the feature
+    assert torch.equal(fm.sample(uv, mode="nearest")[0], BAR)  # the cell cell_index names holds the feature
 
 
 def test_a_label_no_region_in_the_window_carries_is_unsupported():
