@@ -3,7 +3,7 @@
 A depth pixel says two things: there is a surface at depth d, and the ray up to d is empty. A
 Gaussian whose centre projects onto the image *clearly in front of* the observed surface sits in
 space the new ray passed through: the thing it belonged to has moved (or it was a floater). Such
-Gaussians lose opacity and, once nearly transparent, are removed (M3Memory._clear_free_space); the
+Gaussians lose opacity and, once nearly transparent, are removed (scenechange.clear_free_space); the
 place the object moved to is then unexplained geometry and seeding.py seeds it.
 
 Only "the ray passes through" counts as evidence, and it is read conservatively:

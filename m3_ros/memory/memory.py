@@ -6,9 +6,10 @@ Where things live:
     bank.py       the PSC banks (streaming Algorithm 1, centring, bounded by merging)
     wm.py         W_m initialisation and seeded principal queries
     seeding.py    new Gaussians where a keyframe sees unexplained geometry
-    freespace.py  free-space evidence: Gaussians a keyframe's rays pass through fade and go (moved objects)
-    labelchange.py label-change evidence: what the detector calls a place now (moved objects lower than free space sees)
-    labelvotes.py label support: how often keyframes saw each Gaussian inside a detector region
+    scenechange.py what a new keyframe changes in the Gaussians already held, from:
+      freespace.py   free-space evidence: Gaussians a keyframe's rays pass through fade and go (moved objects)
+      labelchange.py label-change evidence: what the detector calls a place now (moved objects lower than free space sees)
+      labelvotes.py  label support: how often keyframes saw each Gaussian inside a detector region
     training.py   the keyframe a step draws and the losses on its render
     snapshot.py   read-only snapshots: rendering and every query
     checkpoint.py files on disk (``state_dict`` / ``from_state`` here are its only contact)
@@ -33,13 +34,11 @@ import torch
 from scipy.spatial import cKDTree
 from torch import nn
 
-from m3_ros.memory import ops
+from m3_ros.memory import ops, scenechange
 from m3_ros.memory.bank import MemoryBank
 from m3_ros.memory.config import MemoryConfig, ModelSlot  # noqa: F401  (re-exported: the public names)
-from m3_ros.memory.freespace import SURFACE, THROUGH, classify, decayed_logits, project_pixels
 from m3_ros.memory.gaussians import empty_params, query_key
-from m3_ros.memory.labelchange import label_evidence, seen_as_they_were
-from m3_ros.memory.labelvotes import VOTES_KEY, carries_row, surface_votes
+from m3_ros.memory.labelvotes import VOTES_KEY
 from m3_ros.memory.optim import catch_up_rows, selective_adam_step
 from m3_ros.memory.rasterize import rasterize
 from m3_ros.memory.seeding import detected_mask, inherit_queries, least_useful, pixel_features, seed_geometry, seed_points
@@ -200,9 +199,9 @@ class M3Memory:
                 elif m in self.W:
                     self._maybe_refit_wm(m)
             self._cam_centres.append(np.asarray(kf.T_world_cam)[:3, 3].copy())
-            self._clear_free_space(kf)  # before seeding: where something left is unexplained now
+            scenechange.clear_free_space(self, kf)  # before seeding: where something left is unexplained now
             self._seed(kf, feats)
-            self._vote_labels(kf, feats)
+            scenechange.vote_labels(self, kf, feats)
             self._update_extent()
             self._views.append(prepare_view(compact_keyframe(kf, cfg), cfg))
             if len(self._views) > cfg.window:
@@ -258,110 +257,10 @@ class M3Memory:
                 allowed = np.zeros(len(pts), dtype=bool) if objects is None else objects[pix[:, 0], pix[:, 1]]
             inherit_queries(q, pts, tree, self.params[query_key(m)].detach(), cfg.inherit_radius, allowed)
             new[query_key(m)] = q
-        new[VOTES_KEY] = torch.zeros(len(pts), 2)  # this keyframe's vote follows (_vote_labels)
+        new[VOTES_KEY] = torch.zeros(len(pts), 2)  # this keyframe's vote follows (scenechange.vote_labels)
         ops.append_gaussians(self.params, self.optimizer, new)
         self._keep_densify_stats(torch.cat([torch.arange(self.n_gaussians - len(pts)),
                                             torch.full((len(pts),), -1, dtype=torch.long)]))
-
-    @torch.no_grad()
-    def _vote_labels(self, kf: Keyframe, feats: dict) -> None:
-        """Add kf's label votes (labelvotes.py) when it carries a region model's features: every
-        Gaussian its depth sees on the surface is inside a detector region or outside all of them."""
-        if self.n_gaussians == 0 or not any(self.cfg.models[m].sample_mode == "nearest" for m in feats):
-            return
-        regions = detected_mask(kf)
-        if regions is None:
-            regions = np.zeros(kf.size, dtype=bool)  # the detector ran and found nothing
-        models = [m for m in feats if self.cfg.models[m].sample_mode == "nearest" and m in self.W
-                  and len(self.banks[m]) > 0]
-
-        def same_label(idx: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndarray:
-            ok = np.ones(len(idx), dtype=bool)
-            for m in models:
-                rows = self.banks[m].assign(pixel_features(kf, feats[m], np.stack([v, u], 1), self.cfg, m))
-                ok &= carries_row(self.params[query_key(m)].detach()[torch.from_numpy(idx)], rows, self.W[m],
-                                  self.banks[m].unit_rows, self.cfg.tau)
-            return ok
-
-        agree = same_label if self.cfg.vote_same_label and models else None
-        self.params[VOTES_KEY].data += surface_votes(self.means.numpy(), np.asarray(kf.depth), kf.K,
-                                                     kf.T_world_cam, regions, agree)
-
-    @torch.no_grad()
-    def _label_changed(self, kf: Keyframe, surface: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor]:
-        """labelchange.label_evidence for the Gaussians on kf's surface (surface [N] bool): ([N] bool
-        changed, {model: [S, d] labels}, [S] the rows they belong to)."""
-        out = torch.zeros(self.n_gaussians, dtype=torch.bool)
-        cand = torch.nonzero(surface).flatten()
-        models = {m: self.banks[m] for m in kf.features
-                  if m in self.cfg.models and self.cfg.models[m].sample_mode == "nearest" and m in self.W
-                  and len(self.banks[m]) > 0}
-        if len(cand) == 0 or not models:
-            return out, {}, cand
-        queries = {m: self.params[query_key(m)].detach()[cand] for m in models}
-        changed, labels = label_evidence(kf, self.means[cand], queries, self.W, models, self.cfg.tau,
-                                         self.cfg.freespace.radius_px(kf.size[1]), self.cfg.freespace.label_min_cos)
-        out[cand[torch.from_numpy(changed)]] = True
-        return out, labels, cand
-
-    @torch.no_grad()
-    def _clear_free_space(self, kf: Keyframe) -> None:
-        """Free-space evidence of kf's depth (freespace.py), and with freespace.label_change of its
-        region labels (labelchange.py): Gaussians its rays clearly pass through (or whose label is
-        gone) lose opacity; those then below freespace.min_opacity are removed, and the kept
-        keyframes that saw them on their surface as they were leave the training window."""
-        fc = self.cfg.freespace
-        if not fc.enabled or self.n_gaussians == 0:
-            return
-        codes = classify(kf.depth, kf.K, kf.T_world_cam, self.means, self.scales, fc)
-        through, labels, row = codes == THROUGH, {}, None
-        if fc.label_change:  # lower than the margin: what the detector calls the place now
-            changed, labels, cand = self._label_changed(kf, codes == SURFACE)
-            row = torch.full((self.n_gaussians,), -1, dtype=torch.long)  # Gaussian -> its row in labels
-            row[cand] = torch.arange(len(cand))
-            through |= changed
-        if not bool(through.any()):
-            return
-        logits = self.params["opacity_logits"]
-        logits.data.copy_(decayed_logits(logits.detach(), through, fc.decay))
-        gone = torch.nonzero(through & (self.opacities < fc.min_opacity)).flatten()
-        if len(gone) == 0:
-            return
-        means, scales = self.means[gone].clone(), self.scales[gone].clone()
-        # the labels of those gone by label change alone (zero rows for the rest: free space's evidence)
-        by_label = row[gone] if row is not None else torch.full((len(gone),), -1, dtype=torch.long)
-        by_label[(codes == THROUGH)[gone]] = -1
-        gone_labels = {}
-        for m, lab in labels.items():
-            gone_labels[m] = torch.zeros(len(gone), lab.shape[1])
-            gone_labels[m][by_label >= 0] = lab[by_label[by_label >= 0]]
-        self._remove(gone)
-        stale = [v.kf.index for v in self._views
-                 if int(seen_as_they_were(v.kf, means, scales, gone_labels, fc).sum()) >= fc.stale_points]
-        self._views = [v for v in self._views if v.kf.index not in stale]
-        self.cleared += len(gone)
-        self.stale_dropped += len(stale)
-        # a changed scene, or a keyframe whose pose disagrees with the map: either way worth a line
-        (log.warning if stale else log.info)(
-            "free space seen by keyframe %d: removed %d Gaussians; %d kept keyframes saw them on their surface "
-            "and left the training window %s (%d remain)", kf.index, len(gone), len(stale), stale, len(self._views))
-        # the surface the object uncovered (the table under it) answers for what kf sees there now
-        surf = torch.nonzero(classify(kf.depth, kf.K, kf.T_world_cam, self.means, None, fc, evidence=False)
-                             == SURFACE).flatten()
-        if fc.relabel_radius <= 0 or len(surf) == 0:
-            return
-        dist, _ = cKDTree(means.numpy()).query(self.means[surf].numpy(), distance_upper_bound=fc.relabel_radius)
-        idx = surf[torch.from_numpy(np.isfinite(dist))]
-        if len(idx) == 0:
-            return
-        pix = project_pixels(kf.K, kf.T_world_cam, self.means[idx], kf.size)
-        for m, fm in kf.features.items():
-            if m in self.W and m in self.cfg.models:
-                gt = pixel_features(kf, fm, pix, self.cfg, m)
-                has = gt.abs().sum(1) > 0
-                if bool(has.any()):
-                    q = self._queries_for_rows(m, self.banks[m].assign(gt[has]))
-                    self.params[query_key(m)].data[idx[has]] = q
 
     @torch.no_grad()
     def _remove(self, index: torch.Tensor) -> None:

@@ -1,0 +1,146 @@
+"""What a new keyframe changes in the Gaussians the memory already holds (M3Memory.add_keyframe).
+
+- free space (freespace.py): Gaussians its depth rays clearly pass through fade and, once nearly
+  transparent, go; the kept keyframes that saw them as they were leave the training window, and the
+  surface they uncovered takes what the keyframe sees there now;
+- label change (labelchange.py, opt-in): the same for surface Gaussians whose label no detector
+  region around them carries any more (moved objects lower than free space's margin);
+- label votes (labelvotes.py): every Gaussian the depth sees on its surface is inside a detector
+  region or outside all of them.
+
+Functions of an M3Memory's state, called with its lock held; memory.py only sequences them.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from m3_ros.memory.freespace import SURFACE, THROUGH, classify, decayed_logits, project_pixels
+from m3_ros.memory.gaussians import query_key
+from m3_ros.memory.labelchange import label_evidence, seen_as_they_were
+from m3_ros.memory.labelvotes import VOTES_KEY, carries_row, surface_votes
+from m3_ros.memory.seeding import detected_mask, pixel_features
+from m3_ros.types import Keyframe
+
+if TYPE_CHECKING:
+    from m3_ros.memory.memory import M3Memory
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def vote_labels(mem: "M3Memory", kf: Keyframe, feats: dict) -> None:
+    """Add kf's label votes (labelvotes.py) when it carries a region model's features (feats
+    {model: FeatureMap}): every Gaussian its depth sees on the surface is inside a detector region or
+    outside all of them."""
+    cfg = mem.cfg
+    if mem.n_gaussians == 0 or not any(cfg.models[m].sample_mode == "nearest" for m in feats):
+        return
+    regions = detected_mask(kf)
+    if regions is None:
+        regions = np.zeros(kf.size, dtype=bool)  # the detector ran and found nothing
+    models = [m for m in feats if cfg.models[m].sample_mode == "nearest" and m in mem.W
+              and len(mem.banks[m]) > 0]
+
+    def same_label(idx: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndarray:
+        ok = np.ones(len(idx), dtype=bool)
+        for m in models:
+            rows = mem.banks[m].assign(pixel_features(kf, feats[m], np.stack([v, u], 1), cfg, m))
+            ok &= carries_row(mem.params[query_key(m)].detach()[torch.from_numpy(idx)], rows, mem.W[m],
+                              mem.banks[m].unit_rows, cfg.tau)
+        return ok
+
+    agree = same_label if cfg.vote_same_label and models else None
+    mem.params[VOTES_KEY].data += surface_votes(mem.means.numpy(), np.asarray(kf.depth), kf.K,
+                                                kf.T_world_cam, regions, agree)
+
+
+@torch.no_grad()
+def label_changed(mem: "M3Memory", kf: Keyframe, surface: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """labelchange.label_evidence for the Gaussians on kf's surface (surface [N] bool): ([N] bool
+    changed, {model: [S, d] labels}, [S] the Gaussians they belong to)."""
+    cfg = mem.cfg
+    out = torch.zeros(mem.n_gaussians, dtype=torch.bool)
+    cand = torch.nonzero(surface).flatten()
+    models = {m: mem.banks[m] for m in kf.features
+              if m in cfg.models and cfg.models[m].sample_mode == "nearest" and m in mem.W
+              and len(mem.banks[m]) > 0}
+    if len(cand) == 0 or not models:
+        return out, {}, cand
+    queries = {m: mem.params[query_key(m)].detach()[cand] for m in models}
+    changed, labels = label_evidence(kf, mem.means[cand], queries, mem.W, models, cfg.tau,
+                                     cfg.freespace.radius_px(kf.size[1]), cfg.freespace.label_min_cos)
+    out[cand[torch.from_numpy(changed)]] = True
+    return out, labels, cand
+
+
+@torch.no_grad()
+def clear_free_space(mem: "M3Memory", kf: Keyframe) -> None:
+    """Free-space evidence of kf's depth (freespace.py), and with freespace.label_change of its
+    region labels (labelchange.py): Gaussians its rays clearly pass through (or whose label is
+    gone) lose opacity; those then below freespace.min_opacity are removed, and the kept
+    keyframes that saw them on their surface as they were leave the training window."""
+    fc = mem.cfg.freespace
+    if not fc.enabled or mem.n_gaussians == 0:
+        return
+    codes = classify(kf.depth, kf.K, kf.T_world_cam, mem.means, mem.scales, fc)
+    through, labels, row = codes == THROUGH, {}, None
+    if fc.label_change:  # lower than the margin: what the detector calls the place now
+        changed, labels, cand = label_changed(mem, kf, codes == SURFACE)
+        row = torch.full((mem.n_gaussians,), -1, dtype=torch.long)  # Gaussian -> its row in labels
+        row[cand] = torch.arange(len(cand))
+        through |= changed
+    if not bool(through.any()):
+        return
+    logits = mem.params["opacity_logits"]
+    logits.data.copy_(decayed_logits(logits.detach(), through, fc.decay))
+    gone = torch.nonzero(through & (mem.opacities < fc.min_opacity)).flatten()
+    if len(gone) == 0:
+        return
+    means, scales = mem.means[gone].clone(), mem.scales[gone].clone()
+    # the labels of those gone by label change alone (zero rows for the rest: free space's evidence)
+    by_label = row[gone] if row is not None else torch.full((len(gone),), -1, dtype=torch.long)
+    by_label[(codes == THROUGH)[gone]] = -1
+    gone_labels = {}
+    for m, lab in labels.items():
+        gone_labels[m] = torch.zeros(len(gone), lab.shape[1])
+        gone_labels[m][by_label >= 0] = lab[by_label[by_label >= 0]]
+    mem._remove(gone)
+    stale = [v.kf.index for v in mem._views
+             if int(seen_as_they_were(v.kf, means, scales, gone_labels, fc).sum()) >= fc.stale_points]
+    mem._views = [v for v in mem._views if v.kf.index not in stale]
+    mem.cleared += len(gone)
+    mem.stale_dropped += len(stale)
+    # a changed scene, or a keyframe whose pose disagrees with the map: either way worth a line
+    (log.warning if stale else log.info)(
+        "free space seen by keyframe %d: removed %d Gaussians; %d kept keyframes saw them on their surface "
+        "and left the training window %s (%d remain)", kf.index, len(gone), len(stale), stale, len(mem._views))
+    relabel_uncovered(mem, kf, means)
+
+
+@torch.no_grad()
+def relabel_uncovered(mem: "M3Memory", kf: Keyframe, gone_means: torch.Tensor) -> None:
+    """The surface that removed Gaussians (centres gone_means [k, 3]) uncovered, the table under a
+    moved object, answers for what kf sees there now: its Gaussians within freespace.relabel_radius
+    take the queries of kf's features at their pixels."""
+    cfg, fc = mem.cfg, mem.cfg.freespace
+    surf = torch.nonzero(classify(kf.depth, kf.K, kf.T_world_cam, mem.means, None, fc, evidence=False)
+                         == SURFACE).flatten()
+    if fc.relabel_radius <= 0 or len(surf) == 0:
+        return
+    dist, _ = cKDTree(gone_means.numpy()).query(mem.means[surf].numpy(), distance_upper_bound=fc.relabel_radius)
+    idx = surf[torch.from_numpy(np.isfinite(dist))]
+    if len(idx) == 0:
+        return
+    pix = project_pixels(kf.K, kf.T_world_cam, mem.means[idx], kf.size)
+    for m, fm in kf.features.items():
+        if m in mem.W and m in cfg.models:
+            gt = pixel_features(kf, fm, pix, cfg, m)
+            has = gt.abs().sum(1) > 0
+            if bool(has.any()):
+                q = mem._queries_for_rows(m, mem.banks[m].assign(gt[has]))
+                mem.params[query_key(m)].data[idx[has]] = q
