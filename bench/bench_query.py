@@ -418,16 +418,17 @@ def _save_cached(path: str, pipe, queries, truth, cameras, seen, line) -> None:
 
 def section_profile(pipe: MemoryPipeline, texts: list[str], walk: str) -> list[str]:
     G = sys.modules["m3_ros.grounding.ground"]  # the package re-exports a function of the same name
+    import m3_ros.grounding.rendered as Gr
     import m3_ros.memory.memory as Mm
     import m3_ros.memory.snapshot as S
     import m3_ros.pipeline as P
     pr = _Probe()
     for owner, attr, label in [
             (MemoryPipeline, "ground", "pipeline.ground (whole call)"), (MemoryPipeline, "_embed", "text embedding"),
-            (P, "ground", "grounding.ground"), (G, "_verify", "ground._verify (rendering)"),
-            (G, "_render_points", "ground._render_points"), (G, "_baseline_score", "ground._baseline_score"),
+            (P, "ground", "grounding.ground"), (Gr, "verify", "rendered.verify (rendering)"),
+            (Gr, "render_points", "rendered.render_points"), (Gr, "baseline_score", "rendered.baseline_score"),
             (G, "_ranked_regions", "ground._ranked_regions (clustering)"), (G, "otsu_threshold", "ground.otsu_threshold"),
-            (G, "_views_seeing", "ground._views_seeing"),
+            (Gr, "views_seeing", "rendered.views_seeing"),
             (S.MemorySnapshot, "gaussian_relevance", "snapshot.gaussian_relevance"),
             (S.MemorySnapshot, "query_norms", "snapshot.query_norms"),
             (S.MemorySnapshot, "means_tree", "snapshot.means_tree"), (S.MemorySnapshot, "relevance", "snapshot.relevance"),

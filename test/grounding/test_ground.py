@@ -179,7 +179,8 @@ def test_view_mode_errors(memory):
 def test_row_mass_ignores_gaussians_that_blend_rows():
     """Wall Gaussians whose queries blend the red and green faces' rows decode close to 'red' by
     cosine, but put only part of their attention on the red row: row_mass keeps the red face."""
-    from m3_ros.grounding.ground import _baseline_score, row_mass, text_rows
+    from m3_ros.grounding.ground import row_mass, text_rows
+    from m3_ros.grounding.rendered import baseline_score
     from m3_ros.memory.gaussians import query_key
 
     mem = M3Memory(MemoryConfig(models={"dino": ModelSlot(channels=8, theta=0.9, max_rows=100)}, voxel_size=0.02,
@@ -194,7 +195,7 @@ def test_row_mass_ignores_gaussians_that_blend_rows():
         q[wall] = 0.5 * (q[red][0] + q[green][0])
     blend_cos = mem.gaussian_relevance("dino", red_text)[wall]
     # by cosine the blob is a candidate: well above what an unlabelled surface decodes to
-    assert float(blend_cos.median()) > _baseline_score(mem, "dino", red_text) + 0.1
+    assert float(blend_cos.median()) > baseline_score(mem, "dino", red_text) + 0.1
     mass = row_mass(mem, "dino", text_rows(mem, "dino", red_text, row_margin=0.03)[0])
     # about half of the blob's attention is on the red row, nearly all of the face's
     assert np.median(mass[wall.numpy()]) < 0.6 and np.median(mass[red.numpy()]) > 0.95
