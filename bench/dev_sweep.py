@@ -48,6 +48,9 @@ VARIANTS = {
     "gaussians_centre_top_half": replace(BASE, centre="top_half"),
     "gaussians_baseline0.015": replace(BASE, baseline_margin=0.015),
     "gaussians_baseline0": replace(BASE, baseline_margin=0.0),
+    "gaussians_contra1": replace(BASE, label_contradictions=1),
+    "gaussians_contra2": replace(BASE, label_contradictions=2),
+    "gaussians_contra3": replace(BASE, label_contradictions=3),
     "view": replace(BASE, mode="view"),
     "render": replace(BASE, mode="render"),
 }
@@ -75,6 +78,7 @@ def main() -> None:
     ap.add_argument("--no-refine", action="store_true", help="memory on raw odometry (PipelineConfig.refine_poses off)")
     ap.add_argument("--memory", nargs="+", default=[], metavar="NAME=JSON",
                     help="MemoryConfig overrides, e.g. selective_adam=true (PipelineConfig.memory_overrides)")
+    ap.add_argument("--tag", default="", help="appended to the output names (keeps a study from overwriting the base run)")
     ap.add_argument("--absent", type=int, default=24,
                     help="phrasings of objects a scene does not hold, asked per scene (each method should refuse)")
     a = ap.parse_args()
@@ -84,7 +88,7 @@ def main() -> None:
     overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in a.memory)}
     pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"], refine_poses=not a.no_refine,
                                          memory_overrides=overrides))
-    tag = a.sensors + ("_norefine" if a.no_refine else "") + "".join(f"_{k}" for k in overrides)
+    tag = a.sensors + ("_norefine" if a.no_refine else "") + "".join(f"_{k}" for k in overrides) + (f"_{a.tag}" if a.tag else "")
     pipe.load()
     queries: list[dict] = []
     absent: list[dict] = []

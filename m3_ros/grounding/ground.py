@@ -124,6 +124,11 @@ class GroundingConfig:
     (answers over 50 cm off: 21 -> 7 at 0.5), table seed 1 (24) 0.83 / 0.88 / 0.88 / 0.88,
     two_tables seed 1 (28) 0.46 / 0.46 / 0.32 / 0.39 (higher values discount the eroded edges of
     small objects, and a look-alike wins): 0.3 is best over the 108."""
+    label_contradictions: int = 0
+    """Gaussians and view modes, region models only: a Gaussian whose label this many keyframes in a
+    row contradicted (every cell around it inside detector regions, none of them its label:
+    labelchange.label_verdict) has no label support (0 = off): where an object was, the newest views
+    call the place the table. The Gaussians stay and train; only grounding stops trusting their label."""
     snap_radius: float = 0.03
     """Render / view modes: a lifted pixel counts only if a Gaussian mean (opacity >= min_opacity) lies
     within this distance (m), and is moved onto it. Expected depth blends the surfaces a pixel sees,
@@ -302,7 +307,7 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
             # (floor, walls) decodes as strongly as an object's, cosine attention being scale-invariant
             conf = np.clip(memory.query_norms(model).detach().cpu().numpy().astype(np.float64) / cfg.confidence_norm, 0, 1)
         if cfg.label_support > 0 and memory.cfg.models[model].sample_mode == "nearest":
-            sup = memory.label_support().detach().cpu().numpy().astype(np.float64)
+            sup = memory.label_support(cfg.label_contradictions).detach().cpu().numpy().astype(np.float64)
             conf = conf * np.clip(sup / cfg.label_support, 0, 1)
         if match is not None:
             rel = conf * row_mass(memory, model, match)

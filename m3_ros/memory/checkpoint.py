@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from m3_ros.memory.config import MemoryConfig
 from m3_ros.memory.gaussians import query_key
-from m3_ros.memory.labelvotes import VOTES_KEY
+from m3_ros.memory.labelvotes import RUN_KEY, VOTES_KEY
 from m3_ros.memory.sh import colors_shape
 
 FORMAT = "m3_ros.memory"
@@ -223,6 +223,12 @@ def _state(path: Path, meta: dict, tensors: dict[str, torch.Tensor]) -> tuple[Me
             raise CheckpointError(f"{path}: param/{VOTES_KEY} must be finite counts of shape {(N, 2)}, "
                                   f"got {tuple(t.shape)}")
         names.append(VOTES_KEY)
+    if f"param/{RUN_KEY}" in tensors:  # absent in memories saved before label verdicts
+        t = tensors[f"param/{RUN_KEY}"]
+        if tuple(t.shape) != (N,) or not torch.isfinite(t).all() or bool((t < 0).any()):
+            raise CheckpointError(f"{path}: param/{RUN_KEY} must be finite counts of shape {(N,)}, "
+                                  f"got {tuple(t.shape)}")
+        names.append(RUN_KEY)
     state = {"params": {n: tensors[f"param/{n}"] for n in names}, "W": {}, "banks": {},
              "iteration": int(meta.get("iteration", 0)), "extent": float(meta.get("extent", 1.0))}
     for m, s in cfg.models.items():

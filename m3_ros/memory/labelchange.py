@@ -37,7 +37,20 @@ from m3_ros.types import FeatureMap, Keyframe
 
 def unsupported(decoded: torch.Tensor, pix: np.ndarray, fm: FeatureMap | IndexedFeatureMap,
                 radius_px: int, min_cos: float) -> np.ndarray:
-    """[S] True where the region map fm says the Gaussians are no longer what they were.
+    """[S] True where the region map fm says the Gaussians are no longer what they were
+    (label_verdict == CONTRADICTED; same arguments)."""
+    return label_verdict(decoded, pix, fm, radius_px, min_cos) == CONTRADICTED
+
+
+CONTRADICTED, NO_EVIDENCE, CONFIRMED = -1, 0, 1
+"""Codes of ``label_verdict``."""
+
+
+def label_verdict(decoded: torch.Tensor, pix: np.ndarray, fm: FeatureMap | IndexedFeatureMap,
+                  radius_px: int, min_cos: float) -> np.ndarray:
+    """[S] int8 what the region map fm says of each Gaussian's label: CONFIRMED where a region in the
+    window around its pixel carries it, CONTRADICTED where every cell of the window lies inside some
+    region and none carries it, NO_EVIDENCE otherwise (no label, or an uncovered window without it).
 
     Args:
         decoded: [S, d] the Gaussians' decoded features in fm's model space.
@@ -47,7 +60,7 @@ def unsupported(decoded: torch.Tensor, pix: np.ndarray, fm: FeatureMap | Indexed
         min_cos: a region this close to a Gaussian's feature carries its label.
     """
     S = int(decoded.shape[0])
-    out = np.zeros(S, dtype=bool)
+    out = np.full(S, NO_EVIDENCE, dtype=np.int8)
     ifm = fm if isinstance(fm, IndexedFeatureMap) else index_feature_map(fm)
     if S == 0 or ifm is None or ifm.table.shape[0] == 0:
         return out
@@ -57,10 +70,9 @@ def unsupported(decoded: torch.Tensor, pix: np.ndarray, fm: FeatureMap | Indexed
     r = int(np.ceil(radius_px * max(h / H, w / W)))
     size = 2 * r + 1
     ci, cj = cell_index(pix[:, 1], pix[:, 0], (H, W), (h, w))  # the cells FeatureMap.sample reads
-    # outside the grid counts as uncovered: a window at the border gives no evidence
+    # outside the grid counts as uncovered: a window at the border gives no evidence against
     covered = ndimage.minimum_filter((index >= 0).astype(np.uint8), size=size, mode="constant", cval=0)[ci, cj] > 0
-    labelled = (decoded.abs().sum(1) > 0).numpy()
-    cand = np.flatnonzero(covered & labelled)
+    cand = np.flatnonzero((decoded.abs().sum(1) > 0).numpy())
     if len(cand) == 0:
         return out
     labels = np.unique(index[index >= 0])
@@ -72,7 +84,8 @@ def unsupported(decoded: torch.Tensor, pix: np.ndarray, fm: FeatureMap | Indexed
             continue
         near = ndimage.maximum_filter((index == lab).astype(np.uint8), size=size, mode="constant", cval=0)
         supported |= sim[:, k] & (near[ci[cand], cj[cand]] > 0)
-    out[cand[~supported]] = True
+    out[cand[supported]] = CONFIRMED
+    out[cand[~supported & covered[cand]]] = CONTRADICTED
     return out
 
 
@@ -117,6 +130,20 @@ def label_evidence(kf: Keyframe, means: torch.Tensor, queries: dict, W: dict, ba
     for lab in labels.values():
         lab[torch.from_numpy(~out)] = 0.0
     return out, labels
+
+
+@torch.no_grad()
+def label_verdicts(kf: Keyframe, means: torch.Tensor, queries: dict, W: dict, banks: dict, tau: float,
+                   radius_px: int, min_cos: float) -> np.ndarray:
+    """[S] int8 label_verdict of kf's region maps for the Gaussians means [S, 3] on its surface (the
+    arguments of label_evidence): CONTRADICTED when a model contradicts and none confirms."""
+    pix = project_pixels(kf.K, kf.T_world_cam, means, kf.size)
+    out = np.full(len(means), NO_EVIDENCE, dtype=np.int8)
+    for m, b in banks.items():
+        v = label_verdict(top_labels(queries[m], W[m], b.rows, b.unit_rows, tau), pix, kf.features[m],
+                          radius_px, min_cos)
+        out = np.where((v == CONFIRMED) | (out == CONFIRMED), CONFIRMED, np.minimum(out, v))
+    return out
 
 
 def seen_as_they_were(kf: Keyframe, means: torch.Tensor, scales: torch.Tensor, labels: dict,

@@ -37,6 +37,9 @@ from m3_ros.memory.attention import attention_logits
 
 VOTES_KEY = "label_votes"
 """ParameterDict key of the [N, 2] vote counts (inside a region, outside every region); not trained."""
+RUN_KEY = "label_contradictions"
+"""ParameterDict key of the [N] count of keyframes whose region maps contradicted a Gaussian's label
+since one last confirmed it (labelchange.label_verdict, read on free space's surface); not trained."""
 
 
 def incidence(depth: np.ndarray, K: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -123,7 +126,13 @@ def carries_row(queries: torch.Tensor, rows: torch.Tensor, W_m: torch.Tensor, ba
     return ((rows < 0) | (top == rows)).numpy()
 
 
-def support(votes: torch.Tensor) -> torch.Tensor:
+def support(votes: torch.Tensor, contradictions: torch.Tensor | None = None, max_contradictions: int = 0
+            ) -> torch.Tensor:
     """[N] share of inside votes, (inside + 1) / (inside + outside + 2) for votes [N, 2]: 0.5 for
-    a Gaussian no keyframe voted on, towards 0 for one seen outside every region again and again."""
-    return (votes[:, 0] + 1.0) / (votes.sum(1) + 2.0)
+    a Gaussian no keyframe voted on, towards 0 for one seen outside every region again and again.
+    With max_contradictions > 0, 0 where contradictions [N] (RUN_KEY) reach it: the newest views
+    call the place something else (a moved object's old place)."""
+    s = (votes[:, 0] + 1.0) / (votes.sum(1) + 2.0)
+    if contradictions is not None and max_contradictions > 0:
+        s = torch.where(contradictions >= max_contradictions, torch.zeros_like(s), s)
+    return s

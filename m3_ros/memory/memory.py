@@ -38,7 +38,7 @@ from m3_ros.memory import ops, scenechange
 from m3_ros.memory.bank import MemoryBank
 from m3_ros.memory.config import MemoryConfig, ModelSlot  # noqa: F401  (re-exported: the public names)
 from m3_ros.memory.gaussians import empty_params, query_key
-from m3_ros.memory.labelvotes import VOTES_KEY
+from m3_ros.memory.labelvotes import RUN_KEY, VOTES_KEY
 from m3_ros.memory.optim import catch_up_rows, selective_adam_step
 from m3_ros.memory.rasterize import rasterize
 from m3_ros.memory.seeding import detected_mask, inherit_queries, least_useful, pixel_features, seed_geometry, seed_points
@@ -74,6 +74,7 @@ class M3Memory:
             self._rng = random.Random(cfg.seed)
             self.params = empty_params({m: s.channels for m, s in cfg.models.items()}, cfg.sh_degree)
             self.params[VOTES_KEY] = nn.Parameter(torch.zeros(0, 2), requires_grad=False)
+            self.params[RUN_KEY] = nn.Parameter(torch.zeros(0), requires_grad=False)
             self.banks: dict[str, MemoryBank] = {}
             self.W: dict[str, nn.Parameter] = {}
             self._wm_version = 0
@@ -99,7 +100,7 @@ class M3Memory:
         lrs = {"means": cfg.lr_means * self.extent, "log_scales": cfg.lr_scales, "quats": cfg.lr_quats,
                "opacity_logits": cfg.lr_opacity, "colors": cfg.lr_colors}
         lrs.update({query_key(m): cfg.lr_queries for m in cfg.models})
-        lrs[VOTES_KEY] = 0.0  # counts, not trained (labelvotes.py)
+        lrs[VOTES_KEY] = lrs[RUN_KEY] = 0.0  # counts, not trained (labelvotes.py)
         self.optimizer = ops.make_optimizer(self.params, lrs)
         ws = [p for p in self.W.values() if p.requires_grad]
         self.wm_optimizer = torch.optim.Adam(ws, lr=cfg.lr_wm) if ws else None
@@ -258,6 +259,7 @@ class M3Memory:
             inherit_queries(q, pts, tree, self.params[query_key(m)].detach(), cfg.inherit_radius, allowed)
             new[query_key(m)] = q
         new[VOTES_KEY] = torch.zeros(len(pts), 2)  # this keyframe's vote follows (scenechange.vote_labels)
+        new[RUN_KEY] = torch.zeros(len(pts))
         ops.append_gaussians(self.params, self.optimizer, new)
         self._keep_densify_stats(torch.cat([torch.arange(self.n_gaussians - len(pts)),
                                             torch.full((len(pts),), -1, dtype=torch.long)]))
@@ -338,6 +340,7 @@ class M3Memory:
             cfg=self.cfg, version=self._version if copy else -1, iteration=self.iteration, means=c(means), quats=c(quats),
             scales=c(scales), opacities=c(opac), colors=c(self.params["colors"]),
             queries={m: c(self.params[query_key(m)]) for m in self.cfg.models}, label_votes=c(self.params[VOTES_KEY]),
+            label_contradictions=c(self.params[RUN_KEY]),
             W={m: c(w) for m, w in self.W.items()},
             banks={m: BankView(b.rows, b.unit_rows, b.version) for m, b in self.banks.items()},
             keyframes=self.keyframes, caches=self._caches)
@@ -403,10 +406,10 @@ class M3Memory:
         with self._lock:
             return self._capture(copy=False).query_norms(model)
 
-    def label_support(self) -> torch.Tensor:
+    def label_support(self, max_contradictions: int = 0) -> torch.Tensor:
         """[N] each Gaussian's share of keyframes that saw it inside a detector region (labelvotes.support)."""
         with self._lock:
-            return self._capture(copy=False).label_support()
+            return self._capture(copy=False).label_support(max_contradictions)
 
     # ---- training ----------------------------------------------------------------------------
     def _sample_view(self) -> TrainView:
@@ -510,7 +513,9 @@ class M3Memory:
             params = dict(state["params"])
             if VOTES_KEY not in params:  # saved before label votes: no keyframe has voted
                 params[VOTES_KEY] = torch.zeros(int(params["means"].shape[0]), 2)
-            mem.params = nn.ParameterDict({n: nn.Parameter(t.clone(), requires_grad=n != VOTES_KEY)
+            if RUN_KEY not in params:  # saved before label verdicts: none contradicted
+                params[RUN_KEY] = torch.zeros(int(params["means"].shape[0]))
+            mem.params = nn.ParameterDict({n: nn.Parameter(t.clone(), requires_grad=n not in (VOTES_KEY, RUN_KEY))
                                            for n, t in params.items()})
             for m, b in state["banks"].items():
                 s = cfg.models[m]

@@ -21,8 +21,8 @@ from scipy.spatial import cKDTree
 
 from m3_ros.memory.freespace import SURFACE, THROUGH, classify, decayed_logits, project_pixels
 from m3_ros.memory.gaussians import query_key
-from m3_ros.memory.labelchange import label_evidence, seen_as_they_were
-from m3_ros.memory.labelvotes import VOTES_KEY, carries_row, surface_votes
+from m3_ros.memory.labelchange import CONFIRMED, CONTRADICTED, label_evidence, label_verdicts, seen_as_they_were
+from m3_ros.memory.labelvotes import RUN_KEY, VOTES_KEY, carries_row, surface_votes
 from m3_ros.memory.seeding import detected_mask, pixel_features
 from m3_ros.types import Keyframe
 
@@ -59,6 +59,30 @@ def vote_labels(mem: "M3Memory", kf: Keyframe, feats: dict) -> None:
                                                 kf.T_world_cam, regions, agree)
 
 
+def _region_banks(mem: "M3Memory", kf: Keyframe) -> dict:
+    """{model: MemoryBank} of the region models kf carries features of and the memory has a bank for."""
+    cfg = mem.cfg
+    return {m: mem.banks[m] for m in kf.features
+            if m in cfg.models and cfg.models[m].sample_mode == "nearest" and m in mem.W and len(mem.banks[m]) > 0}
+
+
+@torch.no_grad()
+def count_contradictions(mem: "M3Memory", kf: Keyframe, surface: torch.Tensor) -> None:
+    """labelvotes.RUN_KEY for the Gaussians on kf's surface (surface [N] bool): one more where kf's
+    region maps contradict their label (labelchange.label_verdict), back to 0 where they confirm it."""
+    cfg = mem.cfg
+    cand = torch.nonzero(surface).flatten()
+    models = _region_banks(mem, kf)
+    if len(cand) == 0 or not models:
+        return
+    queries = {m: mem.params[query_key(m)].detach()[cand] for m in models}
+    v = label_verdicts(kf, mem.means[cand], queries, mem.W, models, cfg.tau,
+                       cfg.freespace.radius_px(kf.size[1]), cfg.freespace.label_min_cos)
+    run = mem.params[RUN_KEY].data
+    run[cand[torch.from_numpy(v == CONFIRMED)]] = 0.0
+    run[cand[torch.from_numpy(v == CONTRADICTED)]] += 1.0
+
+
 @torch.no_grad()
 def label_changed(mem: "M3Memory", kf: Keyframe, surface: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor]:
     """labelchange.label_evidence for the Gaussians on kf's surface (surface [N] bool): ([N] bool
@@ -66,9 +90,7 @@ def label_changed(mem: "M3Memory", kf: Keyframe, surface: torch.Tensor) -> tuple
     cfg = mem.cfg
     out = torch.zeros(mem.n_gaussians, dtype=torch.bool)
     cand = torch.nonzero(surface).flatten()
-    models = {m: mem.banks[m] for m in kf.features
-              if m in cfg.models and cfg.models[m].sample_mode == "nearest" and m in mem.W
-              and len(mem.banks[m]) > 0}
+    models = _region_banks(mem, kf)
     if len(cand) == 0 or not models:
         return out, {}, cand
     queries = {m: mem.params[query_key(m)].detach()[cand] for m in models}
@@ -88,6 +110,7 @@ def clear_free_space(mem: "M3Memory", kf: Keyframe) -> None:
     if not fc.enabled or mem.n_gaussians == 0:
         return
     codes = classify(kf.depth, kf.K, kf.T_world_cam, mem.means, mem.scales, fc)
+    count_contradictions(mem, kf, codes == SURFACE)
     through, labels, row = codes == THROUGH, {}, None
     if fc.label_change:  # lower than the margin: what the detector calls the place now
         changed, labels, cand = label_changed(mem, kf, codes == SURFACE)

@@ -163,6 +163,7 @@ class MemorySnapshot:
     keyframes: list
     caches: dict[str, AttentionCache]
     label_votes: torch.Tensor | None = None  # [N, 2] labelvotes.py (None: a memory without votes)
+    label_contradictions: torch.Tensor | None = None  # [N] labelvotes.RUN_KEY (None: none counted)
     _index_base: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -308,11 +309,12 @@ class MemorySnapshot:
                                       self.version)
 
     @torch.no_grad()
-    def label_support(self) -> torch.Tensor:
-        """[N] each Gaussian's share of keyframes that saw it inside a detector region (0.5 unvoted)."""
+    def label_support(self, max_contradictions: int = 0) -> torch.Tensor:
+        """[N] each Gaussian's share of keyframes that saw it inside a detector region (0.5 unvoted);
+        0 where max_contradictions > 0 keyframes in a row contradicted its label (labelvotes.support)."""
         if self.label_votes is None:
             return torch.full((self.n_gaussians,), 0.5)
-        return support(self.label_votes)
+        return support(self.label_votes, self.label_contradictions, max_contradictions)
 
     def query_norms(self, model: str) -> torch.Tensor:
         """[N] length of each Gaussian's principal query (seeded ones are unit length)."""

@@ -8,7 +8,8 @@ from m3_ros.geometry import intrinsics_matrix
 from m3_ros.memory.compact import index_feature_map
 from m3_ros.memory.freespace import FreeSpaceConfig
 from m3_ros.memory.gaussians import query_key
-from m3_ros.memory.labelchange import top_labels, unsupported
+from m3_ros.memory.labelchange import CONFIRMED, CONTRADICTED, NO_EVIDENCE, label_verdict, top_labels, unsupported
+from m3_ros.memory.labelvotes import RUN_KEY
 from m3_ros.memory.views import cell_index
 from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot
 from m3_ros.types import FeatureMap, Keyframe
@@ -77,6 +78,20 @@ def test_no_evidence_without_full_cover_a_label_or_the_whole_window_in_the_image
     pix = np.concatenate([at(6, 8), at(6, 8), at(3, 3)])
     assert (unsupported(dec, pix, full, 7, 0.5).tolist() == unsupported(dec, pix, index_feature_map(full), 7, 0.5).tolist()
             == [True, False, True])
+
+
+def test_a_verdict_confirms_where_its_own_region_is_near_even_if_the_window_is_not_covered():
+    fm = region_map((slice(0, 12), slice(0, 9), TABLE), (slice(6, 7), slice(10, 11), BAR))  # cols 9+ uncovered
+    dec = torch.stack([BAR, TABLE, BAR, torch.zeros(4), ROD])
+    pix = np.concatenate([at(6, 8), at(6, 8), at(3, 3), at(3, 3), at(6, 11)])
+    got = label_verdict(dec, pix, fm, radius_px=7, min_cos=0.5).tolist()
+    # bar near its region: confirmed; table in its own region: confirmed; bar amid the table only:
+    # contradicted; no label: nothing; a rod (a synonym of the bar) beside the bar's region, the
+    # window off the covered part: confirmed
+    assert got == [CONFIRMED, CONFIRMED, CONTRADICTED, NO_EVIDENCE, CONFIRMED]
+    assert unsupported(dec, pix, fm, 7, 0.5).tolist() == [g == CONTRADICTED for g in got]
+    # without its region the bar beside the uncovered part gets no verdict at all
+    assert label_verdict(BAR[None], at(6, 11), region_map((slice(0, 12), slice(0, 9), TABLE)), 7, 0.5).tolist() == [NO_EVIDENCE]
 
 
 def test_nothing_to_judge():
@@ -151,3 +166,71 @@ def test_without_label_change_the_mat_stays():
     mem.add_keyframe(mat_view(0.1, 3, mat=False))
     assert int(_mat_gaussians(mem).sum()) == n_mat and mem.stats()["cleared"] == 0
     assert len(mem._views) == 4
+
+
+def test_label_contradictions_count_in_a_row_reset_when_seen_again_and_only_grounding_reads_them():
+    """Label change off: the mat's Gaussians stay and keep training, but two views without it in a
+    row take its label support away when grounding asks for two contradictions; another view of the
+    mat gives it back; the wall is never contradicted. Counts are saved with the memory."""
+    mem = _memory(label_change=False)
+    mem.add_keyframe(mat_view(0.0, 0, mat=True))
+    mem.add_keyframe(mat_view(0.1, 1, mat=True))
+    mem.train(5)
+    mat = _mat_gaussians(mem)
+    wall = ~mat & (mem.opacities >= 0.2)
+    assert int(mat.sum()) > 20 and int(wall.sum()) > 20
+    assert float(mem.params[RUN_KEY][mat].max()) == 0.0
+    mem.add_keyframe(mat_view(0.0, 2, mat=False))
+    run = mem.params[RUN_KEY].detach()[: len(mat)]
+    assert float((run[mat] == 1).float().mean()) > 0.8 and float(run[wall].max()) == 0.0
+    assert float(mem.label_support(2)[: len(mat)][mat].min()) > 0  # one view is not yet enough
+    mem.add_keyframe(mat_view(0.1, 3, mat=False))
+    sup2, sup0 = mem.label_support(2)[: len(mat)], mem.label_support()[: len(mat)]
+    assert float((sup2[mat] == 0).float().mean()) > 0.8 and float(sup0[mat].min()) > 0
+    torch.testing.assert_close(sup2[wall], sup0[wall])
+    assert int(_mat_gaussians(mem).sum()) == int(mat.sum()) and mem.stats()["cleared"] == 0  # nothing removed
+    back = M3Memory.from_state(mem.state_dict())
+    torch.testing.assert_close(back.label_support(2), mem.label_support(2))
+    torch.testing.assert_close(mem.snapshot().label_support(2), mem.label_support(2))
+    assert not back.params[RUN_KEY].requires_grad
+    # the mat is back: one view confirms it
+    mem.add_keyframe(mat_view(0.05, 4, mat=True))
+    assert float((mem.params[RUN_KEY].detach()[: len(mat)][mat] == 0).float().mean()) > 0.8
+    mem.train(2)  # the optimiser carries the counts' rows through seeding and steps
+
+
+def test_a_memory_saved_before_label_contradictions_loads_with_none(tmp_path):
+    mem = _memory(label_change=False)
+    mem.add_keyframe(mat_view(0.0, 0, mat=True))
+    state = mem.state_dict()
+    del state["params"][RUN_KEY]
+    old = M3Memory.from_state(state)
+    assert old.params[RUN_KEY].shape == (old.n_gaussians,) and float(old.params[RUN_KEY].sum()) == 0
+    old.add_keyframe(mat_view(0.0, 1, mat=False))
+    old.save(tmp_path / "m")
+    loaded = M3Memory.load(tmp_path / "m")
+    assert float(loaded.params[RUN_KEY].sum()) > 0
+    torch.testing.assert_close(loaded.params[RUN_KEY], old.params[RUN_KEY])
+
+
+def test_grounding_with_label_contradictions_stops_answering_where_the_mat_was():
+    from dataclasses import replace
+
+    import pytest
+
+    from m3_ros.grounding import GroundingConfig, ground
+
+    mem = _memory(label_change=False)
+    mem.add_keyframe(mat_view(0.0, 0, mat=True))
+    mem.add_keyframe(mat_view(0.1, 1, mat=True))
+    mem.train(5)
+    mem.add_keyframe(mat_view(0.0, 2, mat=False))
+    mem.add_keyframe(mat_view(0.1, 3, mat=False))
+    # another name for the mat: close to its label, not equal to it
+    text = MAT + 0.5 * MAT.norm() / 32 ** 0.5 * torch.randn(32, generator=torch.Generator().manual_seed(7))
+    assert 0.8 < float(torch.nn.functional.cosine_similarity(text, MAT, dim=0)) < 0.99
+    base = GroundingConfig(mode="gaussians", verify_views=0)
+    p = ground(mem, text, "labels", base).points[0]
+    assert -0.3 < p[0] < 0.1 and abs(p[1]) < 0.2 and abs(p[2] - 1.99) < 0.03  # on the mat that is gone
+    with pytest.raises(ValueError, match="better than an unlabelled surface"):
+        ground(mem, text, "labels", replace(base, label_contradictions=2))
