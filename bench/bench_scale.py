@@ -201,7 +201,10 @@ def moved_trial(pipe: MemoryPipeline, world: SimWorld, scene, obj_cfg, query, rc
             break
     if spot is None:
         return None
-    before = to_world(world, pipe, pipe.ground(query.text).points[0])[0]
+    try:
+        before = to_world(world, pipe, pipe.ground(query.text).points[0])[0]
+    except ValueError as err:  # refused before it moved: a grounding miss, not a trial
+        return {"object": obj.name, "query": query.text, "skipped": f"refused before the move ({err})"}
     if np.linalg.norm(before - old) > SUCCESS_M:  # not found before it moved: a grounding miss, not a trial
         return {"object": obj.name, "query": query.text, "skipped": f"answered {100 * np.linalg.norm(before - old):.0f} cm "
                 "from it before the move"}
@@ -222,7 +225,10 @@ def moved_trial(pipe: MemoryPipeline, world: SimWorld, scene, obj_cfg, query, rc
     pipe.train_for(_NO_LIMIT_S, max_steps=20)
 
     def ask() -> tuple[float, float]:
-        pts = to_world(world, pipe, pipe.ground(query.text, top_k=3).points)
+        try:
+            pts = to_world(world, pipe, pipe.ground(query.text, top_k=3).points)
+        except ValueError:  # refused after the move: not at the new place (and not at the old one)
+            return float("inf"), float("inf")
         return float(np.linalg.norm(pts[0] - new)), float(np.min(np.linalg.norm(pts - old, axis=1)))
 
     out = {}
@@ -430,9 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         "", "Moved objects (free-space evidence, MemoryConfig.freespace): an object is put 20-35 cm away on its "
         "support, the robot looks from its grasp base and five poses around it; ok = the first answer within 5 cm "
         "of the new place and none of the best three within 5 cm of the old one.", "",
-        *table(["object", "query", "moved cm", "keyframes", "answer to new cm", "nearest answer to old cm", "ok"],
+        *table(["object", "query", "moved cm", "keyframes", "answer to new cm", "nearest answer to old cm", "ok"]
+               + [f"ok, {v}" for v in variants],
                [[t["object"], t["query"], t["moved_cm"], t["keyframes"], t["new_cm"], t["old_cm"], t["ok"]]
-                for t in trials]),
+                + [t["variants"].get(v) for v in variants] for t in trials]),
         "", "Not trials (the memory did not answer at the object before it moved, so a move says nothing): "
         + ("; ".join(f"{t['object']} ({t['query']!r}: {t['skipped']})" for t in skipped) or "none") + ".",
     ]

@@ -90,6 +90,7 @@ PARAMS: dict[str, object] = {
     "grounding_min_opacity": 0.2,
     "grounding_cluster_radius": 0.03,
     "grounding_label_support": 0.3,
+    "grounding_label_contradictions": 2,
     "grounding_centre": "mid_range",
     "max_query_chars": 200,
     "publish_relevance": True,
@@ -149,6 +150,9 @@ PARAM_SPECS: dict[str, Param] = {
                                       live=True),
     "grounding_label_support": Param(0.0, "label models: trust a Gaussian by its share of views inside a detector "
                                      "region over this (0 = off)", range=(0.0, 1.0), live=True),
+    "grounding_label_contradictions": Param(0, "label models: no label support for a Gaussian whose label this many "
+                                            "views in a row contradicted (a moved object's old place; 0 = off)",
+                                            range=(0, 1000), live=True),
     "grounding_centre": Param("", "a region's answer point: mid_range (middle of its points' 10-90 % extent), "
                               "median, or top_half (median of its better-scoring half)",
                               choices=("mid_range", "median", "top_half"), live=True),
@@ -160,7 +164,8 @@ _GROUNDING_FIELDS = {"grounding_mode": "mode", "grounding_score": "score", "grou
                      "grounding_row_mass_min": "row_mass_min", "grounding_views": "n_views", "grounding_view_scale": "view_scale",
                      "grounding_relative_margin": "relative_margin", "grounding_baseline_margin": "baseline_margin",
                      "grounding_min_opacity": "min_opacity", "grounding_cluster_radius": "cluster_radius",
-                     "grounding_label_support": "label_support", "grounding_centre": "centre",
+                     "grounding_label_support": "label_support",
+                     "grounding_label_contradictions": "label_contradictions", "grounding_centre": "centre",
                      "max_query_chars": "max_query_chars"}
 _KEYFRAME_FIELDS = {"kf_min_translation": "min_translation", "kf_min_rotation_deg": "min_rotation_deg",
                     "kf_min_interval": "min_interval", "kf_max_interval": "max_interval"}

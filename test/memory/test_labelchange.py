@@ -230,7 +230,8 @@ def test_grounding_with_label_contradictions_stops_answering_where_the_mat_was()
     text = MAT + 0.5 * MAT.norm() / 32 ** 0.5 * torch.randn(32, generator=torch.Generator().manual_seed(7))
     assert 0.8 < float(torch.nn.functional.cosine_similarity(text, MAT, dim=0)) < 0.99
     base = GroundingConfig(mode="gaussians", verify_views=0)
-    p = ground(mem, text, "labels", base).points[0]
+    assert base.label_contradictions == 2  # the default
+    p = ground(mem, text, "labels", replace(base, label_contradictions=0)).points[0]
     assert -0.3 < p[0] < 0.1 and abs(p[1]) < 0.2 and abs(p[2] - 1.99) < 0.03  # on the mat that is gone
     with pytest.raises(ValueError, match="better than an unlabelled surface"):
-        ground(mem, text, "labels", replace(base, label_contradictions=2))
+        ground(mem, text, "labels", base)
