@@ -100,6 +100,11 @@ class MemoryConfig:
     """A detector region counts as small (object_gap) when its points span less than this (m) along
     every map axis (5th-95th percentile): graspable objects, not walls, table tops or cabinets.
     A priori (the arm's reach for objects, with a margin)."""
+    object_gap_label: bool = False
+    """object_gap counts only Gaussians whose label (top attention row of a region model) carries the
+    pixel's region label (cosine >= freespace.label_min_cos): a small object moved onto a table
+    stands within object_gap of the table's Gaussians, which explain its depth but not its label,
+    so it was never seeded at its new place (seeding.labelled_gap)."""
     unexplained_depth_rel: float = 0.1
     """A pixel is unexplained if the rendered alpha < 0.5 or its depth is off by this fraction."""
     inherit_radius: float = 0.02
