@@ -277,3 +277,23 @@ def test_a_flat_mat_put_before_the_wall_is_seeded_only_when_the_gap_counts_label
 
     assert run(False) == 0
     assert run(True) >= 20
+
+
+def test_label_verdicts_by_bank_row_match_the_verdict_on_decoded_labels():
+    from m3_ros.memory.freespace import SURFACE, classify, project_pixels
+    from m3_ros.memory.labelchange import label_verdicts
+
+    mem = _memory(label_change=False)
+    mem.add_keyframe(mat_view(0.0, 0, mat=True))
+    mem.add_keyframe(mat_view(0.1, 1, mat=True))
+    mem.train(3)
+    b, q = mem.banks["labels"], mem.params[query_key("labels")].detach()
+    for kf in (mat_view(0.05, 2, mat=False), mat_view(0.05, 3, mat=True)):
+        surf = torch.nonzero(classify(kf.depth, kf.K, kf.T_world_cam, mem.means, mem.scales, mem.cfg.freespace)
+                             == SURFACE).flatten()
+        fast = label_verdicts(kf, mem.means[surf], {"labels": q[surf]}, mem.W, {"labels": b}, mem.cfg.tau, 7, 0.5)
+        lab = top_labels(q[surf], mem.W["labels"], b.rows, b.unit_rows, mem.cfg.tau)
+        slow = label_verdict(lab, project_pixels(kf.K, kf.T_world_cam, mem.means[surf], kf.size), kf.features["labels"], 7, 0.5)
+        assert fast.tolist() == slow.tolist()
+        assert (fast == CONTRADICTED).sum() > 20 if not (kf.features["labels"].features == MAT).all(-1).any() else \
+            (fast == CONFIRMED).sum() > 20
