@@ -8,7 +8,7 @@ model (detector masks -> text embeddings) labels the window around the Gaussian,
 regions is the Gaussian's label.
 
 Read as conservatively as free space (the same window, and the same two pieces of evidence before
-a removal): a Gaussian is *unsupported* when
+a removal): a Gaussian's label is CONTRADICTED (label_verdict) when
 
 - every cell of the window around its pixel lies inside some detector region (a missed detection,
   a mask eroded at an object's border, a floor or wall no detector names gives no evidence), and
@@ -33,13 +33,6 @@ from m3_ros.memory.compact import IndexedFeatureMap, index_feature_map
 from m3_ros.memory.freespace import SURFACE, FreeSpaceConfig, classify, project_pixels
 from m3_ros.memory.views import cell_index
 from m3_ros.types import FeatureMap, Keyframe
-
-
-def unsupported(decoded: torch.Tensor, pix: np.ndarray, fm: FeatureMap | IndexedFeatureMap,
-                radius_px: int, min_cos: float) -> np.ndarray:
-    """[S] True where the region map fm says the Gaussians are no longer what they were
-    (label_verdict == CONTRADICTED; same arguments)."""
-    return label_verdict(decoded, pix, fm, radius_px, min_cos) == CONTRADICTED
 
 
 CONTRADICTED, NO_EVIDENCE, CONFIRMED = -1, 0, 1
@@ -118,31 +111,12 @@ def carried_there(kf: Keyframe, model: str, means: torch.Tensor, labels: torch.T
 
 
 @torch.no_grad()
-def label_evidence(kf: Keyframe, means: torch.Tensor, queries: dict, W: dict, banks: dict, tau: float,
-                   radius_px: int, min_cos: float) -> tuple[np.ndarray, dict]:
-    """Which of the Gaussians means [S, 3] (on kf's surface) kf's region maps say are gone.
-
-    queries {model: [S, l]} their principal queries, W {model: W_m}, banks {model: MemoryBank} the
-    region models to read (kf carries their features). Returns ([S] bool, {model: [S, d] labels,
-    zero where not gone}).
-    """
-    out = np.zeros(len(means), dtype=bool)
-    labels = {}
-    pix = project_pixels(kf.K, kf.T_world_cam, means, kf.size)
-    for m, b in banks.items():
-        lab = top_labels(queries[m], W[m], b.rows, b.unit_rows, tau)
-        out |= unsupported(lab, pix, kf.features[m], radius_px, min_cos)
-        labels[m] = lab
-    for lab in labels.values():
-        lab[torch.from_numpy(~out)] = 0.0
-    return out, labels
-
-
-@torch.no_grad()
 def label_verdicts(kf: Keyframe, means: torch.Tensor, queries: dict, W: dict, banks: dict, tau: float,
                    radius_px: int, min_cos: float) -> np.ndarray:
-    """[S] int8 label_verdict of kf's region maps for the Gaussians means [S, 3] on its surface (the
-    arguments of label_evidence): CONTRADICTED when a model contradicts and none confirms.
+    """[S] int8 label_verdict of kf's region maps for the Gaussians means [S, 3] on its surface:
+    CONTRADICTED when a model contradicts and none confirms. queries {model: [S, l]} their principal
+    queries, W {model: W_m}, banks {model: MemoryBank} the region models to read (kf carries their
+    features).
 
     Labels are bank rows (top_labels), so which region labels carry them is decided once per row,
     not per Gaussian: a [S, d] label tensor per keyframe cost ~150 ms at 37k surface Gaussians."""

@@ -21,7 +21,7 @@ from scipy.spatial import cKDTree
 
 from m3_ros.memory.freespace import SURFACE, THROUGH, classify, decayed_logits, project_pixels
 from m3_ros.memory.gaussians import query_key
-from m3_ros.memory.labelchange import CONFIRMED, CONTRADICTED, label_evidence, label_verdicts, seen_as_they_were
+from m3_ros.memory.labelchange import CONFIRMED, CONTRADICTED, label_verdicts, seen_as_they_were, top_labels
 from m3_ros.memory.labelvotes import RUN_KEY, VOTES_KEY, carries_row, surface_votes
 from m3_ros.memory.seeding import detected_mask, pixel_features
 from m3_ros.types import Keyframe
@@ -67,37 +67,24 @@ def _region_banks(mem: "M3Memory", kf: Keyframe) -> dict:
 
 
 @torch.no_grad()
-def count_contradictions(mem: "M3Memory", kf: Keyframe, surface: torch.Tensor) -> None:
+def count_contradictions(mem: "M3Memory", kf: Keyframe, surface: torch.Tensor) -> torch.Tensor:
     """labelvotes.RUN_KEY for the Gaussians on kf's surface (surface [N] bool): one more where kf's
-    region maps contradict their label (labelchange.label_verdict), back to 0 where they confirm it."""
+    region maps contradict their label (labelchange.label_verdicts), back to 0 where they confirm it.
+    Returns [N] bool, the contradicted ones (label change reads them too)."""
     cfg = mem.cfg
+    out = torch.zeros(mem.n_gaussians, dtype=torch.bool)
     cand = torch.nonzero(surface).flatten()
     models = _region_banks(mem, kf)
     if len(cand) == 0 or not models:
-        return
+        return out
     queries = {m: mem.params[query_key(m)].detach()[cand] for m in models}
     v = label_verdicts(kf, mem.means[cand], queries, mem.W, models, cfg.tau,
                        cfg.freespace.radius_px(kf.size[1]), cfg.freespace.label_min_cos)
     run = mem.params[RUN_KEY].data
     run[cand[torch.from_numpy(v == CONFIRMED)]] = 0.0
     run[cand[torch.from_numpy(v == CONTRADICTED)]] += 1.0
-
-
-@torch.no_grad()
-def label_changed(mem: "M3Memory", kf: Keyframe, surface: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor]:
-    """labelchange.label_evidence for the Gaussians on kf's surface (surface [N] bool): ([N] bool
-    changed, {model: [S, d] labels}, [S] the Gaussians they belong to)."""
-    cfg = mem.cfg
-    out = torch.zeros(mem.n_gaussians, dtype=torch.bool)
-    cand = torch.nonzero(surface).flatten()
-    models = _region_banks(mem, kf)
-    if len(cand) == 0 or not models:
-        return out, {}, cand
-    queries = {m: mem.params[query_key(m)].detach()[cand] for m in models}
-    changed, labels = label_evidence(kf, mem.means[cand], queries, mem.W, models, cfg.tau,
-                                     cfg.freespace.radius_px(kf.size[1]), cfg.freespace.label_min_cos)
-    out[cand[torch.from_numpy(changed)]] = True
-    return out, labels, cand
+    out[cand[torch.from_numpy(v == CONTRADICTED)]] = True
+    return out
 
 
 @torch.no_grad()
@@ -110,10 +97,12 @@ def clear_free_space(mem: "M3Memory", kf: Keyframe) -> None:
     if not fc.enabled or mem.n_gaussians == 0:
         return
     codes = classify(kf.depth, kf.K, kf.T_world_cam, mem.means, mem.scales, fc)
-    count_contradictions(mem, kf, codes == SURFACE)
+    changed = count_contradictions(mem, kf, codes == SURFACE)
     through, labels, row = codes == THROUGH, {}, None
-    if fc.label_change:  # lower than the margin: what the detector calls the place now
-        changed, labels, cand = label_changed(mem, kf, codes == SURFACE)
+    if fc.label_change and bool(changed.any()):  # lower than the margin: what the detector calls the place now
+        cand = torch.nonzero(changed).flatten()
+        labels = {m: top_labels(mem.params[query_key(m)].detach()[cand], mem.W[m], b.rows, b.unit_rows, mem.cfg.tau)
+                  for m, b in _region_banks(mem, kf).items()}
         row = torch.full((mem.n_gaussians,), -1, dtype=torch.long)  # Gaussian -> its row in labels
         row[cand] = torch.arange(len(cand))
         through |= changed
