@@ -95,16 +95,16 @@ class MemoryConfig:
     a 7 cm ball held 3 Gaussians, a lego brick 8, and neither could be found). 2 cm = twice
     object_voxel_size, chosen a priori, not tuned. Dev (bench/dev_sweep.py, realistic; room, table,
     two_tables seeds 1+2; dev phrasings), within 5 cm: off 0.61, on 0.69 (room 0.50 -> 0.68, table
-    0.71 -> 0.81, two_tables 0.60 = 0.60); wrong object 0.12 -> 0.07."""
+    0.71 -> 0.81, two_tables 0.60 = 0.60); wrong object 0.12 -> 0.07. Tried and not kept
+    (2026-12-05, dev only): counting in the gap only Gaussians whose top label carries the pixel's
+    region label, so that a small object moved onto a table (within object_gap of the table's
+    Gaussians) is seeded at its new place: dev sweep 0.66 within 5 cm against 0.68, wrong object 0.14
+    against 0.08; moved-object trials table seed 1 3 of 5 against 4 of 5, table seed 2 0 of 3 either
+    way (bench/results/*gap_label*, *gaplabel*)."""
     object_max_extent: float = 0.45
     """A detector region counts as small (object_gap) when its points span less than this (m) along
     every map axis (5th-95th percentile): graspable objects, not walls, table tops or cabinets.
     A priori (the arm's reach for objects, with a margin)."""
-    object_gap_label: bool = False
-    """object_gap counts only Gaussians whose label (top attention row of a region model) carries the
-    pixel's region label (cosine >= freespace.label_min_cos): a small object moved onto a table
-    stands within object_gap of the table's Gaussians, which explain its depth but not its label,
-    so it was never seeded at its new place (seeding.labelled_gap)."""
     unexplained_depth_rel: float = 0.1
     """A pixel is unexplained if the rendered alpha < 0.5 or its depth is off by this fraction."""
     inherit_radius: float = 0.02

@@ -35,15 +35,13 @@ from scipy.spatial import cKDTree
 from torch import nn
 
 from m3_ros.memory import ops, scenechange
-from m3_ros.memory.attention import attention_logits
 from m3_ros.memory.bank import MemoryBank
 from m3_ros.memory.config import MemoryConfig, ModelSlot  # noqa: F401  (re-exported: the public names)
 from m3_ros.memory.gaussians import empty_params, query_key
 from m3_ros.memory.labelvotes import RUN_KEY, VOTES_KEY
 from m3_ros.memory.optim import catch_up_rows, selective_adam_step
 from m3_ros.memory.rasterize import rasterize
-from m3_ros.memory.seeding import (detected_mask, inherit_queries, labelled_gap, least_useful, pixel_features,
-                                  seed_geometry, seed_points)
+from m3_ros.memory.seeding import detected_mask, inherit_queries, least_useful, pixel_features, seed_geometry, seed_points
 from m3_ros.memory.sh import camera_centre, sh_to_rgb
 from m3_ros.memory.snapshot import AttentionCache, BankView, MemorySnapshot
 from m3_ros.memory.strategy import DensifyStrategy
@@ -238,8 +236,7 @@ class M3Memory:
                 return self._render_raw(T, K, W, H, with_queries=False)
         # Room for a whole keyframe's worth, at most the global limit: new places are not refused.
         objects = detected_mask(kf)  # [H, W] inside any detector region, None without instances
-        pts, pix = seed_points(kf, cfg, cfg.max_gaussians, render, self._gen, self.means.numpy(), objects,
-                               self._labelled_gap(kf, feats) if cfg.object_gap_label else None)
+        pts, pix = seed_points(kf, cfg, cfg.max_gaussians, render, self._gen, self.means.numpy(), objects)
         if len(pts) == 0:
             return
         over = self.n_gaussians + len(pts) - cfg.max_gaussians
@@ -266,26 +263,6 @@ class M3Memory:
         ops.append_gaussians(self.params, self.optimizer, new)
         self._keep_densify_stats(torch.cat([torch.arange(self.n_gaussians - len(pts)),
                                             torch.full((len(pts),), -1, dtype=torch.long)]))
-
-    def _labelled_gap(self, kf: Keyframe, feats: dict):
-        """seed_points' explained_near for object_gap_label: seeding.labelled_gap over the first region
-        model kf carries (None without one: any centre explains)."""
-        cfg = self.cfg
-        m = next((m for m in feats if cfg.models[m].sample_mode == "nearest" and m in self.W and len(self.banks[m])), None)
-        if m is None or self.n_gaussians == 0:
-            return None
-        b = self.banks[m]
-        q = self.params[query_key(m)].detach()
-        rows = attention_logits(q, self.W[m].detach(), b.unit_rows, cfg.tau).argmax(-1)
-        rows[q.norm(dim=1) == 0] = -1
-        unit = torch.nn.functional.normalize(b.rows.float(), dim=1)
-        carries = ((unit @ unit.T) >= cfg.freespace.label_min_cos).numpy()
-        means, g_rows = self.means.numpy(), rows.numpy()
-
-        def explained_near(pts: np.ndarray, pix: np.ndarray) -> np.ndarray:
-            p_rows = b.assign(pixel_features(kf, feats[m], pix, cfg, m)).numpy()
-            return labelled_gap(pts, p_rows, means, g_rows, carries, cfg.object_gap)
-        return explained_near
 
     @torch.no_grad()
     def _remove(self, index: torch.Tensor) -> None:

@@ -37,16 +37,14 @@ def unexplained(kf: Keyframe, pix: np.ndarray, alpha: np.ndarray, depth_raw: np.
 
 
 def seed_points(kf: Keyframe, cfg: MemoryConfig, room: int, render_fn, generator: torch.Generator,
-                existing_means: np.ndarray | None = None, objects: np.ndarray | None = None,
-                explained_near=None) -> tuple[np.ndarray, np.ndarray]:
+                existing_means: np.ndarray | None = None, objects: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """World points [M, 3] and their pixels [M, 2] (v, u) to seed from kf, at most room of them,
     none in a voxel that already holds cfg.max_per_voxel of existing_means [N, 3]. ``objects``
     [H, W] bool (``detected_mask``) is seeded at cfg.object_voxel_size.
 
     render_fn(T_world_cam, K, W, H) -> {"alpha", "depth_raw"} renders the current memory, or is
-    None when the memory is empty (everything is unexplained). ``explained_near(points [S, 3],
-    pixels [S, 2]) -> [S] bool`` says which small-object points an existing Gaussian within
-    cfg.object_gap explains (default: any centre that near; see labelled_gap).
+    None when the memory is empty (everything is unexplained).
     """
     none = (np.zeros((0, 3)), np.zeros((0, 2), dtype=np.int64))
     if room <= 0:
@@ -71,12 +69,8 @@ def seed_points(kf: Keyframe, cfg: MemoryConfig, room: int, render_fn, generator
             # small objects the memory explains only coarsely (seen from afar) are filled in
             small = small_regions(kf, cfg.object_max_extent)[pix[:, 0], pix[:, 1]] & fine & ~keep
             if small.any():
-                if explained_near is None:
-                    gap, _ = cKDTree(existing_means).query(pts[small], distance_upper_bound=cfg.object_gap)
-                    near = np.isfinite(gap)
-                else:
-                    near = np.asarray(explained_near(pts[small], pix[small]), dtype=bool)
-                keep[np.flatnonzero(small)[~near]] = True
+                gap, _ = cKDTree(existing_means).query(pts[small], distance_upper_bound=cfg.object_gap)
+                keep[np.flatnonzero(small)[~np.isfinite(gap)]] = True
         pts, pix, fine = pts[keep], pix[keep], fine[keep]
         if len(pts) == 0:
             return none
@@ -88,27 +82,6 @@ def seed_points(kf: Keyframe, cfg: MemoryConfig, room: int, render_fn, generator
     if len(keep) > room:
         keep = keep[np.sort(torch.randperm(len(keep), generator=generator)[:room].numpy())]
     return pts[keep], pix[keep]
-
-
-def labelled_gap(pts: np.ndarray, pixel_rows: np.ndarray, means: np.ndarray, gaussian_rows: np.ndarray,
-                 carries: np.ndarray, gap: float) -> np.ndarray:
-    """[S] True where a Gaussian centre within gap of points pts [S, 3] carries the point's label.
-
-    pixel_rows [S]: the bank row of each point's region label (-1: none, then any centre explains
-    it); means [N, 3] and gaussian_rows [N] (-1: no label) the existing Gaussians and their top
-    attention rows; carries [t, t] bool, row a carries row b's label (a synonym does). A moved
-    object lower than object_gap stands among the table's Gaussians: those explain its depth but
-    not its label, and without this it was never seeded where it now stands.
-    """
-    out = np.zeros(len(pts), dtype=bool)
-    for r in np.unique(pixel_rows):
-        sel = np.flatnonzero(pixel_rows == r)
-        cand = np.ones(len(means), dtype=bool) if r < 0 else (gaussian_rows >= 0) & carries[np.maximum(gaussian_rows, 0), r]
-        if not cand.any():
-            continue
-        dist, _ = cKDTree(means[cand]).query(pts[sel], distance_upper_bound=gap)
-        out[sel] = np.isfinite(dist)
-    return out
 
 
 def detected_mask(kf: Keyframe) -> np.ndarray | None:

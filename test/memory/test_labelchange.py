@@ -241,48 +241,6 @@ def test_grounding_with_label_contradictions_stops_answering_where_the_mat_was()
         ground(mem, text, "labels", base)
 
 
-def test_labelled_gap_counts_only_centres_that_carry_the_points_label():
-    from m3_ros.memory.seeding import labelled_gap
-
-    means = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
-    g_rows = np.array([0, 1, -1])  # a table Gaussian, a bar Gaussian, one with no label
-    carries = np.array([[True, False, False], [False, True, True], [False, True, True]])  # rows 1 and 2: synonyms
-    pts = np.array([[0.01, 0, 0], [0.01, 0, 0], [1.01, 0, 0], [2.01, 0, 0], [0.5, 0, 0]])
-    rows = np.array([0, 1, 2, 0, -1])
-    # the table point beside the table Gaussian; the bar point beside it is not explained by the table;
-    # a synonym of the bar beside the bar is; nothing labelled explains a point beside an unlabelled
-    # Gaussian; a point without a label is explained by any centre within the gap (none at 0.5 m)
-    assert labelled_gap(pts, rows, means, g_rows, carries, 0.02).tolist() == [True, False, True, False, False]
-    assert labelled_gap(pts[:2], np.array([-1, -1]), means, g_rows, carries, 0.02).tolist() == [True, True]
-
-
-def test_a_flat_mat_put_before_the_wall_is_seeded_only_when_the_gap_counts_labels():
-    """A mat 1 cm in front of a wall the memory already holds: its depth is explained and every point
-    lies within object_gap of a wall Gaussian, so only object_gap_label seeds it, with its label."""
-    from dataclasses import replace
-
-    from m3_ros.types import Instance
-
-    def detected(kf: Keyframe) -> Keyframe:
-        on = (kf.features["labels"].features == MAT).all(-1).numpy()
-        kf.instances = [Instance(mask=on, label="mat"), Instance(mask=~on, label="wall")] if on.any() else \
-            [Instance(mask=~on, label="wall")]
-        return kf
-
-    def run(label: bool) -> int:
-        mem = _memory(label_change=False)
-        mem.cfg = replace(mem.cfg, object_gap=0.05, object_gap_label=label)
-        mem.add_keyframe(detected(mat_view(0.0, 0, mat=False)))
-        mem.add_keyframe(detected(mat_view(0.1, 1, mat=False)))
-        mem.train(3)
-        assert int(_mat_gaussians(mem).sum()) == 0
-        mem.add_keyframe(detected(mat_view(0.05, 2, mat=True)))
-        return int(_mat_gaussians(mem).sum())
-
-    assert run(False) == 0
-    assert run(True) >= 20
-
-
 def test_label_verdicts_by_bank_row_match_the_verdict_on_decoded_labels():
     from m3_ros.memory.freespace import SURFACE, classify, project_pixels
     from m3_ros.memory.labelchange import label_verdicts
