@@ -64,8 +64,16 @@ class FreeSpaceConfig:
     already below grounding's min_opacity (0.2)."""
     stale_points: int = 5
     """A keyframe kept for training in which at least this many of the removed Gaussians lay on the
-    observed surface saw the old state: it leaves the training window (training on it would pull
-    the moved object back into place)."""
+    observed surface saw the old state (training on it would pull the moved object back into place).
+    With ``stale_mask`` its pixels around them stop counting in the losses; without, it leaves the
+    training window."""
+    stale_mask: bool = True
+    """Mask what changed in the kept keyframes that saw the old state (views.mark_stale) instead of
+    evicting them: the rest of what they show keeps training the memory. Eviction emptied the
+    training window on dev walks (an object is seen by every view of its table)."""
+    stale_max_fraction: float = 0.5
+    """A kept keyframe whose masked share of pixels passes this leaves the training window anyway
+    (a priori: half of it no longer describes the scene)."""
     relabel_radius: float = 0.03
     """After a removal, Gaussians on the observed surface within this distance (m) of a removed one
     (where the object stood: the table under it) take the new keyframe's features as queries, so
@@ -108,6 +116,8 @@ class FreeSpaceConfig:
             raise ValueError(f"FreeSpaceConfig.decay must be in (0, 1), got {self.decay}")
         if not 0.0 <= self.min_opacity < 1.0:
             raise ValueError(f"FreeSpaceConfig.min_opacity must be in [0, 1), got {self.min_opacity}")
+        if not 0.0 < self.stale_max_fraction <= 1.0:
+            raise ValueError(f"FreeSpaceConfig.stale_max_fraction must be in (0, 1], got {self.stale_max_fraction}")
         if self.stale_points < 1:
             raise ValueError(f"FreeSpaceConfig.stale_points must be >= 1, got {self.stale_points}")
         for name in ("relabel_radius", "margin", "noise", "extent", "window", "near"):

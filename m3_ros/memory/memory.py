@@ -81,6 +81,7 @@ class M3Memory:
             self._views: list[TrainView] = []
             self.cleared = 0  # Gaussians removed by free-space evidence (stats)
             self.stale_dropped = 0  # keyframes that left the training window as stale (stats)
+            self.stale_masked = 0  # kept keyframes whose changed pixels were masked instead (stats)
             self._cam_centres: list[np.ndarray] = []
             self.extent = 1.0
             self.iteration = 0
@@ -141,7 +142,8 @@ class M3Memory:
         return {"keyframes": len(self._views), "gaussians": self.n_gaussians,
                 "bank_rows": {m: len(b) for m, b in self.banks.items()}, "iteration": self.iteration,
                 "last_loss": self.last_loss, "train_time_s": self.train_time_s,
-                "cleared": self.cleared, "stale_dropped": self.stale_dropped}
+                "cleared": self.cleared, "stale_dropped": self.stale_dropped,
+                "stale_masked": self.stale_masked}
 
     # ---- W_m -------------------------------------------------------------------------------
     def _init_wm(self, model: str, dim: int) -> None:

@@ -24,6 +24,7 @@ from m3_ros.memory.gaussians import query_key
 from m3_ros.memory.labelchange import CONFIRMED, CONTRADICTED, label_verdicts, seen_as_they_were, top_labels
 from m3_ros.memory.labelvotes import RUN_KEY, VOTES_KEY, carries_row, surface_votes
 from m3_ros.memory.seeding import detected_mask, pixel_features
+from m3_ros.memory.views import mark_stale
 from m3_ros.types import Keyframe
 
 if TYPE_CHECKING:
@@ -122,15 +123,26 @@ def clear_free_space(mem: "M3Memory", kf: Keyframe) -> None:
         gone_labels[m] = torch.zeros(len(gone), lab.shape[1])
         gone_labels[m][by_label >= 0] = lab[by_label[by_label >= 0]]
     mem._remove(gone)
-    stale = [v.kf.index for v in mem._views
-             if int(seen_as_they_were(v.kf, means, scales, gone_labels, fc).sum()) >= fc.stale_points]
+    stale, masked = [], []
+    for v in mem._views:
+        seen = seen_as_they_were(v.kf, means, scales, gone_labels, fc)
+        if int(seen.sum()) < fc.stale_points:
+            continue
+        if fc.stale_mask:
+            mark_stale(v, means[seen], fc.radius_px(v.kf.size[1]))
+        if not fc.stale_mask or v.stale_fraction > fc.stale_max_fraction:
+            stale.append(v.kf.index)
+        else:
+            masked.append(v.kf.index)
     mem._views = [v for v in mem._views if v.kf.index not in stale]
     mem.cleared += len(gone)
     mem.stale_dropped += len(stale)
+    mem.stale_masked += len(masked)
     # a changed scene, or a keyframe whose pose disagrees with the map: either way worth a line
     (log.warning if stale else log.info)(
-        "free space seen by keyframe %d: removed %d Gaussians; %d kept keyframes saw them on their surface "
-        "and left the training window %s (%d remain)", kf.index, len(gone), len(stale), stale, len(mem._views))
+        "free space seen by keyframe %d: removed %d Gaussians; of the kept keyframes that saw them on their "
+        "surface, %d masked them and %d left the training window %s (%d remain)", kf.index, len(gone),
+        len(masked), len(stale), stale, len(mem._views))
     relabel_uncovered(mem, kf, means)
 
 

@@ -77,8 +77,12 @@ def view_losses(cfg: MemoryConfig, v: TrainView, img: torch.Tensor, models: list
                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and its terms for the render img [h, w, 3 + sum(l) + 1] (RGB, query slices, depth) of v."""
     losses: dict[str, torch.Tensor] = {}
-    losses["rgb"] = rgb_loss(img[..., :3], v.rgb, cfg.lambda_ssim)
-    losses["depth"] = depth_loss(img[..., -1], v.depth)
+    pred_rgb, gt_depth = img[..., :3], v.depth
+    if v.stale is not None:  # what changed since v was taken: no colour, depth or feature loss there
+        pred_rgb = torch.where(v.stale[..., None], v.rgb, pred_rgb)
+        gt_depth = torch.where(v.stale, 0.0, gt_depth)
+    losses["rgb"] = rgb_loss(pred_rgb, v.rgb, cfg.lambda_ssim)
+    losses["depth"] = depth_loss(img[..., -1], gt_depth)
     loss = losses["rgb"] + cfg.lambda_depth * losses["depth"]
     c = 3
     for m in models:
@@ -86,6 +90,8 @@ def view_losses(cfg: MemoryConfig, v: TrainView, img: torch.Tensor, models: list
         fm = v.kf.features.get(m)
         if fm is not None:
             pv, pu, gt = feature_targets(cfg, v, m, fm, generator)
+            if v.stale is not None:
+                gt = torch.where(v.stale[pv, pu][:, None], 0.0, gt)  # zero targets are ignored
             q = img[pv, pu, c:c + l]  # [n, l] rendered principal queries
             b = banks[m]
             rows, unit = b.rows, b.unit_rows

@@ -27,6 +27,42 @@ class TrainView:
     viewmat: torch.Tensor  # [4, 4] world -> camera
     scale: float
     cell_depth: dict = field(default_factory=dict)  # region model -> [h, w] median depth of each feature cell
+    stale: torch.Tensor | None = None  # [h, w] bool: what the scene no longer looks like here (no loss there)
+
+    @property
+    def stale_fraction(self) -> float:
+        return float(self.stale.float().mean()) if self.stale is not None else 0.0
+
+
+def mark_stale(v: TrainView, means: torch.Tensor, radius_px: int) -> int:
+    """Mark the pixels of v (train scale) within radius_px keyframe pixels of the projections of
+    means [G, 3] as stale: the Gaussians there have gone (or come) since v was taken, so v's
+    colour, depth and labels at those pixels describe an old scene. Returns the pixels newly marked.
+
+    Points behind v's camera or outside its image mark nothing."""
+    h, w = v.rgb.shape[:2]
+    if int(means.shape[0]) == 0:
+        return 0
+    T_cam_world = np.linalg.inv(np.asarray(v.kf.T_world_cam, dtype=np.float64))
+    pc = means.detach().double().numpy() @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
+    front = pc[:, 2] > 1e-3
+    if not front.any():
+        return 0
+    pc, K = pc[front], v.K.double().numpy()  # train-scale intrinsics (geometry.scale_intrinsics)
+    u = np.rint(K[0, 0] * pc[:, 0] / pc[:, 2] + K[0, 2]).astype(np.int64)
+    r = np.rint(K[1, 1] * pc[:, 1] / pc[:, 2] + K[1, 2]).astype(np.int64)
+    ok = (u >= 0) & (u < w) & (r >= 0) & (r < h)
+    if not ok.any():
+        return 0
+    hit = np.zeros((h, w), dtype=bool)
+    hit[r[ok], u[ok]] = True
+    rad = max(1, int(np.ceil(radius_px * v.scale)))
+    yy, xx = np.mgrid[-rad:rad + 1, -rad:rad + 1]
+    hit = ndimage.binary_dilation(hit, structure=(yy ** 2 + xx ** 2) <= rad ** 2)
+    new = torch.from_numpy(hit)
+    before = 0 if v.stale is None else int(v.stale.sum())
+    v.stale = new if v.stale is None else (v.stale | new)
+    return int(v.stale.sum()) - before
 
 
 def cell_index(u: np.ndarray, v: np.ndarray, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -185,9 +185,40 @@ def test_memory_removes_a_moved_box_and_maps_the_wall_behind_it():
     behind = behind_box(m)
     assert behind.sum() >= 15  # of 25 pixels there (6 cm each at 2 m)
     assert (mem.params[query_key("dino")].detach()[behind].norm(dim=1) > 0).all()
-    # the keyframes that saw the box left the training window; the new ones stay
+    # the keyframes that saw the box stay for training, with the box's pixels masked
+    assert [v.kf.index for v in mem._views] == [0, 1, 2, 3]
+    region0 = render_view(0.0)[1]
+    v0 = mem._views[0]
+    assert v0.stale is not None and v0.stale.shape == region0.shape
+    box, rest = torch.from_numpy(region0 == 1), torch.from_numpy(region0 != 1)
+    assert v0.stale[box].float().mean() > 0.9  # the box's footprint, a window's margin around it
+    assert v0.stale[rest].float().mean() < 0.3
+    assert mem.stats()["stale_masked"] == 2 and mem.stats()["stale_dropped"] == 0
+    assert mem._views[2].stale is None  # the views after the move saw nothing stale
+    mem.train(30)  # the old views train the rest of the scene; nothing pulls the box back
+    assert _box_gaussians(mem).sum() == 0
+    assert ((mem.means[:, 2] - 1.7).abs() < 0.02).sum() >= n_green
+
+
+def test_without_stale_masks_the_keyframes_that_saw_the_box_leave():
+    mem = _memory(stale_mask=False)
+    mem.add_keyframe(render_view(0.0)[0])
+    mem.add_keyframe(render_view(0.3, index=1)[0])
+    mem.train(5)
+    mem.add_keyframe(_box_moved_away(2))
+    mem.add_keyframe(_box_moved_away(3))
     assert [v.kf.index for v in mem._views] == [2, 3]
+    assert mem.stats()["stale_dropped"] == 2 and mem.stats()["stale_masked"] == 0
     mem.train(3)  # training goes on with what is left
+
+
+def test_a_keyframe_mostly_masked_leaves_the_window():
+    mem = _memory(stale_max_fraction=0.01)
+    mem.add_keyframe(render_view(0.0)[0])
+    mem.train(3)
+    mem.add_keyframe(_box_moved_away(1))
+    mem.add_keyframe(_box_moved_away(2))
+    assert [v.kf.index for v in mem._views] == [1, 2]
 
 
 def test_memory_without_freespace_keeps_the_box():
@@ -246,3 +277,30 @@ def test_classify_matches_the_rule_read_pixel_by_pixel(seed):
     want = _reference_codes(depth.astype(np.float32), means, scales, params)
     assert {int(c) for c in np.unique(want)} >= {SURFACE, THROUGH, HIDDEN, UNKNOWN, OUTSIDE}  # every case occurs
     assert np.array_equal(got, want), np.nonzero(got != want)[0][:10]
+
+
+def test_stale_pixels_carry_no_loss_and_no_gradient():
+    """view_losses on a kept view: where it is stale the render's colour, depth and queries get no
+    gradient; elsewhere the same losses as without a mask."""
+    from m3_ros.memory.training import view_losses
+    from m3_ros.memory.views import mark_stale
+    mem = _memory()
+    mem.add_keyframe(render_view(0.0)[0])
+    v = mem._views[0]
+    h, w = v.rgb.shape[:2]
+    l = mem.cfg.models["dino"].channels
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(h, w, 3 + l + 1, generator=g).requires_grad_(True)
+    region = render_view(0.0)[1]
+    box = torch.from_numpy(region == 1)
+    assert mark_stale(v, mem.means[_box_gaussians(mem)], 1) >= int(box.sum())
+    mem.cfg.feature_points = h * w  # every pixel's feature target
+    loss, _ = view_losses(mem.cfg, v, img, ["dino"], mem.W, mem.banks, torch.Generator().manual_seed(1))
+    loss.backward()
+    grad = img.grad.abs().sum(-1)
+    assert float(grad[v.stale].max()) == 0.0
+    assert float(grad[~v.stale].min()) > 0.0
+    v.stale = torch.ones(h, w, dtype=torch.bool)  # a wholly stale view: nothing to learn from it
+    loss, terms = view_losses(mem.cfg, v, img, ["dino"], mem.W, mem.banks, torch.Generator().manual_seed(1))
+    terms = {k: float(t.detach()) for k, t in terms.items()}
+    assert terms["rgb"] == pytest.approx(0.0, abs=1e-6) and terms["depth"] == 0.0 and terms["feat_dino"] == 0.0

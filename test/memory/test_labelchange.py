@@ -139,7 +139,7 @@ def _mat_gaussians(mem: M3Memory) -> torch.Tensor:
     return (torch.nn.functional.cosine_similarity(lab, MAT[None], dim=1) > 0.99) & (mem.opacities >= 0.2)
 
 
-def test_a_mat_taken_away_is_removed_by_its_label_and_the_views_that_showed_it_leave():
+def test_a_mat_taken_away_is_removed_by_its_label_and_masked_in_the_views_that_showed_it():
     mem = _memory()
     mem.add_keyframe(mat_view(0.0, 0, mat=True))
     mem.add_keyframe(mat_view(0.1, 1, mat=True))
@@ -155,7 +155,10 @@ def test_a_mat_taken_away_is_removed_by_its_label_and_the_views_that_showed_it_l
     mem.add_keyframe(mat_view(0.1, 4, mat=False))
     assert int(_mat_gaussians(mem).sum()) <= n_mat // 10
     assert mem.stats()["cleared"] >= n_mat // 2
-    assert [v.kf.index for v in mem._views] == [3, 4]  # those that showed the mat left the training window
+    # those that showed the mat keep training on the rest, the mat's pixels masked
+    assert [v.kf.index for v in mem._views] == [0, 1, 2, 3, 4]
+    assert all(0.0 < v.stale_fraction <= mem.cfg.freespace.stale_max_fraction for v in mem._views[:3])
+    assert mem._views[4].stale is None
     assert mem.n_gaussians >= n_all - n_mat  # the wall stays
     mem.train(3)
 
