@@ -403,13 +403,16 @@ def main(argv: list[str] | None = None) -> int:
         "", "Grounding (`gaussians` mode), fraction of phrasings within 5 cm of the target:", "",
         *table(["pose refinement", "test phrasings", "dev phrasings", "ICP accepted"], rows_acc),
         "", "Memory after the refined walk:", "",
-        *table(["Gaussians", "keyframes kept", "left as stale (free space)", "Gaussians cleared", "bank rows",
-                "train steps", "peak RSS MB (process: models, sim, memory)"],
-               [[st["gaussians"], st["keyframes"], st.get("stale_dropped", 0), st.get("cleared", 0),
-                 " ".join(f"{k}:{v}" for k, v in st["bank_rows"].items()), st["iteration"], f"{rss:.0f}"]]),
-        "", "Left as stale: keyframes that left the training window because free-space evidence removed "
-        "Gaussians on their surface (MemoryConfig.freespace.stale_points), counted over the walk, before the "
-        "moved-object trials; nothing moves during the walk, so any here come from pose or depth errors.",
+        *table(["Gaussians", "keyframes kept", "masked as stale (free space)", "left as stale", "Gaussians cleared",
+                "bank rows", "train steps", "peak RSS MB (process: models, sim, memory)"],
+               [[st["gaussians"], st["keyframes"], st.get("stale_masked", 0), st.get("stale_dropped", 0),
+                 st.get("cleared", 0), " ".join(f"{k}:{v}" for k, v in st["bank_rows"].items()), st["iteration"],
+                 f"{rss:.0f}"]]),
+        "", "Masked / left as stale: kept keyframes that saw Gaussians free-space evidence removed, on their "
+        "surface (MemoryConfig.freespace.stale_points): their pixels there were masked out of the losses "
+        "(freespace.stale_mask), or, past freespace.stale_max_fraction of the view or without stale_mask, the "
+        "keyframe left the training window. Counted over the walk, before the moved-object trials; nothing "
+        "moves during the walk, so any here come from pose or depth errors.",
         "", "Gaussian count during the walk (every 8th keyframe; the global limit is MemoryConfig.max_gaussians, "
         "new places evict the most transparent):", "",
         *table(["wall s", "keyframes taken", "kept for training", "Gaussians", "train steps"], series),

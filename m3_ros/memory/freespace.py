@@ -70,7 +70,11 @@ class FreeSpaceConfig:
     stale_mask: bool = True
     """Mask what changed in the kept keyframes that saw the old state (views.mark_stale) instead of
     evicting them: the rest of what they show keeps training the memory. Eviction emptied the
-    training window on dev walks (an object is seen by every view of its table)."""
+    training window on dev walks (7 Gaussians of a ball removed: all 35 kept keyframes of its table
+    left). Dev only (2026-12-05; bench/results/*_mask*): moved-object trials 7 of 13 as with
+    eviction (table seeds 1 + 2: 4 of 5, 0 of 3; two_tables 1: 2 of 2; room 1: 1 of 3); dev sweep
+    0.68 within 5 cm either way, wrong object 0.06 against 0.08; bench_scale without pose refinement
+    (where pose error removes Gaussians) table 1 0.79 against 0.71, two_tables 1 0.25 against 0.21."""
     stale_max_fraction: float = 0.5
     """A kept keyframe whose masked share of pixels passes this leaves the training window anyway
     (a priori: half of it no longer describes the scene)."""
