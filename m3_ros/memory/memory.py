@@ -41,7 +41,8 @@ from m3_ros.memory.gaussians import empty_params, query_key
 from m3_ros.memory.labelvotes import RUN_KEY, VOTES_KEY
 from m3_ros.memory.optim import catch_up_rows, selective_adam_step
 from m3_ros.memory.rasterize import rasterize
-from m3_ros.memory.seeding import detected_mask, inherit_queries, least_useful, pixel_features, seed_geometry, seed_points
+from m3_ros.memory.seeding import (BIRTH_KEY, detected_mask, inherit_queries, least_useful, pixel_features,
+                                  seed_geometry, seed_points)
 from m3_ros.memory.sh import camera_centre, sh_to_rgb
 from m3_ros.memory.snapshot import AttentionCache, BankView, MemorySnapshot
 from m3_ros.memory.strategy import DensifyStrategy
@@ -75,6 +76,7 @@ class M3Memory:
             self.params = empty_params({m: s.channels for m, s in cfg.models.items()}, cfg.sh_degree)
             self.params[VOTES_KEY] = nn.Parameter(torch.zeros(0, 2), requires_grad=False)
             self.params[RUN_KEY] = nn.Parameter(torch.zeros(0), requires_grad=False)
+            self.params[BIRTH_KEY] = nn.Parameter(torch.zeros(0), requires_grad=False)
             self.banks: dict[str, MemoryBank] = {}
             self.W: dict[str, nn.Parameter] = {}
             self._wm_version = 0
@@ -101,7 +103,7 @@ class M3Memory:
         lrs = {"means": cfg.lr_means * self.extent, "log_scales": cfg.lr_scales, "quats": cfg.lr_quats,
                "opacity_logits": cfg.lr_opacity, "colors": cfg.lr_colors}
         lrs.update({query_key(m): cfg.lr_queries for m in cfg.models})
-        lrs[VOTES_KEY] = lrs[RUN_KEY] = 0.0  # counts, not trained (labelvotes.py)
+        lrs[VOTES_KEY] = lrs[RUN_KEY] = lrs[BIRTH_KEY] = 0.0  # counts and ages, not trained
         self.optimizer = ops.make_optimizer(self.params, lrs)
         ws = [p for p in self.W.values() if p.requires_grad]
         self.wm_optimizer = torch.optim.Adam(ws, lr=cfg.lr_wm) if ws else None
@@ -242,8 +244,9 @@ class M3Memory:
         if len(pts) == 0:
             return
         over = self.n_gaussians + len(pts) - cfg.max_gaussians
-        if over > 0:
-            self._remove(least_useful(self.opacities, over))
+        taken = len(self._cam_centres)  # keyframes taken, this one included: its seeds' birth
+        if over > 0:  # seeds of the keyframes the trainer still favours (cfg.recent) go last
+            self._remove(least_useful(self.opacities, over, self.params[BIRTH_KEY].detach(), taken - 1, cfg.recent))
         new = seed_geometry(kf, pts, pix, self.means.numpy(), cfg)
         tree = cKDTree(self.means.numpy()) if self.n_gaussians > 0 and cfg.inherit_radius > 0 else None
         for m, slot in cfg.models.items():
@@ -262,6 +265,7 @@ class M3Memory:
             new[query_key(m)] = q
         new[VOTES_KEY] = torch.zeros(len(pts), 2)  # this keyframe's vote follows (scenechange.vote_labels)
         new[RUN_KEY] = torch.zeros(len(pts))
+        new[BIRTH_KEY] = torch.full((len(pts),), float(taken))
         ops.append_gaussians(self.params, self.optimizer, new)
         self._keep_densify_stats(torch.cat([torch.arange(self.n_gaussians - len(pts)),
                                             torch.full((len(pts),), -1, dtype=torch.long)]))
@@ -495,7 +499,7 @@ class M3Memory:
             self._catch_up_all()  # the moments are not saved: what they still owe the values is
             return {
                 "config": dataclasses.asdict(self.cfg),
-                "params": {k: v.detach().contiguous().clone() for k, v in self.params.items()},
+                "params": {k: v.detach().contiguous().clone() for k, v in self.params.items() if k != BIRTH_KEY},
                 "W": {m: w.detach().contiguous().clone() for m, w in self.W.items()},
                 "banks": {m: {"rows": b.rows.contiguous().clone(), "counts": b.counts.contiguous().clone(),
                               "centre_sum": b._sum.clone(), "centre_n": b._n, "seen": b.seen, "merges": b.merges,
@@ -517,7 +521,8 @@ class M3Memory:
                 params[VOTES_KEY] = torch.zeros(int(params["means"].shape[0]), 2)
             if RUN_KEY not in params:  # saved before label verdicts: none contradicted
                 params[RUN_KEY] = torch.zeros(int(params["means"].shape[0]))
-            mem.params = nn.ParameterDict({n: nn.Parameter(t.clone(), requires_grad=n not in (VOTES_KEY, RUN_KEY))
+            params[BIRTH_KEY] = torch.full((int(params["means"].shape[0]),), -1e9)  # ages are not saved: all old
+            mem.params = nn.ParameterDict({n: nn.Parameter(t.clone(), requires_grad=n not in (VOTES_KEY, RUN_KEY, BIRTH_KEY))
                                            for n, t in params.items()})
             for m, b in state["banks"].items():
                 s = cfg.models[m]

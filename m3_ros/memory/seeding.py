@@ -124,10 +124,26 @@ def over_budget(pts: np.ndarray, existing_means: np.ndarray, voxel: float, k: in
     return np.fromiter((tuple(c) in full for c in np.floor(pts / voxel).astype(np.int64)), dtype=bool, count=len(pts))
 
 
-def least_useful(opacities: torch.Tensor, n: int) -> torch.Tensor:
-    """Indices [n] of the Gaussians to evict first: the most transparent (they explain the least)."""
+BIRTH_KEY = "birth"
+"""Non-trained per-Gaussian value [N]: how many keyframes the memory had taken when it was seeded
+(its age, for least_useful). Not saved: a loaded memory's Gaussians are all old."""
+
+
+def least_useful(opacities: torch.Tensor, n: int, birth: torch.Tensor | None = None, newest: int = 0,
+                 grace: int = 0) -> torch.Tensor:
+    """Indices [n] of the Gaussians to evict first: the most transparent (they explain the least).
+
+    Gaussians seeded by the ``grace`` keyframes up to the one numbered ``newest`` (birth [N] >
+    newest - grace) go only after every older one: a seed starts at init_opacity, below what training gives most surfaces, so
+    until it has been trained its opacity does not say how useful it is. Without this, a memory at
+    its limit evicted each keyframe's seeds at the next keyframe (dev: a cube moved across a room
+    table was seeded by the one view that detected it and gone two views later).
+    """
     n = min(int(n), int(opacities.shape[0]))
-    return torch.topk(opacities, n, largest=False).indices
+    key = opacities
+    if birth is not None and grace > 0:
+        key = opacities + 2.0 * (birth > newest - grace).to(opacities.dtype)  # opacities lie in [0, 1]
+    return torch.topk(key, n, largest=False).indices
 
 
 def footprint_cap(kf: Keyframe, pts: np.ndarray, cfg: MemoryConfig) -> np.ndarray:

@@ -5,7 +5,7 @@ import torch
 
 from m3_ros.memory.gaussians import query_key
 from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot
-from m3_ros.memory.seeding import over_budget
+from m3_ros.memory.seeding import least_useful, over_budget
 from m3_ros.memory.strategy import DensifyConfig
 from synthetic_scene import render_view
 
@@ -169,3 +169,27 @@ def test_a_small_object_seen_coarsely_is_filled_in_by_a_later_view():
     from scipy.spatial import cKDTree
     d, _ = cKDTree(on.means.numpy()).query(red)
     assert float(d.max()) <= 0.02 + 0.02 * np.sqrt(3) / 2  # the gap, plus half a fine voxel's diagonal
+
+
+def test_seeds_of_the_newest_keyframes_go_after_every_older_gaussian():
+    """At the limit, a keyframe's fresh seeds (init_opacity, untrained) are not the next keyframe's
+    eviction: opacity alone would take them first."""
+    # views 0 and 1 fit (1200 + 698), view 2's 700 seeds do not; the newest keyframe's seeds are young
+    mem = M3Memory(_cfg(max_gaussians=1900, recent=1))
+    mem.add_keyframe(render_view(0.0)[0])
+    with torch.no_grad():
+        mem.params["opacity_logits"][:] = 2.2  # trained surfaces, opacity 0.9
+    right = mem.means[:, 0].max().item()
+    mem.add_keyframe(render_view(1.5, index=1)[0])  # a new place: seeds at opacity 0.5
+    young = mem.opacities < 0.6  # keyframe 1's seeds
+    assert int((young & (mem.means[:, 0] > right + 0.05)).sum()) > 20
+    seeds = mem.means[young].clone()
+    n_over = mem.n_gaussians + 700 - 1900
+    assert 0 < n_over <= int(young.sum())
+    # by opacity alone, keyframe 1's seeds would be the first to go
+    assert bool(young[least_useful(mem.opacities, n_over)].all())
+    left = mem.means[:, 0].min().item()
+    mem.add_keyframe(render_view(-1.5, index=2)[0])  # another new place, the memory now over its limit
+    assert mem.n_gaussians == 1900
+    assert int((mem.means[:, 0] < left - 0.05).sum()) > 20  # it was mapped
+    assert float(torch.cdist(seeds, mem.means).min(dim=1).values.max()) == 0.0  # every seed of keyframe 1 stayed
