@@ -42,7 +42,7 @@ from m3_ros.memory.labelvotes import RUN_KEY, VOTES_KEY
 from m3_ros.memory.optim import catch_up_rows, selective_adam_step
 from m3_ros.memory.rasterize import rasterize
 from m3_ros.memory.seeding import (BIRTH_KEY, detected_mask, inherit_queries, least_useful, pixel_features,
-                                  seed_geometry, seed_points)
+                                  seed_geometry, seed_points, small_regions)
 from m3_ros.memory.sh import camera_centre, sh_to_rgb
 from m3_ros.memory.snapshot import AttentionCache, BankView, MemorySnapshot
 from m3_ros.memory.strategy import DensifyStrategy
@@ -244,9 +244,10 @@ class M3Memory:
         if len(pts) == 0:
             return
         over = self.n_gaussians + len(pts) - cfg.max_gaussians
-        taken = len(self._cam_centres)  # keyframes taken, this one included: its seeds' birth
-        if over > 0:  # seeds of the keyframes the trainer still favours (cfg.recent) go last
+        taken = len(self._cam_centres)  # keyframes taken, this one included: its object seeds' birth
+        if over > 0:  # object seeds of the keyframes the trainer still favours (cfg.recent) go last
             self._remove(least_useful(self.opacities, over, self.params[BIRTH_KEY].detach(), taken - 1, cfg.recent))
+        small = small_regions(kf, cfg.object_max_extent)[pix[:, 0], pix[:, 1]]  # object-sized detector regions
         new = seed_geometry(kf, pts, pix, self.means.numpy(), cfg)
         tree = cKDTree(self.means.numpy()) if self.n_gaussians > 0 and cfg.inherit_radius > 0 else None
         for m, slot in cfg.models.items():
@@ -265,7 +266,7 @@ class M3Memory:
             new[query_key(m)] = q
         new[VOTES_KEY] = torch.zeros(len(pts), 2)  # this keyframe's vote follows (scenechange.vote_labels)
         new[RUN_KEY] = torch.zeros(len(pts))
-        new[BIRTH_KEY] = torch.full((len(pts),), float(taken))
+        new[BIRTH_KEY] = torch.where(torch.from_numpy(small), float(taken), -1e9)  # the background: no grace
         ops.append_gaussians(self.params, self.optimizer, new)
         self._keep_densify_stats(torch.cat([torch.arange(self.n_gaussians - len(pts)),
                                             torch.full((len(pts),), -1, dtype=torch.long)]))

@@ -5,7 +5,8 @@ import torch
 
 from m3_ros.memory.gaussians import query_key
 from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot
-from m3_ros.memory.seeding import least_useful, over_budget
+from m3_ros.memory.seeding import BIRTH_KEY, least_useful, over_budget
+from m3_ros.types import Instance
 from m3_ros.memory.strategy import DensifyConfig
 from synthetic_scene import render_view
 
@@ -171,25 +172,38 @@ def test_a_small_object_seen_coarsely_is_filled_in_by_a_later_view():
     assert float(d.max()) <= 0.02 + 0.02 * np.sqrt(3) / 2  # the gap, plus half a fine voxel's diagonal
 
 
-def test_seeds_of_the_newest_keyframes_go_after_every_older_gaussian():
-    """At the limit, a keyframe's fresh seeds (init_opacity, untrained) are not the next keyframe's
-    eviction: opacity alone would take them first."""
+def _with_object(kf, v0: int, u0: int, size: int = 6):
+    """kf with a detection of size x size pixels at (v0, u0) (0.375 m across at the wall: object-sized)."""
+    mask = np.zeros(kf.size, dtype=bool)
+    mask[v0:v0 + size, u0:u0 + size] = True
+    kf.instances = [Instance(mask=mask, label="a poster")]
+    return kf, mask
+
+
+def test_object_seeds_of_the_newest_keyframes_go_after_every_older_gaussian():
+    """At the limit, a keyframe's fresh seeds (init_opacity, untrained) of a detected object are not
+    the next keyframe's eviction: opacity alone would take them first. Background seeds get no grace."""
     # views 0 and 1 fit (1200 + 698), view 2's 700 seeds do not; the newest keyframe's seeds are young
     mem = M3Memory(_cfg(max_gaussians=1900, recent=1))
     mem.add_keyframe(render_view(0.0)[0])
     with torch.no_grad():
         mem.params["opacity_logits"][:] = 2.2  # trained surfaces, opacity 0.9
     right = mem.means[:, 0].max().item()
-    mem.add_keyframe(render_view(1.5, index=1)[0])  # a new place: seeds at opacity 0.5
+    kf1, mask = _with_object(render_view(1.5, index=1)[0], 12, 30)  # on the wall x > 1.9 m: a new place
+    mem.add_keyframe(kf1)
     young = mem.opacities < 0.6  # keyframe 1's seeds
-    assert int((young & (mem.means[:, 0] > right + 0.05)).sum()) > 20
-    seeds = mem.means[young].clone()
+    obj = young & (mem.params[BIRTH_KEY].detach() > 0)  # seeded inside the detection
+    assert bool((mem.means[obj, 0] > right + 0.05).all())
+    assert int(obj.sum()) >= 10 and int((young & ~obj).sum()) > 100  # object seeds, and background ones
     n_over = mem.n_gaussians + 700 - 1900
     assert 0 < n_over <= int(young.sum())
     # by opacity alone, keyframe 1's seeds would be the first to go
     assert bool(young[least_useful(mem.opacities, n_over)].all())
+    seeds, background = mem.means[obj].clone(), mem.means[young & ~obj].clone()
     left = mem.means[:, 0].min().item()
     mem.add_keyframe(render_view(-1.5, index=2)[0])  # another new place, the memory now over its limit
     assert mem.n_gaussians == 1900
     assert int((mem.means[:, 0] < left - 0.05).sum()) > 20  # it was mapped
-    assert float(torch.cdist(seeds, mem.means).min(dim=1).values.max()) == 0.0  # every seed of keyframe 1 stayed
+    assert float(torch.cdist(seeds, mem.means).min(dim=1).values.max()) == 0.0  # every object seed stayed
+    kept_background = int((torch.cdist(background, mem.means).min(dim=1).values == 0).sum())
+    assert kept_background <= len(background) - (n_over - len(seeds))  # background seeds went first
