@@ -240,14 +240,14 @@ class M3Memory:
                 return self._render_raw(T, K, W, H, with_queries=False)
         # Room for a whole keyframe's worth, at most the global limit: new places are not refused.
         objects = detected_mask(kf)  # [H, W] inside any detector region, None without instances
-        pts, pix = seed_points(kf, cfg, cfg.max_gaussians, render, self._gen, self.means.numpy(), objects)
+        small = small_regions(kf, cfg.object_max_extent)  # [H, W] inside object-sized ones
+        pts, pix = seed_points(kf, cfg, cfg.max_gaussians, render, self._gen, self.means.numpy(), objects, small)
         if len(pts) == 0:
             return
         over = self.n_gaussians + len(pts) - cfg.max_gaussians
         taken = len(self._cam_centres)  # keyframes taken, this one included: its object seeds' birth
         if over > 0:  # object seeds of the keyframes the trainer still favours (cfg.recent) go last
             self._remove(least_useful(self.opacities, over, self.params[BIRTH_KEY].detach(), taken - 1, cfg.recent))
-        small = small_regions(kf, cfg.object_max_extent)[pix[:, 0], pix[:, 1]]  # object-sized detector regions
         new = seed_geometry(kf, pts, pix, self.means.numpy(), cfg)
         tree = cKDTree(self.means.numpy()) if self.n_gaussians > 0 and cfg.inherit_radius > 0 else None
         for m, slot in cfg.models.items():
@@ -266,7 +266,8 @@ class M3Memory:
             new[query_key(m)] = q
         new[VOTES_KEY] = torch.zeros(len(pts), 2)  # this keyframe's vote follows (scenechange.vote_labels)
         new[RUN_KEY] = torch.zeros(len(pts))
-        new[BIRTH_KEY] = torch.where(torch.from_numpy(small), float(taken), -1e9)  # the background: no grace
+        in_object = torch.from_numpy(small[pix[:, 0], pix[:, 1]])
+        new[BIRTH_KEY] = torch.where(in_object, float(taken), -1e9)  # the background gets no grace
         ops.append_gaussians(self.params, self.optimizer, new)
         self._keep_densify_stats(torch.cat([torch.arange(self.n_gaussians - len(pts)),
                                             torch.full((len(pts),), -1, dtype=torch.long)]))

@@ -37,11 +37,12 @@ def unexplained(kf: Keyframe, pix: np.ndarray, alpha: np.ndarray, depth_raw: np.
 
 
 def seed_points(kf: Keyframe, cfg: MemoryConfig, room: int, render_fn, generator: torch.Generator,
-                existing_means: np.ndarray | None = None, objects: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+                existing_means: np.ndarray | None = None, objects: np.ndarray | None = None,
+                small: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """World points [M, 3] and their pixels [M, 2] (v, u) to seed from kf, at most room of them,
     none in a voxel that already holds cfg.max_per_voxel of existing_means [N, 3]. ``objects``
-    [H, W] bool (``detected_mask``) is seeded at cfg.object_voxel_size.
+    [H, W] bool (``detected_mask``) is seeded at cfg.object_voxel_size; ``small`` [H, W] bool
+    (``small_regions``, computed here when None) is what object_gap fills in.
 
     render_fn(T_world_cam, K, W, H) -> {"alpha", "depth_raw"} renders the current memory, or is
     None when the memory is empty (everything is unexplained).
@@ -67,10 +68,12 @@ def seed_points(kf: Keyframe, cfg: MemoryConfig, room: int, render_fn, generator
         keep = unexplained(kf, pix, out["alpha"], out["depth_raw"], cfg.unexplained_depth_rel)
         if fine.any() and cfg.object_gap > 0 and existing_means is not None and len(existing_means):
             # small objects the memory explains only coarsely (seen from afar) are filled in
-            small = small_regions(kf, cfg.object_max_extent)[pix[:, 0], pix[:, 1]] & fine & ~keep
-            if small.any():
-                gap, _ = cKDTree(existing_means).query(pts[small], distance_upper_bound=cfg.object_gap)
-                keep[np.flatnonzero(small)[~np.isfinite(gap)]] = True
+            if small is None:
+                small = small_regions(kf, cfg.object_max_extent)
+            fill = small[pix[:, 0], pix[:, 1]] & fine & ~keep
+            if fill.any():
+                gap, _ = cKDTree(existing_means).query(pts[fill], distance_upper_bound=cfg.object_gap)
+                keep[np.flatnonzero(fill)[~np.isfinite(gap)]] = True
         pts, pix, fine = pts[keep], pix[keep], fine[keep]
         if len(pts) == 0:
             return none
@@ -135,8 +138,9 @@ def least_useful(opacities: torch.Tensor, n: int, birth: torch.Tensor | None = N
     """Indices [n] of the Gaussians to evict first: the most transparent (they explain the least).
 
     Gaussians seeded by the ``grace`` keyframes up to the one numbered ``newest`` (birth [N] >
-    newest - grace) go only after every older one: a seed starts at init_opacity, below what training gives most surfaces, so
-    until it has been trained its opacity does not say how useful it is. Without this, a memory at
+    newest - grace) go only after every older one: a seed starts at init_opacity, below what
+    training gives most surfaces, so until it has been trained its opacity does not say how useful
+    it is. Without this, a memory at
     its limit evicted each keyframe's seeds at the next keyframe (dev: a cube moved across a room
     table was seeded by the one view that detected it and gone two views later). M3Memory gives a
     birth only to seeds of object-sized detector regions: sparing every seed (~5000 a keyframe in a

@@ -43,14 +43,11 @@ def mark_stale(v: TrainView, means: torch.Tensor, radius_px: int) -> int:
     h, w = v.rgb.shape[:2]
     if int(means.shape[0]) == 0:
         return 0
-    T_cam_world = np.linalg.inv(np.asarray(v.kf.T_world_cam, dtype=np.float64))
-    pc = means.detach().double().numpy() @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
-    front = pc[:, 2] > 1e-3
-    if not front.any():
-        return 0
-    pc, K = pc[front], v.K.double().numpy()  # train-scale intrinsics (geometry.scale_intrinsics)
-    u = np.rint(K[0, 0] * pc[:, 0] / pc[:, 2] + K[0, 2]).astype(np.int64)
-    r = np.rint(K[1, 1] * pc[:, 1] / pc[:, 2] + K[1, 2]).astype(np.int64)
+    uv, z = geometry.project(means.detach().double().numpy(), v.K.double().numpy(),  # train-scale intrinsics
+                             np.asarray(v.kf.T_world_cam, dtype=np.float64))
+    front = z > 1e-3
+    u = np.rint(np.where(front, uv[:, 0], -1.0)).astype(np.int64)
+    r = np.rint(np.where(front, uv[:, 1], -1.0)).astype(np.int64)
     ok = (u >= 0) & (u < w) & (r >= 0) & (r < h)
     if not ok.any():
         return 0
