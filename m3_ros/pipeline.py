@@ -59,6 +59,11 @@ class PipelineConfig:
     (Linux: niceness is per thread), so the OS gives query threads the CPU first while a step that
     was already running finishes; 0 = the same priority. bench_query.py --profile: while training,
     a query's wall time was mostly waiting for a core shared with the step."""
+    train_max_wait_s: float = 1.0
+    """A train step waits at most this long behind other work: once no step has finished for this many
+    seconds, the next one runs at the process's priority (on the ingest thread) instead of the niced
+    training thread, so that a busy node still learns (priority aging). Under 20 clients the niced
+    thread alone took 12 steps in 40 s, with 7 s gaps (test_autosave_load); 1 s is a priori."""
     query_threads: int = 1
     """Torch intra-op threads of a thread answering ``ground`` or ``relevance_map`` (set per thread, so
     training, feature extraction and other callers keep the process's count; not on the main thread,
@@ -112,6 +117,8 @@ class MemoryPipeline:
         self._inflight_lock = threading.Lock()
         self._trainer_lock = threading.Lock()
         self._next_index = 0
+        self._last_step = time.monotonic()  # when the last train step finished (see train_max_wait_s)
+        self.urgent_steps = 0  # steps that ran at the process's priority because training had waited
         self.paused = False  # no train step starts while True (keyframes are still ingested)
         self.first_keyframe_wall: float | None = None
         self.load_error: str | None = None
@@ -294,7 +301,8 @@ class MemoryPipeline:
             if max_steps > 0:
                 break
         steps = 0
-        if mem.n_gaussians == 0:
+        if mem.n_gaussians == 0 or self.paused or max_steps == 0:
+            self._last_step = time.monotonic()  # no step is wanted: nothing waits for one
             return 0
         # the first step is taken even when ingesting used up the budget: with keyframes arriving
         # all the time, every call ran out of budget in add_keyframe and training stopped
@@ -306,9 +314,22 @@ class MemoryPipeline:
                     if not self._no_queries.wait_for(lambda: self._queries == 0,
                                                      timeout=max(0.0, budget_s - (time.monotonic() - t0))):
                         break
-            mem.train_step()
+            self._step(mem)
             steps += 1
         return steps
+
+    def _step(self, mem) -> None:
+        """One train step on this (niced) thread, or on the ingest thread once training has waited longer
+        than cfg.train_max_wait_s: a niced thread can lose the CPU and the GIL to busier threads for
+        seconds (see train_max_wait_s)."""
+        ingester = self._ingester
+        if (self.cfg.train_nice > 0 and ingester is not None
+                and time.monotonic() - self._last_step > self.cfg.train_max_wait_s):
+            ingester.submit(mem.train_step).result()
+            self.urgent_steps += 1
+        else:
+            mem.train_step()
+        self._last_step = time.monotonic()
 
     def pause_training(self, paused: bool) -> None:
         """Stop (or resume) train steps; on stopping, return once a step already running has finished,

@@ -5,6 +5,7 @@ import bisect
 import faulthandler
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -52,6 +53,55 @@ def spin_node(make_node: Callable[[], Node], threads: int = 3, args: list[str] |
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+class LatestOnly:
+    """Runs ``fn(*args)`` on a thread of its own for the newest ``submit``ted arguments, one call at a
+    time and at most once per ``min_period_s()`` seconds; arguments overtaken while waiting are
+    dropped. For outputs of which only the newest matters (markers, a relevance image): under a
+    stream of queries they ran back to back and took a core from training (test_autosave_load).
+    """
+
+    def __init__(self, fn: Callable[..., None], min_period_s: Callable[[], float], name: str,
+                 on_error: Callable[[Exception], None] | None = None):
+        self._fn, self._period, self._on_error = fn, min_period_s, on_error
+        self._cv = threading.Condition()
+        self._args: tuple | None = None
+        self._closed = False
+        self.calls = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, *args) -> None:
+        with self._cv:
+            self._args = args
+            self._cv.notify()
+
+    def _run(self) -> None:
+        last = float("-inf")
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._args is not None or self._closed)
+                if self._closed:
+                    return
+                # wait out the period; submissions meanwhile replace the arguments
+                self._cv.wait_for(lambda: self._closed, timeout=max(0.0, last + self._period() - time.monotonic()))
+                if self._closed:
+                    return
+                args, self._args = self._args, None
+            try:
+                self._fn(*args)
+            except Exception as e:  # a failed output never stops the next ones
+                if self._on_error is not None:
+                    self._on_error(e)
+            self.calls += 1
+            last = time.monotonic()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout=5.0)
 
 
 # ---------------------------------------------------------------------- TF

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import threading
 import time
 
@@ -33,12 +34,15 @@ from m3_ros.geometry import invert, matrix_to_pose, pose_to_matrix, scale_intrin
 from m3_ros.grounding import GroundingConfig
 from m3_ros.msg import LabeledInstanceArray, MemoryStatus
 from m3_ros.nodes import convert
-from m3_ros.nodes.common import Param, TFListener, declare_params, latched_qos, sensor_qos, spin_node, tf_qos
+from m3_ros.nodes.common import LatestOnly, Param, TFListener, declare_params, latched_qos, sensor_qos, spin_node, tf_qos
 from m3_ros.nodes.memory_params import GROUNDING_FIELDS, KEYFRAME_FIELDS, PARAM_SPECS, PARAMS
 from m3_ros.pipeline import MemoryPipeline, PipelineConfig
 from m3_ros.srv import GroundQuery, MemoryIO
 from m3_ros.stream import ApproximateSync, KeyframeSelectorConfig
 from m3_ros.tf_buffer import ConnectivityError, ExtrapolationError, GapError, TransformError
+
+SWITCH_INTERVAL_S = 0.0005
+"""The process's GIL switch interval (Python's default: 5 ms); see main()."""
 
 def _rss_mb() -> float:
     """Resident memory of this process, MB (Linux /proc; peak RSS elsewhere)."""
@@ -97,7 +101,9 @@ class MemoryNode(Node):
         self._reject_counts: dict[str, int] = {}
         self._last_reject: dict[str, float] = {}
         self._rate_ref = (0, 0, time.monotonic())  # (memory, iteration, time) at the last status
-        self._relevance_busy = threading.Lock()  # one relevance image at a time; queries meanwhile skip it
+        # markers and relevance image of the newest query, at most once per query_outputs_period_s
+        self._outputs = LatestOnly(self._publish_query_outputs, lambda: float(self.p["query_outputs_period_s"]),
+                                   "query-outputs", lambda e: self.get_logger().warning(f"query outputs: {e}"))
         self.info: CameraInfo | None = None
         self.stamps = convert.StampChecks(max_future_s=float(p["max_future_stamp_s"]))
         self._stamp_lock = threading.Lock()
@@ -412,7 +418,7 @@ class MemoryNode(Node):
                   "train_rate_hz": f"{status.train_rate_hz:.2f}", "train_iteration": str(status.train_iteration),
                   "keyframes": str(status.keyframes), "gaussians": str(status.gaussians),
                   "rss_mb": f"{_rss_mb():.1f}", "dropped_total": str(self._rejects),
-                  "tf_backend": self.tf.backend}
+                  "tf_backend": self.tf.backend, "urgent_train_steps": str(self.pipeline.urgent_steps)}
         values.update({f"bank_rows/{m}": str(r) for m, r in zip(status.models, status.bank_rows)})
         values.update({f"dropped/{k}": str(n) for k, n in sorted(self._reject_counts.items())})
         if self.p["refine_poses"]:  # drift correction: ICP results and the reason of the last refusal
@@ -497,7 +503,7 @@ class MemoryNode(Node):
                        f"{out.n_candidates} candidate points, {1e3 * (time.monotonic() - t0):.0f} ms)")
         self.get_logger().info(res.message)
         # markers and the relevance image go out after the answer: the client never waits for them
-        threading.Thread(target=self._publish_query_outputs, args=(req.query, out, pts, frame), daemon=True).start()
+        self._outputs.submit(req.query, out, pts, frame)
         return res
 
     def _publish_query_outputs(self, query: str, out, pts: np.ndarray, frame: str) -> None:
@@ -518,12 +524,8 @@ class MemoryNode(Node):
                     m.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
                 ma.markers.append(m)
         self.marker_pub.publish(ma)
-        if (self.p["publish_relevance"] and self.last_T_odom_cam is not None and self.K is not None
-                and self._relevance_busy.acquire(blocking=False)):
-            try:
-                self._publish_relevance(query)
-            finally:
-                self._relevance_busy.release()
+        if self.p["publish_relevance"] and self.last_T_odom_cam is not None and self.K is not None:
+            self._publish_relevance(query)
 
     def _publish_relevance(self, query: str) -> None:
         """memory/relevance_image: the query's relevance from the robot's current camera, at half resolution."""
@@ -569,10 +571,15 @@ class MemoryNode(Node):
         return res
 
     def close(self) -> None:
+        self._outputs.close()
         self.pipeline.close()
 
 
 def main(args: list[str] | None = None) -> int:
+    # Torch releases the GIL around every op; a train step is ~1000 ops, and each waited for the
+    # executor's thread (pure Python, ~70 % of a core under 20 clients) to reach the switch interval.
+    # At the default 5 ms a step took seconds (test_autosave_load); see SWITCH_INTERVAL_S.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     return spin_node(MemoryNode, threads=5, args=args)
 
 

@@ -57,6 +57,7 @@ PARAMS: dict[str, object] = {
     "grounding_centre": "mid_range",
     "max_query_chars": 200,
     "publish_relevance": True,
+    "query_outputs_period_s": 0.5,  # markers and relevance image: at most once per this, for the newest query
     "autosave_period_s": 0.0,  # s between autosaves of a changed memory (atomic); 0 = off
     "autosave_path": "",  # "" = memory_dir
     "max_future_stamp_s": 10.0,  # stamps further ahead of this node's clock are refused
@@ -121,6 +122,8 @@ PARAM_SPECS: dict[str, Param] = {
                               choices=("mid_range", "median", "top_half"), live=True),
     "max_query_chars": Param(0, "longer queries are rejected", range=(1, 100000), live=True),
     "publish_relevance": Param(True, "publish memory/relevance_image after each query", live=True),
+    "query_outputs_period_s": Param(0.0, "s between two publications of markers and relevance image (the newest "
+                                    "query's; older ones waiting are skipped)", range=(0.0, 60.0), live=True),
 }
 # ROS parameter -> GroundingConfig / KeyframeSelectorConfig field (changed live).
 GROUNDING_FIELDS = {"grounding_mode": "mode", "grounding_score": "score", "grounding_row_margin": "row_margin",

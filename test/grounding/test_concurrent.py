@@ -28,14 +28,19 @@ def pipeline():
                                                voxel_size=0.02, seed=0))
     pipe = MemoryPipeline(cfg, models=models)
     pipe.load()
+    _walk(pipe)
+    yield pipe
+    pipe.close()
+
+
+def _walk(pipe: MemoryPipeline, t0: float = 0.0) -> None:
+    """Three keyframes of the two boxes, ingested (stamps from t0)."""
     for i, tx in enumerate([-0.3, 0.0, 0.3]):
         kf, region = render_view(tx, W=80, H=60, index=i, with_features=False)
         inst = [Instance(mask=region == 1, label="red box", id=1), Instance(mask=region == 2, label="green box", id=2)]
-        assert pipe.offer_frame(float(i), kf.rgb, kf.depth, kf.K, kf.T_world_cam, inst)
+        assert pipe.offer_frame(t0 + i, kf.rgb, kf.depth, kf.K, kf.T_world_cam, inst)
         while not pipe.idle():
             pipe.train_for(0.05, max_steps=1)
-    yield pipe
-    pipe.close()
 
 
 @pytest.mark.parametrize("mode", ["gaussians", "view"])
@@ -237,3 +242,37 @@ def test_train_for_interleaves_keyframes_and_steps():
         assert pipe.stats()["keyframes"] == 3 and pipe.idle()
     finally:
         pipe.close()
+
+
+def test_a_step_that_waited_too_long_runs_at_the_process_priority(pipeline):
+    """Priority aging: a niced training thread got 10-20 steps in 40 s under 20 clients with gaps of
+    up to 8 s. Once no step has finished for train_max_wait_s, the next runs on the ingest thread
+    (the process's priority); otherwise on the training thread. Observed by holding the ingest
+    thread: only the step sent there waits for it."""
+    import time
+    if pipeline.memory.n_gaussians == 0:  # an earlier test reset it
+        pipeline.reset()
+        _walk(pipeline, t0=1000.0)
+    assert pipeline.memory.n_gaussians > 0
+    blocker = threading.Event()
+
+    def step_while_ingest_thread_is_held(waited: bool) -> tuple[int, int]:
+        pipeline.train_for(0.01, max_steps=1)  # a step just finished: nothing waits
+        if waited:
+            pipeline._last_step = time.monotonic() - 2 * pipeline.cfg.train_max_wait_s
+        held = pipeline._ingester.submit(blocker.wait, 60)
+        mem = pipeline.memory
+        it0, urgent0 = mem.iteration, pipeline.urgent_steps
+        t = threading.Thread(target=pipeline.train_for, args=(0.0, 1))
+        t.start()
+        t.join(5.0)
+        during = mem.iteration - it0
+        blocker.set()
+        held.result(60)
+        t.join(60)
+        blocker.clear()
+        return during, pipeline.urgent_steps - urgent0
+
+    assert step_while_ingest_thread_is_held(waited=False) == (1, 0)  # the niced thread stepped alone
+    assert step_while_ingest_thread_is_held(waited=True) == (0, 1)  # it waited for the ingest thread
+    assert pipeline._last_step > time.monotonic() - 60
