@@ -102,7 +102,10 @@ def main() -> None:
                 "Queries read the memory's published snapshot and never wait for a train step; training yields "
                 "the CPU to them by design (its thread runs at a lower OS priority, PipelineConfig.train_nice, and "
                 "starts no new step while a query runs, queries_first), so back-to-back rounds of 20 calls leave "
-                "it a few steps; every call is answered. The rates are the published memory/status rate, which "
+                "it a few steps; a step that has waited PipelineConfig.train_max_wait_s (1 s) runs at the "
+                "process's priority, and the node's GIL switch interval is 0.5 ms (at Python's 5 ms each of a "
+                "step's torch ops waited for the executor's thread: 0.21 Hz under load on 2026-12-04); every call "
+                "is answered. The rates are the published memory/status rate, which "
                 "before 2026-12-04 counted wrongly (a shared counter lost its resets: 8.8 / 1.5 Hz reported on "
                 "2026-12-03 were inflated)."]
     write_report("offline", "Offline tools and load", sections, {**cli_res, **load_res})
