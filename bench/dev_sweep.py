@@ -46,6 +46,8 @@ VARIANTS = {
     "gaussians_support0.5_conf2": replace(BASE, label_support=0.5, confidence_norm=2.0),
     "gaussians_centre_median": replace(BASE, centre="median"),
     "gaussians_centre_top_half": replace(BASE, centre="top_half"),
+    "gaussians_centre_above1": replace(BASE, centre="above_support", support_gap=0.01),
+    "gaussians_centre_above2": replace(BASE, centre="above_support", support_gap=0.02),
     "gaussians_baseline0.015": replace(BASE, baseline_margin=0.015),
     "gaussians_baseline0": replace(BASE, baseline_margin=0.0),
     "gaussians_contra1": replace(BASE, label_contradictions=1),

@@ -54,7 +54,7 @@ PARAMS: dict[str, object] = {
     "grounding_cluster_radius": 0.03,
     "grounding_label_support": 0.3,
     "grounding_label_contradictions": 2,
-    "grounding_centre": "mid_range",
+    "grounding_centre": "above_support",
     "max_query_chars": 200,
     "publish_relevance": True,
     "query_outputs_period_s": 0.5,  # markers and relevance image: at most once per this, for the newest query
@@ -117,9 +117,10 @@ PARAM_SPECS: dict[str, Param] = {
     "grounding_label_contradictions": Param(0, "label models: no label support for a Gaussian whose label this many "
                                             "views in a row contradicted (a moved object's old place; 0 = off)",
                                             range=(0, 1000), live=True),
-    "grounding_centre": Param("", "a region's answer point: mid_range (middle of its points' 10-90 % extent), "
+    "grounding_centre": Param("", "a region's answer point: above_support (mid_range, x and y above the support "
+                              "plane), mid_range (middle of its points' 10-90 % extent), "
                               "median, or top_half (median of its better-scoring half)",
-                              choices=("mid_range", "median", "top_half"), live=True),
+                              choices=("above_support", "mid_range", "median", "top_half"), live=True),
     "max_query_chars": Param(0, "longer queries are rejected", range=(1, 100000), live=True),
     "publish_relevance": Param(True, "publish memory/relevance_image after each query", live=True),
     "query_outputs_period_s": Param(0.0, "s between two publications of markers and relevance image (the newest "

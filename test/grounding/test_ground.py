@@ -263,3 +263,25 @@ def test_region_centre_is_the_middle_of_the_seen_surfaces_and_ignores_a_few_stra
     assert np.linalg.norm(med - centre) > 0.045, med  # the top face's height
     assert np.linalg.norm(mid - centre) < np.linalg.norm(med - centre) - 0.01, (mid, med)
     assert np.all(np.abs(mid[:2]) < 0.02) and 0.0 < mid[2] < 0.10, mid
+
+
+def test_above_support_keeps_a_label_spilled_onto_the_table_from_pulling_the_point_off_a_small_object():
+    """A 3 cm cube's Gaussians, and its detector mask spilled 8 cm onto the table on one side (table
+    Gaussians at the cube's bottom height). mid_range's horizontal middle leaves the cube; above_support
+    takes x, y from what stands above the table and stays on it. A flat region (a mat: nothing above
+    its plane) keeps mid_range."""
+    from m3_ros.grounding.ground import _ranked_regions
+    g = np.random.default_rng(1)
+    cube = np.column_stack([g.uniform(-0.015, 0.015, 80), g.uniform(-0.015, 0.015, 80), g.uniform(0.005, 0.03, 80)])
+    spill = np.column_stack([g.uniform(0.015, 0.095, 120), g.uniform(-0.03, 0.03, 120), g.normal(0.0, 0.002, 120)])
+    pts = np.concatenate([cube, spill])
+    scores = np.full(len(pts), 0.8)
+    centre = np.array([0.0, 0.0, 0.015])
+    mid = _ranked_regions(pts, scores, 0.03, 5, 0.5, centre="mid_range")[0][0]
+    above = _ranked_regions(pts, scores, 0.03, 5, 0.5, centre="above_support", support_gap=0.01)[0][0]
+    assert mid[0] > 0.03, mid  # pulled onto the spill, off the cube
+    assert np.all(np.abs(above[:2]) < 0.01) and np.linalg.norm(above - centre) < 0.02, above
+    mat = np.column_stack([g.uniform(-0.1, 0.1, 200), g.uniform(-0.1, 0.1, 200), g.normal(0.0, 0.002, 200)])
+    flat_mid = _ranked_regions(mat, np.full(200, 0.8), 0.03, 5, 0.5, centre="mid_range")[0][0]
+    flat_above = _ranked_regions(mat, np.full(200, 0.8), 0.03, 5, 0.5, centre="above_support")[0][0]
+    np.testing.assert_allclose(flat_above, flat_mid)
