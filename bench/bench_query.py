@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 from _common import machine_header, table, time_ms, write_report  # noqa: E402
 from m3_ros.geometry import invert, project  # noqa: E402
 from m3_ros.grounding import GroundingConfig  # noqa: E402
-from m3_ros.pipeline import MemoryPipeline, PipelineConfig  # noqa: E402
+from m3_ros.pipeline import SWITCH_INTERVAL_S, MemoryPipeline, PipelineConfig  # noqa: E402
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -518,6 +518,7 @@ def main() -> None:
     ap.add_argument("--memory-cache", default="",
                     help="pickle of the walked memory: written when missing, reused when present (development only)")
     a = ap.parse_args()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)  # as memory_node runs
     if a.threads:
         torch.set_num_threads(a.threads)
     t_start = time.monotonic()

@@ -87,6 +87,12 @@ class PipelineConfig:
     """Drift correction (ICP, reference map); it takes the depth uncut and cuts at its own ``max_depth``."""
 
 
+SWITCH_INTERVAL_S = 0.0005
+"""GIL switch interval (s) for a process that trains and answers on several threads (memory_node sets it,
+bench_query too; Python's default is 5 ms). Torch releases the GIL around every op; a train step is ~1000
+ops, and at 5 ms each waited for the executor's Python thread under 20 clients (test_autosave_load)."""
+
+
 class MemoryPipeline:
     """Owns the foundation models, the feature worker, the keyframe selector and the memory."""
 

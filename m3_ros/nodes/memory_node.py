@@ -36,13 +36,11 @@ from m3_ros.msg import LabeledInstanceArray, MemoryStatus
 from m3_ros.nodes import convert
 from m3_ros.nodes.common import LatestOnly, Param, TFListener, declare_params, latched_qos, sensor_qos, spin_node, tf_qos
 from m3_ros.nodes.memory_params import GROUNDING_FIELDS, KEYFRAME_FIELDS, PARAM_SPECS, PARAMS
-from m3_ros.pipeline import MemoryPipeline, PipelineConfig
+from m3_ros.pipeline import SWITCH_INTERVAL_S, MemoryPipeline, PipelineConfig
 from m3_ros.srv import GroundQuery, MemoryIO
 from m3_ros.stream import ApproximateSync, KeyframeSelectorConfig
 from m3_ros.tf_buffer import ConnectivityError, ExtrapolationError, GapError, TransformError
 
-SWITCH_INTERVAL_S = 0.0005
-"""The process's GIL switch interval (Python's default: 5 ms); see main()."""
 
 def _rss_mb() -> float:
     """Resident memory of this process, MB (Linux /proc; peak RSS elsewhere)."""
@@ -576,9 +574,7 @@ class MemoryNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    # Torch releases the GIL around every op; a train step is ~1000 ops, and each waited for the
-    # executor's thread (pure Python, ~70 % of a core under 20 clients) to reach the switch interval.
-    # At the default 5 ms a step took seconds (test_autosave_load); see SWITCH_INTERVAL_S.
+    # the executor's thread is pure Python (~70 % of a core under 20 clients): see SWITCH_INTERVAL_S
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     return spin_node(MemoryNode, threads=5, args=args)
 
