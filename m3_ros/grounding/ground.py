@@ -67,19 +67,22 @@ class GroundingConfig:
     """Points closer than this (m) belong to the same region."""
     min_region_points: int = 5
     """Regions with fewer points are noise."""
-    centre: Literal["median", "top_half", "mid_range", "above_support"] = "above_support"
+    centre: Literal["median", "top_half", "mid_range", "above_support"] = "mid_range"
     """A region's answer point: the middle of its points' 10th-90th percentile range per axis, the
     coordinate-wise median of its points, or that of its better-scoring half. A region's Gaussians
     cover the sides the cameras saw, more of the top and of the nearer side, and the median leans
     there; the middle of their extent is nearer the object's centre, and the percentiles keep a few
     stray points from stretching it. Dev (realistic; room, table, two_tables seeds 1+2; dev
     phrasings; paired, same memories), within 5 cm: median 0.56, top_half 0.56, mid_range 0.61
-    (two_tables 0.47 -> 0.60, table 0.75 -> 0.71, room 0.50 both). ``above_support`` (default) is
-    mid_range whose x, y come from the points above the support plane (see support_gap): a detector
-    mask spilling onto the table drew the point off small objects. Dev sweep 2026-12-05 (160 dev
-    phrasings, same memories), mid_range vs above_support at support_gap 0.01 / 0.02: within 5 cm
-    0.72 / 0.72 / 0.72, median 2.91 / 2.54 / 2.51 cm, wrong object 0.09 / 0.07 / 0.09 (legos 7.8 -> 5.9 cm
-    and now on the lego, soccer balls 4.6 -> 0.6 cm; two low bars and a teddy crossed 5 cm each way)."""
+    (two_tables 0.47 -> 0.60, table 0.75 -> 0.71, room 0.50 both). ``above_support`` is mid_range
+    whose x, y come from the points above the support plane (see support_gap): a detector mask
+    spilling onto the table drew the point off small objects. Tried on dev 2026-12-05 and not made
+    the default: the dev sweep (160 dev phrasings, same memories), mid_range vs above_support at
+    support_gap 0.01 / 0.02, gave within 5 cm 0.72 / 0.72 / 0.72, median 2.91 / 2.54 / 2.51 cm, wrong
+    object 0.09 / 0.07 / 0.09 (legos 7.8 -> 5.9 cm and on the lego, soccer balls 4.6 -> 0.6 cm), but
+    bench_scale's dev walks (room 1, table 1, table 2, two_tables 1; test phrasings) gave 0.75 / 0.79
+    / 0.75 / 0.50 against 0.75 / 0.79 / 0.71 / 0.61 (bench/results/scale_dev_*_above.md): a region
+    whose stray points stand higher than the object (a taller neighbour) loses its object there."""
     support_gap: float = 0.01
     """``above_support`` centre: points less than this (m) above a region's low end (its 10th
     percentile of z, the memory frame's up axis, REP-103) count as the support it rests on. Dev:
@@ -202,7 +205,7 @@ def select_regions(points: np.ndarray, scores: np.ndarray, radius: float,
 
 
 def _ranked_regions(points: np.ndarray, scores: np.ndarray, radius: float, min_points: int, threshold: float,
-                    seen: np.ndarray | None = None, centre: str = "above_support", support_gap: float = 0.01
+                    seen: np.ndarray | None = None, centre: str = "mid_range", support_gap: float = 0.01
                     ) -> list[tuple[np.ndarray, float, np.ndarray, float]]:
     """Cluster scored points [M, 3] by distance; regions sorted by relevance above threshold.
 

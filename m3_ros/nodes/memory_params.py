@@ -54,7 +54,7 @@ PARAMS: dict[str, object] = {
     "grounding_cluster_radius": 0.03,
     "grounding_label_support": 0.3,
     "grounding_label_contradictions": 2,
-    "grounding_centre": "above_support",
+    "grounding_centre": "mid_range",
     "max_query_chars": 200,
     "publish_relevance": True,
     "query_outputs_period_s": 0.5,  # markers and relevance image: at most once per this, for the newest query
