@@ -63,7 +63,7 @@ class PipelineConfig:
     """A train step waits at most this long behind other work: once no step has finished for this many
     seconds, the next one runs at the process's priority (on the ingest thread) instead of the niced
     training thread, so that a busy node still learns (priority aging). Under 20 clients the niced
-    thread alone took 12 steps in 40 s, with 7 s gaps (test_autosave_load); 1 s is a priori."""
+    thread alone took 10-21 steps in 40 s, with gaps of 4-8 s (test_autosave_load); 1 s is a priori."""
     query_threads: int = 1
     """Torch intra-op threads of a thread answering ``ground`` or ``relevance_map`` (set per thread, so
     training, feature extraction and other callers keep the process's count; not on the main thread,

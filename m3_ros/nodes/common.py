@@ -68,7 +68,6 @@ class LatestOnly:
         self._cv = threading.Condition()
         self._args: tuple | None = None
         self._closed = False
-        self.calls = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -94,7 +93,6 @@ class LatestOnly:
             except Exception as e:  # a failed output never stops the next ones
                 if self._on_error is not None:
                     self._on_error(e)
-            self.calls += 1
             last = time.monotonic()
 
     def close(self) -> None:
