@@ -22,6 +22,7 @@ their values come from:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -112,15 +113,22 @@ class SensorConfig:
                    name="realistic")
 
     @classmethod
-    def resolve(cls, sensors: "SensorConfig | Literal['ideal', 'realistic'] | str | None") -> "SensorConfig":
-        """A SensorConfig from a name (``ideal`` / ``realistic``) or itself."""
+    def realistic_no_drift(cls) -> "SensorConfig":
+        """``realistic`` with an odometry that does not drift: a control that says how much of a
+        realistic run's error drift causes. The drift model still draws its random numbers (at zero
+        spread), so depth noise, drops and detector errors are the very draws ``realistic`` makes."""
+        return dataclasses.replace(cls.realistic(), odometry=OdometryNoise(0.0, 0.0, 0.0), name="realistic_nodrift")
+
+    @classmethod
+    def resolve(cls, sensors: "SensorConfig | Literal['ideal', 'realistic', 'realistic_nodrift'] | str | None"
+                ) -> "SensorConfig":
+        """A SensorConfig from a name (``ideal`` / ``realistic`` / ``realistic_nodrift``) or itself."""
         if sensors is None or isinstance(sensors, SensorConfig):
             return sensors or cls.ideal()
-        if sensors == "ideal":
-            return cls.ideal()
-        if sensors == "realistic":
-            return cls.realistic()
-        raise ValueError(f"unknown sensor model {sensors!r}; use 'ideal' or 'realistic'")
+        named = {"ideal": cls.ideal, "realistic": cls.realistic, "realistic_nodrift": cls.realistic_no_drift}
+        if sensors in named:
+            return named[sensors]()
+        raise ValueError(f"unknown sensor model {sensors!r}; use one of {sorted(named)}")
 
 
 def apply_depth_noise(depth: np.ndarray, cfg: DepthNoise, rng: np.random.Generator) -> np.ndarray:

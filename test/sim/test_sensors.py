@@ -99,3 +99,22 @@ def test_resolve_names_and_errors():
         SensorConfig.resolve("perfect")
     with pytest.raises(ValueError, match="drop_rate"):
         SensorConfig(drop_rate=1.5)
+
+
+def test_realistic_no_drift_keeps_realistic_draws_and_reports_the_true_pose():
+    real, ctrl = SensorModel(SensorConfig.resolve("realistic"), seed=5), \
+        SensorModel(SensorConfig.resolve("realistic_nodrift"), seed=5)
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    dep = rng.uniform(0.5, 3.0, (24, 32)).astype(np.float32)
+    drifted = False
+    for t in np.linspace(0, 3, 40):
+        T_true = _pose(2 * t, np.sin(3 * t), 1.5 * t)
+        T_real, T_ctrl = real.odometry(T_true), ctrl.odometry(T_true)
+        np.testing.assert_allclose(T_ctrl, T_true, atol=1e-9)
+        drifted |= bool(np.abs(T_real[:3, 3] - T_true[:3, 3]).max() > 1e-3)
+        a, b = real.camera(img, dep), ctrl.camera(img, dep)
+        np.testing.assert_array_equal(a[0], b[0])  # the same noise draws: a paired control
+        np.testing.assert_array_equal(a[1], b[1])
+        assert a[2] == b[2]
+    assert drifted  # and realistic itself does drift on this walk
