@@ -40,7 +40,6 @@ import dataclasses
 import os
 import resource
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -343,7 +342,6 @@ def main(argv: list[str] | None = None) -> int:
     # ---- refinement off: the suite's own run
     off = run_scene(rc, pipe)
     acc_off = {s: float(np.mean([q["success"] for q in off.queries if q["split"] == s])) for s in rc.splits}
-    t_off = time.monotonic() - t_start
 
     # ---- refinement on: the same walk, then the moved-object trials
     pipe.cfg.refine_poses = True
@@ -381,7 +379,6 @@ def main(argv: list[str] | None = None) -> int:
             if r is None:
                 continue
             (skipped if "skipped" in r else trials).append(r)
-    t_on = time.monotonic() - t_start - t_off
 
     # ---- train-step and query cost against map size (the walked memory's last keyframe view)
     view = pipe.memory._views[-1]

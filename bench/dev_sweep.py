@@ -5,6 +5,8 @@
 Thresholds and heuristics are chosen from this table; bench/run_all.py reports them on the
 `test` scenes (seeds >= 100) and `test` phrasings. Writes bench/results/dev_sweep.md.
 Each variant is a GroundingConfig; every variant answers from the same trained memory.
+``--memory-seeds 0 1 2`` walks each scene once per MemoryConfig.seed and pools the answers: one walk's
+figure moves by ~0.15 on a room with the seed alone (bench_scale's spread rows), more than most variants differ.
 """
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def _without(**off):
 
 
 SENSORS = {"realistic": SensorConfig.realistic, "ideal": SensorConfig.ideal,
-           "no_drift": _without(odometry=None), "no_depth_noise": _without(depth=None),
+           "no_drift": SensorConfig.realistic_no_drift, "no_depth_noise": _without(depth=None),
            "no_detector_noise": _without(detector=DetectorNoise())}
 
 
@@ -80,6 +82,9 @@ def main() -> None:
     ap.add_argument("--no-refine", action="store_true", help="memory on raw odometry (PipelineConfig.refine_poses off)")
     ap.add_argument("--memory", nargs="+", default=[], metavar="NAME=JSON",
                     help="MemoryConfig overrides, e.g. selective_adam=true (PipelineConfig.memory_overrides)")
+    ap.add_argument("--memory-seeds", type=int, nargs="+", default=[0], metavar="N",
+                    help="MemoryConfig.seed values: each scene is walked once per seed and the tables pool them "
+                         "(one walk's figure moves by ~0.15 on a room with the seed; compare variants on several)")
     ap.add_argument("--tag", default="", help="appended to the output names (keeps a study from overwriting the base run)")
     ap.add_argument("--absent", type=int, default=24,
                     help="phrasings of objects a scene does not hold, asked per scene (each method should refuse)")
@@ -90,20 +95,26 @@ def main() -> None:
     overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in a.memory)}
     pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"], refine_poses=not a.no_refine,
                                          memory_overrides=overrides))
-    tag = a.sensors + ("_norefine" if a.no_refine else "") + "".join(f"_{k}" for k in overrides) + (f"_{a.tag}" if a.tag else "")
+    tag = a.sensors + ("_norefine" if a.no_refine else "") + "".join(f"_{k}" for k in overrides) + \
+        ("_mseeds" + "-".join(map(str, a.memory_seeds)) if a.memory_seeds != [0] else "") + (f"_{a.tag}" if a.tag else "")
     pipe.load()
     queries: list[dict] = []
     absent: list[dict] = []
     t_start = time.monotonic()
     for fam in a.families:
         for seed in a.seeds:
-            rc = RunConfig(family=fam, seed=seed, sensors=SENSORS[a.sensors](), m3_modes=[], m3_variants=variants,
-                           splits=("dev",), grasps=0, iou_views=0, absent=a.absent)
-            r = run_scene(rc, pipe)
-            queries += r.queries
-            absent += r.absent
-            print(f"  stats: {r.stats}", flush=True)
-            print(f"[{time.monotonic() - t_start:6.0f} s] {fam}/seed {seed}: {len(r.queries)} answers", flush=True)
+            for mseed in a.memory_seeds:
+                pipe.cfg.memory_overrides = {**overrides, "seed": mseed}
+                rc = RunConfig(family=fam, seed=seed, sensors=SENSORS[a.sensors](), m3_modes=[], m3_variants=variants,
+                               splits=("dev",), grasps=0, iou_views=0, absent=a.absent)
+                r = run_scene(rc, pipe)
+                for rec in r.queries + r.absent:
+                    rec["memory_seed"] = mseed
+                queries += r.queries
+                absent += r.absent
+                print(f"  stats: {r.stats}", flush=True)
+                print(f"[{time.monotonic() - t_start:6.0f} s] {fam}/seed {seed}/memory seed {mseed}: "
+                      f"{len(r.queries)} answers", flush=True)
     pipe.close()
     (RESULTS_DIR / f"dev_sweep_{tag}_answers.json").write_text(json.dumps(queries + absent, indent=1))
     methods = sorted({q["method"] for q in queries})
@@ -119,15 +130,21 @@ def main() -> None:
         for m in methods:
             sel = [q for q in queries if q["method"] == m and q["family"] == fam]
             per.append([fam, m, len(sel), float(np.mean([q["success"] for q in sel]))])
+    spread = []
+    for m in methods:  # each memory seed's figure: how far one walk per scene can mislead
+        spread.append([m] + [float(np.mean([q["success"] for q in queries if q["method"] == m and q["memory_seed"] == ms]))
+                             for ms in a.memory_seeds])
     best = max(rows, key=lambda r: r[2])
     sections = machine_header() + [
         "", f"Dev scenes {a.families} x seeds {a.seeds}, {a.sensors} sensors, pose refinement {'off' if a.no_refine else 'on'}, "
-        f"memory overrides {overrides or 'none'}, dev phrasings only.", "",
+        f"memory overrides {overrides or 'none'}, memory seeds {a.memory_seeds} (pooled), dev phrasings only.", "",
         *table(["method", "n", "within 5 cm", "median cm", "wrong object", "absent refused", "ms"], rows), "",
-        f"`absent refused`: of {len(absent) // max(len(methods), 1)} phrasings of objects the scene does not hold "
+        f"`absent refused`: of {len(absent) // max(len(methods), 1)} asks (per scene and memory seed) of phrasings of objects the scene does not hold "
         "(m3_ros.eval.phrasings.absent_queries), the fraction a method refused; answering one points the robot at "
         "something that is not there. The voxel map always answers its best label.", "",
-        *table(["family", "method", "n", "within 5 cm"], per)]
+        *table(["family", "method", "n", "within 5 cm"], per), "",
+        "Within 5 cm per memory seed (MemoryConfig.seed: W_m init, sampling; the same sensor draws):", "",
+        *table(["method"] + [f"seed {ms}" for ms in a.memory_seeds], spread)]
     write_report(f"dev_sweep_{tag}", "Dev sweep of grounding variants", sections,
                  {"best": best[0], "best_within5": best[2],
                   "default_within5": next(r[2] for r in rows if r[0] == "m3_gaussians")})
