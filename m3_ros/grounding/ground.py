@@ -82,7 +82,10 @@ class GroundingConfig:
     object 0.09 / 0.07 / 0.09 (legos 7.8 -> 5.9 cm and on the lego, soccer balls 4.6 -> 0.6 cm), but
     bench_scale's dev walks (room 1, table 1, table 2, two_tables 1; test phrasings) gave 0.75 / 0.79
     / 0.75 / 0.50 against 0.75 / 0.79 / 0.71 / 0.61 (bench/results/scale_dev_*_above.md): a region
-    whose stray points stand higher than the object (a taller neighbour) loses its object there."""
+    whose stray points stand higher than the object (a taller neighbour) loses its object there. Single
+    walks move by ~0.15 with the memory seed, so the sweep was rerun on memory seeds 0, 1, 2 (480 dev
+    answers, bench/results/dev_sweep_realistic_mseeds0-1-2_centre.md): 0.70 against 0.71 within 5 cm,
+    wrong object 0.08 against 0.07, a tie again."""
     support_gap: float = 0.01
     """``above_support`` centre: points less than this (m) above a region's low end (its 10th
     percentile of z, the memory frame's up axis, REP-103) count as the support it rests on. Dev:
