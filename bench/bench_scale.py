@@ -446,12 +446,11 @@ def main(argv: list[str] | None = None) -> int:
         *table(["pose refinement", "test phrasings", "dev phrasings", "ICP accepted"], rows_acc),
         "", "The control walks the same room with the same depth noise, drops and detector draws and exact "
         f"odometry (SensorConfig.realistic_no_drift, refinement on, {t_ctrl:.0f} s). It is one walk, not an upper "
-        "bound: a walk's figure moves with small changes. Dev, 2026-12-05 (test phrasings, 24): room seed 1 "
-        "refined with memory seeds 0 / 1 / 2 (MemoryConfig.seed: W_m init, sampling) 0.75 / 0.71 / 0.62, its "
-        "control 0.79 with refinement and 0.58 without (exact poses); table seed 1 0.79 / 0.79 / 0.75, control "
-        "0.79 / 0.83. A difference under about 0.15 between two single walks of a room says little; the rows "
-        "with other memory seeds (SPREAD_SEEDS, the same sensor draws) show this room's spread, and their mean "
-        "is RESULT ground_5cm_drift_mean.",
+        "bound: a walk's figure moves with small changes (dev seeds: bench/results/scale_dev_*_ctrl.md). The rows "
+        "with other memory seeds (SPREAD_SEEDS: W_m init and sampling; the same sensor draws) show this room's "
+        "spread, and their mean is RESULT ground_5cm_drift_mean. Seed 0's walk is the one above (with the "
+        "moved-object trials after it); the others, like the odometry-only walk and the control, run through "
+        "m3_ros.eval.suite.run_scene (the same schedule, plus its probe thread asking one query while it walks).",
         "", "Memory after the refined walk:", "",
         *table(["Gaussians", "keyframes kept", "masked as stale (free space)", "left as stale", "Gaussians cleared",
                 "bank rows", "train steps", "peak RSS MB (process: models, sim, memory)"],

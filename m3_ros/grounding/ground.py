@@ -208,7 +208,8 @@ def select_regions(points: np.ndarray, scores: np.ndarray, radius: float,
 
 
 def _ranked_regions(points: np.ndarray, scores: np.ndarray, radius: float, min_points: int, threshold: float,
-                    seen: np.ndarray | None = None, centre: str = "mid_range", support_gap: float = 0.01
+                    seen: np.ndarray | None = None, centre: str = GroundingConfig.centre,
+                    support_gap: float = GroundingConfig.support_gap
                     ) -> list[tuple[np.ndarray, float, np.ndarray, float]]:
     """Cluster scored points [M, 3] by distance; regions sorted by relevance above threshold.
 
