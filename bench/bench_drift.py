@@ -86,13 +86,14 @@ NOTES = ["", (
     "2026-12-05: with exact odometry (`--sensors realistic_nodrift`, results/drift_room_nodrift.md) ICP still "
     "places keyframes 2.67 cm off on average (room seeds 1-5; object cm 1.65), with exact depth as well 0.38 "
     "(drift_room_nodrift_exact.md): the depth noise, not the odometry, sets the tracker's floor. A voxel's map "
-    "point is now replaced by a later view that measured it with under half the noise (PointMapConfig."
-    "refine_ratio): object cm room 1-5 3.56 -> 2.76, two_tables 1-3 3.57 -> 3.25, and on room seeds 6-10, not "
-    "used to set it, 4.89 -> 4.14 (drift_room_base_6to10.md, drift_room_rr05_6to10.md); with exact odometry "
-    "1.65 -> 1.78 (drift_room_nodrift_rr05.md). Tried and not kept: also dropping the noisier points beside a "
-    "replaced surface (rr05c: 2.76 / 3.38); the published map -> odom as the mean of the 5 newest accepted "
-    "corrections instead of the newest (room object cm 4.42: it lags the drift); 8000 ICP points instead of 3000 "
-    "(room 2.96, camera 5.28 cm; before refine_ratio).")]
+    "point replaced by a later view that measured it with under half the noise (PointMapConfig.refine_ratio 0.5; "
+    "drift_room_rr05.md, drift_two_tables_rr05.md): object cm room 1-5 3.56 -> 2.76, two_tables 1-3 3.57 -> "
+    "3.25, room seeds 6-10 4.89 -> 4.14 (drift_room_base_6to10.md, drift_room_rr05_6to10.md), exact odometry "
+    "1.65 -> 1.78 (drift_room_nodrift_rr05.md); but grounding did not follow (bench_scale dev rooms 1-3, see "
+    "PointMapConfig.refine_ratio), so it stays off. Also tried and not kept: dropping the noisier points "
+    "beside a replaced surface (rr05c: 2.76 / 3.38); the published map -> odom as the mean of the 5 newest "
+    "accepted corrections (room object cm 4.42: it lags the drift); 8000 ICP points instead of 3000 (room "
+    "2.96, camera 5.28 cm).")]
 
 
 MIN_OBJECT_PX = 300

@@ -10,8 +10,7 @@ Gaussian means: it exists as soon as a keyframe is offered (the memory seeds onl
 feature extraction, seconds later), its points sit where depth measured them (training moves
 Gaussian means to fit colour and features, and the density budget prunes and merges them),
 and the tracker does not depend on the memory's internals. Voxels keep their first point,
-so the map stays anchored to the earliest (least drifted) observations, unless a later view
-measured the voxel with much less depth noise (``PointMapConfig.refine_ratio``).
+so the map stays anchored to the earliest (least drifted) observations.
 
 ICP is point-to-plane (Chen & Medioni 1992; Gauss-Newton on ``n . (R p + t - q)``) with
 map normals from local PCA, distance-capped correspondences and Huber weights. Depth noise is
@@ -118,15 +117,15 @@ class PointMapConfig:
     """With depth noise known, a point's normal patch is at least this many noise sigmas wide."""
     normal_k: int = 32
     """Neighbours of a patch at most (noisy far points need more than near ones)."""
-    refine_ratio: float | None = 0.5
+    refine_ratio: float | None = None
     """With depth noise known: a voxel's point and normal are replaced by a later keyframe's when that one's
-    noise is below this fraction of the stored point's (None: the first point stays). A surface first seen
-    from 3-4 m (5-6 cm noise) otherwise keeps that view's fit while the robot later stands before it.
-    0.5 chosen a priori (a view from at most 0.7 of the distance); bench_drift, object cm (answer-consistency
-    of the keyframes that see each object) first-point -> 0.5: room dev seeds 1-5 3.56 -> 2.76, two_tables
-    1-3 3.57 -> 3.25, and on room seeds 6-10, not used to set it, 4.89 -> 4.14 (10 of the 13 walks better;
-    keyframe camera cm 4.61 -> 4.31, 7.95 -> 8.07, 10.6 -> 10.7). Also dropping the noisier points beside a
-    replaced surface (within one voxel across it) gave 2.76 / 3.38: not kept."""
+    noise is below this fraction of the stored point's (None: the first point stays, the default). Tried at
+    0.5 on dev (2026-12-05) and not made the default: bench_drift object cm improved (room seeds 1-5 3.56 ->
+    2.76, two_tables 1-3 3.57 -> 3.25, room 6-10 4.89 -> 4.14), but grounding did not (bench_scale, mean of
+    memory seeds 0-2, test / dev phrasings: dev room 1 0.69 / 0.71 -> 0.65 / 0.72, room 2 0.52 / 0.57 -> 0.62
+    / 0.62, room 3 0.39 / 0.43 -> 0.28 / 0.28; the test room 0.67 -> 0.56, bench/results/
+    scale_test_refine_rr05.md). A later, closer view is placed by ICP with its own error (2.7 cm on average
+    with exact odometry, bench_drift --sensors realistic_nodrift) and re-anchors the map where it replaces."""
 
 
 @dataclass
