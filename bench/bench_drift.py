@@ -86,11 +86,13 @@ NOTES = ["", (
     "2026-12-05: with exact odometry (`--sensors realistic_nodrift`, results/drift_room_nodrift.md) ICP still "
     "places keyframes 2.67 cm off on average (room seeds 1-5; object cm 1.65), with exact depth as well 0.38 "
     "(drift_room_nodrift_exact.md): the depth noise, not the odometry, sets the tracker's floor. A voxel's map "
-    "point replaced by a later view that measured it with under half the noise (PointMapConfig.refine_ratio 0.5; "
+    "point replaced by a later view that measured it with under half the noise (a PointMapConfig.refine_ratio 0.5 "
+    "tried on 2026-12-05, code removed since; "
     "drift_room_rr05.md, drift_two_tables_rr05.md): object cm room 1-5 3.56 -> 2.76, two_tables 1-3 3.57 -> "
     "3.25, room seeds 6-10 4.89 -> 4.14 (drift_room_base_6to10.md, drift_room_rr05_6to10.md), exact odometry "
-    "1.65 -> 1.78 (drift_room_nodrift_rr05.md); but grounding did not follow (bench_scale dev rooms 1-3, see "
-    "PointMapConfig.refine_ratio), so it stays off. Also tried and not kept: dropping the noisier points "
+    "1.65 -> 1.78 (drift_room_nodrift_rr05.md); but grounding did not follow (bench_scale, memory seeds 0-2, "
+    "test phrasings: dev room 1 0.69 -> 0.65, room 2 0.52 -> 0.62, room 3 0.39 -> 0.28; scale_dev_room*), so "
+    "the first point stays. Also tried and not kept: dropping the noisier points "
     "beside a replaced surface (rr05c: 2.76 / 3.38); the published map -> odom as the mean of the 5 newest "
     "accepted corrections (room object cm 4.42: it lags the drift); 8000 ICP points instead of 3000 (room "
     "2.96, camera 5.28 cm).")]
@@ -115,8 +117,8 @@ def object_errors(views: list[tuple[np.ndarray, np.ndarray, dict]], T_world_map:
 def walk(family: str, seed: int, dt: float = 0.25, icp: dict | None = None, sensors: str = "realistic",
          pmap: dict | None = None) -> dict:
     """Keyframe camera errors (cm, deg) of one walk, refinement off and on; icp and pmap override IcpConfig and
-    PointMapConfig fields;
-    sensors names a SensorConfig (``realistic_nodrift``: the tracker's own error, odometry exact)."""
+    PointMapConfig fields; sensors names a SensorConfig (``realistic_nodrift``: odometry exact, so the error
+    left is the tracker's own)."""
     pcfg = PipelineConfig()
     pcfg.tracking.map = dataclasses.replace(pcfg.tracking.map, **(pmap or {}))
     pcfg.tracking.icp = dataclasses.replace(pcfg.tracking.icp, **(icp or {}))
@@ -137,7 +139,6 @@ def walk(family: str, seed: int, dt: float = 0.25, icp: dict | None = None, sens
             if f.dropped:
                 continue
             T_true = world.T_world_cam
-            depth = np.where(np.isfinite(f.depth) & (f.depth <= pcfg.max_depth), f.depth, 0.0)
             for mode in ("off", "on"):
                 T_guess = f.T_odom_cam if mode == "off" else tracker.predict(f.T_odom_cam)
                 if not sel[mode].consider(f.stamp, T_guess):

@@ -117,15 +117,6 @@ class PointMapConfig:
     """With depth noise known, a point's normal patch is at least this many noise sigmas wide."""
     normal_k: int = 32
     """Neighbours of a patch at most (noisy far points need more than near ones)."""
-    refine_ratio: float | None = None
-    """With depth noise known: a voxel's point and normal are replaced by a later keyframe's when that one's
-    noise is below this fraction of the stored point's (None: the first point stays, the default). Tried at
-    0.5 on dev (2026-12-05) and not made the default: bench_drift object cm improved (room seeds 1-5 3.56 ->
-    2.76, two_tables 1-3 3.57 -> 3.25, room 6-10 4.89 -> 4.14), but grounding did not (bench_scale, mean of
-    memory seeds 0-2, test / dev phrasings: dev room 1 0.69 / 0.71 -> 0.65 / 0.72, room 2 0.52 / 0.57 -> 0.62
-    / 0.62, room 3 0.39 / 0.43 -> 0.28 / 0.28; the test room 0.67 -> 0.56, bench/results/
-    scale_test_refine_rr05.md). A later, closer view is placed by ICP with its own error (2.7 cm on average
-    with exact odometry, bench_drift --sensors realistic_nodrift) and re-anchors the map where it replaces."""
 
 
 @dataclass
@@ -185,19 +176,15 @@ class IcpResult:
         return float(np.degrees(Rotation.from_matrix(self.T_corr[:3, :3]).magnitude()))
 
 
-def _voxel_keys(points: np.ndarray, voxel: float) -> np.ndarray:
-    """[N] int64 key of each point's voxel of size ``voxel``."""
+def _voxel_first(points: np.ndarray, voxel: float) -> np.ndarray:
+    """Indices of the first point in each occupied voxel of size ``voxel``, in input order."""
     keys = np.floor(points / voxel).astype(np.int64) + (1 << 20)  # 21 bits an axis: +-15 km at 1.5 cm
     if len(keys) and (keys.min() < 0 or keys.max() >= 1 << 21):
         raise ValueError(f"points span more than 2**20 voxels of {voxel} m from the origin")
     # one int64 per voxel: a 1-D unique sorts ~10x faster than unique(axis=0) over rows (the map's
     # 200k rows made that the tracker's main cost)
-    return (keys[:, 0] << 42) | (keys[:, 1] << 21) | keys[:, 2]
-
-
-def _voxel_first(points: np.ndarray, voxel: float) -> np.ndarray:
-    """Indices of the first point in each occupied voxel of size ``voxel``, in input order."""
-    _, first = np.unique(_voxel_keys(points, voxel), return_index=True)
+    packed = (keys[:, 0] << 42) | (keys[:, 1] << 21) | keys[:, 2]
+    _, first = np.unique(packed, return_index=True)
     return np.sort(first)
 
 
@@ -250,7 +237,6 @@ class PointMap:
         self.cfg = cfg or PointMapConfig()
         self.points = np.zeros((0, 3))
         self.normals = np.zeros((0, 3))
-        self.sigma = np.zeros(0)  # [N] depth noise of the observation each point came from (0: exact)
         self.tree: cKDTree | None = None
 
     def __len__(self) -> int:
@@ -266,20 +252,11 @@ class PointMap:
             pts = points_map[sel]
             normals, planarity, _ = pca_normals(pts, self.cfg.normal_radius_m)
         else:
-            # only voxels the map lacks (or holds from a much noisier view) need a normal
-            sigma = np.asarray(sigma, dtype=np.float64)
-            slot = np.full(len(sel), -1)  # the map point a keyframe point would replace
-            if len(self.points):
-                mk = _voxel_keys(self.points, self.cfg.voxel_m)
-                order = np.argsort(mk)
-                kn = _voxel_keys(points_map[sel], self.cfg.voxel_m)
-                pos = np.minimum(np.searchsorted(mk[order], kn), len(mk) - 1)
-                hit = mk[order][pos] == kn
-                slot = np.where(hit, order[pos], -1)
-                ratio = self.cfg.refine_ratio
-                better = hit & (sigma[sel] < (ratio or 0.0) * self.sigma[np.maximum(slot, 0)])
-                sel, slot = sel[~hit | better], np.where(better, slot, -1)[~hit | better]
-            sig = sigma[sel]
+            # only voxels the map lacks need a normal (most of a keyframe overlaps the map)
+            n_old = len(self.points)
+            first = _voxel_first(np.concatenate([self.points, points_map[sel]]), self.cfg.voxel_m)
+            sel = sel[first[first >= n_old] - n_old]
+            sig = np.asarray(sigma, dtype=np.float64)[sel]
             # noisy points need a wider patch for a normal, and each point is put on its patch's
             # plane: a far wall's points scatter by sigma, the plane through k of them far less
             radius = np.maximum(self.cfg.normal_radius_m, self.cfg.normal_sigmas * sig)
@@ -287,19 +264,13 @@ class PointMap:
             pts = points_map[sel]
             pts = pts - normals * np.einsum("ni,ni->n", pts - mean, normals)[:, None]
         keep = planarity >= self.cfg.min_planarity
-        sig = np.zeros(len(pts)) if sigma is None else sig
-        if sigma is not None:
-            rep = keep & (slot >= 0)  # a better view of a voxel the map holds: its point and normal replace
-            self.points[slot[rep]], self.normals[slot[rep]], self.sigma[slot[rep]] = pts[rep], normals[rep], sig[rep]
-            keep &= slot < 0
-        pts, normals, sig = pts[keep], normals[keep], sig[keep]
+        pts, normals = pts[keep], normals[keep]
         n_old = len(self.points)
         allp = np.concatenate([self.points, pts])
         first = _voxel_first(allp, self.cfg.voxel_m)  # old points come first, so they win their voxel
         new = first[first >= n_old]
         self.points = np.concatenate([self.points, allp[new]])
         self.normals = np.concatenate([self.normals, normals[new - n_old]])
-        self.sigma = np.concatenate([self.sigma, sig[new - n_old]])
         self.tree = cKDTree(self.points)
         return len(new)
 
