@@ -1,4 +1,4 @@
-"""ctypes wrapper around the compiled relevance moments (``csrc/relevance_cpu.cpp``).
+"""ctypes wrapper around the compiled relevance moments and shared-level leaders (``csrc/relevance_cpu.cpp``).
 
 The library is loaded from the cache that ``python -m m3_ros.memory.build_ext`` fills (run by
 ``scripts/setup.sh``); this module never compiles. ``RelevanceIndex._moments`` falls back to its
@@ -19,11 +19,12 @@ from m3_ros.memory import build_ext
 
 log = logging.getLogger(__name__)
 _fn = None
+_leaders_fn = None
 _load_error: str | None = None
 
 
 def _load():
-    global _fn, _load_error
+    global _fn, _leaders_fn, _load_error
     if _fn is not None or _load_error is not None:
         return _fn
     path, stamp = build_ext.relevance_library_path(), build_ext.relevance_stamp_path()
@@ -33,7 +34,8 @@ def _load():
         _load_error = f"{path} is stale: csrc/relevance_cpu.cpp changed since the build (run scripts/setup.sh)"
     else:
         try:
-            fn = ctypes.CDLL(str(path)).m3_relevance_moments
+            lib = ctypes.CDLL(str(path))
+            fn, lead_fn = lib.m3_relevance_moments, lib.m3_relevance_leaders
         except (OSError, AttributeError) as err:
             _load_error = f"cannot load {path}: {err} (run scripts/setup.sh)"
         else:
@@ -41,7 +43,12 @@ def _load():
             fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                            ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                            ctypes.c_int]
+            lead_fn.restype = ctypes.c_int
+            lead_fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p,
+                                ctypes.c_void_p, ctypes.c_int]
             _fn = fn
+            _leaders_fn = lead_fn
     if _load_error is not None:
         log.info("compiled relevance moments unavailable: %s", _load_error)
     return _fn
@@ -71,3 +78,20 @@ def moments(y: Tensor, bt: Tensor, cols: Tensor, shift_max: bool) -> tuple[Tenso
     rc = fn(y.data_ptr(), P, l, bt.data_ptr(), bt.shape[0], cols.data_ptr(), cols.shape[1], int(shift_max),
             out.data_ptr(), w2.data_ptr(), torch.get_num_threads())
     return (out, w2) if rc == 0 else None
+
+
+def leaders(y: Tensor, free: Tensor, step: Tensor, tile: int, rounds: int, rho: float
+            ) -> tuple[Tensor, Tensor] | None:
+    """The shared level's leaders (RelevanceIndex._share_leaders): (lead [H*W] int64, the leader's pixel
+    or -1; dist [H*W], the distance to it) for y [H, W, l], free [H, W] bool and step [H, W]. None when
+    the library is unavailable."""
+    if _load() is None:
+        return None
+    H, W, l = y.shape
+    y = y.to(torch.float32).contiguous()
+    free_u8 = free.to(torch.uint8).contiguous()
+    step = step.to(torch.float32).contiguous()
+    lead, dist = torch.empty(H * W, dtype=torch.int64), torch.empty(H * W)
+    rc = _leaders_fn(y.data_ptr(), H, W, l, free_u8.data_ptr(), step.data_ptr(), tile, rounds, rho,
+                     lead.data_ptr(), dist.data_ptr(), torch.get_num_threads())
+    return (lead, dist) if rc == 0 else None

@@ -196,19 +196,43 @@ class RelevanceIndex:
         bound <= max_err [H*W], count of leaders among them).
 
         In each SHARE_TILE block, SHARE_ROUNDS times, the free pixel whose neighbours differ least
-        leads and the free pixels within ρ = SHARE_RADIUS of it join. A member at y_ℓ + δ, ‖δ‖ ≤ ρ,
+        leads and the free pixels within ρ = SHARE_RADIUS of it join (_share_leaders). A member at y_ℓ + δ, ‖δ‖ ≤ ρ,
         weighs row j by e_j·exp(δ·b_j/tau), which differs from e_j by at most
         e_j·(exp(‖δ‖‖b_j‖/tau) - 1) ≤ e_j·(‖δ‖/ρ)·g_j with g_j = exp(ρ‖b_j‖/tau) - 1 (convexity). So its
         n and ‖f‖ are the leader's within (‖δ‖/ρ)·Σ e_j g_j |s_j| and (‖δ‖/ρ)·Σ e_j g_j ‖PSC_j‖.
         """
         H, W, l = y.shape
         rho = SHARE_RADIUS
-        step = torch.zeros(H, W)  # how much a pixel differs from its 4 neighbours: leaders sit inside regions
+        lead, dist = self._share_leaders(y, free)
+        members = torch.nonzero(lead >= 0).squeeze(-1)
+        leaders, at = torch.unique(lead[members], return_inverse=True)
+        g = torch.expm1(rho * self.b_norm / self.tau)
+        cols = torch.cat([self.s[:, None], self.r_norm[:, None], (g * self.s.abs())[:, None],
+                          (g * self.r_norm)[:, None], self.P], 1)
+        m, w2 = self._moments(y.reshape(-1, l)[leaders], cols)
+        lo, hi = self._norm_interval(m[:, 0], m[:, 1], (m[:, 4:] ** 2).sum(-1), self.P.shape[1], w2)
+        frac = dist[members] / rho
+        est, err = _bounded(m[at, 0], lo[at], hi[at], frac * m[at, 2], frac * m[at, 3])
+        rel, ok = torch.zeros(H * W), torch.zeros(H * W, dtype=torch.bool)
+        rel[members], ok[members] = est, err <= max_err
+        return rel, ok, int(ok[leaders].sum())
+
+    def _share_leaders(self, y: torch.Tensor, free: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lead [H*W], the pixel each free pixel takes its weights from or -1; dist [H*W], its distance to
+        it) for y [H, W, l] and free [H, W]: in each SHARE_TILE block, SHARE_ROUNDS times, the free pixel
+        whose 4 neighbours differ least leads (leaders sit inside regions) and the free pixels within
+        SHARE_RADIUS of it join. The compiled kernel where it loads, else this PyTorch twin."""
+        H, W, l = y.shape
+        rho = SHARE_RADIUS
+        step = torch.zeros(H, W)  # how much a pixel differs from its 4 neighbours
         dx, dy = (y[:, 1:] - y[:, :-1]).norm(dim=-1), (y[1:] - y[:-1]).norm(dim=-1)
         step[:, 1:] += dx
         step[:, :-1] += dx
         step[1:] += dy
         step[:-1] += dy
+        got = _relevance_cpu.leaders(y, free, step, SHARE_TILE, SHARE_ROUNDS, rho) if self.compiled else None
+        if got is not None:
+            return got
         pix = _blocks(torch.arange(H * W).view(H, W), SHARE_TILE, -1)  # [T, P]
         ft = _blocks(free, SHARE_TILE, False)
         yt = y.reshape(-1, l)[pix.clamp_min(0)]  # [T, P, l]
@@ -229,18 +253,7 @@ class RelevanceIndex:
         dist = torch.zeros(H * W)
         inside = pix >= 0
         lead[pix[inside]], dist[pix[inside]] = lead_t[inside], dist_t[inside]
-        members = torch.nonzero(lead >= 0).squeeze(-1)
-        leaders, at = torch.unique(lead[members], return_inverse=True)
-        g = torch.expm1(rho * self.b_norm / self.tau)
-        cols = torch.cat([self.s[:, None], self.r_norm[:, None], (g * self.s.abs())[:, None],
-                          (g * self.r_norm)[:, None], self.P], 1)
-        m, w2 = self._moments(y.reshape(-1, l)[leaders], cols)
-        lo, hi = self._norm_interval(m[:, 0], m[:, 1], (m[:, 4:] ** 2).sum(-1), self.P.shape[1], w2)
-        frac = dist[members] / rho
-        est, err = _bounded(m[at, 0], lo[at], hi[at], frac * m[at, 2], frac * m[at, 3])
-        rel, ok = torch.zeros(H * W), torch.zeros(H * W, dtype=torch.bool)
-        rel[members], ok[members] = est, err <= max_err
-        return rel, ok, int(ok[leaders].sum())
+        return lead, dist
 
     def _pixel_relevance(self, y: torch.Tensor, max_err: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Level 2 of relevance_image for y [P, l]: (relevance [P], bound <= max_err [P]).

@@ -138,3 +138,26 @@ def test_kernel_refuses_sizes_it_does_not_take(kernel):
     assert kernel.moments(y, torch.rand(10, 200), torch.rand(10, 3), False) is None
     got = kernel.moments(torch.rand(4, 16), torch.rand(10, 16), torch.rand(10, 3), False)
     assert math.isfinite(float(got[1].sum()))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kernel_leaders_match_the_torch_twin(kernel, seed):
+    # Regions of 4x4 pixels with per-pixel noise near SHARE_RADIUS, odd sizes (partial blocks) and a
+    # random mask: the kernel must pick the same leaders, in the same order, and join the same pixels.
+    from m3_ros.memory.relevance import SHARE_RADIUS
+    idx, *_, g = _index(50, seed=seed)
+    H, W = int(torch.randint(5, 70, (1,), generator=g)), int(torch.randint(5, 70, (1,), generator=g))
+    base = torch.randn(-(-H // 4), -(-W // 4), 16, generator=g)
+    noise = [0.002, 0.01, 0.03][seed % 3]
+    q = base.repeat_interleave(4, 0).repeat_interleave(4, 1)[:H, :W]
+    y = idx.unit(q * (1 + noise * torch.randn(H, W, 16, generator=g)))
+    free = torch.rand(H, W, generator=g) > 0.2
+    lead, dist = dataclasses.replace(idx, compiled=True)._share_leaders(y, free)
+    lead_ref, dist_ref = dataclasses.replace(idx, compiled=False)._share_leaders(y, free)
+    joined = lead_ref >= 0
+    assert 0 < int(joined.sum()) < int(free.sum())  # some pixels join, some do not
+    assert not bool((lead_ref[~free.reshape(-1)] >= 0).any())
+    # a distance within float32 rounding of the radius may fall either side of it; nothing else may differ
+    edge = (dist_ref - SHARE_RADIUS).abs() <= 1e-6
+    assert bool(((lead == lead_ref) | edge).all())
+    torch.testing.assert_close(dist[lead == lead_ref], dist_ref[lead == lead_ref], rtol=1e-6, atol=1e-7)
