@@ -259,7 +259,9 @@ def section_relevance(pipe: MemoryPipeline, queries: list[str], cameras: list) -
     lines = ["## Relevance map (160x120) against full decoding", "",
              f"- torch intra-op threads: {torch.get_num_threads()} (PipelineConfig.query_threads, the count a "
              f"query's thread computes with); the column 'ms at {os.cpu_count()} threads' times the same map on "
-             "every core with nothing else running (RESULT relevance_ms_all_cores)", ""]
+             "every core with nothing else running (RESULT relevance_ms_all_cores; in this process, which holds more "
+             "threads than cores, libgomp stops spinning between parallel regions, so each small torch op wakes its "
+             "team by futex: 28-29 ms in a fresh process, 2026-12-05)", ""]
     torch.set_num_threads(threads)
     lines += table(["bank", "relevance ms", "of which render ms", f"ms at {os.cpu_count()} threads",
                     "pixels at level 1/2s/2/3 %", "median |err|", "p99 |err|", "max |err|"], rows)
