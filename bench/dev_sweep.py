@@ -40,6 +40,7 @@ VARIANTS = {
     "gaussians_noconf": replace(BASE, confidence_norm=0.0),
     "gaussians_conf2": replace(BASE, confidence_norm=2.0),
     "gaussians_noverify": replace(BASE, verify_views=0),
+    "gaussians_verify_all": replace(BASE, verify_dominance=1e9),
     "gaussians_margin0.05": replace(BASE, relative_margin=0.05),
     "gaussians_min_region10": replace(BASE, min_region_points=10),
     "gaussians_support0.3": replace(BASE, label_support=0.3),
@@ -85,6 +86,8 @@ def main() -> None:
     ap.add_argument("--memory-seeds", type=int, nargs="+", default=[0], metavar="N",
                     help="MemoryConfig.seed values: each scene is walked once per seed and the tables pool them "
                          "(one walk's figure moves by ~0.15 on a room with the seed; compare variants on several)")
+    ap.add_argument("--channels", nargs="+", default=[], metavar="MODEL=INT",
+                    help="principal-query channels per model (PipelineConfig.channels), e.g. minilm_labels=32")
     ap.add_argument("--tag", default="", help="appended to the output names (keeps a study from overwriting the base run)")
     ap.add_argument("--absent", type=int, default=24,
                     help="phrasings of objects a scene does not hold, asked per scene (each method should refuse)")
@@ -93,10 +96,12 @@ def main() -> None:
     if any(s >= 100 for s in a.seeds):
         sys.exit("dev_sweep: seeds >= 100 are test scenes; tune on dev seeds (< 100) only")
     overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in a.memory)}
+    channels = {**PipelineConfig().channels, **{k: int(v) for k, v in (c.split("=", 1) for c in a.channels)}}
     pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"], refine_poses=not a.no_refine,
-                                         memory_overrides=overrides))
+                                         memory_overrides=overrides, channels=channels))
     tag = a.sensors + ("_norefine" if a.no_refine else "") + "".join(f"_{k}" for k in overrides) + \
-        ("_mseeds" + "-".join(map(str, a.memory_seeds)) if a.memory_seeds != [0] else "") + (f"_{a.tag}" if a.tag else "")
+        ("_mseeds" + "-".join(map(str, a.memory_seeds)) if a.memory_seeds != [0] else "") + \
+        "".join(f"_{c.replace('=', '')}" for c in a.channels) + (f"_{a.tag}" if a.tag else "")
     pipe.load()
     queries: list[dict] = []
     absent: list[dict] = []
@@ -137,7 +142,7 @@ def main() -> None:
     best = max(rows, key=lambda r: r[2])
     sections = machine_header() + [
         "", f"Dev scenes {a.families} x seeds {a.seeds}, {a.sensors} sensors, pose refinement {'off' if a.no_refine else 'on'}, "
-        f"memory overrides {overrides or 'none'}, memory seeds {a.memory_seeds} (pooled), dev phrasings only.", "",
+        f"memory overrides {overrides or 'none'}, channels {channels}, memory seeds {a.memory_seeds} (pooled), dev phrasings only.", "",
         *table(["method", "n", "within 5 cm", "median cm", "wrong object", "absent refused", "ms"], rows), "",
         f"`absent refused`: of {len(absent) // max(len(methods), 1)} asks (per scene and memory seed) of phrasings of objects the scene does not hold "
         "(m3_ros.eval.phrasings.absent_queries), the fraction a method refused; answering one points the robot at "
