@@ -196,8 +196,8 @@ class RelevanceIndex:
         bound <= max_err [H*W], count of leaders among them).
 
         In each SHARE_TILE block, SHARE_ROUNDS times, the free pixel whose neighbours differ least
-        leads and the free pixels within ρ = SHARE_RADIUS of it join (_share_leaders). A member at y_ℓ + δ, ‖δ‖ ≤ ρ,
-        weighs row j by e_j·exp(δ·b_j/tau), which differs from e_j by at most
+        leads and the free pixels within ρ = SHARE_RADIUS of it join (_share_leaders). A member at
+        y_ℓ + δ, ‖δ‖ ≤ ρ, weighs row j by e_j·exp(δ·b_j/tau), which differs from e_j by at most
         e_j·(exp(‖δ‖‖b_j‖/tau) - 1) ≤ e_j·(‖δ‖/ρ)·g_j with g_j = exp(ρ‖b_j‖/tau) - 1 (convexity). So its
         n and ‖f‖ are the leader's within (‖δ‖/ρ)·Σ e_j g_j |s_j| and (‖δ‖/ρ)·Σ e_j g_j ‖PSC_j‖.
         """

@@ -3,7 +3,9 @@
 // (RelevanceIndex._moments, the oracle) forms. Plain C ABI, loaded with ctypes (no torch headers, so
 // it builds in under a second); float32; OpenMP over groups of 16 pixels, which share every row's loads.
 // Per pixel and row it costs ~(l + c + 10)/16 AVX-512 FMAs: FMA-bound (~1 ns per pixel and row for l = 16,
-// c = 18 on a Zen 4 core).
+// c = 18 on a Zen 4 core; 0.49 ns for c = 19 on this project's AVX-512 Xeon, profiled 2026-12-05).
+// Also here: the shared level's leader picking (m3_relevance_leaders), a loop over small pixel blocks
+// that cost ~3 ms a 160x120 map as PyTorch ops.
 #include <omp.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
