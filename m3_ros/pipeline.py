@@ -38,7 +38,10 @@ class PipelineConfig:
     models: list[str] = field(default_factory=lambda: ["clip", "dinov2_s", "minilm_labels"])
     """Foundation models to load (missing weights: skipped with a log line)."""
     channels: dict[str, int] = field(default_factory=lambda: {"clip": 16, "siglip": 32, "dinov2_s": 16, "minilm_labels": 16})
-    """Principal-query channels per model."""
+    """Principal-query channels per model. Dev (2026-12-05, bench/dev_sweep.py --channels, room seeds 1-3,
+    realistic, memory seed 0, 80 dev phrasings): minilm_labels at 32 gave 0.57 within 5 cm against 0.66 at
+    16, although at 16 a room's ~28 label rows exceed the query space (4 of room 3's could not be singled
+    out by a least-squares query); not kept."""
     thetas: dict[str, float] = field(default_factory=lambda: {"clip": 0.80, "siglip": 0.85, "dinov2_s": 0.75, "minilm_labels": 1.0})
     """Memory-bank similarity threshold per model (reference values)."""
     keyframes: KeyframeSelectorConfig = field(default_factory=KeyframeSelectorConfig)
