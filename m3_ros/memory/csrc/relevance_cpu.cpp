@@ -33,7 +33,8 @@ inline v16 splat(float x) { return v16{} + x; }
 // 1.5·2^23 rounds x to an integer; with AVX-512, vscalefps applies 2^n in one instruction (9 vector
 // ops in all), elsewhere n is shifted into the exponent field (mod 2^32) and multiplied in (11).
 inline v16 exp2v(v16 x) {
-  const v16 n = (x + 12582912.0f) - 12582912.0f;
+  const v16 t = x + 12582912.0f;  // the rounded integer in the low mantissa bits
+  const v16 n = t - 12582912.0f;
   const v16 f = x - n;
   v16 p = splat(1.327647129073739e-03f);
   p = p * f + 9.675541892647743e-03f;
@@ -44,7 +45,6 @@ inline v16 exp2v(v16 x) {
 #ifdef __AVX512F__
   return reinterpret_cast<v16>(_mm512_scalef_ps(reinterpret_cast<__m512>(p), reinterpret_cast<__m512>(n)));
 #else
-  const v16 t = x + 12582912.0f;  // the rounded integer in the low mantissa bits
   v16u bits;
   std::memcpy(&bits, &t, sizeof(bits));
   bits = (bits << 23) + (127u << 23);
