@@ -128,7 +128,10 @@ class MemoryConfig:
     phrasings; with object_gap) 0.68 on vs 0.69 off within 5 cm (room 0.64 / 0.68, table 0.75 /
     0.81, two_tables 0.65 / 0.60), and in test_moved_object the table top where the duck stood still
     answers: the Gaussians left there float 1.6-2.3 cm above it, and no later view sees them on the
-    table's surface within the vote tolerance, so they get no vote at all."""
+    table's surface within the vote tolerance, so they get no vote at all. bench_scale.py --quick on
+    dev rooms 1 and 3 (2026-12-05, scale_dev_room{1,3}_vsl.md against _head.md): the same moved-object
+    trials (2 of 3, 2 of 2) and room 3's walk still answered both cubes at the side table (340 and
+    348 cm) before the move."""
     window: int = 64
     """Keyframes kept for training (older ones are evicted at random, so coverage stays spread)."""
     recent: int = 3
@@ -139,6 +142,23 @@ class MemoryConfig:
     """Training renders at this fraction of the keyframe resolution."""
     feature_points: int = 2000
     """Feature-loss sample points per view and model."""
+    own_label_weight: float = 1.0
+    """Region models: weight (relative to the feature loss) of the own-label loss, which decodes the
+    queries of Gaussians the view sees on its surface one by one against the label at their pixels
+    (training.own_label_targets); 0 = off. The rendered loss constrains only blends, and
+    gaussians-mode grounding decodes single Gaussians: on dev room 3 (bench_scale's walk, 2026-12-05)
+    200 of the side table's 1446 Gaussians decoded "a small blue / yellow cube" though 2966 views saw
+    them on the surface inside the side table's region (4 saw them hidden), and both cubes were
+    answered there, 3.4 m away. 1.0 (the feature loss's own weight) was the only value tried, on dev
+    only (2026-12-05): dev_sweep.py, rooms 1-3, memory seeds 0-2, 240 dev phrasings, within 5 cm
+    0.59 against 0.60, wrong object 0.07 against 0.20, absent phrasings refused 0.38 against 0.28
+    (bench/results/dev_sweep_realistic_own_label_weight_*own1*.md against _minilm_labels16_ch.md and
+    _mseeds1-2_base_ms12.md); bench_scale.py --quick on dev room 3 ground_5cm_drift 0.50 against 0.33
+    (seed mean 0.46 against 0.43), both cubes answered on their table."""
+    own_label_tol: float = 0.02
+    """Own-label loss: a Gaussian is on the view's surface when its centre's depth is within
+    ``own_label_tol * (1 + d^2)`` m of the pixel's depth d (a priori: 2 cm plus the simulated
+    D435's few-sigma noise at range)."""
     attention_topk: int = 0
     """Training decodes feature points with each point's top-k bank rows; 0 = the method's exact
     softmax (over at most train_max_rows candidate rows), which bench_memory measured faster
@@ -243,6 +263,9 @@ class MemoryConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_per_voxel < 0:
             raise ValueError(f"max_per_voxel must be >= 0, got {self.max_per_voxel}")
+        if self.own_label_weight < 0 or self.own_label_tol <= 0:
+            raise ValueError(f"own_label_weight must be >= 0 and own_label_tol positive, got "
+                             f"{self.own_label_weight}, {self.own_label_tol}")
         if self.object_gap < 0 or self.object_max_extent < 0:
             raise ValueError(f"object_gap and object_max_extent must be >= 0, got {self.object_gap}, "
                              f"{self.object_max_extent}")

@@ -106,7 +106,10 @@ class FreeSpaceConfig:
     gave dev 0.66 too (table 0.75); one that relabels such a Gaussian with the region's label
     instead of fading it (not kept in code) gave dev 0.67 (wrong object 0.12 against 0.09) and
     table seed 1's trials 2 of 4. bench/results/dev_sweep_realistic_label_change*.md,
-    scale_dev_*_lc*.md."""
+    scale_dev_*_lc*.md. Rooms (bench_scale.py --quick, dev rooms 1 and 3, 2026-12-05, against the
+    same walks without it, scale_dev_room{1,3}_head.md): moved-object trials 4 of 7 against 4 of 5
+    (room 3's walk answered both cubes before the move only with it, and missed one of them after),
+    ground_5cm_drift 0.67 / 0.28 against 0.67 / 0.33."""
     label_min_cos: float = 0.5
     """A region whose feature has at least this cosine with a Gaussian's label carries that label.
     Set from the object library's labels under MiniLM, not tuned on scenes: two names of one object

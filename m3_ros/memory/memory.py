@@ -444,7 +444,7 @@ class M3Memory:
             rows = self._train_rows(vis)
             chans = torch.cat([self._rgb(v.viewmat, rows)] + [rows[query_key(m)] for m in models], -1)
             img, alpha, meta = self._raster(chans, v.viewmat, v.K, w, h, rows)
-            loss, losses = view_losses(cfg, v, img[0], models, self.W, self.banks, self._gen)
+            loss, losses = view_losses(cfg, v, img[0], models, self.W, self.banks, self._gen, rows)
             if not cfg.selective_adam:
                 self.optimizer.zero_grad(set_to_none=True)
             if self.wm_optimizer is not None:

@@ -3,6 +3,12 @@
 Method note, "Loss": 0.8 L1 + 0.2 (1 - SSIM) on RGB, an L1 depth term, and per model the feature
 loss between attended features and the ground truth at ``feature_points`` random pixels. The
 optimiser steps and the densify policy run in ``M3Memory.train_step``.
+
+Not in the method: with ``own_label_weight`` a region model's loss also decodes the queries of
+Gaussians the view's depth sees on its surface, each on its own, against the label at its pixel
+(own_label_targets). The rendered loss constrains only the blend at a pixel, so a Gaussian that
+blends with others can carry any query that keeps the blend right, and gaussians-mode grounding
+decodes Gaussians one by one.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import torch
 
 from m3_ros.memory.attention import candidate_rows, memory_attention
 from m3_ros.memory.config import MemoryConfig
+from m3_ros.memory.gaussians import query_key
 from m3_ros.memory.losses import depth_loss, feature_loss, rgb_loss
 from m3_ros.memory.views import TrainView, label_depth_consistent
 
@@ -73,9 +80,51 @@ def feature_targets(cfg: MemoryConfig, v: TrainView, model: str, fm, generator: 
     return pv, pu, gt
 
 
+def own_label_targets(cfg: MemoryConfig, v: TrainView, model: str, fm, means: torch.Tensor,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sel [n], gt [n, d]): up to ``feature_points`` of the Gaussians means [V, 3] that v's depth sees
+    on its surface (centre depth within own_label_tol of the pixel's), and the label at their pixels
+    (zero where the pixel crosses a depth edge or lies in v's stale area: ignored by feature_loss)."""
+    h, w = v.rgb.shape[:2]
+    cam = means.detach() @ v.viewmat[:3, :3].T + v.viewmat[:3, 3]  # [V, 3]
+    z = cam[:, 2]
+    front = z > cfg.near_plane
+    uvz = cam @ v.K.T
+    u = torch.where(front, uvz[:, 0] / z.clamp_min(1e-6), -1.0).round().long()
+    vv = torch.where(front, uvz[:, 1] / z.clamp_min(1e-6), -1.0).round().long()
+    inside = front & (u >= 0) & (u < w) & (vv >= 0) & (vv < h)
+    idx = torch.nonzero(inside).flatten()
+    d = v.depth[vv[idx], u[idx]]
+    near = (d > 0) & ((z[idx] - d).abs() <= cfg.own_label_tol * (1.0 + d * d))
+    idx = idx[near]
+    if len(idx) > cfg.feature_points:
+        idx = idx[torch.randperm(len(idx), generator=generator)[:cfg.feature_points]]
+    pu, pv = u[idx], vv[idx]
+    uv = torch.stack([(pu.float() + 0.5) / v.scale - 0.5, (pv.float() + 0.5) / v.scale - 0.5], -1)
+    gt = fm.sample(uv, mode=cfg.models[model].sample_mode)
+    cd = v.cell_depth.get(model)
+    ok = torch.ones(len(idx), dtype=torch.bool)
+    if cd is not None:
+        ok &= torch.from_numpy(label_depth_consistent(v.depth[pv, pu].numpy(), uv[:, 0].numpy(), uv[:, 1].numpy(),
+                                                      cd, v.kf.size, cfg.label_depth_rel))
+    if v.stale is not None:
+        ok &= ~v.stale[pv, pu]
+    return idx, torch.where(ok[:, None], gt, 0.0)
+
+
+def _decode(cfg: MemoryConfig, q: torch.Tensor, W_m: torch.Tensor, b, generator: torch.Generator) -> torch.Tensor:
+    """Decoded features [n, d] of queries q [n, l] through bank b (candidate rows past train_max_rows)."""
+    rows, unit = b.rows, b.unit_rows
+    if 0 < cfg.train_max_rows < len(b):
+        cand = candidate_rows(q.detach(), W_m.detach(), unit, cfg.tau, max_rows=cfg.train_max_rows, generator=generator)
+        rows, unit = rows[cand], unit[cand]
+    return memory_attention(q, W_m, rows, unit, cfg.tau, cfg.attention_topk)
+
+
 def view_losses(cfg: MemoryConfig, v: TrainView, img: torch.Tensor, models: list[str], W: dict, banks: dict,
-                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total loss and its terms for the render img [h, w, 3 + sum(l) + 1] (RGB, query slices, depth) of v."""
+                generator: torch.Generator, gaussians: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total loss and its terms for the render img [h, w, 3 + sum(l) + 1] (RGB, query slices, depth) of v.
+    gaussians: the rendered rows ("means" and the query keys), for the own-label loss."""
     losses: dict[str, torch.Tensor] = {}
     pred_rgb, gt_depth = img[..., :3], v.depth
     if v.stale is not None:  # what changed since v was taken: no colour, depth or feature loss there
@@ -93,14 +142,14 @@ def view_losses(cfg: MemoryConfig, v: TrainView, img: torch.Tensor, models: list
             if v.stale is not None:
                 gt = torch.where(v.stale[pv, pu][:, None], 0.0, gt)  # zero targets are ignored
             q = img[pv, pu, c:c + l]  # [n, l] rendered principal queries
-            b = banks[m]
-            rows, unit = b.rows, b.unit_rows
-            if 0 < cfg.train_max_rows < len(b):
-                cand = candidate_rows(q.detach(), W[m].detach(), unit, cfg.tau,
-                                      max_rows=cfg.train_max_rows, generator=generator)
-                rows, unit = rows[cand], unit[cand]
-            pred = memory_attention(q, W[m], rows, unit, cfg.tau, cfg.attention_topk)
+            pred = _decode(cfg, q, W[m], banks[m], generator)
             losses[f"feat_{m}"] = feature_loss(pred, gt)
             loss = loss + cfg.lambda_feature * cfg.models[m].weight * losses[f"feat_{m}"]
+            if cfg.own_label_weight > 0 and gaussians is not None and cfg.models[m].sample_mode == "nearest":
+                sel, gt_own = own_label_targets(cfg, v, m, fm, gaussians["means"], generator)
+                if len(sel):
+                    own = _decode(cfg, gaussians[query_key(m)][sel], W[m], banks[m], generator)
+                    losses[f"own_{m}"] = feature_loss(own, gt_own)
+                    loss = loss + cfg.own_label_weight * cfg.lambda_feature * cfg.models[m].weight * losses[f"own_{m}"]
         c += l
     return loss, losses
