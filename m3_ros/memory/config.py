@@ -144,8 +144,8 @@ class MemoryConfig:
     """Feature-loss sample points per view and model."""
     own_label_weight: float = 1.0
     """Region models: weight (relative to the feature loss) of the own-label loss, which decodes the
-    queries of Gaussians the view sees on its surface one by one against the label at their pixels
-    (training.own_label_targets); 0 = off. The rendered loss constrains only blends, and
+    queries of Gaussians the view sees on its surface (labelvotes.surface_pixels, as the label
+    votes) one by one against the label at their pixels (training.own_label_targets); 0 = off. The rendered loss constrains only blends, and
     gaussians-mode grounding decodes single Gaussians: on dev room 3 (bench_scale's walk, 2026-12-05)
     200 of the side table's 1446 Gaussians decoded "a small blue / yellow cube" though 2966 views saw
     them on the surface inside the side table's region (4 saw them hidden), and both cubes were
@@ -160,10 +160,6 @@ class MemoryConfig:
     finished (the pooled seed mean decides). The test room, run once with it on, fell from 0.75
     (mean 0.67) to 0.50 (mean 0.39): bench/results/scale.md. Dev room 4 afterwards (its odometry
     drift defeats ICP: 0.54 with exact odometry): 0.04 against 0.08, seed mean 0.18 against 0.08."""
-    own_label_tol: float = 0.02
-    """Own-label loss: a Gaussian is on the view's surface when its centre's depth is within
-    ``own_label_tol * (1 + d^2)`` m of the pixel's depth d (a priori: 2 cm plus the simulated
-    D435's few-sigma noise at range)."""
     attention_topk: int = 0
     """Training decodes feature points with each point's top-k bank rows; 0 = the method's exact
     softmax (over at most train_max_rows candidate rows), which bench_memory measured faster
@@ -268,9 +264,8 @@ class MemoryConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_per_voxel < 0:
             raise ValueError(f"max_per_voxel must be >= 0, got {self.max_per_voxel}")
-        if self.own_label_weight < 0 or self.own_label_tol <= 0:
-            raise ValueError(f"own_label_weight must be >= 0 and own_label_tol positive, got "
-                             f"{self.own_label_weight}, {self.own_label_tol}")
+        if self.own_label_weight < 0:
+            raise ValueError(f"own_label_weight must be >= 0, got {self.own_label_weight}")
         if self.object_gap < 0 or self.object_max_extent < 0:
             raise ValueError(f"object_gap and object_max_extent must be >= 0, got {self.object_gap}, "
                              f"{self.object_max_extent}")

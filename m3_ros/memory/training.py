@@ -17,8 +17,10 @@ import random
 import torch
 
 from m3_ros.memory.attention import candidate_rows, memory_attention
+from m3_ros import geometry
 from m3_ros.memory.config import MemoryConfig
 from m3_ros.memory.gaussians import query_key
+from m3_ros.memory.labelvotes import surface_pixels
 from m3_ros.memory.losses import depth_loss, feature_loss, rgb_loss
 from m3_ros.memory.views import TrainView, label_depth_consistent
 
@@ -64,11 +66,17 @@ def sample_view(views: list[TrainView], cfg: MemoryConfig, rng: random.Random) -
 def feature_targets(cfg: MemoryConfig, v: TrainView, model: str, fm, generator: torch.Generator
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train-scale pixels (pv [n], pu [n]) drawn for model's loss and their ground truth gt [n, d]
-    (zero where a region model's label crosses a depth edge: zero targets are ignored)."""
+    (labels_at)."""
     h, w = v.rgb.shape[:2]
     n = min(cfg.feature_points, h * w)
     flat = torch.randperm(h * w, generator=generator)[:n]
     pv, pu = flat // w, flat % w
+    return pv, pu, labels_at(cfg, v, model, fm, pv, pu)
+
+
+def labels_at(cfg: MemoryConfig, v: TrainView, model: str, fm, pv: torch.Tensor, pu: torch.Tensor) -> torch.Tensor:
+    """model's ground truth [n, d] at v's train-scale pixels (pv [n], pu [n]); zero where a region
+    model's label crosses a depth edge (zero targets are ignored)."""
     # train-scale pixel centre -> keyframe pixel coordinates (integer pixel centres)
     uv = torch.stack([(pu.float() + 0.5) / v.scale - 0.5, (pv.float() + 0.5) / v.scale - 0.5], -1)
     gt = fm.sample(uv, mode=cfg.models[model].sample_mode)  # [n, d]
@@ -77,39 +85,21 @@ def feature_targets(cfg: MemoryConfig, v: TrainView, model: str, fm, generator: 
         ok = label_depth_consistent(v.depth[pv, pu].numpy(), uv[:, 0].numpy(), uv[:, 1].numpy(), cd,
                                     v.kf.size, cfg.label_depth_rel)
         gt = torch.where(torch.from_numpy(ok)[:, None], gt, 0.0)
-    return pv, pu, gt
+    return gt
 
 
 def own_label_targets(cfg: MemoryConfig, v: TrainView, model: str, fm, means: torch.Tensor,
-                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sel [n], gt [n, d]): up to ``feature_points`` of the Gaussians means [V, 3] that v's depth sees
-    on its surface (centre depth within own_label_tol of the pixel's), and the label at their pixels
-    (zero where the pixel crosses a depth edge or lies in v's stale area: ignored by feature_loss)."""
-    h, w = v.rgb.shape[:2]
-    cam = means.detach() @ v.viewmat[:3, :3].T + v.viewmat[:3, 3]  # [V, 3]
-    z = cam[:, 2]
-    front = z > cfg.near_plane
-    uvz = cam @ v.K.T
-    u = torch.where(front, uvz[:, 0] / z.clamp_min(1e-6), -1.0).round().long()
-    vv = torch.where(front, uvz[:, 1] / z.clamp_min(1e-6), -1.0).round().long()
-    inside = front & (u >= 0) & (u < w) & (vv >= 0) & (vv < h)
-    idx = torch.nonzero(inside).flatten()
-    d = v.depth[vv[idx], u[idx]]
-    near = (d > 0) & ((z[idx] - d).abs() <= cfg.own_label_tol * (1.0 + d * d))
-    idx = idx[near]
-    if len(idx) > cfg.feature_points:
-        idx = idx[torch.randperm(len(idx), generator=generator)[:cfg.feature_points]]
-    pu, pv = u[idx], vv[idx]
-    uv = torch.stack([(pu.float() + 0.5) / v.scale - 0.5, (pv.float() + 0.5) / v.scale - 0.5], -1)
-    gt = fm.sample(uv, mode=cfg.models[model].sample_mode)
-    cd = v.cell_depth.get(model)
-    ok = torch.ones(len(idx), dtype=torch.bool)
-    if cd is not None:
-        ok &= torch.from_numpy(label_depth_consistent(v.depth[pv, pu].numpy(), uv[:, 0].numpy(), uv[:, 1].numpy(),
-                                                      cd, v.kf.size, cfg.label_depth_rel))
-    if v.stale is not None:
-        ok &= ~v.stale[pv, pu]
-    return idx, torch.where(ok[:, None], gt, 0.0)
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sel [n], pv [n], pu [n], gt [n, d]): up to ``feature_points`` of the Gaussians means [V, 3]
+    that v's depth sees on its surface (labelvotes.surface_pixels, the label votes' rule), their
+    train-scale pixels and the labels there (labels_at)."""
+    idx, pv, pu = surface_pixels(means.detach().numpy(), v.depth.numpy(), v.K.numpy(),
+                                 geometry.invert(v.viewmat.double().numpy()))
+    sel, pv, pu = (torch.from_numpy(a) for a in (idx, pv, pu))
+    if len(sel) > cfg.feature_points:
+        keep = torch.randperm(len(sel), generator=generator)[:cfg.feature_points]
+        sel, pv, pu = sel[keep], pv[keep], pu[keep]
+    return sel, pv, pu, labels_at(cfg, v, model, fm, pv, pu)
 
 
 def _decode(cfg: MemoryConfig, q: torch.Tensor, W_m: torch.Tensor, b, generator: torch.Generator) -> torch.Tensor:
@@ -146,7 +136,9 @@ def view_losses(cfg: MemoryConfig, v: TrainView, img: torch.Tensor, models: list
             losses[f"feat_{m}"] = feature_loss(pred, gt)
             loss = loss + cfg.lambda_feature * cfg.models[m].weight * losses[f"feat_{m}"]
             if cfg.own_label_weight > 0 and gaussians is not None and cfg.models[m].sample_mode == "nearest":
-                sel, gt_own = own_label_targets(cfg, v, m, fm, gaussians["means"], generator)
+                sel, opv, opu, gt_own = own_label_targets(cfg, v, m, fm, gaussians["means"], generator)
+                if v.stale is not None:
+                    gt_own = torch.where(v.stale[opv, opu][:, None], 0.0, gt_own)
                 if len(sel):
                     own = _decode(cfg, gaussians[query_key(m)][sel], W[m], banks[m], generator)
                     losses[f"own_{m}"] = feature_loss(own, gt_own)
