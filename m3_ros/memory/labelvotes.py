@@ -85,8 +85,8 @@ def surface_pixels(means: np.ndarray, depth: np.ndarray, K: np.ndarray, T_world_
     uv, z = geometry.project(np.asarray(means, dtype=np.float64), np.asarray(K, dtype=np.float64),
                              np.asarray(T_world_cam, dtype=np.float64))
     ok = np.isfinite(uv).all(1) & (z > near)
-    u = np.floor(np.where(ok, uv[:, 0], -1)).astype(np.int64)
-    v = np.floor(np.where(ok, uv[:, 1], -1)).astype(np.int64)
+    u = np.rint(np.where(ok, uv[:, 0], -1)).astype(np.int64)  # pixel centres at integers (geometry)
+    v = np.rint(np.where(ok, uv[:, 1], -1)).astype(np.int64)
     ok &= (u >= 0) & (u < W) & (v >= 0) & (v < H)
     idx = np.flatnonzero(ok)
     d = np.asarray(depth, dtype=np.float64)[v[idx], u[idx]]

@@ -93,9 +93,12 @@ def own_label_targets(cfg: MemoryConfig, v: TrainView, model: str, fm, means: to
     """(sel [n], pv [n], pu [n], gt [n, d]): up to ``feature_points`` of the Gaussians means [V, 3]
     that v's depth sees on its surface (labelvotes.surface_pixels, the label votes' rule), their
     train-scale pixels and the labels there (labels_at)."""
-    idx, pv, pu = surface_pixels(means.detach().numpy(), v.depth.numpy(), v.K.numpy(),
+    cand = torch.arange(len(means))
+    if len(cand) > 4 * cfg.feature_points:  # the surface test is the cost: test a random few only
+        cand = torch.randperm(len(means), generator=generator)[:4 * cfg.feature_points]
+    idx, pv, pu = surface_pixels(means.detach()[cand].numpy(), v.depth.numpy(), v.K.numpy(),
                                  geometry.invert(v.viewmat.double().numpy()))
-    sel, pv, pu = (torch.from_numpy(a) for a in (idx, pv, pu))
+    sel, pv, pu = cand[torch.from_numpy(idx)], torch.from_numpy(pv), torch.from_numpy(pu)
     if len(sel) > cfg.feature_points:
         keep = torch.randperm(len(sel), generator=generator)[:cfg.feature_points]
         sel, pv, pu = sel[keep], pv[keep], pu[keep]

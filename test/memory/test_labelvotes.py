@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from m3_ros.geometry import project
-from m3_ros.memory.labelvotes import VOTES_KEY, support, surface_votes
+from m3_ros.memory.labelvotes import VOTES_KEY, support, surface_pixels, surface_votes
 from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot
 from synthetic_scene import labelled_view, render_view
 
@@ -22,7 +22,7 @@ def test_only_centres_the_depth_sees_vote_and_the_region_mask_decides_which_way(
         [0.0, 0.0, -1.0],  # behind the camera
         [-0.8, 0.4, 2.0],  # on the wall, but its pixel has no depth return
     ])
-    u, v = (64 * pts[6, :2] / 2.0 + np.array([39.5, 29.5])).astype(int)
+    u, v = np.rint(64 * pts[6, :2] / 2.0 + np.array([39.5, 29.5])).astype(int)  # pixel centres at integers
     depth[v, u] = 0.0
     votes = surface_votes(pts, depth, kf.K, kf.T_world_cam, region == 1)
     assert votes.tolist() == [[1, 0], [0, 1], [0, 0], [0, 0], [0, 0], [0, 0], [0, 0]]
@@ -138,3 +138,18 @@ def test_inside_another_labels_region_counts_as_outside():
 
     assert np.median(support_of_red(True)) < 0.35
     assert np.median(support_of_red(False)) > 0.75
+
+
+def test_a_centre_reads_the_pixel_whose_centre_is_nearest():
+    """Pixel centres sit at integer coordinates (m3_ros.geometry): a centre projecting 0.6 px right of
+    column 20's centre lies in column 21. At a depth step between the two columns, the centre on the far
+    surface is seen there; reading column 20 (flooring) had compared it against the near surface."""
+    W, H = 40, 30
+    K = np.array([[50.0, 0, 19.5], [0, 50.0, 14.5], [0, 0, 1.0]])
+    depth = np.full((H, W), 1.0, dtype=np.float32)
+    depth[:, 21:] = 3.0  # a step between columns 20 and 21
+    def at(u: float, z: float) -> np.ndarray:  # the camera-frame point projecting to (u, row 15) at depth z
+        return np.array([(u - K[0, 2]) / K[0, 0] * z, (15.0 - K[1, 2]) / K[1, 1] * z, z])
+    pts = np.stack([at(20.6, 3.0), at(20.4, 1.0), at(20.6, 1.0), at(20.4, 3.0)])
+    idx, v, u = surface_pixels(pts, depth, K, np.eye(4))
+    assert idx.tolist() == [0, 1] and u.tolist() == [21, 20] and v.tolist() == [15, 15]
