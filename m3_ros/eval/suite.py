@@ -143,6 +143,16 @@ class _Prober(threading.Thread):
             self.records.append({"t_s": t_s, "error_m": j.error_m, "ok": j.success, "ms": ms})
 
 
+def _offset(pt: np.ndarray | None, targets: list[str], boxes: list[Box]) -> dict:
+    """{"offset_cm": answer - the nearest target's centre (world x, y, z), "target_size_cm": its box},
+    empty without an answer: which way near misses lean."""
+    if pt is None or not np.all(np.isfinite(pt)):
+        return {}
+    box = min((b for b in boxes if b.name in targets), key=lambda b: float(np.linalg.norm(pt - b.centre)))
+    return {"offset_cm": [round(100 * float(v), 2) for v in pt - box.centre],
+            "target_size_cm": [round(100 * float(v), 2) for v in box.size]}
+
+
 def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
     """Walk, train and evaluate one scene; ``pipe`` is loaded and empty (it is reset first)."""
     pipe.reset()
@@ -227,7 +237,8 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
                                         "method": method, "split": split, "kind": q.kind, "object": q.targets[0],
                                         "query": q.text, "error_cm": 100 * j.error_m, "success": j.success,
                                         "wrong_object": j.wrong_object, "hit": j.hit, "ms": ms,
-                                        "in_view": any(in_view.get(t, False) for t in q.targets)})
+                                        "in_view": any(in_view.get(t, False) for t in q.targets),
+                                        **_offset(pt, q.targets, boxes)})
             if rc.absent > 0:
                 _ask_absent(out, world, pipe, vmap, vmap_map, variants, methods, scene, split, rc.absent)
         pipe.cfg.grounding = GroundingConfig()

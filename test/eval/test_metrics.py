@@ -71,3 +71,13 @@ def test_absent_queries_fit_no_scene_object():
     assert blue_category and blue_category.isdisjoint(texts)
     assert (blue - blue_category) & texts
     assert not any(q.absent for q in scene_queries(scene, "test"))
+
+
+def test_an_answers_offset_is_taken_from_the_nearest_target_and_absent_without_an_answer():
+    from m3_ros.eval.suite import _offset
+    boxes = [Box("mug", np.array([0.0, 0.0, 0.5]), np.array([0.08, 0.08, 0.1])),
+             Box("mug2", np.array([1.0, 0.0, 0.5]), np.array([0.1, 0.1, 0.12])),
+             Box("table", np.array([0.5, 0.0, 0.2]), np.array([1.5, 0.8, 0.4]))]
+    got = _offset(np.array([0.93, 0.02, 0.56]), ["mug", "mug2"], boxes)
+    assert got["offset_cm"] == [-7.0, 2.0, 6.0] and got["target_size_cm"] == [10.0, 10.0, 12.0]
+    assert _offset(None, ["mug"], boxes) == {} and _offset(np.array([np.nan, 0, 0]), ["mug"], boxes) == {}
