@@ -145,21 +145,19 @@ class MemoryConfig:
     own_label_weight: float = 1.0
     """Region models: weight (relative to the feature loss) of the own-label loss, which decodes the
     queries of Gaussians the view sees on its surface (labelvotes.surface_pixels, as the label
-    votes) one by one against the label at their pixels (training.own_label_targets); 0 = off. The rendered loss constrains only blends, and
-    gaussians-mode grounding decodes single Gaussians: on dev room 3 (bench_scale's walk, 2026-12-05)
-    200 of the side table's 1446 Gaussians decoded "a small blue / yellow cube" though 2966 views saw
-    them on the surface inside the side table's region (4 saw them hidden), and both cubes were
-    answered there, 3.4 m away. 1.0 (the feature loss's own weight) was the only value tried, on dev
-    only (2026-12-05): dev_sweep.py, rooms 1-3, memory seeds 0-2, 240 dev phrasings, within 5 cm
-    0.59 against 0.60, wrong object 0.07 against 0.20, absent phrasings refused 0.38 against 0.28
-    (bench/results/dev_sweep_realistic_own_label_weight_*own1*.md against _minilm_labels16_ch.md and
-    _mseeds1-2_base_ms12.md); bench_scale.py --quick on dev rooms 1 / 2 / 3, ground_5cm_drift
-    0.75 / 0.50 / 0.50 against 0.67 / 0.45 / 0.33, its 3-seed mean 0.72 / 0.52 / 0.46 against
-    0.72 / 0.55 / 0.43 (pooled 0.567 against 0.566), moved-object trials 5 of 8 against 4 of 5
-    (scale_dev_room*_own1.md against _head.md). Kept on by a rule fixed before the dev walks
-    finished (the pooled seed mean decides). The test room, run once with it on, fell from 0.75
-    (mean 0.67) to 0.50 (mean 0.39): bench/results/scale.md. Dev room 4 afterwards (its odometry
-    drift defeats ICP: 0.54 with exact odometry): 0.04 against 0.08, seed mean 0.18 against 0.08."""
+    votes) one by one against the label at their pixels (training.own_label_targets); 0 = off. The
+    rendered loss constrains only blends, and gaussians-mode grounding decodes single Gaussians: on
+    dev room 3 (bench_scale's walk, 2026-12-05) 200 of the side table's 1446 Gaussians decoded "a
+    small blue / yellow cube" though 2966 views saw them on the surface inside the side table's
+    region (4 saw them hidden), and both cubes were answered there, 3.4 m away. 1.0 (the feature
+    loss's own weight) is the only value tried, on dev only. First version (2026-12-05): dev_sweep.py
+    rooms 1-3, memory seeds 0-2, 240 dev phrasings, within 5 cm 0.59 against 0.60, wrong object 0.07
+    against 0.20, absent phrasings refused 0.38 against 0.28. This version (surface_pixels with
+    nearest-pixel rounding, 2026-12-06): bench_scale.py --quick on dev rooms 1-5, 3-seed mean
+    ground_5cm_drift 0.71 / 0.52 / 0.57 / 0.22 / 0.79 against 0.72 / 0.55 / 0.44 / 0.14 / 0.79,
+    pooled 0.561 against 0.528; moved-object trials 8 of 11 against 7 of 9
+    (bench/results/scale_dev_room*_s12on.md against _s12off.md). Kept on by a rule fixed before those
+    walks (the pooled dev seed mean decides). The test room is reported in bench/results/scale.md."""
     attention_topk: int = 0
     """Training decodes feature points with each point's top-k bank rows; 0 = the method's exact
     softmax (over at most train_max_rows candidate rows), which bench_memory measured faster
