@@ -4,6 +4,11 @@
 // it builds in under a second); float32; OpenMP over groups of 16 pixels, which share every row's loads.
 // Per pixel and row it costs ~(l + c + 10)/16 AVX-512 FMAs: FMA-bound (~1 ns per pixel and row for l = 16,
 // c = 18 on a Zen 4 core; 0.49 ns for c = 19 on this project's AVX-512 Xeon, profiled 2026-12-05).
+// Tried and not kept (2026-12-06): the same moments on AMX tiles (bf16 parts: y and b in three, e and
+// cols in two, for float32-level logits and 2^-18 terms; exp2 on AVX-512), 16 pixels x 32 rows a step.
+// On this Xeon, 1 thread, nothing else running, 7456 pixels x 5024 rows: 0.47-0.73 ns per pixel-row
+// against this kernel's 0.52-0.78 for c = 16-32; the tile products' latency chains and the round trips
+// of logits and weights through memory ate the products' speed.
 // Also here: the shared level's leader picking (m3_relevance_leaders), a loop over small pixel blocks
 // that cost ~3 ms a 160x120 map as PyTorch ops.
 #include <omp.h>
