@@ -26,7 +26,7 @@ from m3_ros.eval.phrasings import Query, absent_queries, scene_queries
 from m3_ros.geometry import invert, transform_points
 from m3_ros.grasp import GraspConfig, plan_grasp
 from m3_ros.grounding import GroundingConfig
-from m3_ros.pipeline import MemoryPipeline, PipelineConfig
+from m3_ros.pipeline import MemoryPipeline
 from m3_ros.sim.generate import resolve_scene
 from m3_ros.sim.sensors import SensorConfig
 from m3_ros.sim.world import SimWorld

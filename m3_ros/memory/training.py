@@ -16,8 +16,8 @@ import random
 
 import torch
 
-from m3_ros.memory.attention import candidate_rows, memory_attention
 from m3_ros import geometry
+from m3_ros.memory.attention import candidate_rows, memory_attention
 from m3_ros.memory.config import MemoryConfig
 from m3_ros.memory.gaussians import query_key
 from m3_ros.memory.labelvotes import surface_pixels
@@ -75,8 +75,8 @@ def feature_targets(cfg: MemoryConfig, v: TrainView, model: str, fm, generator: 
 
 
 def labels_at(cfg: MemoryConfig, v: TrainView, model: str, fm, pv: torch.Tensor, pu: torch.Tensor) -> torch.Tensor:
-    """model's ground truth [n, d] at v's train-scale pixels (pv [n], pu [n]); zero where a region
-    model's label crosses a depth edge (zero targets are ignored)."""
+    """model's ground truth [n, d] at v's train-scale pixels (pv [n], pu [n]); zero (ignored by
+    feature_loss) where a region model's label crosses a depth edge and where v is stale."""
     # train-scale pixel centre -> keyframe pixel coordinates (integer pixel centres)
     uv = torch.stack([(pu.float() + 0.5) / v.scale - 0.5, (pv.float() + 0.5) / v.scale - 0.5], -1)
     gt = fm.sample(uv, mode=cfg.models[model].sample_mode)  # [n, d]
@@ -85,6 +85,8 @@ def labels_at(cfg: MemoryConfig, v: TrainView, model: str, fm, pv: torch.Tensor,
         ok = label_depth_consistent(v.depth[pv, pu].numpy(), uv[:, 0].numpy(), uv[:, 1].numpy(), cd,
                                     v.kf.size, cfg.label_depth_rel)
         gt = torch.where(torch.from_numpy(ok)[:, None], gt, 0.0)
+    if v.stale is not None:  # what changed since v was taken
+        gt = torch.where(v.stale[pv, pu][:, None], 0.0, gt)
     return gt
 
 
@@ -132,16 +134,12 @@ def view_losses(cfg: MemoryConfig, v: TrainView, img: torch.Tensor, models: list
         fm = v.kf.features.get(m)
         if fm is not None:
             pv, pu, gt = feature_targets(cfg, v, m, fm, generator)
-            if v.stale is not None:
-                gt = torch.where(v.stale[pv, pu][:, None], 0.0, gt)  # zero targets are ignored
             q = img[pv, pu, c:c + l]  # [n, l] rendered principal queries
             pred = _decode(cfg, q, W[m], banks[m], generator)
             losses[f"feat_{m}"] = feature_loss(pred, gt)
             loss = loss + cfg.lambda_feature * cfg.models[m].weight * losses[f"feat_{m}"]
             if cfg.own_label_weight > 0 and gaussians is not None and cfg.models[m].sample_mode == "nearest":
-                sel, opv, opu, gt_own = own_label_targets(cfg, v, m, fm, gaussians["means"], generator)
-                if v.stale is not None:
-                    gt_own = torch.where(v.stale[opv, opu][:, None], 0.0, gt_own)
+                sel, _, _, gt_own = own_label_targets(cfg, v, m, fm, gaussians["means"], generator)
                 if len(sel):
                     own = _decode(cfg, gaussians[query_key(m)][sel], W[m], banks[m], generator)
                     losses[f"own_{m}"] = feature_loss(own, gt_own)
