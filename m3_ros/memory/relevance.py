@@ -200,6 +200,9 @@ class RelevanceIndex:
         y_ℓ + δ, ‖δ‖ ≤ ρ, weighs row j by e_j·exp(δ·b_j/tau), which differs from e_j by at most
         e_j·(exp(‖δ‖‖b_j‖/tau) - 1) ≤ e_j·(‖δ‖/ρ)·g_j with g_j = exp(ρ‖b_j‖/tau) - 1 (convexity). So its
         n and ‖f‖ are the leader's within (‖δ‖/ρ)·Σ e_j g_j |s_j| and (‖δ‖/ρ)·Σ e_j g_j ‖PSC_j‖.
+        Leaders bound ‖f‖ as _pixel_relevance does, FIRST_RANK directions first; only a leader with a
+        member still too loose takes the rest (on bench_query's 5000-row bank: 297 of 640 leaders,
+        leaders' moments 8.1 -> 6.0 ms a map).
         """
         H, W, l = y.shape
         rho = SHARE_RADIUS
@@ -207,12 +210,31 @@ class RelevanceIndex:
         members = torch.nonzero(lead >= 0).squeeze(-1)
         leaders, at = torch.unique(lead[members], return_inverse=True)
         g = torch.expm1(rho * self.b_norm / self.tau)
-        cols = torch.cat([self.s[:, None], self.r_norm[:, None], (g * self.s.abs())[:, None],
-                          (g * self.r_norm)[:, None], self.P], 1)
-        m, w2 = self._moments(y.reshape(-1, l)[leaders], cols)
-        lo, hi = self._norm_interval(m[:, 0], m[:, 1], (m[:, 4:] ** 2).sum(-1), self.P.shape[1], w2)
         frac = dist[members] / rho
-        est, err = _bounded(m[at, 0], lo[at], hi[at], frac * m[at, 2], frac * m[at, 3])
+        L = leaders.numel()
+        n, r_sum, e_n, e_f, h, w2 = torch.zeros(6, L)
+        lo, hi = torch.zeros(L), torch.full((L,), float("inf"))
+        redo = torch.arange(L)
+        ranks = self._ranks()
+        est, err = torch.zeros(members.numel()), torch.full((members.numel(),), float("inf"))
+        for i, k in enumerate(ranks):  # as _pixel_relevance: a leader takes every direction only if needed
+            if not redo.numel():
+                break
+            new = self.P[:, ranks[i - 1] if i else 0:k]
+            yl = y.reshape(-1, l)[leaders[redo]]
+            if i == 0:
+                cols = torch.cat([self.s[:, None], self.r_norm[:, None], (g * self.s.abs())[:, None],
+                                  (g * self.r_norm)[:, None], new], 1)
+                m, w2[redo] = self._moments(yl, cols)
+                n[redo], r_sum[redo], e_n[redo], e_f[redo], m = m[:, 0], m[:, 1], m[:, 2], m[:, 3], m[:, 4:]
+            else:
+                m, _ = self._moments(yl, new)
+            h[redo] += (m * m).sum(-1)
+            lo[redo], hi[redo] = self._norm_interval(n[redo], r_sum[redo], h[redo], k, w2[redo])
+            est, err = _bounded(n[at], lo[at], hi[at], frac * e_n[at], frac * e_f[at])
+            loose = torch.zeros(L, dtype=torch.bool)
+            loose[at[err > max_err]] = True  # a leader with a member its bound does not hold
+            redo = redo[loose[redo]]
         rel, ok = torch.zeros(H * W), torch.zeros(H * W, dtype=torch.bool)
         rel[members], ok[members] = est, err <= max_err
         return rel, ok, int(ok[leaders].sum())

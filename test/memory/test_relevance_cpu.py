@@ -119,6 +119,21 @@ def test_second_step_of_principal_directions_runs_and_the_answers_hold(kernel):
     assert widths.count(2 + 16) == 2 and widths.count(80) == 2, widths
 
 
+def test_shared_level_leaders_take_the_second_step_only_where_a_bound_needs_it(kernel):
+    # The same diffuse bank in smooth regions: leaders first take FIRST_RANK directions with the two
+    # sharing columns (4 + 16), and only the leaders with a member still too loose take the other 80.
+    idx, q, ref = _diffuse_image(1500, d=128, noise=0.002)
+    widths, sizes = [], []
+    original = idx._moments
+    spy = dataclasses.replace(idx)
+    spy._moments = lambda y, cols: widths.append(cols.shape[1]) or sizes.append(y.shape[0]) or original(y, cols)
+    st = {}
+    rel = spy.relevance_image(q, None, 0.02, tile_rows=10**9, share_rows=0, stats=st)
+    assert (rel - ref).abs().max().item() <= 0.02 + 1e-4, st
+    assert st["shared"] > 0 and widths[:2] == [4 + 16, 80], widths
+    assert 0 < sizes[1] < sizes[0], sizes  # some leaders, not all, took the second step
+
+
 def test_stale_or_missing_library_falls_back_to_torch(kernel, monkeypatch):
     idx, *_, g = _index(300)
     y = idx.unit(torch.randn(20, 16, generator=g))
