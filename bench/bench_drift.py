@@ -35,7 +35,7 @@ from m3_ros.sim.generate import resolve_scene  # noqa: E402
 from m3_ros.sim.sensors import SensorConfig  # noqa: E402
 from m3_ros.sim.world import SimWorld  # noqa: E402
 from m3_ros.stream import KeyframeSelector  # noqa: E402
-from m3_ros.tracking import DriftTracker  # noqa: E402
+from m3_ros.tracking import DriftTracker, OdometryPrior  # noqa: E402
 
 SENSORS = {"realistic": SensorConfig.realistic, "realistic_nodrift": SensorConfig.realistic_no_drift,
            "nodrift_exact_depth": lambda: dataclasses.replace(SensorConfig.realistic_no_drift(), depth=None,
@@ -115,13 +115,15 @@ def object_errors(views: list[tuple[np.ndarray, np.ndarray, dict]], T_world_map:
 
 
 def walk(family: str, seed: int, dt: float = 0.25, icp: dict | None = None, sensors: str = "realistic",
-         pmap: dict | None = None) -> dict:
+         pmap: dict | None = None, prior: dict | None = None) -> dict:
     """Keyframe camera errors (cm, deg) of one walk, refinement off and on; icp and pmap override IcpConfig and
     PointMapConfig fields; sensors names a SensorConfig (``realistic_nodrift``: odometry exact, so the error
     left is the tracker's own)."""
     pcfg = PipelineConfig()
     pcfg.tracking.map = dataclasses.replace(pcfg.tracking.map, **(pmap or {}))
     pcfg.tracking.icp = dataclasses.replace(pcfg.tracking.icp, **(icp or {}))
+    if prior is not None:
+        pcfg.tracking.prior = OdometryPrior(**prior)
     tracker = DriftTracker(pcfg.tracking)
     sel = {"off": KeyframeSelector(pcfg.keyframes), "on": KeyframeSelector(pcfg.keyframes)}
     err = {"off": [], "on": []}
@@ -167,17 +169,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="IcpConfig overrides for a dev study, e.g. max_normal_deg=45")
     ap.add_argument("--map", nargs="+", default=[], metavar="FIELD=JSON",
                     help="PointMapConfig overrides for a dev study")
+    ap.add_argument("--prior", nargs="*", default=None, metavar="FIELD=JSON",
+                    help="TrackerConfig.prior = OdometryPrior(FIELD=JSON ...) for a dev study (no fields: defaults)")
     ap.add_argument("--sensors", default="realistic", choices=sorted(SENSORS),
                     help="realistic_nodrift / nodrift_exact_depth: odometry exact, so any error is the tracker's")
     ap.add_argument("--tag", default="", help="write results/drift_<family>_<tag>.md (dev studies)")
     args = ap.parse_args(argv)
     icp = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.icp)}
     pmap = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.map)}
+    prior = None if args.prior is None else {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.prior)}
     if any(s >= 100 for s in args.seeds):
         ap.error("dev seeds only (< 100): seeds >= 100 are the evaluation's test scenes")
     rows, all_err, all_obj = [], {"off": [], "on": []}, {"off": [], "on": []}
     for seed in args.seeds:
-        r = walk(args.family, seed, icp=icp, sensors=args.sensors, pmap=pmap)
+        r = walk(args.family, seed, icp=icp, sensors=args.sensors, pmap=pmap, prior=prior)
         for mode in ("off", "on"):
             e, a = np.array(r["err"][mode]), np.array(r["rot"][mode])
             o = np.array(r["obj"][mode])

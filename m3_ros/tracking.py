@@ -120,6 +120,38 @@ class PointMapConfig:
 
 
 @dataclass
+class OdometryPrior:
+    """How far a keyframe's pose may be from the last placement carried by odometry (a Gaussian prior on
+    the ICP correction): ICP then weighs its geometry against the odometry per direction, instead of
+    taking or refusing the whole correction. Standard deviations; drift ones grow with the distance
+    the camera travelled since the last keyframe and add in quadrature to the floors."""
+
+    trans_frac: float = 0.02
+    """Horizontal translation drift per metre travelled (the odometry's specification)."""
+    yaw_deg_per_sqrt_m: float = 1.0
+    """Yaw random walk, degrees after one metre."""
+    floor_m: float = 0.01
+    """Horizontal error of the last placement itself (ICP's own error), m."""
+    floor_deg: float = 0.5
+    """Yaw error of the last placement itself, degrees."""
+    height_m: float = 0.01
+    """Camera height (legged odometry and its IMU hold height, roll and pitch)."""
+    tilt_deg: float = 0.5
+    """Roll and pitch."""
+    weight: float = 1.0
+    """Multiplies the prior's information against the ICP's: the ICP sums thousands of point residuals
+    whose errors are not independent (one depth image, one map), so its information is overstated."""
+
+    def information(self, distance_m: float) -> np.ndarray:
+        """[6, 6] inverse covariance of (rotation vector, camera position) deviations in the map (z up)."""
+        xy = np.hypot(self.trans_frac * distance_m, self.floor_m)
+        yaw = np.radians(np.hypot(self.yaw_deg_per_sqrt_m * np.sqrt(distance_m), self.floor_deg))
+        tilt = np.radians(self.tilt_deg)
+        sig = np.array([tilt, tilt, yaw, xy, xy, self.height_m])
+        return np.diag(self.weight / sig ** 2)
+
+
+@dataclass
 class TrackerConfig:
     """Drift correction: ICP plus the reference map."""
 
@@ -151,6 +183,13 @@ class TrackerConfig:
     ``T_map_odom``, what the robot believes and publishes, agrees with the newest keyframe's placement
     instead: the smoothed correction lags the map, and every answer moved with the lag (object cm,
     room dev seeds 1-5 4.0 -> 3.5, 4 of 5 better; two_tables 1-3 4.2 -> 3.6, 2 of 3 better)."""
+    prior: OdometryPrior | None = None
+    """A Gaussian prior on each keyframe's ICP correction, centred on its guess (None: ICP alone).
+    Variants on bench_drift's dev walks (object cm, room 1-5 / two_tables 1-3; none 3.56 / 3.57): centred
+    on the guess, gain and the conditioning refusal kept, weight 1: 2.67 / 3.60; weight 30: 3.47 / 10.2;
+    centred on the newest placement carried by odometry, no gain, degenerate views held by the prior
+    instead of refused: 2.71 / 10.4 (weight 1), 3.28 / 7.81 (weight 30): orbiting a table, accepted
+    weak views let yaw run (two_tables 3: 60 cm at the end)."""
 
 
 @dataclass
@@ -320,7 +359,8 @@ def _increment(x: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 def icp(points_cam: np.ndarray, T_map_cam: np.ndarray, ref: PointMap,
-        cfg: IcpConfig | None = None, sigma: np.ndarray | None = None) -> IcpResult:
+        cfg: IcpConfig | None = None, sigma: np.ndarray | None = None,
+        prior_info: np.ndarray | None = None) -> IcpResult:
     """Align a keyframe's points with the map, starting from a guessed pose.
 
     Args:
@@ -330,6 +370,9 @@ def icp(points_cam: np.ndarray, T_map_cam: np.ndarray, ref: PointMap,
         cfg: ICP settings.
         sigma: [N] depth noise of each point (m), None = exact: a point's residual counts as
             ``huber_m / sqrt(huber_m**2 + sigma**2)`` of itself (weighted least squares), its caps widen.
+        prior_info: [6, 6] information of a Gaussian prior centred on the guess, over the camera's
+            (rotation vector, position) deviation in the map (OdometryPrior.information); residuals count
+            in units of ``huber_m`` per noise sigma, so the prior enters scaled by ``huber_m**2``.
     Returns:
         IcpResult: refined pose = ``T_corr @ T_map_cam``; ``T_corr`` is the identity when refused.
     """
@@ -367,6 +410,16 @@ def icp(points_cam: np.ndarray, T_map_cam: np.ndarray, ref: PointMap,
         w = np.where(np.abs(ri) <= cfg.huber_m, 1.0, cfg.huber_m / np.maximum(np.abs(ri), 1e-12))
         H = J.T @ (J * w[:, None])
         g = J.T @ (w * ri)
+        if prior_info is not None:  # pull toward the guess: ½ eᵀΛe over the camera's deviation e
+            o = T_map_cam[:3, 3]
+            o1 = T[:3, :3] @ o + T[:3, 3]
+            e = np.concatenate([Rotation.from_matrix(T[:3, :3]).as_rotvec(), o1 - o])
+            A = np.eye(6)  # d e / d (omega about c, t)
+            v = o1 - c
+            A[3:, :3] = np.array([[0.0, v[2], -v[1]], [-v[2], 0.0, v[0]], [v[1], -v[0], 0.0]])  # -[v]x
+            L = cfg.huber_m ** 2 * prior_info
+            H = H + (A.T @ L @ A)[np.ix_(dof, dof)]
+            g = g + (A.T @ L @ e)[dof]
         # conditioning with rotation columns in metres at the cloud's radius, per point
         s = np.array([1.0 / radius if k < 3 else 1.0 for k in dof])
         ev = np.linalg.eigvalsh(H * s[:, None] * s[None, :])
@@ -434,6 +487,7 @@ class DriftTracker:
             self.map = PointMap(self.cfg.map)
             self._T_map_odom = np.eye(4)  # smoothed by the gain: the next keyframe's ICP starts from it
             self._T_belief = np.eye(4)  # the newest keyframe's placement · its odometry⁻¹ (published)
+            self._last_odom: np.ndarray | None = None  # the newest keyframe's odometry pose (prior's distance)
             self.accepted = 0
             self.refused = 0
             self.last: IcpResult | None = None
@@ -473,12 +527,18 @@ class DriftTracker:
         """
         T_odom_cam = np.asarray(T_odom_cam, dtype=np.float64)
         pts = self.keyframe_points(depth, K)
+        prior = self.cfg.prior
         with self._lock:
-            T_guess = self._T_map_odom @ T_odom_cam
+            T_guess = self._T_map_odom @ T_odom_cam  # ICP's start, and the prior's centre
             if len(self.map) == 0:
                 res = IcpResult(np.eye(4), False, "first keyframe: the map starts here")
             else:
-                res = icp(pts, T_guess, self.map, self.cfg.icp, self.depth_sigma(pts))
+                info = None
+                if prior:
+                    moved = 0.0 if self._last_odom is None else float(
+                        np.linalg.norm(T_odom_cam[:3, 3] - self._last_odom[:3, 3]))
+                    info = prior.information(moved)
+                res = icp(pts, T_guess, self.map, self.cfg.icp, self.depth_sigma(pts), info)
                 self.refused += not res.accepted
             # the keyframe (its map points, the memory's Gaussians) goes where ICP put it; only the
             # odometry correction, which every later guess starts from, is smoothed by the gain
@@ -489,6 +549,7 @@ class DriftTracker:
                 self.accepted += 1
             self.last = res
             self._T_belief = T_map_cam @ np.linalg.inv(T_odom_cam)
+            self._last_odom = T_odom_cam
             self.map.add(transform_points(T_map_cam, pts), self.depth_sigma(pts))
             return T_map_cam, res
 

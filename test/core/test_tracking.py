@@ -7,7 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from m3_ros.geometry import transform_points
-from m3_ros.tracking import DriftTracker, IcpConfig, PointMap, TrackerConfig, icp
+from m3_ros.tracking import DriftTracker, IcpConfig, OdometryPrior, PointMap, TrackerConfig, icp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from boxes_scene import BOXES, K, camera, ray_cast  # noqa: E402
@@ -70,6 +70,18 @@ def test_refuses_floor_only_slide():
     np.testing.assert_array_equal(res.T_corr, np.eye(4))
 
 
+def test_a_strong_prior_keeps_the_guess_and_a_weak_one_lets_geometry_decide():
+    views = [camera((-0.3, -0.6, 1.0)), camera((-0.4, 0.6, 1.1)), camera((0.0, 0.0, 1.2))]
+    tr, pm = mapped(views)
+    T_true = camera((-0.2, 0.1, 1.05))
+    pts = tr.keyframe_points(ray_cast(T_true), K)
+    T_guess = se3((0, 0, 3.0), (0.04, -0.03, 0.0)) @ T_true
+    weak = icp(pts, T_guess, pm, prior_info=OdometryPrior().information(0.3))
+    strong = icp(pts, T_guess, pm, prior_info=OdometryPrior(weight=1e6).information(0.3))
+    assert pose_error(weak.T_corr @ T_guess, T_true)[0] < 0.01
+    assert strong.translation_m < 0.005 and strong.rotation_deg < 0.2, (strong.translation_m, strong.rotation_deg)
+
+
 def test_refuses_without_overlap_and_too_large():
     views = [camera((-0.3, -0.6, 1.0))]
     tr, pm = mapped(views)
@@ -82,17 +94,18 @@ def test_refuses_without_overlap_and_too_large():
     assert not small.accepted and "exceeds" in small.reason
 
 
-@pytest.mark.parametrize("gain", [1.0, 0.5])
-def test_tracker_removes_drift_along_a_path(gain):
+@pytest.mark.parametrize("gain,prior", [(1.0, None), (0.5, None), (0.5, OdometryPrior())])
+def test_tracker_removes_drift_along_a_path(gain, prior):
     """Odometry that drifts by a growing yaw and slip: the tracked poses stay near the truth.
 
     Exact geometry: every keyframe lands within 2 cm of the truth, whatever the gain: the keyframe
     is placed at ICP's estimate. The default gain 0.5 (which averages ICP noise on real depth) only
     smooths the correction the next ICP starts from; the published T_map_odom agrees with the newest
     keyframe, so it undoes the drift at either gain (the smoothed one lags a drift this fast, 0.8 deg
-    and 1.3 cm a keyframe, and answers moved with that lag).
+    and 1.3 cm a keyframe, and answers moved with that lag). With an odometry prior, exact geometry
+    outweighs it.
     """
-    tr = DriftTracker(TrackerConfig(gain=gain))
+    tr = DriftTracker(TrackerConfig(gain=gain, prior=prior))
     errs_odom, errs_map = [], []
     for k in range(12):
         a = np.radians(-60 + 10 * k)
