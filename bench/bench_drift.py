@@ -95,7 +95,16 @@ NOTES = ["", (
     "the first point stays. Also tried and not kept: dropping the noisier points "
     "beside a replaced surface (rr05c: 2.76 / 3.38); the published map -> odom as the mean of the 5 newest "
     "accepted corrections (room object cm 4.42: it lags the drift); 8000 ICP points instead of 3000 (room "
-    "2.96, camera 5.28 cm).")]
+    "2.96, camera 5.28 cm). "
+    "2026-12-06: an odometry prior on each ICP correction (TrackerConfig.prior, OdometryPrior; `--prior "
+    "FIELD=JSON`), results/drift_*_s13*.md. Room 1-5 / two_tables 1-3, object cm (camera mean cm): none 3.56 / "
+    "3.57 (4.61 / 7.95); centred on the guess, gain and the conditioning refusal kept, weight 1: 2.67 / 3.60 "
+    "(4.26 / 7.55), weight 30: 3.47 / 10.2 (3.34 / 6.54); centred on the newest placement carried by odometry, "
+    "no gain, weak views held by the prior instead of refused: 2.71 / 10.4 (5.69 / 13.7) and 3.28 / 7.81 "
+    "(3.58 / 5.74); ICP in yaw, x, y only (IcpConfig.dof planar): 4.44 / 6.87. Object cm follows the last "
+    "keyframe's placement (answers go through the final map -> odom), so one walk's figure moves a lot with it. "
+    "Files: s13vb / s13vb30 the kept form at weight 1 / 30, s13prior / s13prior_w30 the placement-centred form "
+    "(its code not kept), s13planar, s13base.")]
 
 
 MIN_OBJECT_PX = 300
