@@ -40,6 +40,7 @@ from m3_ros.pipeline import SWITCH_INTERVAL_S, MemoryPipeline, PipelineConfig
 from m3_ros.srv import GroundQuery, MemoryIO
 from m3_ros.stream import ApproximateSync, KeyframeSelectorConfig
 from m3_ros.tf_buffer import ConnectivityError, ExtrapolationError, GapError, TransformError
+from m3_ros.tracking import OdometryPrior
 
 
 def _rss_mb() -> float:
@@ -72,6 +73,9 @@ class MemoryNode(Node):
                                   "siglip_path": p["siglip_path"]},
             refine_poses=bool(p["refine_poses"]),
         )
+        cfg.tracking.prior = (OdometryPrior(trans_frac=float(p["odom_drift_frac"]),
+                                            yaw_deg_per_sqrt_m=float(p["odom_yaw_deg_per_sqrt_m"]))
+                              if p["odom_drift_frac"] > 0 else None)
         self.pipeline = MemoryPipeline(cfg)
         self.odom_frame = p["odom_frame"]
         # the memory's frame: answers, the Gaussian cloud and markers are in it unless asked otherwise

@@ -16,6 +16,8 @@ PARAMS: dict[str, object] = {
     "odom_frame": "odom",
     "map_frame": "map",
     "refine_poses": True,
+    "odom_drift_frac": 0.02,  # the odometry's translation drift per metre (ICP's prior; 0 = no prior)
+    "odom_yaw_deg_per_sqrt_m": 1.0,  # the odometry's yaw random walk, degrees after 1 m
     "base_frame": "base_link",
     "camera_frame": "",  # "" = the colour image's header.frame_id
     "tf_cache_s": 10.0,
@@ -71,6 +73,10 @@ PARAM_SPECS: dict[str, Param] = {
     "map_frame": Param("", "frame of the drift-corrected memory; map -> odom goes out on /tf (REP-105)"),
     "refine_poses": Param(True, "refine keyframe poses by depth-to-map ICP; the memory lives in map_frame "
                                 "(false: in odom_frame, nothing on /tf)"),
+    "odom_drift_frac": Param(0.0, "the odometry's translation drift per metre travelled: ICP's prior on each "
+                                  "keyframe's correction (0 = no prior, ICP alone)", range=(0.0, 1.0)),
+    "odom_yaw_deg_per_sqrt_m": Param(0.0, "the odometry's yaw random walk, degrees after one metre (ICP's prior)",
+                                     range=(0.0, 90.0)),
     "tf_cache_s": Param(0.0, "s of /tf history kept", range=(0.5, 600.0)),
     "pose_wait": Param(0.0, "s a frame waits for its pose at the image stamp: until newer frames are this far "
                             "ahead in stamp time and this long has passed since it arrived", range=(0.0, 10.0),
