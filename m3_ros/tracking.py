@@ -121,19 +121,21 @@ class PointMapConfig:
 
 @dataclass
 class OdometryPrior:
-    """How far a keyframe's pose may be from the last placement carried by odometry (a Gaussian prior on
-    the ICP correction): ICP then weighs its geometry against the odometry per direction, instead of
-    taking or refusing the whole correction. Standard deviations; drift ones grow with the distance
-    the camera travelled since the last keyframe and add in quadrature to the floors."""
+    """How far a keyframe's pose may be from its guess, the odometry pose through the (gain-smoothed)
+    odometry correction: a Gaussian prior on the ICP correction, so that ICP weighs its geometry
+    against the odometry per direction. Standard deviations; the drift ones grow with the distance the
+    camera travelled since the last keyframe and add in quadrature to the floors."""
 
     trans_frac: float = 0.02
     """Horizontal translation drift per metre travelled (the odometry's specification)."""
     yaw_deg_per_sqrt_m: float = 1.0
     """Yaw random walk, degrees after one metre."""
     floor_m: float = 0.01
-    """Horizontal error of the last placement itself (ICP's own error), m."""
+    """Horizontal error of the guess before this step's drift (ICP's own error, the smoothing's lag), m.
+    The floors, height, tilt and weight were chosen a priori (sensor-scale values), not tuned; weight 30
+    was the one alternative tried (bench_drift dev walks, see TrackerConfig.prior)."""
     floor_deg: float = 0.5
-    """Yaw error of the last placement itself, degrees."""
+    """Yaw error of the guess before this step's drift, degrees."""
     height_m: float = 0.01
     """Camera height (legged odometry and its IMU hold height, roll and pitch)."""
     tilt_deg: float = 0.5
