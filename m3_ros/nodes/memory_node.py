@@ -35,12 +35,11 @@ from m3_ros.grounding import GroundingConfig
 from m3_ros.msg import LabeledInstanceArray, MemoryStatus
 from m3_ros.nodes import convert
 from m3_ros.nodes.common import LatestOnly, Param, TFListener, declare_params, latched_qos, sensor_qos, spin_node, tf_qos
-from m3_ros.nodes.memory_params import GROUNDING_FIELDS, KEYFRAME_FIELDS, PARAM_SPECS, PARAMS
+from m3_ros.nodes.memory_params import GROUNDING_FIELDS, KEYFRAME_FIELDS, PARAM_SPECS, PARAMS, odometry_prior
 from m3_ros.pipeline import SWITCH_INTERVAL_S, MemoryPipeline, PipelineConfig
 from m3_ros.srv import GroundQuery, MemoryIO
 from m3_ros.stream import ApproximateSync, KeyframeSelectorConfig
 from m3_ros.tf_buffer import ConnectivityError, ExtrapolationError, GapError, TransformError
-from m3_ros.tracking import OdometryPrior
 
 
 def _rss_mb() -> float:
@@ -73,9 +72,7 @@ class MemoryNode(Node):
                                   "siglip_path": p["siglip_path"]},
             refine_poses=bool(p["refine_poses"]),
         )
-        cfg.tracking.prior = (OdometryPrior(trans_frac=float(p["odom_drift_frac"]),
-                                            yaw_deg_per_sqrt_m=float(p["odom_yaw_deg_per_sqrt_m"]))
-                              if p["odom_drift_frac"] > 0 else None)
+        cfg.tracking.prior = odometry_prior(p)
         self.pipeline = MemoryPipeline(cfg)
         self.odom_frame = p["odom_frame"]
         # the memory's frame: answers, the Gaussian cloud and markers are in it unless asked otherwise

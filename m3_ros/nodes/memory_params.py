@@ -3,6 +3,7 @@ ranges, which may change live, and the config fields the live ones set."""
 from __future__ import annotations
 
 from m3_ros.nodes.common import Param
+from m3_ros.tracking import OdometryPrior
 
 # One place for every parameter and its default (config/m3.yaml overrides).
 PARAMS: dict[str, object] = {
@@ -142,3 +143,11 @@ GROUNDING_FIELDS = {"grounding_mode": "mode", "grounding_score": "score", "groun
                      "max_query_chars": "max_query_chars"}
 KEYFRAME_FIELDS = {"kf_min_translation": "min_translation", "kf_min_rotation_deg": "min_rotation_deg",
                     "kf_min_interval": "min_interval", "kf_max_interval": "max_interval"}
+
+
+def odometry_prior(p: dict) -> OdometryPrior | None:
+    """ICP's odometry prior from the node's parameters (the odometry's specification); None when
+    odom_drift_frac is 0 (ICP alone)."""
+    if float(p["odom_drift_frac"]) <= 0:
+        return None
+    return OdometryPrior(trans_frac=float(p["odom_drift_frac"]), yaw_deg_per_sqrt_m=float(p["odom_yaw_deg_per_sqrt_m"]))

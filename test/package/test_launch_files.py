@@ -110,3 +110,14 @@ def test_launch_files_are_valid_python_with_generate_function():
         tree = ast.parse(path.read_text())
         fns = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
         assert "generate_launch_description" in fns, path.name
+
+
+def test_memory_node_sets_icp_prior_from_the_odometry_spec():
+    from m3_ros.nodes.memory_params import PARAMS, odometry_prior
+
+    prior = odometry_prior(PARAMS)
+    assert prior is not None and prior.trans_frac == PARAMS["odom_drift_frac"]
+    assert prior.yaw_deg_per_sqrt_m == PARAMS["odom_yaw_deg_per_sqrt_m"]
+    assert odometry_prior({**PARAMS, "odom_drift_frac": 0.0}) is None
+    wider = odometry_prior({**PARAMS, "odom_drift_frac": 0.05}).information(2.0)
+    assert wider[3, 3] < prior.information(2.0)[3, 3]  # a worse odometry pulls ICP less in x
