@@ -541,7 +541,7 @@ class DriftTracker:
                 res = IcpResult(np.eye(4), False, "first keyframe: the map starts here")
             else:
                 info = None
-                if prior:
+                if prior is not None:
                     moved = 0.0 if self._last_odom is None else float(
                         np.linalg.norm(T_odom_cam[:3, 3] - self._last_odom[:3, 3]))
                     info = prior.information(moved)
