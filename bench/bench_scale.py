@@ -247,23 +247,43 @@ def moved_trial(pipe: MemoryPipeline, world: SimWorld, scene, obj_cfg, query, rc
         return {"object": obj.name, "query": query.text,
                 "skipped": f"seen at its new place in {seen} of {kfs} keyframes (fewer than {MIN_SEEN_KEYFRAMES})"}
 
-    def ask() -> tuple[float, float]:
+    def ask() -> tuple[float, float, str]:
         try:
             pts = to_world(world, pipe, pipe.ground(query.text, top_k=3).points)
         except ValueError:  # refused after the move: not at the new place (and not at the old one)
-            return float("inf"), float("inf")
-        return float(np.linalg.norm(pts[0] - new)), float(np.min(np.linalg.norm(pts - old, axis=1)))
+            return float("inf"), float("inf"), "refused"
+        near = min(world.objects(), key=lambda o: float(np.linalg.norm(o.aabb_center - pts[0])))
+        return float(np.linalg.norm(pts[0] - new)), float(np.min(np.linalg.norm(pts - old, axis=1))), near.name
 
     out = {}
     for name, gcfg in (variants or {}).items():
         pipe.cfg.grounding = gcfg
-        dn, do = ask()
+        dn, do, _ = ask()
         out[name] = dn <= SUCCESS_M and do > SUCCESS_M
     pipe.cfg.grounding = GroundingConfig(mode="gaussians")
-    d_new, d_old = ask()
+    d_new, d_old, near = ask()
     return {"object": obj.name, "query": query.text, "moved_cm": 100 * float(np.linalg.norm(new[:2] - old[:2])),
-            "keyframes": kfs, "new_cm": 100 * d_new, "old_cm": 100 * d_old,
+            "keyframes": kfs, "seen": seen, "new_cm": 100 * d_new, "old_cm": 100 * d_old, "nearest": near,
             "ok": d_new <= SUCCESS_M and d_old > SUCCESS_M, "variants": out}
+
+
+def _moved_report(args, rc: RunConfig, overrides: dict, acc_on: dict, trials: list, skipped: list,
+                  wall_s: float) -> int:
+    """--moved-only: the trials table -> results/moved_<tag>.md (dev studies; no RESULT line)."""
+    ok = sum(t["ok"] for t in trials)
+    lines = [f"# Moved-object trials, dev `{rc.family}` seed {rc.seed}", "", *machine_header(),
+             f"- memory overrides {overrides or 'none'}; wall {wall_s:.0f} s; dev phrasings within 5 cm after the "
+             f"walk {acc_on['dev']:.2f}", "",
+             *table(["object", "query", "moved cm", "keyframes", "seen", "answer to new cm",
+                     "nearest answer to old cm", "answer nearest to", "ok"],
+                    [[t["object"], t["query"], t["moved_cm"], t["keyframes"], t["seen"], t["new_cm"], t["old_cm"],
+                      t["nearest"], t["ok"]] for t in trials]),
+             "", "Not trials: " + ("; ".join(f"{t['object']} ({t['skipped']})" for t in skipped) or "none") + ".",
+             "", f"moved ok {ok}/{len(trials)}"]
+    out = Path(__file__).resolve().parent / "results" / f"moved_{args.tag or f'{rc.family}{rc.seed}'}.md"
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
 
 
 def map_of(mem: M3Memory, view, n_visible: int, n_total: int, gen: torch.Generator) -> M3Memory:
@@ -326,7 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ground-variants", default="{}", metavar="JSON",
                     help='dev studies: {"name": {GroundingConfig field: value}} also asked after the refined walk '
                          'and in each moved-object trial, e.g. {"support05": {"label_support": 0.5}}')
+    ap.add_argument("--moved-only", action="store_true",
+                    help="dev studies of moved objects: the refined walk and the moved-object trials only "
+                         "-> results/moved_<tag>.md, no RESULT line (dev seeds only)")
+    ap.add_argument("--trials", type=int, default=0, help="moved-object trials (default 4 with --quick, else 8)")
     args = ap.parse_args(argv)
+    if args.moved_only and args.seed >= 100:
+        sys.exit("bench_scale --moved-only is a dev study: use a dev seed (< 100)")
     variants = {k: dataclasses.replace(GroundingConfig(mode="gaussians"), **v)
                 for k, v in json.loads(args.ground_variants).items()}
     overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.memory)}
@@ -334,14 +360,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     n_steps, n_trials = (5, 4) if args.quick else (15, 8)
+    n_trials = args.trials or n_trials
     rc = RunConfig(family=args.family, seed=args.seed, sensors="realistic", m3_modes=["gaussians"], voxel=False,
                    grasps=0, iou_views=0)
     pipe = MemoryPipeline(PipelineConfig(models=args.models, refine_poses=False, memory_overrides=overrides))
     pipe.load()
 
     # ---- refinement off: the suite's own run
-    off = run_scene(rc, pipe)
-    acc_off = {s: float(np.mean([q["success"] for q in off.queries if q["split"] == s])) for s in rc.splits}
+    if not args.moved_only:
+        off = run_scene(rc, pipe)
+        acc_off = {s: float(np.mean([q["success"] for q in off.queries if q["split"] == s])) for s in rc.splits}
 
     # ---- refinement on: the same walk, then the moved-object trials
     pipe.cfg.refine_poses = True
@@ -361,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             psnr_rows.append([mem.iteration, mem.n_gaussians, *psnr(pipe, held)])
         rss = peak_rss_mb()
         st = pipe.stats()
+        if args.moved_only:
+            queries = {"dev": queries["dev"]}
         on = ask_all(pipe, world, queries)
         acc_on = {s: float(np.mean([q["success"] for q in on if q["split"] == s])) for s in rc.splits}
         acc_var = {}
@@ -379,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
             if r is None:
                 continue
             (skipped if "skipped" in r else trials).append(r)
+    if args.moved_only:
+        pipe.close()
+        return _moved_report(args, rc, overrides, acc_on, trials, skipped, time.monotonic() - t_start)
 
     # ---- train-step and query cost against map size (the walked memory's last keyframe view)
     view = pipe.memory._views[-1]
