@@ -52,11 +52,16 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, what: str, rel: float =
     torch.testing.assert_close(actual, expected, rtol=1e-3, atol=rel * scale + 1e-6, msg=lambda m: f"{what}: {m}")
 
 
-@pytest.mark.parametrize("seed, render_mode, with_bg, tile_size", [
-    (0, "RGB+ED", True, 16), (1, "RGB+ED", False, 8), (2, "RGB", True, 16), (3, "RGB", False, 5),
+@pytest.mark.parametrize("seed, render_mode, with_bg, tile_size, opaque", [
+    (0, "RGB+ED", True, 16, False), (1, "RGB+ED", False, 8, False), (2, "RGB", True, 16, False),
+    (3, "RGB", False, 5, False), (4, "RGB+ED", False, 8, True), (5, "RGB", True, 16, True),
 ])
-def test_cpu_matches_reference_images_and_gradients(cpu_kernel, seed, render_mode, with_bg, tile_size):
-    means, quats, scales, opac, colors, vm, Ks, W, H, bg = random_scene(seed)
+def test_cpu_matches_reference_images_and_gradients(cpu_kernel, seed, render_mode, with_bg, tile_size, opaque):
+    """opaque: 1200 nearly opaque Gaussians, so that whole rows of a tile saturate while later Gaussians
+    still cover them (the kernel skips such rows, forward and backward)."""
+    means, quats, scales, opac, colors, vm, Ks, W, H, bg = random_scene(seed, n=1200 if opaque else 300)
+    if opaque:
+        opac, scales = torch.full_like(opac, 0.995), 2 * scales
     g = torch.Generator().manual_seed(seed + 100)
     D = colors.shape[1] + (render_mode == "RGB+ED")
     w_render = torch.rand(2, H, W, D, generator=g)
@@ -81,6 +86,10 @@ def test_cpu_matches_reference_images_and_gradients(cpu_kernel, seed, render_mod
     torch.testing.assert_close(fast["alphas"], ref["alphas"], rtol=1e-4, atol=5e-5)
     if render_mode == "RGB+ED":
         assert fast["render"][..., -1].max() > 1.0  # expected depth is really there (scene at z ~ 3)
+    if opaque:  # nearly saturated pixels (transmittance under 1e-3; the kernel stops at 1e-4) fill tile rows
+        sat = ref["alphas"][..., 0] > 1 - 1e-3  # [C, H, W]
+        full = sat[..., : W // tile_size * tile_size].unflatten(-1, (-1, tile_size)).all(-1)
+        assert full.sum() >= 5, int(full.sum())
     _close(fast["means2d_grad"], ref["means2d_grad"], "means2d.grad")
     names = ["means", "quats", "scales", "opacities", "colors", "backgrounds"]
     for name, g_fast, g_ref in zip(names, fast["grads"], ref["grads"]):
