@@ -267,13 +267,15 @@ def moved_trial(pipe: MemoryPipeline, world: SimWorld, scene, obj_cfg, query, rc
             "ok": d_new <= SUCCESS_M and d_old > SUCCESS_M, "variants": out}
 
 
-def _moved_report(args, rc: RunConfig, overrides: dict, acc_on: dict, trials: list, skipped: list,
+def _moved_report(args, rc: RunConfig, overrides: dict, acc_on: dict, st: dict, trials: list, skipped: list,
                   wall_s: float) -> int:
     """--moved-only: the trials table -> results/moved_<tag>.md (dev studies; no RESULT line)."""
     ok = sum(t["ok"] for t in trials)
     lines = [f"# Moved-object trials, dev `{rc.family}` seed {rc.seed}", "", *machine_header(),
              f"- memory overrides {overrides or 'none'}; wall {wall_s:.0f} s; dev phrasings within 5 cm after the "
-             f"walk {acc_on['dev']:.2f}", "",
+             f"walk {acc_on['dev']:.2f}; after the walk (nothing moved yet) {st['gaussians']} Gaussians, "
+             f"{st.get('cleared', 0)} cleared by scene-change evidence, {st.get('stale_masked', 0)} keyframes masked, "
+             f"{st.get('stale_dropped', 0)} left as stale", "",
              *table(["object", "query", "moved cm", "keyframes", "seen", "answer to new cm",
                      "nearest answer to old cm", "answer nearest to", "ok"],
                     [[t["object"], t["query"], t["moved_cm"], t["keyframes"], t["seen"], t["new_cm"], t["old_cm"],
@@ -411,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             (skipped if "skipped" in r else trials).append(r)
     if args.moved_only:
         pipe.close()
-        return _moved_report(args, rc, overrides, acc_on, trials, skipped, time.monotonic() - t_start)
+        return _moved_report(args, rc, overrides, acc_on, st, trials, skipped, time.monotonic() - t_start)
 
     # ---- train-step and query cost against map size (the walked memory's last keyframe view)
     view = pipe.memory._views[-1]

@@ -118,6 +118,18 @@ class FreeSpaceConfig:
     99 % (highest 0.52, a wooden plank against a wooden cabinet). Two objects of one kind and two
     colours reach 0.85, so this tells an object from its support, not from its look-alikes."""
 
+    appearance_change: bool = False
+    """Also count appearance-change evidence (appearance.py): a Gaussian on the observed surface whose
+    colour no pixel of the window shows any more (a moved object lower than ``margin`` on a floor no
+    detector names, where label change has no evidence). Opt-in: see the dev record in appearance.py."""
+    appearance_min_chroma: float = 0.1
+    """Appearance change: a pixel shows a Gaussian's colour when their rg chromaticities are within this.
+    A priori: 5 sigma of the simulated camera's noise (3/255 on mid-grey: ~0.02 in chromaticity);
+    a yellow or blue toy against a grey floor differs by 0.2-0.3."""
+    appearance_min_bright: float = 0.3
+    """Appearance change: pixels (and Gaussian colours) darker than this (r + g + b, 0..3) have no
+    usable chromaticity (a priori: noise / brightness stays under ~0.03 above it)."""
+
     def __post_init__(self) -> None:
         if not 0.0 < self.decay < 1.0:
             raise ValueError(f"FreeSpaceConfig.decay must be in (0, 1), got {self.decay}")
@@ -127,7 +139,8 @@ class FreeSpaceConfig:
             raise ValueError(f"FreeSpaceConfig.stale_max_fraction must be in (0, 1], got {self.stale_max_fraction}")
         if self.stale_points < 1:
             raise ValueError(f"FreeSpaceConfig.stale_points must be >= 1, got {self.stale_points}")
-        for name in ("relabel_radius", "margin", "noise", "extent", "window", "near"):
+        for name in ("relabel_radius", "margin", "noise", "extent", "window", "near", "appearance_min_chroma",
+                     "appearance_min_bright"):
             if getattr(self, name) < 0:
                 raise ValueError(f"FreeSpaceConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not -1.0 <= self.label_min_cos <= 1.0:

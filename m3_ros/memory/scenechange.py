@@ -19,11 +19,13 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from m3_ros.memory.appearance import colour_changed
 from m3_ros.memory.freespace import SURFACE, THROUGH, classify, decayed_logits, project_pixels
 from m3_ros.memory.gaussians import query_key
 from m3_ros.memory.labelchange import CONFIRMED, CONTRADICTED, label_verdicts, seen_as_they_were, top_labels
 from m3_ros.memory.labelvotes import RUN_KEY, VOTES_KEY, carries_row, surface_votes
 from m3_ros.memory.seeding import detected_mask, pixel_features
+from m3_ros.memory.sh import sh_to_rgb
 from m3_ros.memory.views import mark_stale
 from m3_ros.types import Keyframe
 
@@ -89,9 +91,33 @@ def count_contradictions(mem: "M3Memory", kf: Keyframe, surface: torch.Tensor) -
 
 
 @torch.no_grad()
+def appearance_changed(mem: "M3Memory", kf: Keyframe, surface: torch.Tensor) -> torch.Tensor:
+    """[N] bool: the Gaussians on kf's surface (surface [N] bool) whose colour, as kf's camera would see
+    it, no pixel around them shows any more (appearance.colour_changed)."""
+    out = torch.zeros(mem.n_gaussians, dtype=torch.bool)
+    cand = torch.nonzero(surface).flatten()
+    if len(cand) == 0 or kf.rgb is None:
+        return out
+    out[cand[torch.from_numpy(_colour_gone_in(mem, kf, mem.means[cand], mem.params["colors"].detach()[cand]))]] = True
+    return out
+
+
+def _colour_gone_in(mem: "M3Memory", kf: Keyframe, means: torch.Tensor, sh: torch.Tensor) -> np.ndarray:
+    """[G] True where no pixel of kf around means [G, 3] shows their colour (SH colours sh, as kf's camera
+    sees them): kf saw the place already changed (appearance.colour_changed)."""
+    fc = mem.cfg.freespace
+    centre = torch.as_tensor(np.asarray(kf.T_world_cam, dtype=np.float64)[:3, 3], dtype=torch.float32)
+    colours = sh_to_rgb(sh, means, centre, mem.cfg.sh_degree)
+    pix = project_pixels(kf.K, kf.T_world_cam, means, kf.size)
+    return colour_changed(np.asarray(kf.rgb), pix, colours.numpy(), fc.radius_px(kf.size[1]), fc.appearance_min_chroma,
+                          fc.appearance_min_bright, fc.min_valid)
+
+
+@torch.no_grad()
 def clear_free_space(mem: "M3Memory", kf: Keyframe) -> None:
     """Free-space evidence of kf's depth (freespace.py), and with freespace.label_change of its
-    region labels (labelchange.py): Gaussians its rays clearly pass through (or whose label is
+    region labels (labelchange.py) and with freespace.appearance_change of its colours
+    (appearance.py): Gaussians its rays clearly pass through (or whose label or colour is
     gone) lose opacity; those then below freespace.min_opacity are removed, and the kept
     keyframes that saw them on their surface as they were leave the training window."""
     fc = mem.cfg.freespace
@@ -107,6 +133,9 @@ def clear_free_space(mem: "M3Memory", kf: Keyframe) -> None:
         row = torch.full((mem.n_gaussians,), -1, dtype=torch.long)  # Gaussian -> its row in labels
         row[cand] = torch.arange(len(cand))
         through |= changed
+    appear = appearance_changed(mem, kf, codes == SURFACE) if fc.appearance_change else None
+    if appear is not None:
+        through |= appear
     if not bool(through.any()):
         return
     logits = mem.params["opacity_logits"]
@@ -122,10 +151,16 @@ def clear_free_space(mem: "M3Memory", kf: Keyframe) -> None:
     for m, lab in labels.items():
         gone_labels[m] = torch.zeros(len(gone), lab.shape[1])
         gone_labels[m][by_label >= 0] = lab[by_label[by_label >= 0]]
+    # those gone by appearance alone, with their colours: a kept view saw them as they were only in their colour
+    by_colour = torch.zeros(len(gone), dtype=torch.bool) if appear is None else appear[gone] & (by_label < 0)
+    by_colour &= ~(codes == THROUGH)[gone]
+    sh = mem.params["colors"].detach()[gone[by_colour]].clone()
     mem._remove(gone)
     stale, masked = [], []
     for v in mem._views:
         seen = seen_as_they_were(v.kf, means, scales, gone_labels, fc)
+        if bool(by_colour.any()):
+            seen[by_colour] &= ~torch.from_numpy(_colour_gone_in(mem, v.kf, means[by_colour], sh))
         if int(seen.sum()) < fc.stale_points:
             continue
         if fc.stale_mask:
