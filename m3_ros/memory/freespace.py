@@ -121,7 +121,13 @@ class FreeSpaceConfig:
     appearance_change: bool = False
     """Also count appearance-change evidence (appearance.py): a Gaussian on the observed surface whose
     colour no pixel of the window shows any more (a moved object lower than ``margin`` on a floor no
-    detector names, where label change has no evidence). Opt-in: see the dev record in appearance.py."""
+    detector names, where label change has no evidence). Off: on dev rooms 1-5 (bench_scale.py
+    --moved-only --quick --trials 6, 2026-12-06, memory seed 0, results/moved_{base2,app}_room*.md) it
+    answered 10 of 13 moved-object trials against 8 of 13 (a flat yellow lego's old place stopped
+    answering in room 5; room 4's lego found), but the static walks cleared 49 Gaussians (0 without it;
+    rooms 2 and 4 masked a few kept keyframes) and the dev phrasings after the walk fell from 0.64 to
+    0.62 within 5 cm (room 4 0.71 -> 0.50, room 2 0.50 -> 0.60). The rule written before the runs asked
+    for at most a 0.02 drop and no more than twice the clearing, so it stays opt-in."""
     appearance_min_chroma: float = 0.1
     """Appearance change: a pixel shows a Gaussian's colour when their rg chromaticities are within this.
     A priori: 5 sigma of the simulated camera's noise (3/255 on mid-grey: ~0.02 in chromaticity);
