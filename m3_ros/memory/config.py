@@ -138,6 +138,12 @@ class MemoryConfig:
     """The newest `recent` keyframes are drawn with probability recent_prob."""
     recent_prob: float = 0.5
     """Probability that a train step uses one of the newest keyframes."""
+    evict_grace: int | None = None
+    """At the Gaussian limit, the seeds of object-sized detector regions from this many newest
+    keyframes are evicted only after every older Gaussian (seeding.least_useful); None = ``recent``.
+    A dev-study knob: a seed's opacity is still its initial value until training has had a say, and on a
+    dev room (seed 3, memory seed 1) a moved teddy's new place was seeded by 3 keyframes and evicted by
+    the next 2 (35 -> 6 Gaussians in its box) once ``recent`` keyframes had passed."""
     train_scale: float = 0.5
     """Training renders at this fraction of the keyframe resolution."""
     feature_points: int = 2000
@@ -269,6 +275,8 @@ class MemoryConfig:
                              f"{self.object_max_extent}")
         if self.object_voxel_size < 0:
             raise ValueError(f"object_voxel_size must be >= 0 (0 = off), got {self.object_voxel_size}")
+        if self.evict_grace is not None and self.evict_grace < 0:
+            raise ValueError(f"evict_grace must be >= 0 or None, got {self.evict_grace}")
         if self.max_gaussians <= 0:
             raise ValueError(f"max_gaussians must be positive, got {self.max_gaussians}")
 

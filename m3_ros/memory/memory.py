@@ -247,7 +247,8 @@ class M3Memory:
         over = self.n_gaussians + len(pts) - cfg.max_gaussians
         taken = len(self._cam_centres)  # keyframes taken, this one included: its object seeds' birth
         if over > 0:  # object seeds of the keyframes the trainer still favours (cfg.recent) go last
-            self._remove(least_useful(self.opacities, over, self.params[BIRTH_KEY].detach(), taken - 1, cfg.recent))
+            grace = cfg.recent if cfg.evict_grace is None else cfg.evict_grace
+            self._remove(least_useful(self.opacities, over, self.params[BIRTH_KEY].detach(), taken - 1, grace))
         new = seed_geometry(kf, pts, pix, self.means.numpy(), cfg)
         tree = cKDTree(self.means.numpy()) if self.n_gaussians > 0 and cfg.inherit_radius > 0 else None
         for m, slot in cfg.models.items():

@@ -207,3 +207,26 @@ def test_object_seeds_of_the_newest_keyframes_go_after_every_older_gaussian():
     assert float(torch.cdist(seeds, mem.means).min(dim=1).values.max()) == 0.0  # every object seed stayed
     kept_background = int((torch.cdist(background, mem.means).min(dim=1).values == 0).sum())
     assert kept_background <= len(background) - (n_over - len(seeds))  # background seeds went first
+
+
+def _object_seeds_after_a_new_place(**cfg) -> tuple[int, int]:
+    """(object seeds of keyframe 1, how many of them are still there after keyframe 2 put the memory over
+    its limit): the setup above, with MemoryConfig overrides."""
+    mem = M3Memory(_cfg(max_gaussians=1900, **cfg))
+    mem.add_keyframe(render_view(0.0)[0])
+    with torch.no_grad():
+        mem.params["opacity_logits"][:] = 2.2
+    mem.add_keyframe(_with_object(render_view(1.5, index=1)[0], 12, 30)[0])
+    obj = (mem.opacities < 0.6) & (mem.params[BIRTH_KEY].detach() > 0)
+    seeds = mem.means[obj].clone()
+    mem.add_keyframe(render_view(-1.5, index=2)[0])
+    return len(seeds), int((torch.cdist(seeds, mem.means).min(dim=1).values == 0).sum())
+
+
+def test_evict_grace_overrides_recent():
+    n, kept = _object_seeds_after_a_new_place(recent=1, evict_grace=0)  # no grace: opacity alone decides
+    assert n >= 10 and kept < n
+    n, kept = _object_seeds_after_a_new_place(recent=1, evict_grace=2)
+    assert n >= 10 and kept == n
+    n, kept = _object_seeds_after_a_new_place(recent=1)  # None: the grace is `recent`
+    assert n >= 10 and kept == n
