@@ -143,7 +143,12 @@ class MemoryConfig:
     keyframes are evicted only after every older Gaussian (seeding.least_useful); None = ``recent``.
     A dev-study knob: a seed's opacity is still its initial value until training has had a say, and on a
     dev room (seed 3, memory seed 1) a moved teddy's new place was seeded by 3 keyframes and evicted by
-    the next 2 (35 -> 6 Gaussians in its box) once ``recent`` keyframes had passed."""
+    the next 2 (35 -> 6 Gaussians in its box) once ``recent`` keyframes had passed. First dev runs of 12
+    (bench_scale.py --moved-only, results/moved_grace12*.md, 2026-12-06): dev rooms 1-5, memory seed 0,
+    9 of 11 moved-object trials (8 of 11 on the same objects with the default), static dev phrasings 0.64
+    either way; room 3 with memory seed 1, 5 of 5 (4 of 5, the teddy now found 1.8 cm off), static 0.72
+    (0.67). Not yet the default: the other rooms with seed 1 and the dev sweep's static cost are still
+    to be run."""
     train_scale: float = 0.5
     """Training renders at this fraction of the keyframe resolution."""
     feature_points: int = 2000
