@@ -147,8 +147,9 @@ class MemoryConfig:
     (bench_scale.py --moved-only, results/moved_grace12*.md, 2026-12-06): dev rooms 1-5, memory seed 0,
     9 of 11 moved-object trials (8 of 11 on the same objects with the default), static dev phrasings 0.64
     either way; room 3 with memory seed 1, 5 of 5 (4 of 5, the teddy now found 1.8 cm off), static 0.72
-    (0.67). Not yet the default: the other rooms with seed 1 and the dev sweep's static cost are still
-    to be run."""
+    (0.67). Rooms 1-5 with memory seed 1 (moved_grace12s1_room*.md): 10 of 13 either way (room 3's teddy
+    found, room 1's red bar lost), static 0.66 against 0.71. Over both seeds one trial better on the same
+    objects and static 0.65 against 0.68: not the default."""
     train_scale: float = 0.5
     """Training renders at this fraction of the keyframe resolution."""
     feature_points: int = 2000
