@@ -150,6 +150,18 @@ class MemoryConfig:
     (0.67). Rooms 1-5 with memory seed 1 (moved_grace12s1_room*.md): 10 of 13 either way (room 3's teddy
     found, room 1's red bar lost), static 0.66 against 0.71. Over both seeds one trial better on the same
     objects and static 0.65 against 0.68: not the default."""
+    evict_exposure: int = 0
+    """When > 0, replaces evict_grace: at the Gaussian limit an object seed (seeding.least_useful) goes
+    only after every other Gaussian until `evict_exposure` train steps have rendered it
+    (seeding.EXPOSURE_KEY), as long as its keyframe is within the newest ``window``. A keyframe count
+    says nothing about whether training saw a seed: a view the sampler rarely draws keeps its seeds at
+    init_opacity for many keyframes. 44 = (logit(0.9) - logit(init_opacity 0.5)) / lr_opacity 0.05,
+    the steps Adam needs to take a seed to a trained surface's opacity (derived, not tuned). 0 = off.
+    Dev (bench_scale.py --moved-only --quick --trials 6, rooms 1-5 x memory seeds 0, 1, 2026-12-06,
+    results/moved_exp44*.md against moved_base2*.md): moved trials on the same objects 19/24 against
+    16/24, static dev phrasings within 5 cm 0.683 against 0.677 on average, but room 4 (memory seed 0)
+    0.58 against 0.71, past the rule written before the runs (no run more than 0.10 worse): opt-in. Room
+    1's red bar failed with both seeds: its faded old place was spared as an unexposed object seed."""
     train_scale: float = 0.5
     """Training renders at this fraction of the keyframe resolution."""
     feature_points: int = 2000
@@ -281,6 +293,8 @@ class MemoryConfig:
                              f"{self.object_max_extent}")
         if self.object_voxel_size < 0:
             raise ValueError(f"object_voxel_size must be >= 0 (0 = off), got {self.object_voxel_size}")
+        if self.evict_exposure < 0:
+            raise ValueError(f"evict_exposure must be >= 0, got {self.evict_exposure}")
         if self.evict_grace is not None and self.evict_grace < 0:
             raise ValueError(f"evict_grace must be >= 0 or None, got {self.evict_grace}")
         if self.max_gaussians <= 0:

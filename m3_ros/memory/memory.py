@@ -41,7 +41,7 @@ from m3_ros.memory.gaussians import empty_params, query_key
 from m3_ros.memory.labelvotes import RUN_KEY, VOTES_KEY
 from m3_ros.memory.optim import catch_up_rows, selective_adam_step
 from m3_ros.memory.rasterize import rasterize
-from m3_ros.memory.seeding import (BIRTH_KEY, detected_mask, inherit_queries, least_useful, pixel_features,
+from m3_ros.memory.seeding import (BIRTH_KEY, EXPOSURE_KEY, detected_mask, inherit_queries, least_useful, pixel_features,
                                   seed_geometry, seed_points, small_regions)
 from m3_ros.memory.sh import camera_centre, sh_to_rgb
 from m3_ros.memory.snapshot import AttentionCache, BankView, MemorySnapshot
@@ -77,6 +77,7 @@ class M3Memory:
             self.params[VOTES_KEY] = nn.Parameter(torch.zeros(0, 2), requires_grad=False)
             self.params[RUN_KEY] = nn.Parameter(torch.zeros(0), requires_grad=False)
             self.params[BIRTH_KEY] = nn.Parameter(torch.zeros(0), requires_grad=False)
+            self.params[EXPOSURE_KEY] = nn.Parameter(torch.zeros(0), requires_grad=False)
             self.banks: dict[str, MemoryBank] = {}
             self.W: dict[str, nn.Parameter] = {}
             self._wm_version = 0
@@ -103,7 +104,7 @@ class M3Memory:
         lrs = {"means": cfg.lr_means * self.extent, "log_scales": cfg.lr_scales, "quats": cfg.lr_quats,
                "opacity_logits": cfg.lr_opacity, "colors": cfg.lr_colors}
         lrs.update({query_key(m): cfg.lr_queries for m in cfg.models})
-        lrs[VOTES_KEY] = lrs[RUN_KEY] = lrs[BIRTH_KEY] = 0.0  # counts and ages, not trained
+        lrs[VOTES_KEY] = lrs[RUN_KEY] = lrs[BIRTH_KEY] = lrs[EXPOSURE_KEY] = 0.0  # counts and ages, not trained
         self.optimizer = ops.make_optimizer(self.params, lrs)
         ws = [p for p in self.W.values() if p.requires_grad]
         self.wm_optimizer = torch.optim.Adam(ws, lr=cfg.lr_wm) if ws else None
@@ -247,8 +248,12 @@ class M3Memory:
         over = self.n_gaussians + len(pts) - cfg.max_gaussians
         taken = len(self._cam_centres)  # keyframes taken, this one included: its object seeds' birth
         if over > 0:  # object seeds of the keyframes the trainer still favours (cfg.recent) go last
+            birth = self.params[BIRTH_KEY].detach()
+            spared = None
+            if cfg.evict_exposure > 0:  # until training has had its say, within the training window
+                spared = (birth > taken - 1 - cfg.window) & (self.params[EXPOSURE_KEY].detach() < cfg.evict_exposure)
             grace = cfg.recent if cfg.evict_grace is None else cfg.evict_grace
-            self._remove(least_useful(self.opacities, over, self.params[BIRTH_KEY].detach(), taken - 1, grace))
+            self._remove(least_useful(self.opacities, over, birth, taken - 1, grace, spared))
         new = seed_geometry(kf, pts, pix, self.means.numpy(), cfg)
         tree = cKDTree(self.means.numpy()) if self.n_gaussians > 0 and cfg.inherit_radius > 0 else None
         for m, slot in cfg.models.items():
@@ -269,6 +274,7 @@ class M3Memory:
         new[RUN_KEY] = torch.zeros(len(pts))
         in_object = torch.from_numpy(small[pix[:, 0], pix[:, 1]])
         new[BIRTH_KEY] = torch.where(in_object, float(taken), -1e9)  # the background gets no grace
+        new[EXPOSURE_KEY] = torch.zeros(len(pts))
         ops.append_gaussians(self.params, self.optimizer, new)
         self._keep_densify_stats(torch.cat([torch.arange(self.n_gaussians - len(pts)),
                                             torch.full((len(pts),), -1, dtype=torch.long)]))
@@ -461,6 +467,10 @@ class M3Memory:
                 self.wm_optimizer.step()
                 self._wm_version += 1
             self.iteration += 1
+            with torch.no_grad():  # training has now had a say about every Gaussian this view rendered
+                seen = meta["radii"][0] > 0
+                idx = torch.nonzero(seen).flatten() if vis is None else vis[seen]
+                self.params[EXPOSURE_KEY].data.index_add_(0, idx, torch.ones(len(idx)))
             # the densify policy keeps statistics for all N Gaussians: "index" says whose rows meta's are
             meta = dict(meta, width=w, height=h, index=vis)
             if catch_up and self.strategy.refine_due(self.iteration):
@@ -502,7 +512,7 @@ class M3Memory:
             self._catch_up_all()  # the moments are not saved: what they still owe the values is
             return {
                 "config": dataclasses.asdict(self.cfg),
-                "params": {k: v.detach().contiguous().clone() for k, v in self.params.items() if k != BIRTH_KEY},
+                "params": {k: v.detach().contiguous().clone() for k, v in self.params.items() if k not in (BIRTH_KEY, EXPOSURE_KEY)},
                 "W": {m: w.detach().contiguous().clone() for m, w in self.W.items()},
                 "banks": {m: {"rows": b.rows.contiguous().clone(), "counts": b.counts.contiguous().clone(),
                               "centre_sum": b._sum.clone(), "centre_n": b._n, "seen": b.seen, "merges": b.merges,
@@ -525,7 +535,9 @@ class M3Memory:
             if RUN_KEY not in params:  # saved before label verdicts: none contradicted
                 params[RUN_KEY] = torch.zeros(int(params["means"].shape[0]))
             params[BIRTH_KEY] = torch.full((int(params["means"].shape[0]),), -1e9)  # ages are not saved: all old
-            mem.params = nn.ParameterDict({n: nn.Parameter(t.clone(), requires_grad=n not in (VOTES_KEY, RUN_KEY, BIRTH_KEY))
+            params[EXPOSURE_KEY] = torch.full((int(params["means"].shape[0]),), 1e9)  # and all trained
+            mem.params = nn.ParameterDict({n: nn.Parameter(t.clone(), requires_grad=n not in (VOTES_KEY, RUN_KEY, BIRTH_KEY,
+                                                                                               EXPOSURE_KEY))
                                            for n, t in params.items()})
             for m, b in state["banks"].items():
                 s = cfg.models[m]

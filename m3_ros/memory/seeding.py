@@ -132,9 +132,14 @@ BIRTH_KEY = "birth"
 (small_regions), how many keyframes the memory had taken when it was seeded (its age, for
 least_useful); -1e9 for every other Gaussian. Not saved: a loaded memory's Gaussians are all old."""
 
+EXPOSURE_KEY = "exposure"
+"""Non-trained per-Gaussian count [N]: train steps whose render reached it (radii > 0), i.e. how
+often training has had a say about its opacity (MemoryConfig.evict_exposure). Not saved: a loaded
+memory's Gaussians count as trained."""
+
 
 def least_useful(opacities: torch.Tensor, n: int, birth: torch.Tensor | None = None, newest: int = 0,
-                 grace: int = 0) -> torch.Tensor:
+                 grace: int = 0, spared: torch.Tensor | None = None) -> torch.Tensor:
     """Indices [n] of the Gaussians to evict first: the most transparent (they explain the least).
 
     Gaussians seeded by the ``grace`` keyframes up to the one numbered ``newest`` (birth [N] >
@@ -150,11 +155,13 @@ def least_useful(opacities: torch.Tensor, n: int, birth: torch.Tensor | None = N
     against 0.68 (two_tables 0.69 against 0.60, room 0.66 against 0.64, table 0.83 both), median
     2.9 against 3.6 cm, wrong object 0.09 against 0.06; moved-object trials 8 of 14 against 7 of 13
     (the trial sets differ: an object counts only if found before it moved).
+
+    spared [N] bool, when given, replaces the birth/grace rule (MemoryConfig.evict_exposure).
     """
     n = min(int(n), int(opacities.shape[0]))
-    key = opacities
-    if birth is not None and grace > 0:
-        key = opacities + 2.0 * (birth > newest - grace).to(opacities.dtype)  # opacities lie in [0, 1]
+    if spared is None and birth is not None and grace > 0:
+        spared = birth > newest - grace
+    key = opacities if spared is None else opacities + 2.0 * spared.to(opacities.dtype)  # opacities lie in [0, 1]
     return torch.topk(key, n, largest=False).indices
 
 

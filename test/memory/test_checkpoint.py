@@ -8,7 +8,7 @@ import torch
 from m3_ros.memory import checkpoint
 from m3_ros.memory.checkpoint import CheckpointError
 from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot
-from m3_ros.memory.seeding import BIRTH_KEY
+from m3_ros.memory.seeding import BIRTH_KEY, EXPOSURE_KEY
 from synthetic_scene import render_view
 
 
@@ -27,6 +27,9 @@ def _assert_same(a: M3Memory, b: M3Memory) -> None:
     for k in a.params.keys():
         if k == BIRTH_KEY:  # ages are not saved: every loaded Gaussian is older than any new seed
             assert bool((b.params[k] < -1e6).all())
+            continue
+        if k == EXPOSURE_KEY:  # nor exposures: every loaded Gaussian counts as trained
+            assert bool((b.params[k] > 1e6).all())
             continue
         assert torch.equal(a.params[k].detach(), b.params[k].detach()), k
     assert set(a.W) == set(b.W) and all(torch.equal(a.W[m].detach(), b.W[m].detach()) for m in a.W)

@@ -5,7 +5,7 @@ import torch
 
 from m3_ros.memory.gaussians import query_key
 from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot
-from m3_ros.memory.seeding import BIRTH_KEY, least_useful, over_budget
+from m3_ros.memory.seeding import BIRTH_KEY, EXPOSURE_KEY, least_useful, over_budget
 from m3_ros.types import Instance
 from m3_ros.memory.strategy import DensifyConfig
 from synthetic_scene import render_view
@@ -209,9 +209,9 @@ def test_object_seeds_of_the_newest_keyframes_go_after_every_older_gaussian():
     assert kept_background <= len(background) - (n_over - len(seeds))  # background seeds went first
 
 
-def _object_seeds_after_a_new_place(**cfg) -> tuple[int, int]:
+def _object_seeds_after_a_new_place(exposure: float = 0.0, birth: float | None = None, **cfg) -> tuple[int, int]:
     """(object seeds of keyframe 1, how many of them are still there after keyframe 2 put the memory over
-    its limit): the setup above, with MemoryConfig overrides."""
+    its limit): the setup above, with MemoryConfig overrides and the seeds' exposure set beforehand."""
     mem = M3Memory(_cfg(max_gaussians=1900, **cfg))
     mem.add_keyframe(render_view(0.0)[0])
     with torch.no_grad():
@@ -219,6 +219,9 @@ def _object_seeds_after_a_new_place(**cfg) -> tuple[int, int]:
     mem.add_keyframe(_with_object(render_view(1.5, index=1)[0], 12, 30)[0])
     obj = (mem.opacities < 0.6) & (mem.params[BIRTH_KEY].detach() > 0)
     seeds = mem.means[obj].clone()
+    mem.params[EXPOSURE_KEY].data[obj] = exposure
+    if birth is not None:
+        mem.params[BIRTH_KEY].data[obj] = birth
     mem.add_keyframe(render_view(-1.5, index=2)[0])
     return len(seeds), int((torch.cdist(seeds, mem.means).min(dim=1).values == 0).sum())
 
@@ -230,3 +233,36 @@ def test_evict_grace_overrides_recent():
     assert n >= 10 and kept == n
     n, kept = _object_seeds_after_a_new_place(recent=1)  # None: the grace is `recent`
     assert n >= 10 and kept == n
+
+
+def test_evict_exposure_spares_object_seeds_until_training_has_rendered_them():
+    # replaces the keyframe grace: with grace 0 as well, exposure alone decides
+    n, kept = _object_seeds_after_a_new_place(recent=1, evict_grace=0, evict_exposure=5, exposure=4.0)
+    assert n >= 10 and kept == n
+    n, kept = _object_seeds_after_a_new_place(recent=1, evict_grace=0, evict_exposure=5, exposure=5.0)
+    assert n >= 10 and kept < n  # trained enough: opacity decides again
+    # the keyframe grace no longer applies: exposed seeds go even within `recent`
+    n, kept = _object_seeds_after_a_new_place(recent=3, evict_exposure=5, exposure=5.0)
+    assert n >= 10 and kept < n
+    # a seed whose keyframe is older than the newest `window` is not spared forever: keyframe 2 is the
+    # third taken, so with window 1 a birth of 1 (the first keyframe's) is out, with window 2 still in
+    n, kept = _object_seeds_after_a_new_place(recent=1, evict_grace=0, evict_exposure=5, birth=1.0, window=1)
+    assert n >= 10 and kept < n
+    n, kept = _object_seeds_after_a_new_place(recent=1, evict_grace=0, evict_exposure=5, birth=1.0, window=2)
+    assert n >= 10 and kept == n
+
+
+def test_a_train_step_counts_exposure_only_for_the_gaussians_it_rendered():
+    mem = M3Memory(_cfg(recent=1, recent_prob=1.0))
+    mem.add_keyframe(render_view(0.0)[0])
+    right = mem.means[:, 0].max().item()
+    mem.add_keyframe(render_view(3.0, index=1)[0])  # a place view 0 cannot see
+    far = mem.means[:, 0] > right + 0.5
+    assert int(far.sum()) > 20 and bool((mem.params[EXPOSURE_KEY].detach() == 0).all())
+    first = mem._views[0]
+    mem._views = [first]  # train on view 0 only
+    mem.train(3)
+    exp = mem.params[EXPOSURE_KEY].detach()
+    assert bool((exp[far] == 0).all())  # never rendered: training has said nothing about them
+    assert float((exp[~far] == 3).float().mean()) > 0.9  # what view 0 sees was rendered by all 3 steps
+    assert set(exp.unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}

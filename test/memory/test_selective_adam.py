@@ -6,7 +6,7 @@ from torch import nn
 
 from m3_ros.memory.gaussians import empty_params
 from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot
-from m3_ros.memory.seeding import BIRTH_KEY
+from m3_ros.memory.seeding import BIRTH_KEY, EXPOSURE_KEY
 from m3_ros.memory.ops import append_gaussians, make_optimizer, remove_gaussians
 from m3_ros.memory.optim import catch_up_rows, selective_adam_step
 from m3_ros.memory.strategy import DensifyConfig, DensifyStrategy
@@ -255,7 +255,7 @@ def test_checkpoint_round_trip_then_selective_training(tmp_path):
     loaded = M3Memory.load(tmp_path / "m")
     assert loaded.cfg.selective_adam
     for k in mem.params:
-        if k != BIRTH_KEY:  # ages are not saved (test_checkpoint checks what loads instead)
+        if k not in (BIRTH_KEY, EXPOSURE_KEY):  # ages and exposures are not saved (test_checkpoint checks what loads)
             assert torch.equal(mem.params[k].detach(), loaded.params[k].detach())
     loaded._views = list(mem._views)
     out = loaded.train_step()  # fresh moments (checkpoints do not store them), selective step
