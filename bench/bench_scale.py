@@ -14,6 +14,8 @@ frame, each keyframe ingested before the next frame, 100 steps after the walk):
   unambiguous dev phrasing must answer within 5 cm of the new place while no region among the
   best three lies within 5 cm of the old one. Only objects the memory answered correctly before
   the move count as trials (others are listed: their miss is grounding's, not the move's).
+  The refined walks with the spread memory seeds (SPREAD_SEEDS) run their own trials too, and
+  ``moved_ok`` pools every walk's (one walk's 2-4 trials cannot tell 0.6 from 0.9).
 
 Grounding (``gaussians`` mode) is judged like the suite (m3_ros.eval.metrics.judge, answers mapped
 to the world through the robot's current odometry error and the memory's map -> odom); the
@@ -267,6 +269,46 @@ def moved_trial(pipe: MemoryPipeline, world: SimWorld, scene, obj_cfg, query, rc
             "ok": d_new <= SUCCESS_M and d_old > SUCCESS_M, "variants": out}
 
 
+def refined_walk(pipe: MemoryPipeline, rc: RunConfig, scene, queries: dict, n_trials: int, variants: dict,
+                 series: list | None = None, psnr_rows: list | None = None) -> dict:
+    """Refinement on: the walk (series: the Gaussian count during it), the suite's 100 steps after it
+    (psnr_rows: held-out PSNR every 50), every phrasing, then up to n_trials moved-object trials in
+    the same world. Returns "acc" and "acc_var" {split: fraction within 5 cm}, "trials", "skipped",
+    "tracker", "stats", "rss", "walk_s", "frames", "held"."""
+    with SimWorld(scene, seed=rc.seed, sensors=SensorConfig.resolve(rc.sensors)) as world:
+        world.advance(0.0)
+        held, (walk_s, frames) = walk_on(pipe, rc, world, series if series is not None else [])
+        held = held[:: max(1, len(held) // 4)][:4]
+        mem = pipe.memory
+        for chunk in range(3):  # the suite's 100 steps after the walk, PSNR every 50
+            if chunk:
+                pipe.train_for(_NO_LIMIT_S, max_steps=rc.extra_train_steps // 2)
+            if psnr_rows is not None:
+                psnr_rows.append([mem.iteration, mem.n_gaussians, *psnr(pipe, held)])
+        rss = peak_rss_mb()
+        st = pipe.stats()
+        on = ask_all(pipe, world, queries)
+        acc = {s: float(np.mean([q["success"] for q in on if q["split"] == s])) for s in queries}
+        acc_var = {}
+        for name, gcfg in variants.items():
+            v = ask_all(pipe, world, queries, gcfg)
+            acc_var[name] = {s: float(np.mean([q["success"] for q in v if q["split"] == s])) for s in queries}
+        tracker = pipe.tracker.stats()
+        trials, skipped = [], []
+        dev_q = {q.targets[0]: q for q in queries["dev"] if not q.ambiguous}
+        for o in scene.objects:
+            if len(trials) >= n_trials:
+                break
+            if o.grasp_base is None or not o.reachable or o.name not in dev_q:
+                continue
+            r = moved_trial(pipe, world, scene, o, dev_q[o.name], rc, variants)
+            if r is None:
+                continue
+            (skipped if "skipped" in r else trials).append(r)
+    return {"acc": acc, "acc_var": acc_var, "trials": trials, "skipped": skipped, "tracker": tracker, "stats": st,
+            "rss": rss, "walk_s": walk_s, "frames": frames, "held": len(held)}
+
+
 def _moved_report(args, rc: RunConfig, overrides: dict, acc_on: dict, st: dict, trials: list, skipped: list,
                   wall_s: float) -> int:
     """--moved-only: the trials table -> results/moved_<tag>.md (dev studies; no RESULT line)."""
@@ -380,37 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     queries = {s: scene_queries(scene, s) for s in rc.splits}
     series: list[list] = []
     psnr_rows: list[list] = []
-    with SimWorld(scene, seed=rc.seed, sensors=SensorConfig.resolve(rc.sensors)) as world:
-        world.advance(0.0)
-        held, (walk_s, frames) = walk_on(pipe, rc, world, series)
-        held = held[:: max(1, len(held) // 4)][:4]
-        mem = pipe.memory
-        for chunk in range(3):  # the suite's 100 steps after the walk, PSNR every 50
-            if chunk:
-                pipe.train_for(_NO_LIMIT_S, max_steps=rc.extra_train_steps // 2)
-            psnr_rows.append([mem.iteration, mem.n_gaussians, *psnr(pipe, held)])
-        rss = peak_rss_mb()
-        st = pipe.stats()
-        if args.moved_only:
-            queries = {"dev": queries["dev"]}
-        on = ask_all(pipe, world, queries)
-        acc_on = {s: float(np.mean([q["success"] for q in on if q["split"] == s])) for s in rc.splits}
-        acc_var = {}
-        for name, gcfg in variants.items():
-            v = ask_all(pipe, world, queries, gcfg)
-            acc_var[name] = {s: float(np.mean([q["success"] for q in v if q["split"] == s])) for s in rc.splits}
-        tracker = pipe.tracker.stats()
-        trials, skipped = [], []
-        dev_q = {q.targets[0]: q for q in queries["dev"] if not q.ambiguous}
-        for o in scene.objects:
-            if len(trials) >= n_trials:
-                break
-            if o.grasp_base is None or not o.reachable or o.name not in dev_q:
-                continue
-            r = moved_trial(pipe, world, scene, o, dev_q[o.name], rc, variants)
-            if r is None:
-                continue
-            (skipped if "skipped" in r else trials).append(r)
+    if args.moved_only:
+        queries = {"dev": queries["dev"]}
+    w0 = refined_walk(pipe, rc, scene, queries, n_trials, variants, series, psnr_rows)
+    acc_on, acc_var, trials, skipped = w0["acc"], w0["acc_var"], w0["trials"], w0["skipped"]
+    tracker, st, rss, walk_s, frames = w0["tracker"], w0["stats"], w0["rss"], w0["walk_s"], w0["frames"]
     if args.moved_only:
         pipe.close()
         return _moved_report(args, rc, overrides, acc_on, st, trials, skipped, time.monotonic() - t_start)
@@ -453,18 +469,27 @@ def main(argv: list[str] | None = None) -> int:
     ctrl = run_scene(dataclasses.replace(rc, sensors="realistic_nodrift"), pipe)
     acc_ctrl = {s: float(np.mean([q["success"] for q in ctrl.queries if q["split"] == s])) for s in rc.splits}
     t_ctrl = time.monotonic() - t_ctrl
-    # ---- spread: the refined walk again with other memory seeds (W_m init, sampling; the same sensor draws)
+    # ---- spread: the refined walk again with other memory seeds (W_m init, sampling; the same sensor
+    # draws), each with its own moved-object trials: one walk's 2-4 trials cannot tell 0.6 from 0.9
     acc_seeds = []
+    for t in trials + skipped:
+        t["memory_seed"] = 0
     for mseed in SPREAD_SEEDS:
         pipe.cfg.memory_overrides = {**overrides, "seed": mseed}
         pipe.reset()
-        r = run_scene(rc, pipe)
-        acc_seeds.append({s: float(np.mean([q["success"] for q in r.queries if q["split"] == s])) for s in rc.splits})
+        r = refined_walk(pipe, rc, scene, queries, n_trials, {})
+        acc_seeds.append(r["acc"])
+        for t in r["trials"] + r["skipped"]:
+            t["memory_seed"] = mseed
+        trials += r["trials"]
+        skipped += r["skipped"]
     pipe.cfg.memory_overrides = overrides
     drift_mean = float(np.mean([acc_on["test"]] + [a["test"] for a in acc_seeds]))
     pipe.close()
 
     moved_ok = float(np.mean([t["ok"] for t in trials])) if trials else float("nan")
+    seed0 = [t["ok"] for t in trials if t["memory_seed"] == 0]
+    moved_ok_seed0 = float(np.mean(seed0)) if seed0 else float("nan")
     rows_acc = [["off (odometry)", f"{acc_off['test']:.2f}", f"{acc_off['dev']:.2f}", "-"],
                 ["on (ICP, map -> odom)", f"{acc_on['test']:.2f}", f"{acc_on['dev']:.2f}",
                  f"{tracker.get('accepted', '-')}/{tracker.get('accepted', 0) + tracker.get('refused', 0)}"],
@@ -483,9 +508,10 @@ def main(argv: list[str] | None = None) -> int:
         f"odometry (SensorConfig.realistic_no_drift, refinement on, {t_ctrl:.0f} s). It is one walk, not an upper "
         "bound: a walk's figure moves with small changes (dev seeds: bench/results/scale_dev_*_ctrl.md). The rows "
         "with other memory seeds (SPREAD_SEEDS: W_m init and sampling; the same sensor draws) show this room's "
-        "spread, and their mean is RESULT ground_5cm_drift_mean. Seed 0's walk is the one above (with the "
-        "moved-object trials after it); the others, like the odometry-only walk and the control, run through "
-        "m3_ros.eval.suite.run_scene (the same schedule, plus its probe thread asking one query while it walks).",
+        "spread, and their mean is RESULT ground_5cm_drift_mean. Seed 0's walk is the one above; every refined "
+        "walk (seeds 0, " + ", ".join(map(str, SPREAD_SEEDS)) + ") is followed by its own moved-object trials. "
+        "The odometry-only walk and the control run through m3_ros.eval.suite.run_scene (the same schedule, "
+        "plus its probe thread asking one query while it walks).",
         "", "Memory after the refined walk:", "",
         *table(["Gaussians", "keyframes kept", "masked as stale (free space)", "left as stale", "Gaussians cleared",
                 "bank rows", "train steps", "peak RSS MB (process: models, sim, memory)"],
@@ -500,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         "", "Gaussian count during the walk (every 8th keyframe; the global limit is MemoryConfig.max_gaussians, "
         "new places evict the most transparent):", "",
         *table(["wall s", "keyframes taken", "kept for training", "Gaussians", "train steps"], series),
-        "", f"Held-out PSNR ({len(held)} frames not used as keyframes) against training after the walk "
+        "", f"Held-out PSNR ({w0['held']} frames not used as keyframes) against training after the walk "
         "(densify / prune at work: the count moves while PSNR climbs):", "",
         *table(["train steps", "Gaussians", "PSNR dB", "PSNR dB, depth within max_depth"], psnr_rows),
         "", "Train step against map size, the same keyframe view (densify off while timing). The 200k map is the "
@@ -522,26 +548,32 @@ def main(argv: list[str] | None = None) -> int:
         f"p95 {np.percentile(qt, 95):.0f} ms (after one warm-up query that fills the attention cache).",
         "", "Moved objects (free-space evidence, MemoryConfig.freespace): an object is put 20-35 cm away on its "
         "support, the robot looks from its grasp base and five poses around it; ok = the first answer within 5 cm "
-        "of the new place and none of the best three within 5 cm of the old one.", "",
-        *table(["object", "query", "moved cm", "keyframes", "answer to new cm", "nearest answer to old cm", "ok"]
-               + [f"ok, {v}" for v in variants],
-               [[t["object"], t["query"], t["moved_cm"], t["keyframes"], t["new_cm"], t["old_cm"], t["ok"]]
-                + [t["variants"].get(v) for v in variants] for t in trials]),
+        "of the new place and none of the best three within 5 cm of the old one. Each refined walk (memory seed "
+        "0 and the spread seeds) gets its own trials; RESULT moved_ok pools them (moved_ok_seed0: seed 0's "
+        f"alone, what moved_ok was before 2026-12-06). {sum(t['ok'] for t in trials)} of {len(trials)} ok.", "",
+        *table(["memory seed", "object", "query", "moved cm", "keyframes", "answer to new cm",
+                "nearest answer to old cm", "ok"] + [f"ok, {v}" for v in variants],
+               [[t["memory_seed"], t["object"], t["query"], t["moved_cm"], t["keyframes"], t["new_cm"], t["old_cm"],
+                 t["ok"]] + [t["variants"].get(v) for v in variants] for t in trials]),
         "", "Not trials (the memory did not answer at the object before it moved, so a move says nothing): "
-        + ("; ".join(f"{t['object']} ({t['query']!r}: {t['skipped']})" for t in skipped) or "none") + ".",
+        + ("; ".join(f"{t['object']} (memory seed {t['memory_seed']}, {t['query']!r}: {t['skipped']})"
+                     for t in skipped) or "none") + ".",
     ]
     if variants:
+        seed0_t = [t for t in trials if t["memory_seed"] == 0]
         sections += ["", "Dev variants of grounding (--ground-variants), asked on the same memory after the refined "
                      "walk and in each moved-object trial:", "",
                      *table(["variant", "settings", "test phrasings", "dev phrasings", "moved ok"],
                             [[n, json.dumps(json.loads(args.ground_variants)[n]), f"{acc_var[n]['test']:.3f}",
-                              f"{acc_var[n]['dev']:.3f}", f"{sum(t['variants'][n] for t in trials)}/{len(trials)}"]
+                              f"{acc_var[n]['dev']:.3f}",
+                              f"{sum(t['variants'][n] for t in seed0_t)}/{len(seed0_t)} (memory seed 0)"]
                              for n in variants])]
     write_report(f"scale_{args.tag}" if args.tag else "scale", "A memory for a whole home: growth, drift, moved objects, banks", sections, {
         "gaussians_room": st["gaussians"], "step_ms_20k": s20, "step_ms_200k": s200,
         "step_ratio_200k_20k": s200 / s20, "psnr_db": psnr_rows[-1][2], "psnr_db_in_range": psnr_rows[-1][3],
         "query_ms_200k": float(np.median(qt)), "rss_mb_room": rss, "ground_5cm_drift": acc_on["test"],
-        "ground_5cm_drift_off": acc_off["test"], "moved_ok": moved_ok,
+        "ground_5cm_drift_off": acc_off["test"], "moved_ok": moved_ok, "moved_trials": len(trials),
+        "moved_ok_seed0": moved_ok_seed0,
         "dino_bank_rows": st["bank_rows"].get("dinov2_s", 0), "ground_5cm_nodrift": acc_ctrl["test"],
         "ground_5cm_drift_mean": drift_mean})
     return 0
