@@ -42,7 +42,7 @@ from m3_ros.memory.labelvotes import RUN_KEY, VOTES_KEY
 from m3_ros.memory.optim import catch_up_rows, selective_adam_step
 from m3_ros.memory.rasterize import rasterize
 from m3_ros.memory.seeding import (BIRTH_KEY, EXPOSURE_KEY, detected_mask, inherit_queries, least_useful, pixel_features,
-                                  seed_geometry, seed_points, small_regions)
+                                  seed_geometry, seed_points, small_regions, spared_seeds)
 from m3_ros.memory.sh import camera_centre, sh_to_rgb
 from m3_ros.memory.snapshot import AttentionCache, BankView, MemorySnapshot
 from m3_ros.memory.strategy import DensifyStrategy
@@ -248,12 +248,8 @@ class M3Memory:
         over = self.n_gaussians + len(pts) - cfg.max_gaussians
         taken = len(self._cam_centres)  # keyframes taken, this one included: its object seeds' birth
         if over > 0:  # object seeds of the keyframes the trainer still favours (cfg.recent) go last
-            birth = self.params[BIRTH_KEY].detach()
-            spared = None
-            if cfg.evict_exposure > 0:  # until training has had its say, within the training window
-                spared = (birth > taken - 1 - cfg.window) & (self.params[EXPOSURE_KEY].detach() < cfg.evict_exposure)
-            grace = cfg.recent if cfg.evict_grace is None else cfg.evict_grace
-            self._remove(least_useful(self.opacities, over, birth, taken - 1, grace, spared))
+            spared = spared_seeds(self.params[BIRTH_KEY].detach(), self.params[EXPOSURE_KEY].detach(), taken, cfg)
+            self._remove(least_useful(self.opacities, over, spared))
         new = seed_geometry(kf, pts, pix, self.means.numpy(), cfg)
         tree = cKDTree(self.means.numpy()) if self.n_gaussians > 0 and cfg.inherit_radius > 0 else None
         for m, slot in cfg.models.items():

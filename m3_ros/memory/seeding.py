@@ -138,12 +138,11 @@ often training has had a say about its opacity (MemoryConfig.evict_exposure). No
 memory's Gaussians count as trained."""
 
 
-def least_useful(opacities: torch.Tensor, n: int, birth: torch.Tensor | None = None, newest: int = 0,
-                 grace: int = 0, spared: torch.Tensor | None = None) -> torch.Tensor:
+def least_useful(opacities: torch.Tensor, n: int, spared: torch.Tensor | None = None) -> torch.Tensor:
     """Indices [n] of the Gaussians to evict first: the most transparent (they explain the least).
 
-    Gaussians seeded by the ``grace`` keyframes up to the one numbered ``newest`` (birth [N] >
-    newest - grace) go only after every older one: a seed starts at init_opacity, below what
+    Gaussians marked in spared [N] bool go only after every other one. M3Memory spares young object
+    seeds (spared_seeds): a seed starts at init_opacity, below what
     training gives most surfaces, so until it has been trained its opacity does not say how useful
     it is. Without this, a memory at
     its limit evicted each keyframe's seeds at the next keyframe (dev: a cube moved across a room
@@ -155,14 +154,21 @@ def least_useful(opacities: torch.Tensor, n: int, birth: torch.Tensor | None = N
     against 0.68 (two_tables 0.69 against 0.60, room 0.66 against 0.64, table 0.83 both), median
     2.9 against 3.6 cm, wrong object 0.09 against 0.06; moved-object trials 8 of 14 against 7 of 13
     (the trial sets differ: an object counts only if found before it moved).
-
-    spared [N] bool, when given, replaces the birth/grace rule (MemoryConfig.evict_exposure).
     """
     n = min(int(n), int(opacities.shape[0]))
-    if spared is None and birth is not None and grace > 0:
-        spared = birth > newest - grace
     key = opacities if spared is None else opacities + 2.0 * spared.to(opacities.dtype)  # opacities lie in [0, 1]
     return torch.topk(key, n, largest=False).indices
+
+
+def spared_seeds(birth: torch.Tensor, exposure: torch.Tensor, taken: int, cfg: MemoryConfig) -> torch.Tensor:
+    """[N] bool: the object seeds (birth [N], BIRTH_KEY) least_useful evicts last, with ``taken``
+    keyframes taken. By training exposure (exposure [N], EXPOSURE_KEY) when cfg.evict_exposure > 0:
+    rendered fewer times than that, from a keyframe within the newest ``window``. Otherwise the seeds
+    of the newest evict_grace (None: ``recent``) keyframes before this one."""
+    if cfg.evict_exposure > 0:
+        return (birth > taken - 1 - cfg.window) & (exposure < cfg.evict_exposure)
+    grace = cfg.recent if cfg.evict_grace is None else cfg.evict_grace
+    return birth > taken - 1 - grace
 
 
 def footprint_cap(kf: Keyframe, pts: np.ndarray, cfg: MemoryConfig) -> np.ndarray:
