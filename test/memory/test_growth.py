@@ -227,15 +227,20 @@ def _object_seeds_after_a_new_place(exposure: float = 0.0, birth: float | None =
 
 
 def test_evict_grace_overrides_recent():
-    n, kept = _object_seeds_after_a_new_place(recent=1, evict_grace=0)  # no grace: opacity alone decides
+    # the keyframe grace decides only with the exposure rule off
+    n, kept = _object_seeds_after_a_new_place(recent=1, evict_grace=0, evict_exposure=0)  # opacity alone
     assert n >= 10 and kept < n
-    n, kept = _object_seeds_after_a_new_place(recent=1, evict_grace=2)
+    n, kept = _object_seeds_after_a_new_place(recent=1, evict_grace=2, evict_exposure=0)
     assert n >= 10 and kept == n
-    n, kept = _object_seeds_after_a_new_place(recent=1)  # None: the grace is `recent`
+    n, kept = _object_seeds_after_a_new_place(recent=1, evict_exposure=0)  # None: the grace is `recent`
     assert n >= 10 and kept == n
 
 
 def test_evict_exposure_spares_object_seeds_until_training_has_rendered_them():
+    # the default: untrained seeds (exposure 0) are spared even with no keyframe grace
+    assert MemoryConfig().evict_exposure > 0
+    n, kept = _object_seeds_after_a_new_place(recent=1, evict_grace=0)
+    assert n >= 10 and kept == n
     # replaces the keyframe grace: with grace 0 as well, exposure alone decides
     n, kept = _object_seeds_after_a_new_place(recent=1, evict_grace=0, evict_exposure=5, exposure=4.0)
     assert n >= 10 and kept == n
