@@ -23,7 +23,6 @@ import torch.nn.functional as F  # noqa: E402
 
 import bench_raster  # noqa: E402
 from _common import machine_header, table, time_ms, write_report  # noqa: E402
-from m3_ros.memory import ops  # noqa: E402
 from m3_ros.memory.attention import attention_logits  # noqa: E402
 from m3_ros.memory.bank import MemoryBank, similarity_reduction  # noqa: E402
 from m3_ros.memory.distill import DistillBaseline, feature_distance  # noqa: E402

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from m3_ros.memory.distill import DistillBaseline, feature_distance

@@ -6,7 +6,6 @@ feature space (not onto bank rows), so a query stays meaningful when the bank gr
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def _scaled_queries(queries: torch.Tensor, W_m: torch.Tensor, tau: float) -> torch.Tensor:

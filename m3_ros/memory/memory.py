@@ -27,6 +27,7 @@ import logging
 import random
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,7 @@ from m3_ros.memory.sh import camera_centre, sh_to_rgb
 from m3_ros.memory.snapshot import AttentionCache, BankView, MemorySnapshot
 from m3_ros.memory.strategy import DensifyStrategy
 from m3_ros.memory.training import frustum_index, sample_view, view_losses
-from m3_ros.memory.views import (TrainView, cell_median_depth, check_keyframe, compact_keyframe,  # noqa: F401
-                                 label_depth_consistent, prepare_view)
+from m3_ros.memory.views import TrainView, check_keyframe, compact_keyframe, prepare_view
 from m3_ros.memory.wm import carry_queries, initial_wm, queries_for_rows, refit_wm, span_coverage
 from m3_ros.types import Keyframe
 
@@ -235,10 +235,7 @@ class M3Memory:
     @torch.no_grad()
     def _seed(self, kf: Keyframe, feats: dict) -> None:
         cfg = self.cfg
-        render = None
-        if self.n_gaussians > 0:
-            def render(T, K, W, H):
-                return self._render_raw(T, K, W, H, with_queries=False)
+        render = partial(self._render_raw, with_queries=False) if self.n_gaussians > 0 else None  # (T, K, W, H)
         # Room for a whole keyframe's worth, at most the global limit: new places are not refused.
         objects = detected_mask(kf)  # [H, W] inside any detector region, None without instances
         small = small_regions(kf, cfg.object_max_extent)  # [H, W] inside object-sized ones

@@ -1,7 +1,6 @@
 """The one intrinsics-scaling helper (m3_ros.geometry.scale_intrinsics) and the memory's use of it."""
 import numpy as np
 import pytest
-import torch
 
 from m3_ros.geometry import intrinsics_matrix, project, scale_intrinsics
 from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot

@@ -1,6 +1,5 @@
 """Tensor surgery keeps Adam state aligned; the densify policy clones, splits and prunes under the cap."""
 import torch
-from torch import nn
 
 from m3_ros.memory.gaussians import empty_params, voxel_downsample
 from m3_ros.memory.ops import append_gaussians, make_optimizer, remove_gaussians

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from m3_ros.memory import _raster_torch
 from m3_ros.memory.rasterize import rasterize
 
 

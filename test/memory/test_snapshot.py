@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from m3_ros.memory.gaussians import query_key
-from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot, cell_median_depth, label_depth_consistent
+from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot
+from m3_ros.memory.views import cell_median_depth, label_depth_consistent
 from synthetic_scene import region_features, render_view
 
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import rclpy
 
 from m3_ros.procs import CONFIG_DIR, NodeProcess, wait_for
 

@@ -1,7 +1,6 @@
 """Malformed sensor input reaches a memory_node process: each is dropped with a clear reason logged
 once per cause, the node lives on and keeps answering. A hypothesis test then fuzzes every input
 topic of the same running node with random messages."""
-import math
 import os
 import time
 
@@ -49,8 +48,8 @@ class Sender:
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         self.n_diag += 1
-        for st in msg.status:
-            for kv in st.values:
+        for status in msg.status:
+            for kv in status.values:
                 if kv.key.startswith("dropped/"):
                     self.dropped_kinds[kv.key[len("dropped/"):]] = int(kv.value)
                 if kv.key == "dropped_total":

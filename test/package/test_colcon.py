@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from m3_ros.procs import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.prefix)
