@@ -310,11 +310,12 @@ def refined_walk(pipe: MemoryPipeline, rc: RunConfig, scene, queries: dict, n_tr
 
 
 def _moved_report(args, rc: RunConfig, overrides: dict, acc_on: dict, st: dict, trials: list, skipped: list,
-                  wall_s: float) -> int:
+                  wall_s: float, rss: float, walk_s: float) -> int:
     """--moved-only: the trials table -> results/moved_<tag>.md (dev studies; no RESULT line)."""
     ok = sum(t["ok"] for t in trials)
     lines = [f"# Moved-object trials, dev `{rc.family}` seed {rc.seed}", "", *machine_header(),
-             f"- memory overrides {overrides or 'none'}; wall {wall_s:.0f} s; dev phrasings within 5 cm after the "
+             f"- memory overrides {overrides or 'none'}; wall {wall_s:.0f} s (walk {walk_s:.0f} s); peak RSS after "
+             f"the walk {rss:.0f} MB; dev phrasings within 5 cm after the "
              f"walk {acc_on['dev']:.2f}; after the walk (nothing moved yet) {st['gaussians']} Gaussians, "
              f"{st.get('cleared', 0)} cleared by scene-change evidence, {st.get('stale_masked', 0)} keyframes masked, "
              f"{st.get('stale_dropped', 0)} left as stale", "",
@@ -429,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     tracker, st, rss, walk_s, frames = w0["tracker"], w0["stats"], w0["rss"], w0["walk_s"], w0["frames"]
     if args.moved_only:
         pipe.close()
-        return _moved_report(args, rc, overrides, acc_on, st, trials, skipped, time.monotonic() - t_start)
+        return _moved_report(args, rc, overrides, acc_on, st, trials, skipped, time.monotonic() - t_start, rss, walk_s)
 
     # ---- train-step and query cost against map size (the walked memory's last keyframe view)
     view = pipe.memory._views[-1]
