@@ -66,7 +66,10 @@ class MemoryConfig:
     max_gaussians: int = 50_000
     """Global limit on the Gaussian count. Densification stops at it; seeding does not: new places
     evict the least useful Gaussians (lowest opacity first) to make room, so a second table or room
-    is still mapped once the first filled the memory."""
+    is still mapped once the first filled the memory. A room walk fills it after ~8 keyframes; 100000
+    was measured against it on dev rooms 1-8 x memory seeds 0-2 (bench/results/max_gaussians_rules.md,
+    rule written first): static dev phrasings within 5 cm 0.627 against 0.653, moved trials 40/51
+    against 42/51, room 6 0.47 against 0.72, walks 25-45 % slower: not kept."""
     max_per_voxel: int = 0
     """Density budget: a seed point is dropped when its voxel (voxel_size edge) already holds this
     many Gaussians (0 = no budget, the default). On one dev walk (table seed 1, 35 keyframes,
