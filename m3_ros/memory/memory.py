@@ -303,16 +303,17 @@ class M3Memory:
                 torch.sigmoid(self._rows("opacity_logits", index)))
 
     def _train_rows(self, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Every parameter's rows at index [M] (all N when None) for a train step's forward.
+        """Every trained parameter's rows at index [M] (all N when None) for a train step's forward.
 
         With selective_adam: fresh leaf tensors [M, ...] (copies), whose .grad after backward is the
         visible rows' gradient, so nothing N-sized is allocated or zeroed. Without: differentiable
         gathers of the parameters, whose dense .grad [N, ...] torch Adam steps.
+        The counts (votes, runs, birth, exposure) are left out: a train step never reads them.
         """
         if self.cfg.selective_adam:
-            return {n: (p.detach() if index is None else p.detach().index_select(0, index)).requires_grad_(p.requires_grad)
-                    for n, p in self.params.items()}
-        return {n: self._rows(n, index) for n in self.params.keys()}
+            return {n: (p.detach() if index is None else p.detach().index_select(0, index)).requires_grad_()
+                    for n, p in self.params.items() if p.requires_grad}
+        return {n: self._rows(n, index) for n, p in self.params.items() if p.requires_grad}
 
     def _rgb(self, viewmat: torch.Tensor, rows: dict[str, torch.Tensor]) -> torch.Tensor:
         """Activated colours [M, 3] of rows (``_train_rows``) seen through viewmat [4, 4] (view-dependent when sh_degree > 0)."""
