@@ -54,6 +54,7 @@ import pybullet as p  # noqa: E402
 import torch  # noqa: E402
 
 from bench._common import machine_header, table, write_report  # noqa: E402
+from bench._devcache import save_snapshot  # noqa: E402
 from m3_ros.eval.metrics import SUCCESS_M, Box, judge  # noqa: E402
 from m3_ros.eval.phrasings import scene_queries  # noqa: E402
 from m3_ros.eval.suite import RunConfig, run_scene  # noqa: E402
@@ -90,10 +91,14 @@ def boxes(world: SimWorld) -> list[Box]:
     return [Box(o.name, np.asarray(o.aabb_center, float), np.asarray(o.aabb_size, float)) for o in world.objects()]
 
 
+def world_from_map(world: SimWorld, pipe: MemoryPipeline) -> np.ndarray:
+    """map -> world [4, 4] through map -> odom and the robot's current odometry error."""
+    return world.T_world_base @ invert(world.T_odom_base) @ invert(pipe.T_map_odom)
+
+
 def to_world(world: SimWorld, pipe: MemoryPipeline, pts_map: np.ndarray) -> np.ndarray:
-    """Answers [k, 3] in map -> world through map -> odom and the robot's current odometry error."""
-    T = world.T_world_base @ invert(world.T_odom_base) @ invert(pipe.T_map_odom)
-    return transform_points(T, np.atleast_2d(pts_map))
+    """Answers [k, 3] in map -> world (world_from_map)."""
+    return transform_points(world_from_map(world, pipe), np.atleast_2d(pts_map))
 
 
 def ingest(pipe: MemoryPipeline, world: SimWorld, f, steps: int) -> bool:
@@ -135,7 +140,7 @@ def ask_all(pipe: MemoryPipeline, world: SimWorld, queries: dict, gcfg: Groundin
             except ValueError:
                 pt = None
             j = judge(pt, q.targets, bx)
-            rows.append({"split": split, "success": j.success, "error_cm": 100 * j.error_m})
+            rows.append({"split": split, "query": q.text, "success": j.success, "error_cm": 100 * j.error_m})
     return rows
 
 
@@ -270,11 +275,12 @@ def moved_trial(pipe: MemoryPipeline, world: SimWorld, scene, obj_cfg, query, rc
 
 
 def refined_walk(pipe: MemoryPipeline, rc: RunConfig, scene, queries: dict, n_trials: int, variants: dict,
-                 series: list | None = None, psnr_rows: list | None = None) -> dict:
+                 series: list | None = None, psnr_rows: list | None = None, snapshot_to: Path | None = None) -> dict:
     """Refinement on: the walk (series: the Gaussian count during it), the suite's 100 steps after it
     (psnr_rows: held-out PSNR every 50), every phrasing, then up to n_trials moved-object trials in
     the same world. Returns "acc" and "acc_var" {split: fraction within 5 cm}, "trials", "skipped",
-    "tracker", "stats", "rss", "walk_s", "frames", "held"."""
+    "tracker", "stats", "rss", "walk_s", "frames", "held". snapshot_to: where the walked memory's query
+    snapshot is cached for dev_ground.py (before the trials move anything)."""
     with SimWorld(scene, seed=rc.seed, sensors=SensorConfig.resolve(rc.sensors)) as world:
         world.advance(0.0)
         held, (walk_s, frames) = walk_on(pipe, rc, world, series if series is not None else [])
@@ -288,6 +294,10 @@ def refined_walk(pipe: MemoryPipeline, rc: RunConfig, scene, queries: dict, n_tr
         rss = peak_rss_mb()
         st = pipe.stats()
         on = ask_all(pipe, world, queries)
+        if snapshot_to is not None:
+            save_snapshot(pipe.memory.snapshot(), snapshot_to, world_from_map(world, pipe), boxes(world),
+                          {"family": rc.family, "seed": rc.seed, "memory": dict(pipe.cfg.memory_overrides),
+                           "answers": on})
         acc = {s: float(np.mean([q["success"] for q in on if q["split"] == s])) for s in queries}
         acc_var = {}
         for name, gcfg in variants.items():
@@ -394,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--moved-only", action="store_true",
                     help="dev studies of moved objects: the refined walk and the moved-object trials only "
                          "-> results/moved_<tag>.md, no RESULT line (dev seeds only)")
+    ap.add_argument("--snapshot-dir", type=Path, default=None,
+                    help="dev studies (with --moved-only): cache the walked memory's query snapshot as "
+                         "<dir>/<tag>.pt for bench/dev_ground.py")
     ap.add_argument("--trials", type=int, default=0, help="moved-object trials (default 4 with --quick, else 8)")
     args = ap.parse_args(argv)
     if args.moved_only and args.seed >= 100:
@@ -425,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     psnr_rows: list[list] = []
     if args.moved_only:
         queries = {"dev": queries["dev"]}
-    w0 = refined_walk(pipe, rc, scene, queries, n_trials, variants, series, psnr_rows)
+    snap_to = args.snapshot_dir / f"{args.tag or 'snapshot'}.pt" if args.snapshot_dir and args.moved_only else None
+    w0 = refined_walk(pipe, rc, scene, queries, n_trials, variants, series, psnr_rows, snap_to)
     acc_on, acc_var, trials, skipped = w0["acc"], w0["acc_var"], w0["trials"], w0["skipped"]
     tracker, st, rss, walk_s, frames = w0["tracker"], w0["stats"], w0["rss"], w0["walk_s"], w0["frames"]
     if args.moved_only:
