@@ -67,6 +67,10 @@ class GroundingConfig:
     """Points closer than this (m) belong to the same region."""
     min_region_points: int = 5
     """Regions with fewer points are noise."""
+    rank_top: int = 0
+    """A region ranks by the sum of (score - threshold) over its this many best members (0 = all): with
+    all, a large region that only just passes (a neighbour sharing words with the query) can out-count
+    the object that matches best."""
     centre: Literal["median", "top_half", "mid_range", "above_support"] = "mid_range"
     """A region's answer point: the middle of its points' 10th-90th percentile range per axis, the
     coordinate-wise median of its points, or that of its better-scoring half. A region's Gaussians
@@ -139,6 +143,19 @@ class GroundingConfig:
     (answers over 50 cm off: 21 -> 7 at 0.5), table seed 1 (24) 0.83 / 0.88 / 0.88 / 0.88,
     two_tables seed 1 (28) 0.46 / 0.46 / 0.32 / 0.39 (higher values discount the eroded edges of
     small objects, and a look-alike wins): 0.3 is best over the 108."""
+    support_prior: float = 0.1
+    """Label support's pseudo-votes on each side (labelvotes.support): (inside + this) / (votes + 2 this).
+    Smaller trusts a Gaussian's first few votes more. At 1, a floor patch that caught an object's label
+    through training alone (composited behind or beside it), seen outside every region the 1-2 times
+    it was voted on and never inside one, kept 0.29-0.33 support, i.e. full trust at label_support 0.3,
+    and out-ranked the object 0.8-3 m away (dev room 6: 37 such Gaussians, votes 0 / 1.5, answered
+    "the yellow cube"). Unvoted Gaussians keep 0.5 whatever the prior. Set on cached dev memories by a
+    rule written before the runs (bench/dev_ground.py, bench/results/dev_ground_rules.md; dev rooms 1-8 x
+    memory seeds 0-2, 636 dev phrasings, 2026-12-06): 1 / 0.5 / 0.25 / 0.1 gave 0.63 / 0.68 / 0.69 / 0.71
+    within 5 cm (0.1: 48 phrasings fixed, 1 broken; no room worse; absent-object phrasings refused
+    0.44 -> 0.50; answers on another object 0.09 -> 0.14, failures that had answered on the floor).
+    rank_top 10 alone gave 0.66 (32 fixed, 13 broken), with prior 0.1 0.70. The trend was still rising
+    at 0.1; smaller values were not tried."""
     label_contradictions: int = 2
     """Gaussians and view modes, region models only: a Gaussian whose label this many keyframes in a
     row contradicted (every cell around it inside detector regions, none of them its label:
@@ -209,13 +226,14 @@ def select_regions(points: np.ndarray, scores: np.ndarray, radius: float,
 
 def _ranked_regions(points: np.ndarray, scores: np.ndarray, radius: float, min_points: int, threshold: float,
                     seen: np.ndarray | None = None, centre: str = GroundingConfig.centre,
-                    support_gap: float = GroundingConfig.support_gap
+                    support_gap: float = GroundingConfig.support_gap, rank_top: int = GroundingConfig.rank_top
                     ) -> list[tuple[np.ndarray, float, np.ndarray, float]]:
     """Cluster scored points [M, 3] by distance; regions sorted by relevance above threshold.
 
-    The rank is the sum of (score - threshold) over a region: a large surface that only
-    just passes the threshold gains little, and a few stray points that match as well as
-    the object (scores saturate at the same bank row) lose to the object's many points.
+    The rank is the sum of (score - threshold) over a region (over its ``rank_top`` best members
+    when > 0): a large surface that only just passes the threshold gains little, and a few stray
+    points that match as well as the object (scores saturate at the same bank row) lose to the
+    object's many points.
 
     seen [M] (view mode): a region needs min_points members the current camera sees; its unseen
     members (the object's far side) still count for its centre and rank.
@@ -249,7 +267,10 @@ def _ranked_regions(points: np.ndarray, scores: np.ndarray, radius: float, min_p
             c = _mid_range_above_support(pts, support_gap)
         else:
             c = np.median(pts, axis=0)
-        regions.append((c, float(scores[idx].mean()), points[idx], float(np.sum(scores[idx] - threshold))))
+        above = scores[idx] - threshold
+        if rank_top > 0:
+            above = np.sort(above)[::-1][:rank_top]
+        regions.append((c, float(scores[idx].mean()), points[idx], float(np.sum(above))))
     regions.sort(key=lambda r: -r[3])
     return regions
 
@@ -350,7 +371,8 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
             # (floor, walls) decodes as strongly as an object's, cosine attention being scale-invariant
             conf = np.clip(memory.query_norms(model).detach().cpu().numpy().astype(np.float64) / cfg.confidence_norm, 0, 1)
         if cfg.label_support > 0 and memory.cfg.models[model].sample_mode == "nearest":
-            sup = memory.label_support(cfg.label_contradictions).detach().cpu().numpy().astype(np.float64)
+            sup = memory.label_support(cfg.label_contradictions, cfg.support_prior)
+            sup = sup.detach().cpu().numpy().astype(np.float64)
             conf = conf * np.clip(sup / cfg.label_support, 0, 1)
         if match is not None:
             rel = conf * row_mass(memory, model, match)
@@ -400,11 +422,12 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
         radius = max(radius, 1.5 * rendered.pixel_spacing(points[sel], cams))
     in_view = None if seen is None else seen[sel]
     ranked = _ranked_regions(points[sel], scores[sel], radius, cfg.min_region_points, thr, in_view, cfg.centre,
-                             cfg.support_gap)
+                             cfg.support_gap, cfg.rank_top)
     if not ranked:
         # only regions smaller than min_region_points pass: a small or far object (a lego brick
         # across the room keeps a handful of Gaussians); the best of them beats no answer
-        ranked = _ranked_regions(points[sel], scores[sel], radius, 1, thr, in_view, cfg.centre, cfg.support_gap)
+        ranked = _ranked_regions(points[sel], scores[sel], radius, 1, thr, in_view, cfg.centre, cfg.support_gap,
+                                 cfg.rank_top)
     if not ranked:
         raise ValueError("nothing the current camera sees matches the query better than an unlabelled surface")
     regions = [(c, s, p) for c, s, p, _ in ranked]

@@ -126,13 +126,16 @@ def carries_row(queries: torch.Tensor, rows: torch.Tensor, W_m: torch.Tensor, ba
     return ((rows < 0) | (top == rows)).numpy()
 
 
-def support(votes: torch.Tensor, contradictions: torch.Tensor | None = None, max_contradictions: int = 0
-            ) -> torch.Tensor:
-    """[N] share of inside votes, (inside + 1) / (inside + outside + 2) for votes [N, 2]: 0.5 for
-    a Gaussian no keyframe voted on, towards 0 for one seen outside every region again and again.
+def support(votes: torch.Tensor, contradictions: torch.Tensor | None = None, max_contradictions: int = 0,
+            prior: float = 1.0) -> torch.Tensor:
+    """[N] share of inside votes, (inside + prior) / (inside + outside + 2 prior) for votes [N, 2]: 0.5
+    for a Gaussian no keyframe voted on, towards 0 for one seen outside every region again and again
+    (``prior``: pseudo-votes on each side; smaller trusts the first few votes more).
     With max_contradictions > 0, 0 where contradictions [N] (RUN_KEY) reach it: the newest views
     call the place something else (a moved object's old place)."""
-    s = (votes[:, 0] + 1.0) / (votes.sum(1) + 2.0)
+    if not prior > 0:
+        raise ValueError(f"support prior must be > 0 (pseudo-votes), got {prior}")
+    s = (votes[:, 0] + prior) / (votes.sum(1) + 2.0 * prior)
     if contradictions is not None and max_contradictions > 0:
         s = torch.where(contradictions >= max_contradictions, torch.zeros_like(s), s)
     return s

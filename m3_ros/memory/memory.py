@@ -415,10 +415,10 @@ class M3Memory:
         with self._lock:
             return self._capture(copy=False).query_norms(model)
 
-    def label_support(self, max_contradictions: int = 0) -> torch.Tensor:
+    def label_support(self, max_contradictions: int = 0, prior: float = 1.0) -> torch.Tensor:
         """[N] each Gaussian's share of keyframes that saw it inside a detector region (labelvotes.support)."""
         with self._lock:
-            return self._capture(copy=False).label_support(max_contradictions)
+            return self._capture(copy=False).label_support(max_contradictions, prior)
 
     # ---- training ----------------------------------------------------------------------------
     def _sample_view(self) -> TrainView:

@@ -309,12 +309,12 @@ class MemorySnapshot:
                                       self.version)
 
     @torch.no_grad()
-    def label_support(self, max_contradictions: int = 0) -> torch.Tensor:
+    def label_support(self, max_contradictions: int = 0, prior: float = 1.0) -> torch.Tensor:
         """[N] each Gaussian's share of keyframes that saw it inside a detector region (0.5 unvoted);
         0 where max_contradictions > 0 keyframes in a row contradicted its label (labelvotes.support)."""
         if self.label_votes is None:
             return torch.full((self.n_gaussians,), 0.5)
-        return support(self.label_votes, self.label_contradictions, max_contradictions)
+        return support(self.label_votes, self.label_contradictions, max_contradictions, prior)
 
     def query_norms(self, model: str) -> torch.Tensor:
         """[N] length of each Gaussian's principal query (seeded ones are unit length)."""

@@ -57,6 +57,7 @@ PARAMS: dict[str, object] = {
     "grounding_cluster_radius": 0.03,
     "grounding_label_support": 0.3,
     "grounding_label_contradictions": 2,
+    "grounding_support_prior": 0.1,
     "grounding_centre": "mid_range",
     "max_query_chars": 200,
     "publish_relevance": True,
@@ -124,6 +125,8 @@ PARAM_SPECS: dict[str, Param] = {
     "grounding_label_contradictions": Param(0, "label models: no label support for a Gaussian whose label this many "
                                             "views in a row contradicted (a moved object's old place; 0 = off)",
                                             range=(0, 1000), live=True),
+    "grounding_support_prior": Param(0.0, "label models: pseudo-votes on each side of a Gaussian's label support "
+                                     "(smaller trusts its first few votes more)", range=(0.001, 100.0), live=True),
     "grounding_centre": Param("", "a region's answer point: above_support (mid_range, x and y above the support "
                               "plane), mid_range (middle of its points' 10-90 % extent), "
                               "median, or top_half (median of its better-scoring half)",
@@ -139,7 +142,8 @@ GROUNDING_FIELDS = {"grounding_mode": "mode", "grounding_score": "score", "groun
                      "grounding_relative_margin": "relative_margin", "grounding_baseline_margin": "baseline_margin",
                      "grounding_min_opacity": "min_opacity", "grounding_cluster_radius": "cluster_radius",
                      "grounding_label_support": "label_support",
-                     "grounding_label_contradictions": "label_contradictions", "grounding_centre": "centre",
+                     "grounding_label_contradictions": "label_contradictions",
+                     "grounding_support_prior": "support_prior", "grounding_centre": "centre",
                      "max_query_chars": "max_query_chars"}
 KEYFRAME_FIELDS = {"kf_min_translation": "min_translation", "kf_min_rotation_deg": "min_rotation_deg",
                     "kf_min_interval": "min_interval", "kf_max_interval": "max_interval"}

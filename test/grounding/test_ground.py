@@ -106,6 +106,22 @@ def test_regions_rank_by_relevance_above_threshold():
     assert np.linalg.norm(regions[0][0]) < 0.01
 
 
+def test_rank_top_lets_the_best_match_beat_a_larger_region_that_only_just_passes():
+    """A large neighbour whose 120 points only just pass the threshold out-counts the object's 15 best
+    matches when every member counts; counting each region's 10 best members, the object ranks first."""
+    from m3_ros.grounding.ground import _ranked_regions
+
+    rng = np.random.default_rng(1)
+    obj = rng.normal([0, 0, 0], 0.01, (15, 3))
+    weak = rng.normal([0.5, 0, 0], 0.01, (120, 3))
+    pts = np.concatenate([obj, weak])
+    sc = np.concatenate([np.full(15, 0.80), np.full(120, 0.66)])
+    every = _ranked_regions(pts, sc, 0.03, 5, 0.6)
+    best10 = _ranked_regions(pts, sc, 0.03, 5, 0.6, rank_top=10)
+    assert np.linalg.norm(every[0][0] - [0.5, 0, 0]) < 0.01
+    assert np.linalg.norm(best10[0][0]) < 0.01 and len(best10) == 2
+
+
 def test_gaussians_behind_a_surface_that_decode_the_query_are_vetoed():
     """Gaussians just behind the red face carry the green query; rendering shows red there."""
     from m3_ros.memory.gaussians import query_key
@@ -244,6 +260,35 @@ def test_label_support_keeps_a_label_that_bled_onto_the_wall_from_answering():
     base = GroundingConfig(verify_views=0, cluster_radius=0.05)  # the strip's seeds are ~3 cm apart at 2 m
     assert on_wall(replace(base, label_support=0.0)) >= 5
     assert on_wall(replace(base, label_support=0.5)) == 0
+
+
+def test_support_prior_decides_how_much_a_few_outside_votes_count():
+    """The wall strip carries the red label but its two votes both saw it outside every region (as a
+    floor patch beside an object does, whose label came from training alone): at the prior's default
+    it keeps most of its support and answers; with pseudo-votes of 0.1 it keeps almost none."""
+    from synthetic_scene import labelled_view
+
+    from m3_ros.memory.labelvotes import VOTES_KEY
+
+    slot = ModelSlot(channels=8, theta=0.9, max_rows=20, sample_mode="nearest")
+    mem = M3Memory(MemoryConfig(models={"labels": slot}, voxel_size=0.04, object_voxel_size=0.02, seed_stride=1,
+                                train_scale=1.0, feature_points=200, backend="torch", seed=0))
+    mem.add_keyframe(labelled_view(0.0, 0, bleed_px=6)[0])
+    wall = (mem.means[:, 2] - 2.0).abs() < 0.05
+    assert int(wall.sum()) >= 5
+    with torch.no_grad():
+        mem.params[VOTES_KEY][wall] = torch.tensor([0.0, 2.0])
+    mem._publish()
+    g = torch.Generator().manual_seed(5)
+    text = region_features(32)[1] + 0.4 * torch.randn(32, generator=g)
+
+    def on_wall(prior: float) -> int:
+        cfg = GroundingConfig(verify_views=0, cluster_radius=0.05, support_prior=prior)
+        res = ground(mem, text, "labels", cfg, top_k=5)
+        return sum(int((np.abs(p[:, 2] - 2.0) < 0.05).sum()) for p in res.region_points)
+
+    assert on_wall(1.0) >= 5
+    assert on_wall(0.1) == 0
 
 
 def test_region_centre_is_the_middle_of_the_seen_surfaces_and_ignores_a_few_strays():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from m3_ros.geometry import project
@@ -34,6 +35,16 @@ def test_only_centres_the_depth_sees_vote_and_the_region_mask_decides_which_way(
 def test_support_is_a_smoothed_share():
     s = support(torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0], [3.0, 1.0]]))
     torch.testing.assert_close(s, torch.tensor([0.5, 5 / 6, 1 / 6, 4 / 6]))
+
+
+def test_a_smaller_prior_trusts_the_first_few_votes_more():
+    """Seen outside every region the two times it was voted on: a third of its support at prior 1,
+    a ninth at prior 0.25; unvoted stays at 0.5 whatever the prior."""
+    votes = torch.tensor([[0.0, 2.0], [3.0, 0.0], [0.0, 0.0]])
+    torch.testing.assert_close(support(votes), torch.tensor([1 / 4, 4 / 5, 0.5]))
+    torch.testing.assert_close(support(votes, prior=0.25), torch.tensor([0.25 / 2.5, 3.25 / 3.5, 0.5]))
+    with pytest.raises(ValueError, match="prior"):
+        support(votes, prior=0.0)
 
 
 def _memory() -> M3Memory:
