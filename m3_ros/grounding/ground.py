@@ -70,7 +70,9 @@ class GroundingConfig:
     rank_top: int = 0
     """A region ranks by the sum of (score - threshold) over its this many best members (0 = all): with
     all, a large region that only just passes (a neighbour sharing words with the query) can out-count
-    the object that matches best."""
+    the object that matches best. Dev (bench/results/dev_ground_decision.md, 24 cached dev memories):
+    10 gave 0.66 within 5 cm against 0.63 at support_prior 1 (32 fixed, 13 broken) and 0.70 against
+    0.71 at support_prior 0.1, so it stays off."""
     centre: Literal["median", "top_half", "mid_range", "above_support"] = "mid_range"
     """A region's answer point: the middle of its points' 10th-90th percentile range per axis, the
     coordinate-wise median of its points, or that of its better-scoring half. A region's Gaussians
