@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         + "; ".join(f"`{k}` {json.loads(a.variants).get(k, {})}" for k in variants), "",
         *table(["variant", "n", "within 5 cm", "median cm", "wrong object", "absent refused",
                 "fixed vs default", "broken vs default"], summary), "",
-        f"The default's answers from the cache agree with the live run's (after the walk) on {agree:.3f} of "
-        f"{len(same)} dev phrasings (the attention cache starts empty here).", "",
+        f"The default's answers from the cache agree with the live run's (after the walk, asked with the defaults "
+        f"of the code that walked) on {agree:.3f} of {len(same)} dev phrasings (the attention cache starts empty "
+        "here; below 1 when the grounding defaults changed since).", "",
         *table(["snapshot"] + list(variants), per)]
     best = max(summary, key=lambda r: r[2])
     write_report(f"dev_ground{tag}", "Grounding variants on cached dev memories", sections,
