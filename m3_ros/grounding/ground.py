@@ -156,8 +156,9 @@ class GroundingConfig:
     memory seeds 0-2, 636 dev phrasings, 2026-12-06): 1 / 0.5 / 0.25 / 0.1 gave 0.63 / 0.68 / 0.69 / 0.71
     within 5 cm (0.1: 48 phrasings fixed, 1 broken; no room worse; absent-object phrasings refused
     0.44 -> 0.50; answers on another object 0.09 -> 0.14, failures that had answered on the floor).
-    rank_top 10 alone gave 0.66 (32 fixed, 13 broken), with prior 0.1 0.70. The trend was still rising
-    at 0.1; smaller values were not tried."""
+    rank_top 10 alone gave 0.66 (32 fixed, 13 broken), with prior 0.1 0.70. Checked on 24 fresh dev
+    memories walked after the choice (memory seeds 3-5): 0.72 against 0.64 at 1 (52 better, none
+    worse). 0.03 gained 2 phrasings (dev_ground_round2.md) and was not kept."""
     label_contradictions: int = 2
     """Gaussians and view modes, region models only: a Gaussian whose label this many keyframes in a
     row contradicted (every cell around it inside detector regions, none of them its label:
