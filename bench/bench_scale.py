@@ -140,7 +140,8 @@ def ask_all(pipe: MemoryPipeline, world: SimWorld, queries: dict, gcfg: Groundin
             except ValueError:
                 pt = None
             j = judge(pt, q.targets, bx)
-            rows.append({"split": split, "query": q.text, "success": j.success, "error_cm": 100 * j.error_m})
+            rows.append({"split": split, "query": q.text, "object": q.targets[0], "success": j.success,
+                         "error_cm": 100 * j.error_m})
     return rows
 
 

@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"dev_ground: {path} is a test scene (seed {meta['seed']}); dev seeds only")
         scene = resolve_scene(meta["family"], meta["seed"])
         present = [(q, False) for q in scene_queries(scene, "dev")]
-        absent = absent_queries(scene, "dev")
-        absent = [(q, True) for q in absent[:: max(1, -(-len(absent) // a.absent))][: a.absent]] if a.absent else []
-        live = {r["query"]: r["success"] for r in meta.get("answers", []) if "query" in r}
+        absent = [(q, True) for q in absent_queries(scene, "dev", a.absent)]
+        # the walk's own answers, by phrasing and target (one text can name two objects: "the cube")
+        live = {(r["query"], r.get("object")): r["success"] for r in meta.get("answers", []) if "query" in r}
         for q, is_absent in present + absent:
             emb = text.encode_text([validate_query(q.text)])[0]
             for name, cfg in variants.items():
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not is_absent:
                     j = judge(pt, q.targets, boxes)
                     rec.update(object=q.targets[0], success=j.success, error_cm=100 * j.error_m,
-                               wrong_object=j.wrong_object, live=live.get(q.text))
+                               wrong_object=j.wrong_object, live=live.get((q.text, q.targets[0])))
                 rows.append(rec)
         print(f"[{time.monotonic() - t0:5.0f} s] {path.stem}: {len(present)} dev + {len(absent)} absent phrasings", flush=True)
 

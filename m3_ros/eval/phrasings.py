@@ -44,10 +44,11 @@ def scene_queries(scene: SceneConfig, split: str) -> list[Query]:
     return out
 
 
-def absent_queries(scene: SceneConfig, split: str) -> list[Query]:
+def absent_queries(scene: SceneConfig, split: str, limit: int | None = None) -> list[Query]:
     """Phrasings of ``split`` written for library objects the scene does not hold and that fit none
     of its objects (``referents`` is empty): a memory that answers them points at something that
-    is not there. Targets are empty; library order."""
+    is not there. Targets are empty; library order; with ``limit``, at most that many, evenly spaced
+    over that order."""
     lib = load_library()
     recs = load_phrasing_records(split)
     keys = [(o.name, o.library) for o in scene.objects]
@@ -57,4 +58,6 @@ def absent_queries(scene: SceneConfig, split: str) -> list[Query]:
         if key in present or key not in lib:
             continue
         out += [Query(ph.text, [], ph.kind) for ph in phrasings if not referents(ph, key, keys, lib)]
+    if limit is not None:
+        out = out[:: max(1, -(-len(out) // limit))][:limit] if limit > 0 else []
     return out

@@ -271,8 +271,7 @@ def _answer(method: str, query: str, emb, world: SimWorld, pipe: MemoryPipeline,
 def _ask_absent(out: RunResult, world: SimWorld, pipe: MemoryPipeline, vmap, vmap_map, variants: dict,
                 methods: list[str], scene, split: str, n: int) -> None:
     """Ask up to n phrasings of absent objects with every method; a refusal is the right answer."""
-    qs = absent_queries(scene, split)
-    for q in qs[:: max(1, -(-len(qs) // n))][:n]:
+    for q in absent_queries(scene, split, n):
         emb = pipe.text_model.encode_text([q.text])[0] if vmap is not None else None
         for method in methods:
             refused = _answer(method, q.text, emb, world, pipe, vmap, vmap_map, variants) is None

@@ -81,3 +81,14 @@ def test_an_answers_offset_is_taken_from_the_nearest_target_and_absent_without_a
     got = _offset(np.array([0.93, 0.02, 0.56]), ["mug", "mug2"], boxes)
     assert got["offset_cm"] == [-7.0, 2.0, 6.0] and got["target_size_cm"] == [10.0, 10.0, 12.0]
     assert _offset(None, ["mug"], boxes) == {} and _offset(np.array([np.nan, 0, 0]), ["mug"], boxes) == {}
+
+
+def test_absent_queries_limit_spreads_over_the_library():
+    objs = [ObjectConfig(name="d", urdf="duck_vhacd.urdf", xyz=(0.4, 0, 0.4), library="duck", category="duck")]
+    scene = SceneConfig(objects=objs)
+    every = [q.text for q in absent_queries(scene, "dev")]
+    five = [q.text for q in absent_queries(scene, "dev", 5)]
+    assert len(every) > 10 and len(five) == 5
+    step = -(-len(every) // 5)
+    assert five == every[::step][:5] and five[-1] != every[4]  # spread, not the first five
+    assert absent_queries(scene, "dev", 0) == []
