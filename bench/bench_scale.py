@@ -194,9 +194,10 @@ def _visible(world: SimWorld, base: np.ndarray, pts: np.ndarray, margin_px: floa
 
 
 def moved_trial(pipe: MemoryPipeline, world: SimWorld, scene, obj_cfg, query, rc: RunConfig,
-                variants: dict | None = None) -> dict | None:
+                variants: dict | None = None, snapshot_to: Path | None = None) -> dict | None:
     """Move one object elsewhere on its support, look at both places from a few poses, ask (also with
-    each dev variant {name: GroundingConfig}: "variants" {name: ok})."""
+    each dev variant {name: GroundingConfig}: "variants" {name: ok}). snapshot_to: where the memory's
+    query snapshot after the move is cached for dev_ground.py --moved (meta: query, both places)."""
     obj = world.object_state(obj_cfg.name)
     sup = _support(world, obj)
     if sup is None:
@@ -263,6 +264,10 @@ def moved_trial(pipe: MemoryPipeline, world: SimWorld, scene, obj_cfg, query, rc
         near = min(world.objects(), key=lambda o: float(np.linalg.norm(o.aabb_center - pts[0])))
         return float(np.linalg.norm(pts[0] - new)), float(np.min(np.linalg.norm(pts - old, axis=1))), near.name
 
+    if snapshot_to is not None:
+        save_snapshot(pipe.memory.snapshot(), snapshot_to, world_from_map(world, pipe), boxes(world),
+                      {"family": rc.family, "seed": rc.seed, "memory": dict(pipe.cfg.memory_overrides),
+                       "moved": {"object": obj.name, "query": query.text, "old": old.tolist(), "new": new.tolist()}})
     out = {}
     for name, gcfg in (variants or {}).items():
         pipe.cfg.grounding = gcfg
@@ -312,7 +317,8 @@ def refined_walk(pipe: MemoryPipeline, rc: RunConfig, scene, queries: dict, n_tr
                 break
             if o.grasp_base is None or not o.reachable or o.name not in dev_q:
                 continue
-            r = moved_trial(pipe, world, scene, o, dev_q[o.name], rc, variants)
+            moved_to = None if snapshot_to is None else snapshot_to.with_name(f"{snapshot_to.stem}_moved_{o.name}.pt")
+            r = moved_trial(pipe, world, scene, o, dev_q[o.name], rc, variants, moved_to)
             if r is None:
                 continue
             (skipped if "skipped" in r else trials).append(r)
@@ -407,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
                          "-> results/moved_<tag>.md, no RESULT line (dev seeds only)")
     ap.add_argument("--snapshot-dir", type=Path, default=None,
                     help="dev studies (with --moved-only): cache the walked memory's query snapshot as "
-                         "<dir>/<tag>.pt for bench/dev_ground.py")
+                         "<dir>/<tag>.pt for bench/dev_ground.py, and after each moved-object trial "
+                         "<dir>/<tag>_moved_<object>.pt")
     ap.add_argument("--trials", type=int, default=0, help="moved-object trials (default 4 with --quick, else 8)")
     args = ap.parse_args(argv)
     if args.moved_only and args.seed >= 100:

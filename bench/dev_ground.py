@@ -9,6 +9,10 @@ hold (a refusal is right) with the default GroundingConfig and each variant, jud
 and writes results/dev_ground_<tag>.md (+ _answers.json): per variant, within 5 cm, wrong object,
 absent refused; and the paired count of phrasings each variant fixes and breaks against the
 default. Dev seeds only (the snapshots refuse seeds >= 100).
+
+``--moved`` asks the snapshots cached after moved-object trials (``<tag>_moved_<object>.pt``) instead:
+ok as bench_scale judges a trial (the first of three answers within 5 cm of the new place, none of
+them within 5 cm of the old one), per variant, with the trials each variant fixes and breaks.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from bench._common import RESULTS_DIR, machine_header, table, write_report  # noqa: E402
 from bench._devcache import load_snapshot  # noqa: E402
-from m3_ros.eval.metrics import judge  # noqa: E402
+from m3_ros.eval.metrics import SUCCESS_M, judge  # noqa: E402
 from m3_ros.eval.phrasings import absent_queries, scene_queries  # noqa: E402
 from m3_ros.foundation import FoundationConfig, grounding_text_model, load_models  # noqa: E402
 from m3_ros.geometry import transform_points  # noqa: E402
@@ -44,20 +48,64 @@ def answer(snap, T_world_map: np.ndarray, emb, model: str, cfg: GroundingConfig)
     return transform_points(T_world_map, np.atleast_2d(pt))[0]
 
 
+def moved_rows(paths: list[Path], variants: dict, text) -> list[dict]:
+    """One row per (moved-object snapshot, variant): ok, cm from the new place, nearest answer to the old."""
+    rows = []
+    for path in paths:
+        snap, T_wm, _, meta = load_snapshot(path)
+        if meta["seed"] >= 100:
+            sys.exit(f"dev_ground: {path} is a test scene (seed {meta['seed']}); dev seeds only")
+        mv = meta["moved"]
+        old, new = np.asarray(mv["old"]), np.asarray(mv["new"])
+        emb = text.encode_text([validate_query(mv["query"])])[0]
+        for name, cfg in variants.items():
+            try:
+                pts = transform_points(T_wm, ground(snap, emb, text.name, cfg, top_k=3).points)
+                d_new, d_old = float(np.linalg.norm(pts[0] - new)), float(np.linalg.norm(pts - old, axis=1).min())
+            except ValueError:
+                d_new = d_old = float("inf")
+            rows.append({"snapshot": path.stem, "variant": name, "object": mv["object"], "query": mv["query"],
+                         "new_cm": 100 * d_new, "old_cm": 100 * d_old,
+                         "success": d_new <= SUCCESS_M and d_old > SUCCESS_M})
+    return rows
+
+
+def moved_report(rows: list[dict], variants: dict, tag: str, paths: list[Path], spec: str) -> None:
+    ref = {r["snapshot"]: r["success"] for r in rows if r["variant"] == "default"}
+    summary = []
+    for name in variants:
+        sel = [r for r in rows if r["variant"] == name]
+        summary.append([name, len(sel), float(np.mean([r["success"] for r in sel])),
+                        sum(r["success"] and not ref[r["snapshot"]] for r in sel),
+                        sum(not r["success"] and ref[r["snapshot"]] for r in sel)])
+    detail = [[r["snapshot"], r["variant"], r["query"], r["new_cm"], r["old_cm"], r["success"]] for r in rows]
+    sections = machine_header() + [
+        "", f"{len(paths)} cached moved-object snapshots; variants: {spec}", "",
+        *table(["variant", "trials", "moved ok", "fixed vs default", "broken vs default"], summary), "",
+        *table(["snapshot", "variant", "query", "answer to new cm", "nearest answer to old cm", "ok"], detail)]
+    write_report(f"dev_ground_moved{tag}", "Moved-object trials on cached dev memories", sections,
+                 {"default_moved_ok": summary[0][2]})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", type=Path, required=True, help="snapshots written by bench_scale.py --snapshot-dir")
     ap.add_argument("--variants", default="{}", metavar="JSON", help='{"name": {GroundingConfig field: value}}')
     ap.add_argument("--absent", type=int, default=12, help="absent-object phrasings asked per snapshot")
     ap.add_argument("--tag", default="", help="results/dev_ground_<tag>.md")
+    ap.add_argument("--moved", action="store_true", help="ask the moved-object snapshots (<tag>_moved_<object>.pt)")
     a = ap.parse_args(argv)
     base = GroundingConfig(mode="gaussians")
     variants = {"default": base, **{k: dataclasses.replace(base, **v) for k, v in json.loads(a.variants).items()}}
-    paths = sorted(a.dir.glob("*.pt"))
+    paths = sorted(p for p in a.dir.glob("*.pt") if ("_moved_" in p.stem) == a.moved)
     if not paths:
-        sys.exit(f"dev_ground: no snapshots in {a.dir}")
+        sys.exit(f"dev_ground: no {'moved-object ' if a.moved else ''}snapshots in {a.dir}")
     models = load_models(FoundationConfig(models=["minilm_labels"]))
     text = grounding_text_model(models)
+    if a.moved:
+        moved_report(moved_rows(paths, variants, text), variants, f"_{a.tag}" if a.tag else "", paths,
+                     "; ".join(f"`{k}` {json.loads(a.variants).get(k, {})}" for k in variants))
+        return 0
     rows: list[dict] = []
     t0 = time.monotonic()
     for path in paths:

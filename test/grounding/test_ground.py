@@ -81,6 +81,20 @@ def test_a_query_that_matches_nothing_is_refused(memory):
         ground(memory, q, "dino")
 
 
+def test_fallback_points_decides_whether_a_weak_match_answers(memory):
+    """With no region large enough to count (min_region_points above any face's Gaussians), the best
+    small region answers by default and the query is refused when fallback_points asks for as many."""
+    text = region_features()[1]
+    cfg = GroundingConfig(mode="gaussians", verify_views=0, cluster_radius=0.08)  # ~5 cm between test pixels
+    normal = ground(memory, text, "dino", cfg)
+    big = len(normal.region_points[0]) + 1  # the face's region falls short of it
+    weak = ground(memory, text, "dino", replace(cfg, min_region_points=big))
+    assert np.linalg.norm(weak.points[0] - RED_CENTRE) < 0.1
+    assert len(weak.region_points[0]) < big
+    with pytest.raises(ValueError, match=f"no region of {big} or more Gaussians that the memory holds"):
+        ground(memory, text, "dino", replace(cfg, min_region_points=big, fallback_points=big))
+
+
 def test_validate_query():
     assert validate_query("  yellow   bath duck ") == "yellow bath duck"
     for bad, msg in [("", "empty"), ("   ", "empty"), ("x" * 201, "at most 200"), ("1234 !!", "no words")]:
