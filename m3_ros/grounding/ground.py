@@ -204,6 +204,7 @@ class GroundingResult:
     views: list[int] = field(default_factory=list)  # keyframe indices rendered
     relevance_maps: list[np.ndarray] = field(default_factory=list)  # [h, w] per view (render mode)
     region_points: list[np.ndarray] = field(default_factory=list)  # [m_i, 3] per returned region
+    weak: bool = False  # no region of min_region_points passed: a smaller one answered (GroundingConfig.fallback_points)
 
 
 def validate_query(query: str, max_chars: int = 200) -> str:
@@ -435,7 +436,8 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
     in_view = None if seen is None else seen[sel]
     ranked = _ranked_regions(points[sel], scores[sel], radius, cfg.min_region_points, thr, in_view, cfg.centre,
                              cfg.support_gap, cfg.rank_top)
-    if not ranked:
+    weak = not ranked
+    if weak:
         # only regions smaller than min_region_points pass: a small or far object (a lego brick
         # across the room keeps a handful of Gaussians); the best of them beats no answer
         ranked = _ranked_regions(points[sel], scores[sel], radius, cfg.fallback_points, thr, in_view, cfg.centre,
@@ -455,4 +457,4 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
     return GroundingResult(
         points=np.stack([r[0] for r in regions]), scores=np.array([r[1] for r in regions]),
         model=model, mode=mode, n_candidates=int(sel.sum()), threshold=thr,
-        views=views, relevance_maps=maps, region_points=[r[2] for r in regions])
+        views=views, relevance_maps=maps, region_points=[r[2] for r in regions], weak=weak)

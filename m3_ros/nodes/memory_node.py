@@ -498,8 +498,9 @@ class MemoryNode(Node):
         res.scores = [float(s) for s in out.scores]
         res.model = out.model
         res.success = True
+        weak = f", weak match: its region has {len(out.region_points[0])} points" if out.weak else ""
         res.message = (f"grounded '{req.query}' with text model {out.model} ({out.mode} mode, "
-                       f"{out.n_candidates} candidate points, {1e3 * (time.monotonic() - t0):.0f} ms)")
+                       f"{out.n_candidates} candidate points{weak}, {1e3 * (time.monotonic() - t0):.0f} ms)")
         self.get_logger().info(res.message)
         # markers and the relevance image go out after the answer: the client never waits for them
         self._outputs.submit(req.query, out, pts, frame)

@@ -90,7 +90,7 @@ def test_fallback_points_decides_whether_a_weak_match_answers(memory):
     big = len(normal.region_points[0]) + 1  # the face's region falls short of it
     weak = ground(memory, text, "dino", replace(cfg, min_region_points=big))
     assert np.linalg.norm(weak.points[0] - RED_CENTRE) < 0.1
-    assert len(weak.region_points[0]) < big
+    assert len(weak.region_points[0]) < big and weak.weak and not normal.weak
     with pytest.raises(ValueError, match=f"no region of {big} or more Gaussians that the memory holds"):
         ground(memory, text, "dino", replace(cfg, min_region_points=big, fallback_points=big))
 
