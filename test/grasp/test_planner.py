@@ -47,6 +47,19 @@ def test_box_near_the_table_edge_stands_on_the_table_not_the_floor():
     assert np.linalg.norm(plan.T_world_tcp[:2, 3] - [0.0, -0.26]) < 0.015
 
 
+def test_a_low_plate_touching_the_object_does_not_pull_the_grasp_off_it():
+    """A tray's base 1.4 cm above the table touches the object's foot: the connected blob takes the
+    plate in, but the grasp is centred on the object (CI, 2026-12-06: the duck beside the tray, planned
+    2.8 cm off towards the tray, and the gripper closed on nothing)."""
+    g = np.arange(-0.03, 0.03 + 1e-9, 0.005)  # a strip: the table still holds most of the support ring
+    plate = np.array([[x, y, 0.414] for x in g for y in np.arange(-0.095, -0.04, 0.005)])
+    pts = np.concatenate([table(0.4), plate, box_surface((0.0, 0.0), (0.06, 0.06, 0.07), 0.4)])
+    plan = plan_grasp(np.array([0.0, 0.0, 0.43]), pts)
+    assert plan.approach == "top_down"
+    assert np.linalg.norm(plan.T_world_tcp[:2, 3] - [0.0, 0.0]) < 0.01, plan.T_world_tcp[:3, 3]
+    assert plan.width <= 0.06 + GraspConfig().width_margin + 0.005
+
+
 def test_tall_box_from_the_side_facing_away_from_the_robot():
     pts = np.concatenate([table(0.4), box_surface((0.0, 0.1), (0.05, 0.05, 0.25), 0.4)])
     plan = plan_grasp(np.array([0.0, 0.1, 0.5]), pts, viewpoint=np.array([0.0, -0.6, 0.3]))
