@@ -77,12 +77,6 @@ class GroundingConfig:
     On set C (memory seeds 6-8, walked after that choice) 5 against 1: within 5 cm 0.67 / 0.70, another
     object 0.08 / 0.13, absent refused 0.62 / 0.45, moved-object trials 32 of 43 both. The default keeps
     answering (the issue's measure is within 5 cm); a robot that must not act on a weak match sets 5."""
-    rank_top: int = 0
-    """A region ranks by the sum of (score - threshold) over its this many best members (0 = all): with
-    all, a large region that only just passes (a neighbour sharing words with the query) can out-count
-    the object that matches best. Dev (bench/results/dev_ground_decision.md, 24 cached dev memories):
-    10 gave 0.66 within 5 cm against 0.63 at support_prior 1 (32 fixed, 13 broken) and 0.70 against
-    0.71 at support_prior 0.1, so it stays off."""
     centre: Literal["median", "top_half", "mid_range", "above_support"] = "mid_range"
     """A region's answer point: the middle of its points' 10th-90th percentile range per axis, the
     coordinate-wise median of its points, or that of its better-scoring half. A region's Gaussians
@@ -166,7 +160,8 @@ class GroundingConfig:
     memory seeds 0-2, 636 dev phrasings, 2026-12-06): 1 / 0.5 / 0.25 / 0.1 gave 0.63 / 0.68 / 0.69 / 0.71
     within 5 cm (0.1: 48 phrasings fixed, 1 broken; no room worse; absent-object phrasings refused
     0.44 -> 0.50; answers on another object 0.09 -> 0.14, failures that had answered on the floor).
-    rank_top 10 alone gave 0.66 (32 fixed, 13 broken), with prior 0.1 0.70. Checked on 24 fresh dev
+    Ranking a region by its 10 best members alone (an option since removed) gave 0.66 (32 fixed, 13
+    broken), with prior 0.1 0.70. Checked on 24 fresh dev
     memories walked after the choice (memory seeds 3-5): 0.72 against 0.64 at 1 (52 better, none
     worse). 0.03 gained 2 phrasings (dev_ground_round2.md) and was not kept."""
     label_contradictions: int = 2
@@ -240,14 +235,12 @@ def select_regions(points: np.ndarray, scores: np.ndarray, radius: float,
 
 def _ranked_regions(points: np.ndarray, scores: np.ndarray, radius: float, min_points: int, threshold: float,
                     seen: np.ndarray | None = None, centre: str = GroundingConfig.centre,
-                    support_gap: float = GroundingConfig.support_gap, rank_top: int = GroundingConfig.rank_top
-                    ) -> list[tuple[np.ndarray, float, np.ndarray, float]]:
+                    support_gap: float = GroundingConfig.support_gap) -> list[tuple[np.ndarray, float, np.ndarray, float]]:
     """Cluster scored points [M, 3] by distance; regions sorted by relevance above threshold.
 
-    The rank is the sum of (score - threshold) over a region (over its ``rank_top`` best members
-    when > 0): a large surface that only just passes the threshold gains little, and a few stray
-    points that match as well as the object (scores saturate at the same bank row) lose to the
-    object's many points.
+    The rank is the sum of (score - threshold) over a region: a large surface that only just passes
+    the threshold gains little, and a few stray points that match as well as the object (scores
+    saturate at the same bank row) lose to the object's many points.
 
     seen [M] (view mode): a region needs min_points members the current camera sees; its unseen
     members (the object's far side) still count for its centre and rank.
@@ -282,8 +275,6 @@ def _ranked_regions(points: np.ndarray, scores: np.ndarray, radius: float, min_p
         else:
             c = np.median(pts, axis=0)
         above = scores[idx] - threshold
-        if rank_top > 0:
-            above = np.sort(above)[::-1][:rank_top]
         regions.append((c, float(scores[idx].mean()), points[idx], float(np.sum(above))))
     regions.sort(key=lambda r: -r[3])
     return regions
@@ -436,13 +427,13 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
         radius = max(radius, 1.5 * rendered.pixel_spacing(points[sel], cams))
     in_view = None if seen is None else seen[sel]
     ranked = _ranked_regions(points[sel], scores[sel], radius, cfg.min_region_points, thr, in_view, cfg.centre,
-                             cfg.support_gap, cfg.rank_top)
+                             cfg.support_gap)
     weak = not ranked
     if weak:
         # only regions smaller than min_region_points pass: a small or far object (a lego brick
         # across the room keeps a handful of Gaussians); the best of them beats no answer
         ranked = _ranked_regions(points[sel], scores[sel], radius, cfg.fallback_points, thr, in_view, cfg.centre,
-                                 cfg.support_gap, cfg.rank_top)
+                                 cfg.support_gap)
     if not ranked:
         where = "the current camera sees" if in_view is not None else "the memory holds"
         raise ValueError(f"no region of {cfg.fallback_points} or more Gaussians that {where} matches the query "

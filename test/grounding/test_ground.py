@@ -120,22 +120,6 @@ def test_regions_rank_by_relevance_above_threshold():
     assert np.linalg.norm(regions[0][0]) < 0.01
 
 
-def test_rank_top_lets_the_best_match_beat_a_larger_region_that_only_just_passes():
-    """A large neighbour whose 120 points only just pass the threshold out-counts the object's 15 best
-    matches when every member counts; counting each region's 10 best members, the object ranks first."""
-    from m3_ros.grounding.ground import _ranked_regions
-
-    rng = np.random.default_rng(1)
-    obj = rng.normal([0, 0, 0], 0.01, (15, 3))
-    weak = rng.normal([0.5, 0, 0], 0.01, (120, 3))
-    pts = np.concatenate([obj, weak])
-    sc = np.concatenate([np.full(15, 0.80), np.full(120, 0.66)])
-    every = _ranked_regions(pts, sc, 0.03, 5, 0.6)
-    best10 = _ranked_regions(pts, sc, 0.03, 5, 0.6, rank_top=10)
-    assert np.linalg.norm(every[0][0] - [0.5, 0, 0]) < 0.01
-    assert np.linalg.norm(best10[0][0]) < 0.01 and len(best10) == 2
-
-
 def test_gaussians_behind_a_surface_that_decode_the_query_are_vetoed():
     """Gaussians just behind the red face carry the green query; rendering shows red there."""
     from m3_ros.memory.gaussians import query_key
