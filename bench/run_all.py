@@ -11,6 +11,7 @@ GroundingConfig; the `test` phrasings are reported, not tuned on.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import resource
@@ -271,18 +272,28 @@ def main() -> None:
 def _bench_readme(result_line: str, overall: list, verdict: list[str]) -> None:
     """bench/README.md: what each benchmark measures, and the suite's latest headline."""
     others = sorted(p.name for p in BENCH_DIR.glob("bench_*.py"))
+    dev_tools = sorted(p.name for p in BENCH_DIR.glob("dev_*.py"))
     text = "\n".join([
         "# Benchmarks", "",
         "Every performance or accuracy claim of this package lives here. Each script prints a table (machine, "
         "threads, versions), writes it to `bench/results/<name>.md` and ends with a `RESULT` line.", "",
         "- `bench/run_all [--quick]`: the evaluation suite (this page's figures; `results/suite.md`).",
         *[f"- `.venv/bin/python bench/{n} [--quick]`: see its docstring; `results/{n[6:-3]}.md`." for n in others],
+        "", "Dev studies (dev scenes and phrasings only; thresholds are set with these, never on the suite's test "
+        "split):", "",
+        *[f"- `.venv/bin/python bench/{n}`: {_summary_line(BENCH_DIR / n)} See its docstring." for n in dev_tools],
         "", "## Latest suite run", "",
         *table(["sensors", "method", "queries", "within 5 cm", "median cm", "wrong object"], overall), "",
         *verdict, "", "```", result_line, "```", "",
         "Plots: `results/suite_error_vs_time.png`, `results/suite_success_per_family.png`, "
         "`results/suite_relevance.png`, `results/suite_latency.png`.", ""])
     (BENCH_DIR / "README.md").write_text(text)
+
+
+def _summary_line(path: Path) -> str:
+    """The first line of a script's module docstring (read, not imported)."""
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
 if __name__ == "__main__":

@@ -67,6 +67,16 @@ class RunConfig:
     """Train steps after the walk, before the final queries."""
     grasps: int = 3
     """Grasp trials on reachable targets (0 = none)."""
+    grasp_look: bool = True
+    """Before grounding a grasp target, stand at the grasp pose and stream frames until one becomes a
+    keyframe, as a robot does: the memory node ingests all along and the grasp planner node maps with
+    the newest map -> odom, which then holds that view's ICP. False: plan with the end-of-walk
+    map -> odom carried by odometry (the suite before 2026-12-06; results/dev_grasp_rules.md)."""
+    grasp_split: str = "test"
+    """Phrasing split the grasp trials ask with (dev studies: bench/dev_grasp.py asks dev phrasings)."""
+    keep_grasp_inputs: bool = False
+    """Keep what each grasp was planned from (RunResult.grasp_inputs), so planner variants can be
+    executed again on the same memory (bench/dev_grasp.py)."""
     iou_views: int = 4
     """Held-out views for the relevance IoU."""
     keep_frames: int = 0
@@ -93,6 +103,7 @@ class RunResult:
     walk: dict = field(default_factory=dict)
     example: dict = field(default_factory=dict)  # an rgb frame + relevance map for the report
     held_out: list = field(default_factory=list)  # SimFrames not used as keyframes
+    grasp_inputs: list[dict] = field(default_factory=list)  # per grasp: target, cloud, T_world_map (keep_grasp_inputs)
 
 
 _NO_LIMIT_S = 3600.0  # train_for's time budget when a step count is the limit
@@ -246,7 +257,7 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
         _relevance_iou(out, pipe, world, held, queries, rc.iou_views)
         out.held_out = held[: rc.keep_frames]
         if rc.grasps > 0:
-            _grasps(out, pipe, world, scene, queries, rc.grasps)
+            _grasps(out, pipe, world, scene, queries, rc)
     return out
 
 
@@ -300,28 +311,62 @@ def _relevance_iou(out: RunResult, pipe: MemoryPipeline, world: SimWorld, held: 
                 out.example = {"rgb": f.rgb, "relevance": rel, "query": q.text, "pixels": int(mask.sum())}
 
 
-def _grasps(out: RunResult, pipe: MemoryPipeline, world: SimWorld, scene, queries: dict, n: int) -> None:
-    """Walk to a pose with the target in reach, ground, plan on the memory's points, execute."""
-    test = {q.targets[0]: q for q in (queries.get("test") or []) if len(q.targets) == 1}
+def _look(pipe: MemoryPipeline, world: SimWorld, tries: int = 3) -> bool:
+    """Stand still and stream camera frames until one becomes a keyframe, as the memory node does
+    between arriving and grasping (its ICP re-localises the robot against the map); True if one did."""
+    for _ in range(tries):
+        world.advance(0.5)  # longer than the keyframe selector's min_interval
+        f = world.render()
+        if f.dropped:
+            continue
+        if pipe.offer_frame(f.stamp, f.rgb, f.depth, f.K, f.T_odom_cam, world.oracle_instances(f)):
+            while not pipe.idle():
+                time.sleep(0.005)
+                pipe.train_for(0.0, max_steps=0)
+            return True
+    return False
+
+
+def _grasps(out: RunResult, pipe: MemoryPipeline, world: SimWorld, scene, queries: dict, rc: RunConfig) -> None:
+    """Stand where the target is in reach, (look,) ground, plan on the memory's points, execute.
+
+    With ``rc.keep_grasp_inputs`` every trial is also planned both ways for bench/dev_grasp.py: a blind
+    pass first (the end-of-walk map -> odom carried by odometry), then a pass that looks first; the
+    live outcomes are those of ``rc.grasp_look``."""
+    phr = {q.targets[0]: q for q in (queries.get(rc.grasp_split) or []) if len(q.targets) == 1}
     reach = [o for o in scene.objects if getattr(o, "reachable", True) and getattr(o, "grasp_base", None)
-             is not None and o.name in test]
-    for o in reach[:n]:
-        state = p.saveState(physicsClientId=world.client)
-        rec = {"family": out.family, "sensors": out.sensors, "object": o.name, "query": test[o.name].text}
-        try:
-            world.teleport_base(o.grasp_base)
-            res = pipe.ground(test[o.name].text)
-            mem = pipe.memory
-            keep = mem.opacities.detach().cpu().numpy() >= CLOUD_MIN_OPACITY
-            cloud = mem.means.detach().cpu().numpy()[keep]
-            base_map = (pipe.T_map_odom @ world.T_odom_base)[:3, 3]
-            plan = plan_grasp(res.points[0], cloud, GraspConfig(), viewpoint=base_map)
-            outcome = world.execute_grasp(_T_world_map(world, pipe) @ plan.T_world_tcp)
-            rec.update(success=bool(outcome.success and outcome.object == o.name), lifted=outcome.object,
-                       message=outcome.message, approach=plan.approach)
-        except ValueError as e:
-            rec.update(success=False, lifted="", message=f"no plan: {e}", approach="")
-        finally:
-            p.restoreState(state, physicsClientId=world.client)
-            p.removeState(state, physicsClientId=world.client)
-        out.grasps.append(rec)
+             is not None and o.name in phr][:rc.grasps]
+    passes = [False, True] if rc.keep_grasp_inputs else [rc.grasp_look]
+    for look in passes:
+        for o in reach:
+            state = p.saveState(physicsClientId=world.client)
+            rec = {"family": out.family, "sensors": out.sensors, "object": o.name, "query": phr[o.name].text,
+                   "looked": False}
+            try:
+                world.teleport_base(o.grasp_base)
+                if look:
+                    rec["looked"] = _look(pipe, world)
+                res = pipe.ground(phr[o.name].text)
+                mem = pipe.memory
+                keep = mem.opacities.detach().cpu().numpy() >= CLOUD_MIN_OPACITY
+                cloud = mem.means.detach().cpu().numpy()[keep]
+                base_map = (pipe.T_map_odom @ world.T_odom_base)[:3, 3]
+                T_world_map = _T_world_map(world, pipe)
+                if rc.keep_grasp_inputs:
+                    out.grasp_inputs.append({"object": o.name, "query": phr[o.name].text, "look": look,
+                                             "looked": rec["looked"], "target": res.points[0], "cloud": cloud,
+                                             "viewpoint": base_map, "T_world_map": T_world_map,
+                                             "grasp_base": np.asarray(o.grasp_base, float)})
+                if look != rc.grasp_look:
+                    continue
+                plan = plan_grasp(res.points[0], cloud, GraspConfig(), viewpoint=base_map)
+                outcome = world.execute_grasp(T_world_map @ plan.T_world_tcp)
+                rec.update(success=bool(outcome.success and outcome.object == o.name), lifted=outcome.object,
+                           message=outcome.message, approach=plan.approach)
+            except ValueError as e:
+                rec.update(success=False, lifted="", message=f"no plan: {e}", approach="")
+            finally:
+                p.restoreState(state, physicsClientId=world.client)
+                p.removeState(state, physicsClientId=world.client)
+            if look == rc.grasp_look:
+                out.grasps.append(rec)
