@@ -124,13 +124,14 @@ def object_errors(views: list[tuple[np.ndarray, np.ndarray, dict]], T_world_map:
 
 
 def walk(family: str, seed: int, dt: float = 0.25, icp: dict | None = None, sensors: str = "realistic",
-         pmap: dict | None = None, prior: dict | None = None) -> dict:
+         pmap: dict | None = None, prior: dict | None = None, tracker: dict | None = None) -> dict:
     """Keyframe camera errors (cm, deg) of one walk, refinement off and on; icp and pmap override IcpConfig and
-    PointMapConfig fields; sensors names a SensorConfig (``realistic_nodrift``: odometry exact, so the error
+    PointMapConfig fields, tracker TrackerConfig's own; sensors names a SensorConfig (``realistic_nodrift``: odometry exact, so the error
     left is the tracker's own)."""
     pcfg = PipelineConfig()
     pcfg.tracking.map = dataclasses.replace(pcfg.tracking.map, **(pmap or {}))
     pcfg.tracking.icp = dataclasses.replace(pcfg.tracking.icp, **(icp or {}))
+    pcfg.tracking = dataclasses.replace(pcfg.tracking, **(tracker or {}))
     if prior is not None:
         pcfg.tracking.prior = OdometryPrior(**prior)
     tracker = DriftTracker(pcfg.tracking)
@@ -180,18 +181,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="PointMapConfig overrides for a dev study")
     ap.add_argument("--prior", nargs="*", default=None, metavar="FIELD=JSON",
                     help="TrackerConfig.prior = OdometryPrior(FIELD=JSON ...) for a dev study (no fields: defaults)")
+    ap.add_argument("--tracker", nargs="+", default=[], metavar="FIELD=JSON",
+                    help="TrackerConfig fields for a dev study, e.g. refused_at='\"belief\"'")
     ap.add_argument("--sensors", default="realistic", choices=sorted(SENSORS),
                     help="realistic_nodrift / nodrift_exact_depth: odometry exact, so any error is the tracker's")
     ap.add_argument("--tag", default="", help="write results/drift_<family>_<tag>.md (dev studies)")
     args = ap.parse_args(argv)
     icp = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.icp)}
     pmap = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.map)}
+    trk = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.tracker)}
     prior = None if args.prior is None else {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.prior)}
     if any(s >= 100 for s in args.seeds):
         ap.error("dev seeds only (< 100): seeds >= 100 are the evaluation's test scenes")
     rows, all_err, all_obj = [], {"off": [], "on": []}, {"off": [], "on": []}
     for seed in args.seeds:
-        r = walk(args.family, seed, icp=icp, sensors=args.sensors, pmap=pmap, prior=prior)
+        r = walk(args.family, seed, icp=icp, sensors=args.sensors, pmap=pmap, prior=prior, tracker=trk)
         for mode in ("off", "on"):
             e, a = np.array(r["err"][mode]), np.array(r["rot"][mode])
             o = np.array(r["obj"][mode])

@@ -327,6 +327,15 @@ def _look(pipe: MemoryPipeline, world: SimWorld, tries: int = 3) -> bool:
     return False
 
 
+def _icp_summary(pipe: MemoryPipeline) -> dict | None:
+    """The newest keyframe's ICP result (dev diagnostics), None without pose refinement."""
+    last = pipe.tracker.last if pipe.cfg.refine_poses else None
+    if last is None:
+        return None
+    return {"accepted": last.accepted, "reason": last.reason, "cm": 100 * last.translation_m,
+            "deg": last.rotation_deg, "overlap": last.overlap, "conditioning": last.conditioning}
+
+
 def _grasps(out: RunResult, pipe: MemoryPipeline, world: SimWorld, scene, queries: dict, rc: RunConfig) -> None:
     """Stand where the target is in reach, (look,) ground, plan on the memory's points, execute.
 
@@ -356,7 +365,8 @@ def _grasps(out: RunResult, pipe: MemoryPipeline, world: SimWorld, scene, querie
                     out.grasp_inputs.append({"object": o.name, "query": phr[o.name].text, "look": look,
                                              "looked": rec["looked"], "target": res.points[0], "cloud": cloud,
                                              "viewpoint": base_map, "T_world_map": T_world_map,
-                                             "grasp_base": np.asarray(o.grasp_base, float)})
+                                             "grasp_base": np.asarray(o.grasp_base, float),
+                                             "icp": _icp_summary(pipe) if rec["looked"] else None})
                 if look != rc.grasp_look:
                     continue
                 plan = plan_grasp(res.points[0], cloud, GraspConfig(), viewpoint=base_map)
