@@ -57,7 +57,7 @@ from bench._common import machine_header, table, write_report  # noqa: E402
 from bench._devcache import save_snapshot  # noqa: E402
 from m3_ros.eval.metrics import SUCCESS_M, Box, judge  # noqa: E402
 from m3_ros.eval.phrasings import scene_queries  # noqa: E402
-from m3_ros.eval.suite import RunConfig, run_scene  # noqa: E402
+from m3_ros.eval.suite import RunConfig, offer_and_wait, run_scene  # noqa: E402
 from m3_ros.geometry import invert, transform_points  # noqa: E402
 from m3_ros.grounding import GroundingConfig  # noqa: E402
 from m3_ros.memory.memory import M3Memory  # noqa: E402
@@ -103,10 +103,7 @@ def to_world(world: SimWorld, pipe: MemoryPipeline, pts_map: np.ndarray) -> np.n
 
 def ingest(pipe: MemoryPipeline, world: SimWorld, f, steps: int) -> bool:
     """Offer one frame, wait until a keyframe is ingested (every run holds the same keyframes), train."""
-    taken = pipe.offer_frame(f.stamp, f.rgb, f.depth, f.K, f.T_odom_cam, world.oracle_instances(f))
-    while taken and not pipe.idle():
-        time.sleep(0.005)
-        pipe.train_for(0.0, max_steps=0)
+    taken = offer_and_wait(pipe, world, f)
     pipe.train_for(_NO_LIMIT_S, max_steps=steps)
     return taken
 

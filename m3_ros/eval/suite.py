@@ -311,18 +311,23 @@ def _relevance_iou(out: RunResult, pipe: MemoryPipeline, world: SimWorld, held: 
                 out.example = {"rgb": f.rgb, "relevance": rel, "query": q.text, "pixels": int(mask.sum())}
 
 
+def offer_and_wait(pipe: MemoryPipeline, world: SimWorld, f) -> bool:
+    """Offer one simulator frame (with the oracle detector's instances); if it became a keyframe, wait
+    until it is ingested, so every run holds the same keyframes whatever the machine's load. True if taken."""
+    taken = pipe.offer_frame(f.stamp, f.rgb, f.depth, f.K, f.T_odom_cam, world.oracle_instances(f))
+    while taken and not pipe.idle():
+        time.sleep(0.005)
+        pipe.train_for(0.0, max_steps=0)
+    return taken
+
+
 def _look(pipe: MemoryPipeline, world: SimWorld, tries: int = 3) -> bool:
     """Stand still and stream camera frames until one becomes a keyframe, as the memory node does
     between arriving and grasping (its ICP re-localises the robot against the map); True if one did."""
     for _ in range(tries):
         world.advance(0.5)  # longer than the keyframe selector's min_interval
         f = world.render()
-        if f.dropped:
-            continue
-        if pipe.offer_frame(f.stamp, f.rgb, f.depth, f.K, f.T_odom_cam, world.oracle_instances(f)):
-            while not pipe.idle():
-                time.sleep(0.005)
-                pipe.train_for(0.0, max_steps=0)
+        if not f.dropped and offer_and_wait(pipe, world, f):
             return True
     return False
 

@@ -6,12 +6,12 @@ A real MemoryPipeline (MiniLM over the oracle detector's labels, ICP refinement 
 frames exactly as bench/bench_query.py and m3_ros/eval/suite.py drive it; ideal sensors, so the
 check is about the memory, not about noise.
 """
-import time
 
 import numpy as np
 import pybullet as p
 import pytest
 
+from m3_ros.eval.suite import offer_and_wait
 from m3_ros.geometry import invert, transform_points
 from m3_ros.pipeline import MemoryPipeline, PipelineConfig
 from m3_ros.sim.world import SimWorld
@@ -33,10 +33,7 @@ def _feed(pipe: MemoryPipeline, world: SimWorld, steps: int = 2) -> None:
     f = world.render()
     if f.dropped:
         return
-    taken = pipe.offer_frame(f.stamp, f.rgb, f.depth, f.K, f.T_odom_cam, world.oracle_instances(f))
-    while taken and not pipe.idle():  # every run holds the same keyframes, whatever the load
-        time.sleep(0.005)
-        pipe.train_for(0.0, max_steps=0)
+    offer_and_wait(pipe, world, f)  # every run holds the same keyframes, whatever the load
     pipe.train_for(3600.0, max_steps=steps)
 
 
