@@ -8,7 +8,8 @@ object with a single-target dev phrasing stands at its grasp pose, grounds the p
 the default GraspConfig and executes it in the simulator (the live outcome); it caches what each plan
 was made from (target, the memory's point cloud, the robot's position, map -> world) in
 ``<dir>/<family>_<seed>.pt``, each trial planned blind (the end-of-walk map -> odom) and after looking
-from the grasp pose (suite.RunConfig.grasp_look). ``replay`` rebuilds each scene's world, plans every cached trial with
+from the grasp pose (suite.RunConfig.grasp_look), and after looking with the answer found again in the
+current view (``live``: MemoryPipeline.refine_in_view, planned on the view's depth). ``replay`` rebuilds each scene's world, plans every cached trial with
 the default and each variant and executes them, and writes results/dev_grasp_<tag>.md: success per
 variant, the trials each fixes and breaks against the default, and whether the default's replay
 matches the live outcome. Dev seeds only (< 100); the suite's grasps (run_all, seed 100, test
@@ -40,7 +41,7 @@ from m3_ros.sim.sensors import SensorConfig  # noqa: E402
 from m3_ros.sim.world import SimWorld  # noqa: E402
 
 SENSORS = "realistic"
-MODES = ("blind", "look")
+MODES = ("blind", "look", "live")
 
 
 def walk(a: argparse.Namespace) -> int:
@@ -85,21 +86,23 @@ def replay(a: argparse.Namespace) -> int:
                       sensors=SensorConfig.resolve(SENSORS)) as world:
             world.advance(0.0)
             for mode in MODES:
-                got = {t["object"] for t in c["inputs"] if t["look"] == (mode == "look")}
+                got = {t["object"] for t in c["inputs"] if t["look"] == (mode != "blind")}
                 for g in c["live"]:  # grounding refused: no inputs, a failure every planner variant shares
                     if g["object"] not in got:
                         for name in variants:
                             rows.append({"trial": f"{path.stem}/{g['object']}", "variant": f"{mode}:{name}",
                                          "query": g["query"], "success": False, "message": "grounding refused",
-                                         "live": bool(g["success"]), "offset_cm": float("nan")})
-            for t in c["inputs"]:
-                mode = "look" if t["look"] else "blind"
+                                         "live": bool(g["success"]), "offset_cm": float("nan"), "in_view": "-"})
+            for t, mode in [(t, m) for t in c["inputs"] for m in (("look", "live") if t["look"] else ("blind",))]:
+                target, cloud = t["target"], t["cloud"]
+                if mode == "live" and t.get("live") is not None:  # found again in the view: plan on its depth
+                    target, cloud = t["live"]["target"], t["live"]["cloud"]
                 for name, cfg in variants.items():
                     state = p.saveState(physicsClientId=world.client)
                     off = float("nan")
                     try:
                         world.teleport_base(t["grasp_base"])
-                        plan = plan_grasp(t["target"], t["cloud"], cfg, viewpoint=t["viewpoint"])
+                        plan = plan_grasp(target, cloud, cfg, viewpoint=t["viewpoint"])
                         T = t["T_world_map"] @ plan.T_world_tcp
                         obj = world.object_state(t["object"])
                         off = 100 * float(np.linalg.norm(T[:2, 3] - np.asarray(obj.aabb_center)[:2]))
@@ -110,9 +113,11 @@ def replay(a: argparse.Namespace) -> int:
                     finally:
                         p.restoreState(state, physicsClientId=world.client)
                         p.removeState(state, physicsClientId=world.client)
+                    found = t.get("live") if mode == "live" else None
                     rows.append({"trial": f"{path.stem}/{t['object']}", "variant": f"{mode}:{name}",
                                  "query": t["query"], "success": ok, "message": msg,
-                                 "live": bool(live[t["object"]]["success"]), "offset_cm": off})
+                                 "live": bool(live[t["object"]]["success"]), "offset_cm": off,
+                                 "in_view": "-" if found is None else f"{found['label']} {found['moved_cm']:.1f} cm"})
         print(f"{path.stem}: {len(c['inputs'])} trials replayed", flush=True)
     ref = {m: {r["trial"]: r["success"] for r in rows if r["variant"] == f"{m}:default"} for m in MODES}
     # the live outcome against the replay of the mode the walk executed
@@ -121,13 +126,16 @@ def replay(a: argparse.Namespace) -> int:
     summary = []
     for name in [f"{m}:{v}" for m in MODES for v in variants]:
         sel = [r for r in rows if r["variant"] == name]
-        base = ref["blind"] if name == "look:default" else ref[name.split(":")[0]]
+        prev = {"look:default": "blind", "live:default": "look"}  # each mode against the one before it
+        base = ref[prev.get(name, name.split(":")[0])]
         summary.append([name, len(sel), sum(r["success"] for r in sel),
                         sum(r["success"] and not base[r["trial"]] for r in sel),
                         sum(not r["success"] and base[r["trial"]] for r in sel)])
+    looks = [t for path in paths for t in torch.load(path, weights_only=False)["inputs"] if t["look"]]
+    n_look, n_found = len(looks), sum(t.get("live") is not None for t in looks)
     same = sum(ref[live_mode[k.split("/")[0]]][k] == ok for k, ok in live_ok.items())
     detail = [[r["trial"], r["variant"], r["query"], "yes" if r["success"] else "no", r["offset_cm"],
-               r["message"][:60]] for r in rows]
+               r["in_view"], r["message"][:60]] for r in rows]
     sections = machine_header() + [
         "", f"{len(paths)} cached dev walks ({SENSORS} sensors); variants: "
         + "; ".join(f"`{k}` {spec.get(k, {})}" for k in variants),
@@ -135,13 +143,19 @@ def replay(a: argparse.Namespace) -> int:
         f"{', '.join(sorted(set(live_mode.values())))}) in {same} of {len(live_ok)} trials. "
         "Fixed / broken: against the same mode's default (`look:default` against `blind:default`). "
         "`blind`: planned with the end-of-walk map -> odom carried by odometry to the grasp pose; `look`: "
-        "after streaming frames there until one became a keyframe (suite.RunConfig.grasp_look).", "",
+        "after streaming frames there until one became a keyframe (suite.RunConfig.grasp_look); `live`: "
+        "`look`, then the answer found again in the current view and planned on its depth where it was "
+        f"(grounding/live.py; found in {n_found} of {n_look} looks), else as `look` "
+        "(`live:default` against `look:default`).", "",
         *table(["variant", "trials", "success", "fixed vs default", "broken vs default"], summary), "",
-        *table(["trial", "variant", "query", "success", "TCP to object centre cm (xy)", "message"], detail)]
+        *table(["trial", "variant", "query", "success", "TCP to object centre cm (xy)",
+                "found in view (label, cm from the answer)", "message"], detail)]
     tag = f"_{a.tag}" if a.tag else ""
     write_report(f"dev_grasp{tag}", "Grasp-planner variants on cached dev walks", sections,
                  {"blind_grasp_ok": summary[0][2] / max(summary[0][1], 1),
-                  "look_grasp_ok": summary[len(variants)][2] / max(summary[len(variants)][1], 1), "trials": summary[0][1],
+                  "look_grasp_ok": summary[len(variants)][2] / max(summary[len(variants)][1], 1),
+                  "live_grasp_ok": summary[2 * len(variants)][2] / max(summary[2 * len(variants)][1], 1),
+                  "trials": summary[0][1], "found_in_view": n_found,
                   "replay_agrees": same})
     return 0
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from m3_ros.grounding import GroundingConfig, GroundingResult, ground, relevance_image, validate_query
+from m3_ros.grounding.live import LiveConfig, LiveTarget, LiveView, refine_in_view
 from m3_ros.stream import KeyframeSelector, KeyframeSelectorConfig
 from m3_ros.tracking import DriftTracker, TrackerConfig
 from m3_ros.types import Instance, Keyframe
@@ -118,6 +119,7 @@ class MemoryPipeline:
         self._texts: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._texts_lock = threading.Lock()
         self._camera: tuple | None = None  # latest (T_world_cam, K, width, height, depth) offered
+        self._live: tuple | None = None  # latest (T_odom_cam, K, depth, instances) offered (refine_in_view)
         self._trainer = None  # ThreadPoolExecutor(1): the training thread (see train_nice)
         self._ingester = None  # ThreadPoolExecutor(1): keyframe ingestion at the process's priority
         self._ingester_lock = threading.Lock()
@@ -213,6 +215,7 @@ class MemoryPipeline:
         depth = np.where(np.isfinite(depth) & (depth <= self.cfg.max_depth), depth, 0.0).astype(np.float32)
         # view mode grounds what this camera sees: its pose and its measured depth
         self._camera = (T_map_cam, np.array(K, dtype=np.float64), int(rgb.shape[1]), int(rgb.shape[0]), depth)
+        self._live = (T_odom_cam, np.array(K, dtype=np.float64), depth, list(instances or []))
         if not np.any(depth > 0):
             raise ValueError(f"depth image has no valid pixel within {self.cfg.max_depth} m")
         with self._lock:
@@ -441,6 +444,19 @@ class MemoryPipeline:
             finally:
                 with self._inflight_lock:
                     del self._inflight[key]
+
+    def refine_in_view(self, query: str, target: np.ndarray, cfg: LiveConfig | None = None
+                       ) -> tuple[LiveTarget | None, str]:
+        """The memory's answer target [3] (map) found again in the latest frame offered: its detector region
+        and depth, placed through the current ``map -> odom`` (grounding/live.py); (None, why) where not."""
+        q = validate_query(query, self.cfg.grounding.max_query_chars)
+        self._query_memory()  # the same errors as ground(): loading, no text model, empty memory
+        if self._live is None:
+            return None, "no camera frame has been seen yet"
+        T_odom_cam, K, depth, instances = self._live
+        view = LiveView(depth=depth, K=K, T_map_cam=self.T_map_odom @ T_odom_cam, instances=instances)
+        return refine_in_view(target, self._embed(q), view,
+                              lambda labels: torch.stack([self._embed(lab) for lab in labels]), cfg)
 
     def relevance_map(self, query: str, T_world_cam: np.ndarray, K: np.ndarray, width: int,
                       height: int) -> np.ndarray:

@@ -72,6 +72,10 @@ class RunConfig:
     keyframe, as a robot does: the memory node ingests all along and the grasp planner node maps with
     the newest map -> odom, which then holds that view's ICP. False: plan with the end-of-walk
     map -> odom carried by odometry (the suite before 2026-12-06; results/dev_grasp_rules.md)."""
+    grasp_live: bool = False
+    """After grounding (and looking), find the answer again in the current view and plan on that view's
+    depth (MemoryPipeline.refine_in_view, grounding/live.py); where it is not found, plan on the memory as
+    without it. Needs grasp_look (the view is the look's). Decided by results/dev_grasp_rules.md round 5."""
     grasp_split: str = "test"
     """Phrasing split the grasp trials ask with (dev studies: bench/dev_grasp.py asks dev phrasings)."""
     keep_grasp_inputs: bool = False
@@ -366,15 +370,24 @@ def _grasps(out: RunResult, pipe: MemoryPipeline, world: SimWorld, scene, querie
                 cloud = mem.means.detach().cpu().numpy()[keep]
                 base_map = (pipe.T_map_odom @ world.T_odom_base)[:3, 3]
                 T_world_map = _T_world_map(world, pipe)
+                found, why = pipe.refine_in_view(phr[o.name].text, res.points[0]) if look else (None, "")
                 if rc.keep_grasp_inputs:
                     out.grasp_inputs.append({"object": o.name, "query": phr[o.name].text, "look": look,
                                              "looked": rec["looked"], "target": res.points[0], "cloud": cloud,
                                              "viewpoint": base_map, "T_world_map": T_world_map,
                                              "grasp_base": np.asarray(o.grasp_base, float),
-                                             "icp": _icp_summary(pipe) if rec["looked"] else None})
+                                             "icp": _icp_summary(pipe) if rec["looked"] else None,
+                                             "live": None if found is None else {
+                                                 "target": found.point, "cloud": found.cloud, "label": found.label,
+                                                 "similarity": found.similarity, "moved_cm": 100 * found.moved_m},
+                                             "live_why": why})
                 if look != rc.grasp_look:
                     continue
-                plan = plan_grasp(res.points[0], cloud, GraspConfig(), viewpoint=base_map)
+                target = res.points[0]
+                if rc.grasp_live and found is not None:  # plan on what the camera sees now
+                    target, cloud = found.point, found.cloud
+                rec["in_view"] = why
+                plan = plan_grasp(target, cloud, GraspConfig(), viewpoint=base_map)
                 outcome = world.execute_grasp(T_world_map @ plan.T_world_tcp)
                 rec.update(success=bool(outcome.success and outcome.object == o.name), lifted=outcome.object,
                            message=outcome.message, approach=plan.approach)

@@ -1,0 +1,134 @@
+"""The last metre (m3_ros/grounding/live.py): the memory's answer found again in the current view.
+
+A synthetic depth frame (a table top 1 m below a downward camera with boxes standing on it) and
+detector regions over the boxes; labels and queries go through the real MiniLM text model, so which
+labels "mean the query" is the deployed model's judgement, not the test's.
+"""
+import numpy as np
+import pytest
+
+from m3_ros.geometry import transform_points
+from m3_ros.grounding.live import LiveConfig, LiveView, refine_in_view
+from m3_ros.types import Instance
+
+H, W = 120, 160
+K = np.array([[100.0, 0.0, 80.0], [0.0, 100.0, 60.0], [0.0, 0.0, 1.0]])
+T_MAP_CAM = np.array([[1.0, 0, 0, 0.5], [0, -1.0, 0, 0.2], [0, 0, -1.0, 1.0], [0, 0, 0, 1]])  # looks down from z=1
+
+
+@pytest.fixture(scope="module")
+def text_model():
+    from m3_ros.foundation import FoundationConfig, load_models
+    m = load_models(FoundationConfig(models=["minilm_labels"]))
+    if "minilm_labels" not in m:
+        pytest.fail("MiniLM weights are not installed: run scripts/setup.sh (a broken setup, not a reason to skip)")
+    return m["minilm_labels"]
+
+
+def _view(boxes: list[tuple[str, tuple[int, int, int, int]]], depth_ok: bool = True) -> LiveView:
+    """Boxes 5 cm tall on a table top (z = 0 in map), each with a detector region (label, (v0, v1, u0, u1))."""
+    depth = np.full((H, W), 1.0, np.float32)
+    inst = []
+    for i, (label, (v0, v1, u0, u1)) in enumerate(boxes):
+        depth[v0:v1, u0:u1] = 0.95 if depth_ok else 0.0
+        mask = np.zeros((H, W), bool)
+        mask[v0 + 1:v1 - 1, u0 + 1:u1 - 1] = True
+        inst.append(Instance(mask=mask, label=label, id=i + 1))
+    return LiveView(depth=depth, K=K, T_map_cam=T_MAP_CAM, instances=inst)
+
+
+def _centre(box: tuple[int, int, int, int]) -> np.ndarray:
+    """The map point at a box's top centre."""
+    v0, v1, u0, u1 = box
+    u, v = (u0 + u1 - 1) / 2, (v0 + v1 - 1) / 2
+    cam = np.array([(u - K[0, 2]) * 0.95 / K[0, 0], (v - K[1, 2]) * 0.95 / K[1, 1], 0.95])
+    return transform_points(T_MAP_CAM, cam[None])[0]
+
+
+def _embed(model):
+    return lambda labels: model.encode_text(list(labels))
+
+
+DUCK, MUG, DUCK2 = (50, 60, 40, 50), (50, 60, 100, 110), (50, 60, 60, 70)
+
+
+def test_a_misplaced_answer_moves_to_the_region_that_means_the_query(text_model):
+    view = _view([("yellow rubber duck", DUCK), ("red coffee mug", MUG)])
+    truth = _centre(DUCK)
+    answer = truth + np.array([0.12, -0.08, 0.0])  # where a 14 cm map -> odom error puts the memory's answer
+    got, why = refine_in_view(answer, text_model.encode_text(["the yellow duck"])[0], view, _embed(text_model))
+    assert got is not None, why
+    assert got.label == "yellow rubber duck"
+    assert np.linalg.norm(got.point - truth) < 0.01
+    assert got.moved_m == pytest.approx(np.linalg.norm(got.point - answer))
+    # the planning cloud is the view's depth around the target: the duck and the table top around it
+    assert np.all(np.linalg.norm(got.cloud[:, :2] - got.point[:2], axis=1) <= LiveConfig().cloud_m + 1e-9)
+    assert np.any(got.cloud[:, 2] > 0.04) and np.any(np.abs(got.cloud[:, 2]) < 0.005)
+
+
+def test_the_memory_picks_among_regions_that_mean_the_query(text_model):
+    """Two duck-like regions: the one nearest the memory's answer wins, even where the other's label
+    is the closer match to the text (a detector's synonym can be)."""
+    view = _view([("rubber duck", DUCK), ("yellow duck toy", DUCK2)])
+    emb = text_model.encode_text(["yellow duck toy"])[0]
+    got, why = refine_in_view(_centre(DUCK) + np.array([0.02, 0.0, 0.0]), emb, view, _embed(text_model))
+    assert got is not None, why
+    assert got.label == "rubber duck"
+
+
+def test_nothing_that_means_the_query_leaves_the_memory_answer(text_model):
+    view = _view([("red coffee mug", MUG)])
+    got, why = refine_in_view(_centre(MUG), text_model.encode_text(["the yellow duck"])[0], view, _embed(text_model))
+    assert got is None and "means the query" in why
+
+
+def test_a_region_beyond_the_search_radius_or_without_depth_is_not_taken(text_model):
+    emb = text_model.encode_text(["the yellow duck"])[0]
+    far = _centre(DUCK) + np.array([0.0, 0.0, LiveConfig().search_m + 0.05])
+    got, _ = refine_in_view(far, emb, _view([("yellow rubber duck", DUCK)]), _embed(text_model))
+    assert got is None
+    got, _ = refine_in_view(_centre(DUCK), emb, _view([("yellow rubber duck", DUCK)], depth_ok=False),
+                            _embed(text_model))
+    assert got is None  # the region has no depth: nothing to place it with
+
+
+def test_bad_input_gives_a_reason_not_a_crash(text_model):
+    emb = text_model.encode_text(["the yellow duck"])[0]
+    view = _view([("yellow rubber duck", DUCK)])
+    got, why = refine_in_view(np.array([np.nan, 0.0, 0.0]), emb, view, _embed(text_model))
+    assert got is None and "not finite" in why
+    empty = LiveView(depth=view.depth, K=K, T_map_cam=T_MAP_CAM, instances=[])
+    got, why = refine_in_view(_centre(DUCK), emb, empty, _embed(text_model))
+    assert got is None and "no detector region" in why
+    bad_pose = LiveView(depth=view.depth, K=K, T_map_cam=np.full((4, 4), np.nan), instances=view.instances)
+    got, why = refine_in_view(_centre(DUCK), emb, bad_pose, _embed(text_model))
+    assert got is None
+
+
+def test_the_pipeline_places_the_view_through_the_current_map_to_odom(text_model):
+    """MemoryPipeline.refine_in_view maps the latest frame with map -> odom as it is when asked, the
+    transform the grasp will execute through (not the one at the frame's arrival)."""
+    from m3_ros.pipeline import MemoryPipeline, PipelineConfig
+    pipe = MemoryPipeline(PipelineConfig(models=["minilm_labels"], refine_poses=False),
+                          models={"minilm_labels": text_model})
+    pipe.load()
+    try:
+        view = _view([("yellow rubber duck", DUCK)])
+        rgb = np.full((H, W, 3), 128, np.uint8)
+        with pytest.raises(ValueError):
+            pipe.refine_in_view("the yellow duck", _centre(DUCK))  # empty memory: the same error as ground()
+        T_odom_cam = T_MAP_CAM.copy()
+        assert pipe.offer_frame(0.0, rgb, view.depth, K, T_odom_cam, view.instances)
+        while not pipe.idle():
+            pipe.train_for(0.0, max_steps=0)
+        got, why = pipe.refine_in_view("the yellow duck", _centre(DUCK))
+        assert got is not None, why
+        assert np.linalg.norm(got.point - _centre(DUCK)) < 0.01
+        shift = np.eye(4)
+        shift[:3, 3] = [0.1, 0.0, 0.0]
+        pipe.tracker._T_belief = shift  # as an accepted ICP correction leaves it (T_map_odom reads it)
+        got2, why = pipe.refine_in_view("the yellow duck", _centre(DUCK) + shift[:3, 3])
+        assert got2 is not None, why
+        assert np.allclose(got2.point, transform_points(shift, got.point[None])[0], atol=1e-6)
+    finally:
+        pipe.close()
