@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from m3_ros.grounding import GroundingConfig, GroundingResult, ground, relevance_image, validate_query
-from m3_ros.grounding.live import LiveConfig, LiveTarget, LiveView, refine_in_view
+from m3_ros.grounding.live import LiveConfig, LiveTarget, LiveView, refine_in_view, still_views
 from m3_ros.stream import KeyframeSelector, KeyframeSelectorConfig
 from m3_ros.tracking import DriftTracker, TrackerConfig
 from m3_ros.types import Instance, Keyframe
@@ -49,6 +49,8 @@ class PipelineConfig:
     """When a frame becomes a keyframe."""
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     """How text is turned into points."""
+    live: LiveConfig = field(default_factory=LiveConfig)
+    """The last metre before a grasp: the answer found again in the latest frames (refine_in_view)."""
     max_depth: float = 2.5
     """Depth beyond this (m) is dropped before it reaches the memory: far walls and floor cost
     Gaussians and training time but matter neither for grounding nor for grasping."""
@@ -119,7 +121,8 @@ class MemoryPipeline:
         self._texts: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._texts_lock = threading.Lock()
         self._camera: tuple | None = None  # latest (T_world_cam, K, width, height, depth) offered
-        self._live: tuple | None = None  # latest (T_odom_cam, K, depth, instances) offered (refine_in_view)
+        # the latest frames offered (T_odom_cam, K, depth, instances), oldest first (refine_in_view)
+        self._live: deque[tuple] = deque(maxlen=max(1, cfg.live.frames))
         self._trainer = None  # ThreadPoolExecutor(1): the training thread (see train_nice)
         self._ingester = None  # ThreadPoolExecutor(1): keyframe ingestion at the process's priority
         self._ingester_lock = threading.Lock()
@@ -215,7 +218,7 @@ class MemoryPipeline:
         depth = np.where(np.isfinite(depth) & (depth <= self.cfg.max_depth), depth, 0.0).astype(np.float32)
         # view mode grounds what this camera sees: its pose and its measured depth
         self._camera = (T_map_cam, np.array(K, dtype=np.float64), int(rgb.shape[1]), int(rgb.shape[0]), depth)
-        self._live = (T_odom_cam, np.array(K, dtype=np.float64), depth, list(instances or []))
+        self._live.append((T_odom_cam, np.array(K, dtype=np.float64), depth, list(instances or [])))
         if not np.any(depth > 0):
             raise ValueError(f"depth image has no valid pixel within {self.cfg.max_depth} m")
         with self._lock:
@@ -445,18 +448,27 @@ class MemoryPipeline:
                 with self._inflight_lock:
                     del self._inflight[key]
 
-    def refine_in_view(self, query: str, target: np.ndarray, cfg: LiveConfig | None = None
-                       ) -> tuple[LiveTarget | None, str]:
-        """The memory's answer target [3] (map) found again in the latest frame offered: its detector region
-        and depth, placed through the current ``map -> odom`` (grounding/live.py); (None, why) where not."""
+    def refine_in_view(self, query: str, target: np.ndarray) -> tuple[LiveTarget | None, str]:
+        """The memory's answer target [3] (map) found again in the latest frames offered from where the
+        robot stands now: a detector region and its depth, placed through the current ``map -> odom``,
+        whose label the memory also answers at target (grounding/live.py, cfg.live); (None, why) where not."""
         q = validate_query(query, self.cfg.grounding.max_query_chars)
         self._query_memory()  # the same errors as ground(): loading, no text model, empty memory
-        if self._live is None:
+        frames = list(self._live)
+        if not frames:
             return None, "no camera frame has been seen yet"
-        T_odom_cam, K, depth, instances = self._live
-        view = LiveView(depth=depth, K=K, T_map_cam=self.T_map_odom @ T_odom_cam, instances=instances)
-        return refine_in_view(target, self._embed(q), view,
-                              lambda labels: torch.stack([self._embed(lab) for lab in labels]), cfg)
+        T_map_odom = self.T_map_odom
+        views = [LiveView(depth=frames[i][2], K=frames[i][1], T_map_cam=T_map_odom @ frames[i][0],
+                          instances=frames[i][3]) for i in still_views([f[0] for f in frames], self.cfg.live)]
+
+        def answer_for(label: str) -> np.ndarray | None:
+            try:
+                return self.ground(label).points[0]
+            except ValueError:  # refused (an unusable label, nothing answers it): not the same object
+                return None
+        return refine_in_view(target, self._embed(q), views,
+                              lambda labels: torch.stack([self._embed(lab) for lab in labels]), self.cfg.live,
+                              answer_for)
 
     def relevance_map(self, query: str, T_world_cam: np.ndarray, K: np.ndarray, width: int,
                       height: int) -> np.ndarray:

@@ -325,15 +325,18 @@ def offer_and_wait(pipe: MemoryPipeline, world: SimWorld, f) -> bool:
     return taken
 
 
-def _look(pipe: MemoryPipeline, world: SimWorld, tries: int = 3) -> bool:
-    """Stand still and stream camera frames until one becomes a keyframe, as the memory node does
-    between arriving and grasping (its ICP re-localises the robot against the map); True if one did."""
-    for _ in range(tries):
+def _look(pipe: MemoryPipeline, world: SimWorld, frames: int = 3) -> bool:
+    """Stand still and stream camera frames, as the memory node ingests them between arriving and
+    grasping: a keyframe among them re-localises the robot against the map (ICP), and all of them are
+    the views refine_in_view looks in. True if one became a keyframe. (Before 2026-12-07 the look
+    stopped at its first keyframe; refine_in_view wants the frames a detector may miss an object in.)"""
+    taken = False
+    for _ in range(frames):
         world.advance(0.5)  # longer than the keyframe selector's min_interval
         f = world.render()
-        if not f.dropped and offer_and_wait(pipe, world, f):
-            return True
-    return False
+        if not f.dropped:
+            taken |= offer_and_wait(pipe, world, f)
+    return taken
 
 
 def _icp_summary(pipe: MemoryPipeline) -> dict | None:

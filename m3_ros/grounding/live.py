@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial.transform import Rotation
 
 from m3_ros.geometry import backproject
 from m3_ros.types import Instance
@@ -40,6 +41,17 @@ class LiveConfig:
     wide enough for the planner's support ring (GraspConfig.support_ring 0.18 m)."""
     stride: int = 1
     """Depth pixels taken every ``stride`` in u and v for the planning cloud."""
+    same_object_m: float = 0.05
+    """A region is the memory's object only if the memory, asked the region's label, answers within
+    this distance (m) of its answer to the query: the suite's 'same object' distance (a priori)."""
+    frames: int = 3
+    """The latest frames kept (MemoryPipeline); each detector misses an object now and then (the
+    evaluation's detector one time in five), and a look-alike nearby must not win because of it."""
+    still_m: float = 0.05
+    """Only frames taken within this distance (m) of the newest camera position count (and ...)"""
+    still_deg: float = 5.0
+    """... this angle, degrees): views from where the robot stands now, so odometry between them is
+    negligible, not views from before it walked there."""
 
 
 @dataclass
@@ -53,6 +65,22 @@ class LiveView:
     instances: list[Instance]
 
 
+def still_views(poses: list[np.ndarray], cfg: LiveConfig | None = None) -> list[int]:
+    """Indices of the camera poses [4, 4] (odometry, oldest first) taken from where the newest was."""
+    cfg = cfg or LiveConfig()
+    if not poses:
+        return []
+    newest = np.asarray(poses[-1], dtype=np.float64)
+    keep = []
+    for i, T in enumerate(poses):
+        T = np.asarray(T, dtype=np.float64)
+        dR = Rotation.from_matrix(newest[:3, :3].T @ T[:3, :3])
+        if (np.linalg.norm(T[:3, 3] - newest[:3, 3]) <= cfg.still_m
+                and np.degrees(dR.magnitude()) <= cfg.still_deg):
+            keep.append(i)
+    return keep
+
+
 @dataclass
 class LiveTarget:
     point: np.ndarray  # [3] map: the region's median depth point
@@ -62,44 +90,78 @@ class LiveTarget:
     moved_m: float  # distance from the memory's answer
 
 
-def refine_in_view(target: np.ndarray, text_emb: torch.Tensor, view: LiveView,
-                   embed: Callable[[list[str]], torch.Tensor], cfg: LiveConfig | None = None
+def refine_in_view(target: np.ndarray, text_emb: torch.Tensor, views: list[LiveView],
+                   embed: Callable[[list[str]], torch.Tensor], cfg: LiveConfig | None = None,
+                   answer_for: Callable[[str], np.ndarray | None] | None = None
                    ) -> tuple[LiveTarget | None, str]:
-    """(the target found in the view, or None; why) for the memory's answer target [3] (map).
+    """(the target found in the views, or None; why) for the memory's answer target [3] (map).
 
     text_emb [d] is the query's embedding and embed(labels) -> [n, d] embeds labels in the same space.
-    Among the view's regions whose label has cosine >= min_similarity with the query and whose centre
-    lies within search_m of target, the one nearest target wins: the text says which regions can be
-    the object, the memory says which of them it is (a look-alike next to it may match the text better).
+    Among the views' detector regions whose label has cosine >= min_similarity with the query and
+    whose centre lies within search_m of target, the one nearest target wins: the text says which
+    regions can be the object, the memory says which of them it is (a look-alike next to it may match
+    the text better). Its own view gives the planning cloud. views: frames of one standpoint
+    (still_views), each placed in map.
+
+    answer_for(label) -> [3] | None, where given, is the memory's answer to a region's label (None:
+    refused). A region is taken only if that answer lies within same_object_m of target: where the
+    detector missed the object itself, a look-alike beside it (a yellow cube for "my blue cube": MiniLM
+    weighs colour words little) is refused because the memory knows it as another object; the next
+    nearest region is tried.
     """
     cfg = cfg or LiveConfig()
     target = np.asarray(target, dtype=np.float64).reshape(3)
-    depth = np.asarray(view.depth, dtype=np.float32)
     if not np.all(np.isfinite(target)):
         return None, "target is not finite"
-    if depth.ndim != 2 or not np.all(np.isfinite(view.T_map_cam)):
-        return None, "the view has no usable depth or pose"
-    regions = [i for i in view.instances if i.label.strip() and np.asarray(i.mask).shape == depth.shape]
-    if not regions:
+    cands = []  # (view, instance)
+    for v in views:
+        if np.asarray(v.depth).ndim == 2 and np.all(np.isfinite(v.T_map_cam)):
+            cands += [(v, i) for i in v.instances if i.label.strip() and np.asarray(i.mask).shape == v.depth.shape]
+    if not cands:
         return None, "no detector region in the current view"
-    sims = (F.normalize(embed([i.label for i in regions]).float(), dim=-1)
+    sims = (F.normalize(embed([i.label for _, i in cands]).float(), dim=-1)
             @ F.normalize(text_emb.float(), dim=0)).numpy()  # [n]
-    near = np.where(np.isfinite(depth) & (depth > 0) & (depth <= cfg.max_depth), depth, 0.0)
-    best: LiveTarget | None = None
-    why = f"no region within {cfg.search_m} m of the memory's answer whose label means the query"
-    for inst, sim in zip(regions, sims):
+    found: list[tuple[LiveTarget, LiveView]] = []
+    for (view, inst), sim in zip(cands, sims):
         if sim < cfg.min_similarity:
             continue
+        near = _near_depth(view.depth, cfg)
         pts, _ = backproject(np.where(np.asarray(inst.mask, dtype=bool), near, 0.0), view.K, view.T_map_cam)
         if len(pts) < cfg.min_points:
             continue
         centre = np.median(pts, axis=0)
         d = float(np.linalg.norm(centre - target))
-        if d <= cfg.search_m and (best is None or d < best.moved_m):
-            best = LiveTarget(point=centre, cloud=np.zeros((0, 3)), label=inst.label, similarity=float(sim),
-                              moved_m=d)
-    if best is None:
-        return None, why
-    pts, _ = backproject(near, view.K, view.T_map_cam, stride=cfg.stride)
-    best.cloud = pts[np.linalg.norm(pts[:, :2] - best.point[:2], axis=1) <= cfg.cloud_m]
-    return best, f"found '{best.label}' ({best.similarity:.2f}) {100 * best.moved_m:.1f} cm from the memory's answer"
+        if d <= cfg.search_m:
+            found.append((LiveTarget(point=centre, cloud=np.zeros((0, 3)), label=inst.label,
+                                     similarity=float(sim), moved_m=d), view))
+    if not found:
+        return None, f"no region within {cfg.search_m} m of the memory's answer whose label means the query"
+    others: dict[str, float] = {}  # label -> distance of the memory's answer for it from target
+    for hit, view in sorted(found, key=lambda fv: fv[0].moved_m):
+        if answer_for is not None:
+            if hit.label not in others:
+                a = answer_for(hit.label)
+                others[hit.label] = np.inf if a is None else float(np.linalg.norm(np.asarray(a) - target))
+            if others[hit.label] > cfg.same_object_m:
+                continue
+        hit.cloud = view_cloud(view.depth, view.K, view.T_map_cam, hit.point, cfg)
+        return hit, (f"found '{hit.label}' ({hit.similarity:.2f}) {100 * hit.moved_m:.1f} cm from the "
+                     f"memory's answer in {len(views)} view(s)")
+    return None, ("the memory answers elsewhere for every nearby region's label: "
+                  + ", ".join(f"'{k}' {100 * v:.0f} cm" for k, v in others.items()))
+
+
+def view_cloud(depth: np.ndarray, K: np.ndarray, T_frame_cam: np.ndarray, centre: np.ndarray,
+               cfg: LiveConfig | None = None) -> np.ndarray:
+    """A view's depth points [M, 3] (in the frame of T_frame_cam [4, 4]) within cfg.cloud_m horizontally
+    of centre [3]: what a grasp is planned on after refine_in_view (the grasp planner node builds the
+    same from the depth topic)."""
+    cfg = cfg or LiveConfig()
+    pts, _ = backproject(_near_depth(depth, cfg), K, T_frame_cam, stride=cfg.stride)
+    return pts[np.linalg.norm(pts[:, :2] - np.asarray(centre, dtype=np.float64)[:2], axis=1) <= cfg.cloud_m]
+
+
+def _near_depth(depth: np.ndarray, cfg: LiveConfig) -> np.ndarray:
+    """depth [H, W] with invalid and far pixels set to 0."""
+    d = np.asarray(depth, dtype=np.float32)
+    return np.where(np.isfinite(d) & (d > 0) & (d <= cfg.max_depth), d, 0.0)

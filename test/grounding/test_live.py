@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from m3_ros.geometry import transform_points
-from m3_ros.grounding.live import LiveConfig, LiveView, refine_in_view
+from m3_ros.grounding.live import LiveConfig, LiveView, refine_in_view, still_views
 from m3_ros.types import Instance
 
 H, W = 120, 160
@@ -56,7 +56,7 @@ def test_a_misplaced_answer_moves_to_the_region_that_means_the_query(text_model)
     view = _view([("yellow rubber duck", DUCK), ("red coffee mug", MUG)])
     truth = _centre(DUCK)
     answer = truth + np.array([0.12, -0.08, 0.0])  # where a 14 cm map -> odom error puts the memory's answer
-    got, why = refine_in_view(answer, text_model.encode_text(["the yellow duck"])[0], view, _embed(text_model))
+    got, why = refine_in_view(answer, text_model.encode_text(["the yellow duck"])[0], [view], _embed(text_model))
     assert got is not None, why
     assert got.label == "yellow rubber duck"
     assert np.linalg.norm(got.point - truth) < 0.01
@@ -71,23 +71,66 @@ def test_the_memory_picks_among_regions_that_mean_the_query(text_model):
     is the closer match to the text (a detector's synonym can be)."""
     view = _view([("rubber duck", DUCK), ("yellow duck toy", DUCK2)])
     emb = text_model.encode_text(["yellow duck toy"])[0]
-    got, why = refine_in_view(_centre(DUCK) + np.array([0.02, 0.0, 0.0]), emb, view, _embed(text_model))
+    got, why = refine_in_view(_centre(DUCK) + np.array([0.02, 0.0, 0.0]), emb, [view], _embed(text_model))
     assert got is not None, why
     assert got.label == "rubber duck"
 
 
+def test_a_region_the_newest_frame_missed_is_taken_from_an_earlier_one(text_model):
+    """The detector missed the duck in the newest frame; a look-alike beside it must not win for that:
+    the frame before (same standpoint) still has the duck."""
+    answer = _centre(DUCK)
+    emb = text_model.encode_text(["my yellow bouncy ball"])[0]
+    older = _view([("yellow toy ball", DUCK), ("bouncy green ball", DUCK2)])
+    newest = _view([("bouncy green ball", DUCK2)])
+    newest.depth = older.depth  # the same scene; only the detector differs
+    got, why = refine_in_view(answer, emb, [newest], _embed(text_model))
+    assert got is not None and got.label == "bouncy green ball"  # one view: the look-alike is all there is
+    got, why = refine_in_view(answer, emb, [older, newest], _embed(text_model))
+    assert got is not None and got.label == "yellow toy ball", why
+
+
+def test_a_region_the_memory_knows_as_another_object_is_not_taken(text_model):
+    """answer_for is the memory's answer to a region's label: a look-alike nearer the answer is passed
+    over when the memory places its label elsewhere, and the next region is tried."""
+    emb = text_model.encode_text(["my blue cube"])[0]
+    view = _view([("a small yellow cube", DUCK2), ("a small blue cube", DUCK)])
+    answer = _centre(DUCK2) + np.array([-0.08, 0.0, 0.0])  # 8 cm from the yellow cube, 11 cm from the blue one
+    memory = {"a small yellow cube": _centre(DUCK2), "a small blue cube": answer + np.array([0.0, 0.02, 0.0])}
+    got, why = refine_in_view(answer, emb, [view], _embed(text_model))
+    assert got is not None and got.label == "a small yellow cube"  # without the memory: the nearest
+    got, why = refine_in_view(answer, emb, [view], _embed(text_model), answer_for=memory.get)
+    assert got is not None and got.label == "a small blue cube", why
+    memory["a small blue cube"] = None  # the memory refuses the label: not the same object either
+    got, why = refine_in_view(answer, emb, [view], _embed(text_model), answer_for=memory.get)
+    assert got is None and "answers elsewhere" in why
+
+
+def test_still_views_keeps_the_frames_taken_where_the_robot_stands_now():
+    def pose(x: float, yaw_deg: float = 0.0) -> np.ndarray:
+        from scipy.spatial.transform import Rotation
+        T = np.eye(4)
+        T[:3, :3] = Rotation.from_euler("z", yaw_deg, degrees=True).as_matrix()
+        T[0, 3] = x
+        return T
+    cfg = LiveConfig()
+    poses = [pose(-1.0), pose(0.0, cfg.still_deg + 2), pose(0.0), pose(cfg.still_m / 2), pose(0.0)]
+    assert still_views(poses, cfg) == [2, 3, 4]  # walked there, then turned, then stood (odometry jitter)
+    assert still_views([], cfg) == []
+
+
 def test_nothing_that_means_the_query_leaves_the_memory_answer(text_model):
     view = _view([("red coffee mug", MUG)])
-    got, why = refine_in_view(_centre(MUG), text_model.encode_text(["the yellow duck"])[0], view, _embed(text_model))
+    got, why = refine_in_view(_centre(MUG), text_model.encode_text(["the yellow duck"])[0], [view], _embed(text_model))
     assert got is None and "means the query" in why
 
 
 def test_a_region_beyond_the_search_radius_or_without_depth_is_not_taken(text_model):
     emb = text_model.encode_text(["the yellow duck"])[0]
     far = _centre(DUCK) + np.array([0.0, 0.0, LiveConfig().search_m + 0.05])
-    got, _ = refine_in_view(far, emb, _view([("yellow rubber duck", DUCK)]), _embed(text_model))
+    got, _ = refine_in_view(far, emb, [_view([("yellow rubber duck", DUCK)])], _embed(text_model))
     assert got is None
-    got, _ = refine_in_view(_centre(DUCK), emb, _view([("yellow rubber duck", DUCK)], depth_ok=False),
+    got, _ = refine_in_view(_centre(DUCK), emb, [_view([("yellow rubber duck", DUCK)], depth_ok=False)],
                             _embed(text_model))
     assert got is None  # the region has no depth: nothing to place it with
 
@@ -95,40 +138,48 @@ def test_a_region_beyond_the_search_radius_or_without_depth_is_not_taken(text_mo
 def test_bad_input_gives_a_reason_not_a_crash(text_model):
     emb = text_model.encode_text(["the yellow duck"])[0]
     view = _view([("yellow rubber duck", DUCK)])
-    got, why = refine_in_view(np.array([np.nan, 0.0, 0.0]), emb, view, _embed(text_model))
+    got, why = refine_in_view(np.array([np.nan, 0.0, 0.0]), emb, [view], _embed(text_model))
     assert got is None and "not finite" in why
     empty = LiveView(depth=view.depth, K=K, T_map_cam=T_MAP_CAM, instances=[])
-    got, why = refine_in_view(_centre(DUCK), emb, empty, _embed(text_model))
+    got, why = refine_in_view(_centre(DUCK), emb, [empty], _embed(text_model))
     assert got is None and "no detector region" in why
     bad_pose = LiveView(depth=view.depth, K=K, T_map_cam=np.full((4, 4), np.nan), instances=view.instances)
-    got, why = refine_in_view(_centre(DUCK), emb, bad_pose, _embed(text_model))
-    assert got is None
+    got, why = refine_in_view(_centre(DUCK), emb, [bad_pose], _embed(text_model))
+    assert got is None and "no detector region" in why
+    got, why = refine_in_view(_centre(DUCK), emb, [], _embed(text_model))
+    assert got is None and "no detector region" in why
 
 
 def test_the_pipeline_places_the_view_through_the_current_map_to_odom(text_model):
     """MemoryPipeline.refine_in_view maps the latest frame with map -> odom as it is when asked, the
-    transform the grasp will execute through (not the one at the frame's arrival)."""
+    transform the grasp will execute through (not the one at the frame's arrival), and checks each
+    region against the memory's own answer to its label."""
     from m3_ros.pipeline import MemoryPipeline, PipelineConfig
     pipe = MemoryPipeline(PipelineConfig(models=["minilm_labels"], refine_poses=False),
                           models={"minilm_labels": text_model})
     pipe.load()
     try:
-        view = _view([("yellow rubber duck", DUCK)])
+        view = _view([("yellow rubber duck", DUCK), ("red coffee mug", MUG)])
         rgb = np.full((H, W, 3), 128, np.uint8)
         with pytest.raises(ValueError):
             pipe.refine_in_view("the yellow duck", _centre(DUCK))  # empty memory: the same error as ground()
-        T_odom_cam = T_MAP_CAM.copy()
-        assert pipe.offer_frame(0.0, rgb, view.depth, K, T_odom_cam, view.instances)
+        assert pipe.offer_frame(0.0, rgb, view.depth, K, T_MAP_CAM.copy(), view.instances)
         while not pipe.idle():
             pipe.train_for(0.0, max_steps=0)
-        got, why = pipe.refine_in_view("the yellow duck", _centre(DUCK))
-        assert got is not None, why
+        pipe.train_for(3600.0, max_steps=20)
+        answer = pipe.ground("the yellow duck").points[0]
+        assert np.linalg.norm(answer - _centre(DUCK)) < 0.03
+        got, why = pipe.refine_in_view("the yellow duck", answer)
+        assert got is not None and got.label == "yellow rubber duck", why
         assert np.linalg.norm(got.point - _centre(DUCK)) < 0.01
         shift = np.eye(4)
         shift[:3, 3] = [0.1, 0.0, 0.0]
         pipe.tracker._T_belief = shift  # as an accepted ICP correction leaves it (T_map_odom reads it)
-        got2, why = pipe.refine_in_view("the yellow duck", _centre(DUCK) + shift[:3, 3])
+        got2, why = pipe.refine_in_view("the yellow duck", answer)  # the memory's answer stays in map
         assert got2 is not None, why
         assert np.allclose(got2.point, transform_points(shift, got.point[None])[0], atol=1e-6)
+        assert got2.moved_m == pytest.approx(np.linalg.norm(got2.point - answer))
+        got3, why = pipe.refine_in_view("the red mug", answer)  # the mug region is 57 cm away
+        assert got3 is None and "within" in why
     finally:
         pipe.close()
