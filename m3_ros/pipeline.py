@@ -448,27 +448,38 @@ class MemoryPipeline:
                 with self._inflight_lock:
                     del self._inflight[key]
 
-    def refine_in_view(self, query: str, target: np.ndarray) -> tuple[LiveTarget | None, str]:
-        """The memory's answer target [3] (map) found again in the latest frames offered from where the
-        robot stands now: a detector region and its depth, placed through the current ``map -> odom``,
-        whose label the memory also answers at target (grounding/live.py, cfg.live); (None, why) where not."""
-        q = validate_query(query, self.cfg.grounding.max_query_chars)
-        self._query_memory()  # the same errors as ground(): loading, no text model, empty memory
+    def live_views(self) -> list[LiveView]:
+        """The latest frames offered from where the robot stands now (LiveConfig.frames, still_views),
+        oldest first, each placed in map through the current ``map -> odom``."""
         frames = list(self._live)
-        if not frames:
-            return None, "no camera frame has been seen yet"
         T_map_odom = self.T_map_odom
-        views = [LiveView(depth=frames[i][2], K=frames[i][1], T_map_cam=T_map_odom @ frames[i][0],
-                          instances=frames[i][3]) for i in still_views([f[0] for f in frames], self.cfg.live)]
+        return [LiveView(depth=frames[i][2], K=frames[i][1], T_map_cam=T_map_odom @ frames[i][0], instances=frames[i][3])
+                for i in still_views([f[0] for f in frames], self.cfg.live)]
 
-        def answer_for(label: str) -> np.ndarray | None:
-            try:
-                return self.ground(label).points[0]
-            except ValueError:  # refused (an unusable label, nothing answers it): not the same object
-                return None
-        return refine_in_view(target, self._embed(q), views,
-                              lambda labels: torch.stack([self._embed(lab) for lab in labels]), self.cfg.live,
-                              answer_for)
+    def refine_in_view(self, target: np.ndarray) -> tuple[LiveTarget | None, str]:
+        """The memory's answer target [3] (map) found again in live_views(): the detector region whose
+        label names what the memory holds there, and its depth (grounding/live.py, cfg.live); (None, why)
+        where not."""
+        feature = self.feature_at(target)  # the same errors as ground(): loading, no text model, empty memory
+        views = self.live_views()
+        if not views:
+            return None, "no camera frame has been seen yet"
+        return refine_in_view(target, feature, views,
+                              lambda labels: torch.stack([self._embed(lab) for lab in labels]), self.cfg.live)
+
+    def feature_at(self, point: np.ndarray) -> torch.Tensor:
+        """[d] the memory's feature at point [3] (map) in the text model's space: the mean decoded feature
+        of the cfg.live.answer_gaussians Gaussians nearest it (opacity >= grounding.min_opacity)."""
+        mem = self._query_memory()
+        snap = mem.snapshot()
+        model = self._text_model.name
+        tree, keep = snap.means_tree(self.cfg.grounding.min_opacity)
+        k = min(self.cfg.live.answer_gaussians, len(keep))
+        if k == 0:
+            raise ValueError("no Gaussian of the memory is opaque enough to say what is at the answer")
+        _, idx = tree.query(np.asarray(point, dtype=np.float64).reshape(3), k=k)
+        rows = torch.from_numpy(keep[np.atleast_1d(idx)])
+        return snap.decode(model, snap.queries[model][rows].float()).mean(0)
 
     def relevance_map(self, query: str, T_world_cam: np.ndarray, K: np.ndarray, width: int,
                       height: int) -> np.ndarray:

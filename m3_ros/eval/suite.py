@@ -373,7 +373,7 @@ def _grasps(out: RunResult, pipe: MemoryPipeline, world: SimWorld, scene, querie
                 cloud = mem.means.detach().cpu().numpy()[keep]
                 base_map = (pipe.T_map_odom @ world.T_odom_base)[:3, 3]
                 T_world_map = _T_world_map(world, pipe)
-                found, why = pipe.refine_in_view(phr[o.name].text, res.points[0]) if look else (None, "")
+                found, why = pipe.refine_in_view(res.points[0]) if look else (None, "")
                 if rc.keep_grasp_inputs:
                     out.grasp_inputs.append({"object": o.name, "query": phr[o.name].text, "look": look,
                                              "looked": rec["looked"], "target": res.points[0], "cloud": cloud,
@@ -383,7 +383,8 @@ def _grasps(out: RunResult, pipe: MemoryPipeline, world: SimWorld, scene, querie
                                              "live": None if found is None else {
                                                  "target": found.point, "cloud": found.cloud, "label": found.label,
                                                  "similarity": found.similarity, "moved_cm": 100 * found.moved_m},
-                                             "live_why": why})
+                                             "live_why": why, "views": pipe.live_views() if look else [],
+                                             "answer_feature": pipe.feature_at(res.points[0]) if look else None})
                 if look != rc.grasp_look:
                     continue
                 target = res.points[0]

@@ -3,9 +3,14 @@
 The memory answers in ``map``; a grasp executes in ``odom``, through ``map -> odom``. Where that
 correction is off (a view ICP refused, drift since the last accepted keyframe), the arm reaches for
 where the memory *thinks* the object is. The current view has no such error: its depth, its detector
-regions and its odometry pose are one consistent snapshot. So, near the memory's answer, look for a
-detector region whose label means the query, take its depth points as the target, and plan on the
+regions and its odometry pose are one consistent snapshot. So, near the memory's answer, look for the
+detector region that is the memory's object, take its depth points as the target, and plan on the
 view's own depth (a robot's "look, then reach"). Where no region qualifies, the memory's answer stands.
+
+Which region is the memory's object is asked of the memory, not of the query: the memory's feature at
+its answer (in the text model's space: for the label model, a blend of the labels its views gave that
+object) against each region's label. The query's words would not do: MiniLM weighs colour words little
+("a small yellow cube" means "my blue cube" more than the detector's "a blue square block" does).
 
 Constants were chosen a priori, before any grasp trial used them (bench/results/dev_grasp_rules.md,
 round 5); the study that decides whether the suite's grasps use it is there too.
@@ -20,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
 
-from m3_ros.geometry import backproject
+from m3_ros.geometry import backproject, project
 from m3_ros.types import Instance
 
 
@@ -30,8 +35,12 @@ class LiveConfig:
     """A region counts if its centre is within this distance (m) of the memory's answer: about the 2 %
     odometry drift of a 15 m walk, the error ICP leaves where it refuses views (a priori)."""
     min_similarity: float = 0.5
-    """A region's label must mean the query: cosine of label and query embeddings at least this. The
-    detector's synonyms of one object agree at about this level (freespace.py: 0.49 in 95 % of pairs)."""
+    """A region's label must name the memory's object: cosine of the label's embedding and the memory's
+    feature at its answer at least this. The detector's synonyms of one object agree at about this level
+    (freespace.py: 0.49 in 95 % of pairs). Set for the label model's space (MiniLM); a CLIP text model
+    scores image features against text on another scale."""
+    answer_gaussians: int = 16
+    """The memory's feature at its answer: the mean decoded feature of this many Gaussians nearest it."""
     min_points: int = 30
     """A region needs this many pixels with valid depth to place it."""
     max_depth: float = 2.0
@@ -41,9 +50,6 @@ class LiveConfig:
     wide enough for the planner's support ring (GraspConfig.support_ring 0.18 m)."""
     stride: int = 1
     """Depth pixels taken every ``stride`` in u and v for the planning cloud."""
-    same_object_m: float = 0.05
-    """A region is the memory's object only if the memory, asked the region's label, answers within
-    this distance (m) of its answer to the query: the suite's 'same object' distance (a priori)."""
     frames: int = 3
     """The latest frames kept (MemoryPipeline); each detector misses an object now and then (the
     evaluation's detector one time in five), and a look-alike nearby must not win because of it."""
@@ -86,28 +92,24 @@ class LiveTarget:
     point: np.ndarray  # [3] map: the region's median depth point
     cloud: np.ndarray  # [M, 3] map: the view's depth points around it (plan on these)
     label: str  # the region's label
-    similarity: float  # cosine of its label and the query
+    similarity: float  # cosine of its label and the memory's feature at its answer
     moved_m: float  # distance from the memory's answer
 
 
-def refine_in_view(target: np.ndarray, text_emb: torch.Tensor, views: list[LiveView],
-                   embed: Callable[[list[str]], torch.Tensor], cfg: LiveConfig | None = None,
-                   answer_for: Callable[[str], np.ndarray | None] | None = None
+def refine_in_view(target: np.ndarray, feature: torch.Tensor, views: list[LiveView],
+                   embed: Callable[[list[str]], torch.Tensor], cfg: LiveConfig | None = None
                    ) -> tuple[LiveTarget | None, str]:
     """(the target found in the views, or None; why) for the memory's answer target [3] (map).
 
-    text_emb [d] is the query's embedding and embed(labels) -> [n, d] embeds labels in the same space.
-    Among the views' detector regions whose label has cosine >= min_similarity with the query and
-    whose centre lies within search_m of target, the one nearest target wins: the text says which
-    regions can be the object, the memory says which of them it is (a look-alike next to it may match
-    the text better). Its own view gives the planning cloud. views: frames of one standpoint
-    (still_views), each placed in map.
+    feature [d] is the memory's feature at target (MemoryPipeline.feature_at) and embed(labels) ->
+    [n, d] embeds labels in the same space. Among the views' detector regions whose centre lies within
+    search_m of target and whose label has cosine >= min_similarity with feature, the best match wins
+    (distance only gates: drift moves the view against the map by up to search_m). Its own view gives
+    the planning cloud. views: frames of one standpoint (still_views), each placed in map.
 
-    answer_for(label) -> [3] | None, where given, is the memory's answer to a region's label (None:
-    refused). A region is taken only if that answer lies within same_object_m of target: where the
-    detector missed the object itself, a look-alike beside it (a yellow cube for "my blue cube": MiniLM
-    weighs colour words little) is refused because the memory knows it as another object; the next
-    nearest region is tried.
+    Nothing is looked for unless the answer itself lies in some view's image (within max_depth): where
+    the camera does not see the object (too close below it, behind the robot), a look-alike it does see
+    (a yellow cube for "my blue cube": MiniLM weighs colour words little) must not stand in for it.
     """
     cfg = cfg or LiveConfig()
     target = np.asarray(target, dtype=np.float64).reshape(3)
@@ -119,8 +121,10 @@ def refine_in_view(target: np.ndarray, text_emb: torch.Tensor, views: list[LiveV
             cands += [(v, i) for i in v.instances if i.label.strip() and np.asarray(i.mask).shape == v.depth.shape]
     if not cands:
         return None, "no detector region in the current view"
+    if not any(_in_frame(target, v, cfg) for v, _ in cands):
+        return None, "the memory's answer is outside the current view"
     sims = (F.normalize(embed([i.label for _, i in cands]).float(), dim=-1)
-            @ F.normalize(text_emb.float(), dim=0)).numpy()  # [n]
+            @ F.normalize(feature.float(), dim=0)).numpy()  # [n]
     found: list[tuple[LiveTarget, LiveView]] = []
     for (view, inst), sim in zip(cands, sims):
         if sim < cfg.min_similarity:
@@ -135,20 +139,18 @@ def refine_in_view(target: np.ndarray, text_emb: torch.Tensor, views: list[LiveV
             found.append((LiveTarget(point=centre, cloud=np.zeros((0, 3)), label=inst.label,
                                      similarity=float(sim), moved_m=d), view))
     if not found:
-        return None, f"no region within {cfg.search_m} m of the memory's answer whose label means the query"
-    others: dict[str, float] = {}  # label -> distance of the memory's answer for it from target
-    for hit, view in sorted(found, key=lambda fv: fv[0].moved_m):
-        if answer_for is not None:
-            if hit.label not in others:
-                a = answer_for(hit.label)
-                others[hit.label] = np.inf if a is None else float(np.linalg.norm(np.asarray(a) - target))
-            if others[hit.label] > cfg.same_object_m:
-                continue
-        hit.cloud = view_cloud(view.depth, view.K, view.T_map_cam, hit.point, cfg)
-        return hit, (f"found '{hit.label}' ({hit.similarity:.2f}) {100 * hit.moved_m:.1f} cm from the "
-                     f"memory's answer in {len(views)} view(s)")
-    return None, ("the memory answers elsewhere for every nearby region's label: "
-                  + ", ".join(f"'{k}' {100 * v:.0f} cm" for k, v in others.items()))
+        return None, f"no region within {cfg.search_m} m of the memory's answer whose label names its object"
+    hit, view = max(found, key=lambda fv: fv[0].similarity)
+    hit.cloud = view_cloud(view.depth, view.K, view.T_map_cam, hit.point, cfg)
+    return hit, (f"found '{hit.label}' ({hit.similarity:.2f}) {100 * hit.moved_m:.1f} cm from the "
+                 f"memory's answer in {len(views)} view(s)")
+
+
+def _in_frame(point: np.ndarray, view: LiveView, cfg: LiveConfig) -> bool:
+    """Whether point [3] (map) projects into view's image at a depth in (0, max_depth]."""
+    (u, v), z = (a[0] for a in project(np.asarray(point, dtype=np.float64)[None], view.K, view.T_map_cam))
+    H, W = np.asarray(view.depth).shape
+    return bool(0.0 < z <= cfg.max_depth and -0.5 <= u < W - 0.5 and -0.5 <= v < H - 0.5)
 
 
 def view_cloud(depth: np.ndarray, K: np.ndarray, T_frame_cam: np.ndarray, centre: np.ndarray,
