@@ -35,6 +35,7 @@ import torch  # noqa: E402
 from bench._common import machine_header, table, write_report  # noqa: E402
 from m3_ros.eval.suite import RunConfig, run_scene  # noqa: E402
 from m3_ros.grasp import GraspConfig, plan_grasp  # noqa: E402
+from m3_ros.grounding.live import LiveConfig, refine_in_view  # noqa: E402
 from m3_ros.pipeline import MemoryPipeline, PipelineConfig  # noqa: E402
 from m3_ros.sim.generate import resolve_scene  # noqa: E402
 from m3_ros.sim.sensors import SensorConfig  # noqa: E402
@@ -68,8 +69,18 @@ def walk(a: argparse.Namespace) -> int:
     return 0
 
 
+def _refind(t: dict, embed) -> dict | None:
+    """refine_in_view of this code on a look's cached views and memory feature (walks since round 5)."""
+    found, _ = refine_in_view(t["target"], t["answer_feature"], t["views"], embed, LiveConfig())
+    return None if found is None else {"target": found.point, "cloud": found.cloud, "label": found.label,
+                                       "similarity": found.similarity, "moved_cm": 100 * found.moved_m}
+
+
 def replay(a: argparse.Namespace) -> int:
     spec = json.loads(a.variants)
+    from m3_ros.foundation import FoundationConfig, load_models
+    text = load_models(FoundationConfig(models=["minilm_labels"]))["minilm_labels"]  # the walks' text model
+    embed = text.encode_text
     variants = {"default": GraspConfig(), **{k: dataclasses.replace(GraspConfig(), **v) for k, v in spec.items()}}
     paths = sorted(a.dir.glob("*.pt"))
     if not paths:
@@ -95,8 +106,10 @@ def replay(a: argparse.Namespace) -> int:
                                          "live": bool(g["success"]), "offset_cm": float("nan"), "in_view": "-"})
             for t, mode in [(t, m) for t in c["inputs"] for m in (("look", "live") if t["look"] else ("blind",))]:
                 target, cloud = t["target"], t["cloud"]
-                if mode == "live" and t.get("live") is not None:  # found again in the view: plan on its depth
-                    target, cloud = t["live"]["target"], t["live"]["cloud"]
+                if mode == "live":
+                    t["live"] = _refind(t, embed) if t.get("views") else t.get("live")
+                    if t["live"] is not None:  # found again in the view: plan on its depth
+                        target, cloud = t["live"]["target"], t["live"]["cloud"]
                 for name, cfg in variants.items():
                     state = p.saveState(physicsClientId=world.client)
                     off = float("nan")
@@ -131,8 +144,8 @@ def replay(a: argparse.Namespace) -> int:
         summary.append([name, len(sel), sum(r["success"] for r in sel),
                         sum(r["success"] and not base[r["trial"]] for r in sel),
                         sum(not r["success"] and base[r["trial"]] for r in sel)])
-    looks = [t for path in paths for t in torch.load(path, weights_only=False)["inputs"] if t["look"]]
-    n_look, n_found = len(looks), sum(t.get("live") is not None for t in looks)
+    n_look = sum(r["variant"] == "live:default" for r in rows)
+    n_found = sum(r["variant"] == "live:default" and r["in_view"] != "-" for r in rows)
     same = sum(ref[live_mode[k.split("/")[0]]][k] == ok for k, ok in live_ok.items())
     detail = [[r["trial"], r["variant"], r["query"], "yes" if r["success"] else "no", r["offset_cm"],
                r["in_view"], r["message"][:60]] for r in rows]
@@ -145,7 +158,8 @@ def replay(a: argparse.Namespace) -> int:
         "`blind`: planned with the end-of-walk map -> odom carried by odometry to the grasp pose; `look`: "
         "after streaming frames there until one became a keyframe (suite.RunConfig.grasp_look); `live`: "
         "`look`, then the answer found again in the current view and planned on its depth where it was "
-        f"(grounding/live.py; found in {n_found} of {n_look} looks), else as `look` "
+        f"(grounding/live.py, recomputed from the cached views by this code; found in {n_found} of "
+        f"{n_look} looks), else as `look` "
         "(`live:default` against `look:default`).", "",
         *table(["variant", "trials", "success", "fixed vs default", "broken vs default"], summary), "",
         *table(["trial", "variant", "query", "success", "TCP to object centre cm (xy)",

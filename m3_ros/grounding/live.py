@@ -7,10 +7,11 @@ regions and its odometry pose are one consistent snapshot. So, near the memory's
 detector region that is the memory's object, take its depth points as the target, and plan on the
 view's own depth (a robot's "look, then reach"). Where no region qualifies, the memory's answer stands.
 
-Which region is the memory's object is asked of the memory, not of the query: the memory's feature at
-its answer (in the text model's space: for the label model, a blend of the labels its views gave that
-object) against each region's label. The query's words would not do: MiniLM weighs colour words little
-("a small yellow cube" means "my blue cube" more than the detector's "a blue square block" does).
+Which regions can be the memory's object is asked of the memory, not of the query: the memory's
+feature at its answer (in the text model's space: for the label model, a blend of the labels its views
+gave that object) against each region's label. The query's words would not do: MiniLM weighs colour
+words little ("a small yellow cube" means "my blue cube" more than the detector's "a blue square block"
+does). Among those, position decides.
 
 Constants were chosen a priori, before any grasp trial used them (bench/results/dev_grasp_rules.md,
 round 5); the study that decides whether the suite's grasps use it is there too.
@@ -103,9 +104,10 @@ def refine_in_view(target: np.ndarray, feature: torch.Tensor, views: list[LiveVi
 
     feature [d] is the memory's feature at target (MemoryPipeline.feature_at) and embed(labels) ->
     [n, d] embeds labels in the same space. Among the views' detector regions whose centre lies within
-    search_m of target and whose label has cosine >= min_similarity with feature, the best match wins
-    (distance only gates: drift moves the view against the map by up to search_m). Its own view gives
-    the planning cloud. views: frames of one standpoint (still_views), each placed in map.
+    search_m of target and whose label has cosine >= min_similarity with feature, the nearest wins: the
+    label says which regions can be the object, the position which of them it is (MiniLM barely tells
+    "a small blue cube" from "a small yellow cube", and neither does a feature blended from such labels).
+    Its own view gives the planning cloud. views: frames of one standpoint (still_views), each placed in map.
 
     Nothing is looked for unless the answer itself lies in some view's image (within max_depth): where
     the camera does not see the object (too close below it, behind the robot), a look-alike it does see
@@ -140,7 +142,7 @@ def refine_in_view(target: np.ndarray, feature: torch.Tensor, views: list[LiveVi
                                      similarity=float(sim), moved_m=d), view))
     if not found:
         return None, f"no region within {cfg.search_m} m of the memory's answer whose label names its object"
-    hit, view = max(found, key=lambda fv: fv[0].similarity)
+    hit, view = min(found, key=lambda fv: fv[0].moved_m)
     hit.cloud = view_cloud(view.depth, view.K, view.T_map_cam, hit.point, cfg)
     return hit, (f"found '{hit.label}' ({hit.similarity:.2f}) {100 * hit.moved_m:.1f} cm from the "
                  f"memory's answer in {len(views)} view(s)")
