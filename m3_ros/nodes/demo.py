@@ -70,6 +70,7 @@ class DemoClient(Node):
         self.status: MemoryStatus | None = None
         self.truth: SceneGroundTruth | None = None
         self.walk_state = ""
+        self.grasp_feedback: list[str] = []  # the grasp action's feedback messages
         self.color: Image | None = None
         self.info: CameraInfo | None = None
         self.relevance: Image | None = None
@@ -117,6 +118,7 @@ class DemoClient(Node):
 
         def on_feedback(msg) -> None:
             stages.append(msg.feedback.stage)
+            self.grasp_feedback.append(msg.feedback.message)
             log(f"grasp feedback: {msg.feedback.stage} {msg.feedback.message}".rstrip())
 
         goal = Grasp.Goal(query=query)
@@ -207,7 +209,7 @@ def wait_for_clock(node: Node, timeout: float, sim: NodeProcess) -> None:
 
 
 def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None,
-        max_walk_s: float = 240.0, settle_s: float = 3.0, quiet: bool = False,
+        planner_params: dict | None = None, max_walk_s: float = 240.0, settle_s: float = 3.0, quiet: bool = False,
         settle_steps_per_keyframe: int = 8, settle_max_s: float = 60.0, look_keyframes: int = 2,
         look_max_s: float = 20.0) -> dict:
     """Run the whole loop once; returns the report (also written to out/report.json).
@@ -238,7 +240,8 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
     sim_time = {"use_sim_time": True}  # as launch/sim_demo.launch.py: the nodes run on the simulator's /clock
     procs = [
         NodeProcess("memory_node", env, logs, params_file=CONFIG_DIR / "m3.yaml", params={**sim_time, **(m3_params or {})}),
-        NodeProcess("grasp_planner_node", env, logs, params_file=CONFIG_DIR / "m3.yaml", params=sim_time),
+        NodeProcess("grasp_planner_node", env, logs, params_file=CONFIG_DIR / "m3.yaml",
+                    params={**sim_time, **(planner_params or {})}),
     ]
     rclpy.init()
     demo = DemoClient()
@@ -355,6 +358,8 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
             "train_s": float(s.train_time_s), "train_iterations": int(s.train_iteration),
             "first_correct_s": first_correct_s, "model": res.model, "pictures": pictures,
             "grasp_stages": stages, "grasp_status": int(status),
+            # the planner found the answer again in the camera's current frames (ground_in_view)
+            "grasp_in_view": any("found again in the current view" in m for m in demo.grasp_feedback),
             # sim time: the demo's clock and the planner's stamp on the grasp both follow /clock
             "clock": {"demo_now_s": demo.get_clock().now().nanoseconds * 1e-9,
                       "grasp_stamp_s": convert.stamp_to_sec(grasp.grasp.header.stamp) if planned else None,

@@ -488,7 +488,14 @@ class MemoryNode(Node):
             res.success, res.message = False, str(e)
             self.get_logger().info(f"ground('{req.query[:60]}') rejected: {e}")
             return res
-        pts = transform_points(T, out.points)
+        pts = out.points
+        in_view = ""
+        if req.in_view:  # the last metre: the best point found again in the current frames, if it is
+            found, why = self.pipeline.refine_in_view(out.points[0])
+            if found is not None:
+                pts = np.concatenate([found.point[None], out.points[1:]])
+            res.in_view, in_view = found is not None, f"; in view: {why}"
+        pts = transform_points(T, pts)
         frame = req.frame_id or self.memory_frame
         for p in pts:
             ps = PointStamped()
@@ -500,7 +507,7 @@ class MemoryNode(Node):
         res.success = True
         weak = f", weak match: its region has {len(out.region_points[0])} points" if out.weak else ""
         res.message = (f"grounded '{req.query}' with text model {out.model} ({out.mode} mode, "
-                       f"{out.n_candidates} candidate points{weak}, {1e3 * (time.monotonic() - t0):.0f} ms)")
+                       f"{out.n_candidates} candidate points{weak}, {1e3 * (time.monotonic() - t0):.0f} ms){in_view}")
         self.get_logger().info(res.message)
         # markers and the relevance image go out after the answer: the client never waits for them
         self._outputs.submit(req.query, out, pts, frame)
