@@ -218,7 +218,8 @@ class MemoryPipeline:
         depth = np.where(np.isfinite(depth) & (depth <= self.cfg.max_depth), depth, 0.0).astype(np.float32)
         # view mode grounds what this camera sees: its pose and its measured depth
         self._camera = (T_map_cam, np.array(K, dtype=np.float64), int(rgb.shape[1]), int(rgb.shape[0]), depth)
-        self._live.append((T_odom_cam, np.array(K, dtype=np.float64), depth, list(instances or [])))
+        with self._lock:  # read by refine_in_view from query threads
+            self._live.append((T_odom_cam, np.array(K, dtype=np.float64), depth, list(instances or [])))
         if not np.any(depth > 0):
             raise ValueError(f"depth image has no valid pixel within {self.cfg.max_depth} m")
         with self._lock:
@@ -451,7 +452,8 @@ class MemoryPipeline:
     def live_views(self) -> list[LiveView]:
         """The latest frames offered from where the robot stands now (LiveConfig.frames, still_views),
         oldest first, each placed in map through the current ``map -> odom``."""
-        frames = list(self._live)
+        with self._lock:
+            frames = list(self._live)
         T_map_odom = self.T_map_odom
         return [LiveView(depth=frames[i][2], K=frames[i][1], T_map_cam=T_map_odom @ frames[i][0], instances=frames[i][3])
                 for i in still_views([f[0] for f in frames], self.cfg.live)]

@@ -491,7 +491,10 @@ class MemoryNode(Node):
         pts = out.points
         in_view = ""
         if req.in_view:  # the last metre: the best point found again in the current frames, if it is
-            found, why = self.pipeline.refine_in_view(out.points[0])
+            try:
+                found, why = self.pipeline.refine_in_view(out.points[0])
+            except ValueError as e:  # the memory changed under the answer (reset, load): keep the answer
+                found, why = None, str(e)
             if found is not None:
                 pts = np.concatenate([found.point[None], out.points[1:]])
             res.in_view, in_view = found is not None, f"; in view: {why}"
