@@ -360,6 +360,7 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
             "grasp_stages": stages, "grasp_status": int(status),
             # the planner found the answer again in the camera's current frames (ground_in_view)
             "grasp_in_view": any("found again in the current view" in m for m in demo.grasp_feedback),
+            "grasp_on_depth": any("planned on the current depth image" in m for m in demo.grasp_feedback),
             # sim time: the demo's clock and the planner's stamp on the grasp both follow /clock
             "clock": {"demo_now_s": demo.get_clock().now().nanoseconds * 1e-9,
                       "grasp_stamp_s": convert.stamp_to_sec(grasp.grasp.header.stamp) if planned else None,

@@ -175,9 +175,10 @@ class GraspPlannerNode(Node):
             return None
         return view_cloud(depth, K, T, target, LiveConfig())
 
-    def _plan(self, target: np.ndarray, in_view: bool = False) -> tuple[GraspPlan, PoseStamped]:
+    def _plan(self, target: np.ndarray, in_view: bool = False) -> tuple[GraspPlan, PoseStamped, str]:
+        """(plan, its pose in odom, what it was planned on)."""
         if in_view and (points := self._view_points(target)) is not None:
-            return self._finish(plan_grasp(target, points, self.cfg, viewpoint=self._viewpoint()))
+            return *self._finish(plan_grasp(target, points, self.cfg, viewpoint=self._viewpoint())), "depth"
         if self.points is None:
             raise ValueError(f"no memory geometry received on '{self.p['cloud_topic']}' yet")
         points = self.points
@@ -189,7 +190,7 @@ class GraspPlannerNode(Node):
                 raise ValueError(f"memory cloud in '{self.points_frame}' cannot be put in "
                                  f"'{self.p['odom_frame']}': {e}") from e
             points = transform_points(T, points)
-        return self._finish(plan_grasp(target, points, self.cfg, viewpoint=self._viewpoint()))
+        return *self._finish(plan_grasp(target, points, self.cfg, viewpoint=self._viewpoint())), "memory"
 
     def _finish(self, plan: GraspPlan) -> tuple[GraspPlan, PoseStamped]:
         """The plan's pose message in odom, and its marker published."""
@@ -205,21 +206,22 @@ class GraspPlannerNode(Node):
         return plan, pose
 
     @staticmethod
-    def _describe(plan: GraspPlan) -> str:
+    def _describe(plan: GraspPlan, source: str) -> str:
         t = plan.T_world_tcp[:3, 3]
+        on = "the current depth image" if source == "depth" else "the memory's points"
         return (f"{plan.approach} grasp at ({t[0]:.3f}, {t[1]:.3f}, {t[2]:.3f}), width {plan.width * 100:.1f} cm, "
-                f"{len(plan.object_points)} object points")
+                f"{len(plan.object_points)} object points, planned on {on}")
 
     def _on_plan(self, req: PlanGrasp.Request, res: PlanGrasp.Response) -> PlanGrasp.Response:
         try:
-            plan, res.grasp = self._plan(*self._target(req.query, req.target))
+            plan, res.grasp, source = self._plan(*self._target(req.query, req.target))
         except ValueError as e:
             res.success, res.message = False, str(e)
             self.get_logger().info(f"plan_grasp failed: {e}")
             return res
         res.width, res.score, res.approach = float(plan.width), float(plan.score), plan.approach
         res.success = True
-        res.message = self._describe(plan)
+        res.message = self._describe(plan, source)
         if req.execute:
             self.grasp_pub.publish(res.grasp)
             res.message += "; sent to the arm controller"
@@ -264,7 +266,7 @@ class GraspPlannerNode(Node):
                 return stop("canceled before planning", canceled=True)
             where = ", found again in the current view" if in_view else ""
             feedback("planning", f"target ({target[0]:.3f}, {target[1]:.3f}, {target[2]:.3f}){where}")
-            plan, result.grasp = self._plan(target, in_view)
+            plan, result.grasp, source = self._plan(target, in_view)
         except ValueError as e:
             return stop(str(e))
         if goal_handle.is_cancel_requested:
@@ -273,7 +275,7 @@ class GraspPlannerNode(Node):
             self._events.clear()
         self.grasp_pub.publish(result.grasp)
         sent_stamp = result.grasp.header.stamp
-        feedback("planning", self._describe(plan) + "; sent to the arm controller")
+        feedback("planning", self._describe(plan, source) + "; sent to the arm controller")
         deadline = time.monotonic() + float(self.p["execute_timeout"])
         cancel_sent = False
         while True:

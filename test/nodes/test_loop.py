@@ -31,7 +31,7 @@ def test_full_loop_grounds_and_grasps_the_target(tmp_path, scene):
     assert report["grasped_object"] == report["target"]
     assert report["go_to"] == (scene != "default_ideal")
     if report["go_to"]:  # standing at the grasp base, the planner found the answer again in view (ground_in_view)
-        assert report["grasp_in_view"], report
+        assert report["grasp_in_view"] and report["grasp_on_depth"], report
     # the memory was saved and the pictures were written
     assert (out / "memory").is_dir()
     assert {"rendered_vs_camera.png", "relevance.png", "grasp.png"} <= set(report["pictures"])
