@@ -173,7 +173,7 @@ def main() -> None:
             s = _summary(queries, sensors=cond, method=m, split="test")
             overall.append([cond, m, s["n"], s["within5"], s["median_cm"], s["wrong"]])
     g_rows = [[g["family"], g["sensors"], g["object"], g["query"], "yes" if g["success"] else "no", g["lifted"],
-               g["message"][:70]] for g in grasps]
+               g.get("in_view", "")[:70], g["message"][:70]] for g in grasps]
     view_rows = []
     for cond in CONDITIONS:
         for m in methods:
@@ -243,7 +243,8 @@ def main() -> None:
         *table(["family", "sensors", "method", "split", "queries", "within 5 cm", "median cm", "wrong object",
                 "median ms"], rows),
         "", "## Grasps (executed in the simulator; success only when the lifted object is the target)", "",
-        *table(["family", "sensors", "object", "query", "success", "lifted", "message"], g_rows),
+        *table(["family", "sensors", "object", "query", "success", "lifted",
+                "found again in the current view (RunConfig.grasp_live)", "message"], g_rows),
         "", "## Held-out DINOv2-S feature fidelity (same Gaussians, same steps)", "",
         *(table(list(fidelity), [list(fidelity.values())]) if fidelity else ["- not measured"]),
         "", "## Plots", "", *[f"![{n}]({n})" for n in pngs],
