@@ -38,7 +38,7 @@ from m3_ros.msg import MemoryStatus, SceneGroundTruth
 from m3_ros.nodes import convert
 from m3_ros.nodes.common import TFListener, latched_qos, on_executor
 from m3_ros.procs import CONFIG_DIR, NodeProcess, PACKAGE_ROOT, ros_test_env
-from m3_ros.srv import GroundQuery, MemoryIO
+from m3_ros.srv import GroundQuery, MemoryIO, PlanGrasp
 from m3_ros.tf_buffer import TransformError
 from m3_ros.viz import heatmap
 
@@ -85,6 +85,7 @@ class DemoClient(Node):
         self.ground = self.create_client(GroundQuery, "ground")
         self.grasp_client = ActionClient(self, Grasp, "grasp")
         self.save = self.create_client(MemoryIO, "memory/save")
+        self.plan = self.create_client(PlanGrasp, "plan_grasp")
         self.go_to = self.create_publisher(String, "sim/go_to", rel)
 
     def camera_pose(self, color: Image, timeout: float = 3.0) -> np.ndarray | None:
@@ -342,6 +343,10 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
         report["go_to"] = go_to
         color = demo.color
         snapshot = (color, demo.info, demo.camera_pose(color) if color is not None else None)
+        # the planner's service first (plan only, nothing sent to the arm), then the grasp action
+        planned_only = demo.call(demo.plan, PlanGrasp.Request(query=query, execute=False), 60.0)
+        log(f"plan_grasp: {planned_only.message}")
+        report["plan_grasp"] = {"success": bool(planned_only.success), "message": planned_only.message}
         grasp, status, stages = demo.grasp(query, 180.0, log)
         grasp_ok, grasp_obj = bool(grasp.success), grasp.object
         log(f"grasp result: {grasp.message}")

@@ -32,6 +32,8 @@ def test_full_loop_grounds_and_grasps_the_target(tmp_path, scene):
     assert report["go_to"] == (scene != "default_ideal")
     if report["go_to"]:  # standing at the grasp base, the planner found the answer again in view (ground_in_view)
         assert report["grasp_in_view"] and report["grasp_on_depth"], report
+    # the planner's plan-only service answered the same query before the action ran
+    assert report["plan_grasp"]["success"] and "planned on" in report["plan_grasp"]["message"], report
     # the memory was saved and the pictures were written
     assert (out / "memory").is_dir()
     assert {"rendered_vs_camera.png", "relevance.png", "grasp.png"} <= set(report["pictures"])
