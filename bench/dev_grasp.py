@@ -72,7 +72,7 @@ def walk(a: argparse.Namespace) -> int:
 def _refind(t: dict, embed) -> dict | None:
     """refine_in_view of this code on a look's cached views and memory feature (walks since round 5)."""
     found, _ = refine_in_view(t["target"], t["answer_feature"], t["views"], embed, LiveConfig())
-    return None if found is None else {"target": found.point, "cloud": found.cloud, "label": found.label,
+    return None if found is None else {"target": found.point, "cloud": found.cloud(), "label": found.label,
                                        "similarity": found.similarity, "moved_cm": 100 * found.moved_m}
 
 

@@ -382,7 +382,7 @@ def _grasps(out: RunResult, pipe: MemoryPipeline, world: SimWorld, scene, querie
                                              "grasp_base": np.asarray(o.grasp_base, float),
                                              "icp": _icp_summary(pipe) if rec["looked"] else None,
                                              "live": None if found is None else {
-                                                 "target": found.point, "cloud": found.cloud, "label": found.label,
+                                                 "target": found.point, "cloud": found.cloud(pipe.cfg.live), "label": found.label,
                                                  "similarity": found.similarity, "moved_cm": 100 * found.moved_m},
                                              "live_why": why, "views": pipe.live_views() if look else [],
                                              "answer_feature": pipe.feature_at(res.points[0]) if look else None})
@@ -390,7 +390,7 @@ def _grasps(out: RunResult, pipe: MemoryPipeline, world: SimWorld, scene, querie
                     continue
                 target = res.points[0]
                 if rc.grasp_live and found is not None:  # plan on what the camera sees now
-                    target, cloud = found.point, found.cloud
+                    target, cloud = found.point, found.cloud(pipe.cfg.live)
                 rec["in_view"] = why
                 plan = plan_grasp(target, cloud, GraspConfig(), viewpoint=base_map)
                 outcome = world.execute_grasp(T_world_map @ plan.T_world_tcp)

@@ -91,10 +91,17 @@ def still_views(poses: list[np.ndarray], cfg: LiveConfig | None = None) -> list[
 @dataclass
 class LiveTarget:
     point: np.ndarray  # [3] map: the region's median depth point
-    cloud: np.ndarray  # [M, 3] map: the view's depth points around it (plan on these)
+    view: LiveView  # the frame it was found in
     label: str  # the region's label
     similarity: float  # cosine of its label and the memory's feature at its answer
     moved_m: float  # distance from the memory's answer
+
+    def cloud(self, cfg: LiveConfig | None = None) -> np.ndarray:
+        """[M, 3] map: its view's depth points around it, what a grasp is planned on (view_cloud; built
+        on request: the memory node's ground service returns the point, the grasp planner node cuts the
+        same cloud from the depth topic)."""
+        v = self.view
+        return view_cloud(v.depth, v.K, v.T_map_cam, self.point, cfg)
 
 
 def refine_in_view(target: np.ndarray, feature: torch.Tensor, views: list[LiveView],
@@ -107,7 +114,7 @@ def refine_in_view(target: np.ndarray, feature: torch.Tensor, views: list[LiveVi
     search_m of target and whose label has cosine >= min_similarity with feature, the nearest wins: the
     label says which regions can be the object, the position which of them it is (MiniLM barely tells
     "a small blue cube" from "a small yellow cube", and neither does a feature blended from such labels).
-    Its own view gives the planning cloud. views: frames of one standpoint (still_views), each placed in map.
+    Its own view gives the planning cloud (LiveTarget.cloud). views: frames of one standpoint (still_views), each placed in map.
 
     Nothing is looked for unless the answer itself lies in some view's image (within max_depth): where
     the camera does not see the object (too close below it, behind the robot), a look-alike it does see
@@ -127,7 +134,7 @@ def refine_in_view(target: np.ndarray, feature: torch.Tensor, views: list[LiveVi
         return None, "the memory's answer is outside the current view"
     sims = (F.normalize(embed([i.label for _, i in cands]).float(), dim=-1)
             @ F.normalize(feature.float(), dim=0)).numpy()  # [n]
-    found: list[tuple[LiveTarget, LiveView]] = []
+    found: list[LiveTarget] = []
     for (view, inst), sim in zip(cands, sims):
         if sim < cfg.min_similarity:
             continue
@@ -138,12 +145,10 @@ def refine_in_view(target: np.ndarray, feature: torch.Tensor, views: list[LiveVi
         centre = np.median(pts, axis=0)
         d = float(np.linalg.norm(centre - target))
         if d <= cfg.search_m:
-            found.append((LiveTarget(point=centre, cloud=np.zeros((0, 3)), label=inst.label,
-                                     similarity=float(sim), moved_m=d), view))
+            found.append(LiveTarget(point=centre, view=view, label=inst.label, similarity=float(sim), moved_m=d))
     if not found:
         return None, f"no region within {cfg.search_m} m of the memory's answer whose label names its object"
-    hit, view = min(found, key=lambda fv: fv[0].moved_m)
-    hit.cloud = view_cloud(view.depth, view.K, view.T_map_cam, hit.point, cfg)
+    hit = min(found, key=lambda f: f.moved_m)
     return hit, (f"found '{hit.label}' ({hit.similarity:.2f}) {100 * hit.moved_m:.1f} cm from the "
                  f"memory's answer in {len(views)} view(s)")
 

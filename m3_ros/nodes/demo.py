@@ -210,7 +210,7 @@ def wait_for_clock(node: Node, timeout: float, sim: NodeProcess) -> None:
 
 
 def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None,
-        planner_params: dict | None = None, max_walk_s: float = 240.0, settle_s: float = 3.0, quiet: bool = False,
+        max_walk_s: float = 240.0, settle_s: float = 3.0, quiet: bool = False,
         settle_steps_per_keyframe: int = 8, settle_max_s: float = 60.0, look_keyframes: int = 2,
         look_max_s: float = 20.0) -> dict:
     """Run the whole loop once; returns the report (also written to out/report.json).
@@ -241,8 +241,7 @@ def run(out: Path, sim_params: dict | None = None, m3_params: dict | None = None
     sim_time = {"use_sim_time": True}  # as launch/sim_demo.launch.py: the nodes run on the simulator's /clock
     procs = [
         NodeProcess("memory_node", env, logs, params_file=CONFIG_DIR / "m3.yaml", params={**sim_time, **(m3_params or {})}),
-        NodeProcess("grasp_planner_node", env, logs, params_file=CONFIG_DIR / "m3.yaml",
-                    params={**sim_time, **(planner_params or {})}),
+        NodeProcess("grasp_planner_node", env, logs, params_file=CONFIG_DIR / "m3.yaml", params=sim_time),
     ]
     rclpy.init()
     demo = DemoClient()

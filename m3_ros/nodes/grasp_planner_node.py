@@ -29,7 +29,6 @@ from visualization_msgs.msg import Marker
 
 from m3_ros.action import Grasp
 from m3_ros.geometry import transform_points
-from m3_ros.geometry import scale_intrinsics
 from m3_ros.grasp import GraspConfig, GraspPlan, plan_grasp
 from m3_ros.grounding.live import LiveConfig, view_cloud
 from m3_ros.msg import GraspResult
@@ -166,10 +165,8 @@ class GraspPlannerNode(Node):
                 raise ValueError(f"no depth image on '{self.p['depth_topic']}' or camera_info yet")
             depth = convert.depth_from_image(depth_msg)
             K = convert.intrinsics_from_camera_info(info)
-            if info.width and info.height and (info.width, info.height) != (depth.shape[1], depth.shape[0]):
-                K = scale_intrinsics(K, depth.shape[1] / info.width, depth.shape[0] / info.height)
-            stamp = depth_msg.header.stamp.sec + 1e-9 * depth_msg.header.stamp.nanosec
-            T = self.tf.lookup(self.p["odom_frame"], depth_msg.header.frame_id, stamp)
+            convert.check_camera_info_size(info, depth.shape)  # the memory node's rule: aligned, same size
+            T = self.tf.lookup(self.p["odom_frame"], depth_msg.header.frame_id, convert.stamp_to_sec(depth_msg.header.stamp))
         except (ValueError, TransformError) as e:
             self.get_logger().warning(f"in-view grasp planned on the memory instead: {e}")
             return None
