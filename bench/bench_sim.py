@@ -28,14 +28,14 @@ def main() -> None:
                 w.advance(0.25)
                 w.render()
             walk_wall = time.perf_counter() - t0
-            state = p.saveState(physicsClientId=w.client)
+            state = w.save_state()
             t0 = time.perf_counter()
             out = w.execute_grasp(w.top_down_grasp_pose("duck"))
             grasp_wall = time.perf_counter() - t0
             rows.append([name, f"{frame.rgb.shape[1]}x{frame.rgb.shape[0]}", render, step, oracle,
                          f"{w.walk_duration:.1f}", f"{walk_wall:.1f}", f"{grasp_wall:.2f}", out.success])
             result[f"render_ms_{name}"] = render
-            p.restoreState(state, physicsClientId=w.client)
+            w.restore_state(state)
     sections = ["## Machine", *machine_header({"pybullet": str(p.getAPIVersion())}), "",
                 "## SimWorld, default scene",
                 *table(["renderer", "size", "render ms", "advance 0.05 s ms", "oracle ms",

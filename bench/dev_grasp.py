@@ -29,7 +29,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import pybullet as p  # noqa: E402
 import torch  # noqa: E402
 
 from bench._common import machine_header, table, write_report  # noqa: E402
@@ -111,7 +110,7 @@ def replay(a: argparse.Namespace) -> int:
                     if t["live"] is not None:  # found again in the view: plan on its depth
                         target, cloud = t["live"]["target"], t["live"]["cloud"]
                 for name, cfg in variants.items():
-                    state = p.saveState(physicsClientId=world.client)
+                    state = world.save_state()
                     off = float("nan")
                     try:
                         world.teleport_base(t["grasp_base"])
@@ -124,8 +123,7 @@ def replay(a: argparse.Namespace) -> int:
                     except ValueError as e:
                         ok, msg = False, f"no plan: {e}"
                     finally:
-                        p.restoreState(state, physicsClientId=world.client)
-                        p.removeState(state, physicsClientId=world.client)
+                        world.restore_state(state)
                     found = t.get("live") if mode == "live" else None
                     rows.append({"trial": f"{path.stem}/{t['object']}", "variant": f"{mode}:{name}",
                                  "query": t["query"], "success": ok, "message": msg,

@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import pybullet as p
 
 from m3_ros.baselines.voxel_labels import VoxelLabelMap
 from m3_ros.eval.metrics import Box, judge, otsu_iou
@@ -361,7 +360,7 @@ def _grasps(out: RunResult, pipe: MemoryPipeline, world: SimWorld, scene, querie
     passes = [False, True] if rc.keep_grasp_inputs else [rc.grasp_look]
     for look in passes:
         for o in reach:
-            state = p.saveState(physicsClientId=world.client)
+            state = world.save_state()
             rec = {"family": out.family, "sensors": out.sensors, "object": o.name, "query": phr[o.name].text,
                    "looked": False}
             try:
@@ -399,7 +398,6 @@ def _grasps(out: RunResult, pipe: MemoryPipeline, world: SimWorld, scene, querie
             except ValueError as e:
                 rec.update(success=False, lifted="", message=f"no plan: {e}", approach="")
             finally:
-                p.restoreState(state, physicsClientId=world.client)
-                p.removeState(state, physicsClientId=world.client)
+                world.restore_state(state)
             if look == rc.grasp_look:
                 out.grasps.append(rec)

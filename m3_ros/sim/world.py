@@ -389,6 +389,25 @@ class SimWorld(PandaArm):
         self._T_odom_base = self.sensors.odometry(self.T_world_base)  # the walk there drifts odometry too
 
     # ----------------------------------------------------------------- stepping
+    def save_state(self) -> int:
+        """A snapshot of the physics (bodies, joints, velocities) for restore_state: a grasp trial
+        that must leave the world as it found it. The base's walk pose is not in it (teleport_base)."""
+        return p.saveState(physicsClientId=self.client)
+
+    def restore_state(self, state: int, free: bool = True) -> None:
+        """Put the physics back to a save_state snapshot (and free it, unless ``free`` is False: a
+        snapshot restored again later), the arm's motors included.
+
+        pybullet's restoreState sets joint positions and velocities but not the motors' targets: after
+        a grasp the arm, restored to its folded pose, would swing back to that grasp's lift pose at the
+        next physics step, through whatever stands there now (it knocked a ball 53 cm off a table, and
+        stood in the camera's view, during the next trial's look in a dev grasp walk)."""
+        p.restoreState(state, physicsClientId=self.client)
+        if free:
+            p.removeState(state, physicsClientId=self.client)
+        finger = p.getJointState(self.arm, FINGER_JOINTS[0], physicsClientId=self.client)[0]
+        self._hold_arm(self._arm_q(), finger)
+
     def _step(self) -> None:
         if self._should_abort is not None and self._should_abort():
             raise GraspAborted()

@@ -192,7 +192,7 @@ def test_generated_world_settles_and_its_grasp_bases_reach(family, seed, tmp_pat
         _settled_on_support(w, sc)
         first = w.render()
         assert (first.segmentation >= 0).mean() > 0.02, "the first frame sees the scene"
-        state = p.saveState(physicsClientId=w.client)
+        state = w.save_state()
         # The world's IK reaches every reachable object from its grasp_base.
         last = None
         for o in sc.objects:
@@ -208,7 +208,7 @@ def test_generated_world_settles_and_its_grasp_bases_reach(family, seed, tmp_pat
         np.testing.assert_allclose(w.T_world_base[:2, 3], last[:2])
         if family == "room":
             # A real grasp from the floor band (the least comfortable reach), via teleport.
-            p.restoreState(state, physicsClientId=w.client)
+            w.restore_state(state)
             target = next(o for o in sc.objects if o.fixture == "floor" and o.reachable)
             w.teleport_base(target.grasp_base)
             w.advance(0.2)

@@ -19,7 +19,7 @@ def stopped_world():
     with SimWorld("default", seed=0) as w:
         while not w.walk_done:
             w.advance(1.0)
-        state = p.saveState(physicsClientId=w.client)
+        state = w.save_state()
         yield w, state
 
 
@@ -67,7 +67,7 @@ def test_depth_is_metric_within_1cm_up_to_2m(renderer):
 
 def test_table_top_backprojects_to_its_height(stopped_world):
     w, state = stopped_world
-    p.restoreState(state, physicsClientId=w.client)
+    w.restore_state(state, free=False)
     frame = w.render()
     v, u, uid, _, normal_z = _raycast_depth(w, frame, stride=2)
     from scipy import ndimage
@@ -82,7 +82,7 @@ def test_table_top_backprojects_to_its_height(stopped_world):
 
 def test_objects_project_onto_their_segmentation(stopped_world):
     w, state = stopped_world
-    p.restoreState(state, physicsClientId=w.client)
+    w.restore_state(state, free=False)
     frame = w.render()
     for name in ("duck", "lego"):
         o = w.object_state(name)
@@ -141,7 +141,7 @@ def test_drop_prob_leaves_out_optional_objects_only():
 
 def test_oracle_noise_knobs(stopped_world):
     w, state = stopped_world
-    p.restoreState(state, physicsClientId=w.client)
+    w.restore_state(state, free=False)
     frame = w.render()
     rng = lambda: np.random.default_rng(0)  # noqa: E731
     clean = w.oracle_instances(frame, OracleNoise(), rng())
@@ -171,16 +171,34 @@ def test_oracle_noise_knobs(stopped_world):
 
 def test_grasp_duck_at_true_pose_succeeds_and_20cm_off_fails(stopped_world):
     w, state = stopped_world
-    p.restoreState(state, physicsClientId=w.client)
+    w.restore_state(state, free=False)
     T = w.top_down_grasp_pose("duck")
     ok = w.execute_grasp(T)
     assert ok.success and ok.object == "duck" and ok.lift_height >= 0.10
     assert ok.finger_contacts == (True, True)
-    p.restoreState(state, physicsClientId=w.client)
+    w.restore_state(state, free=False)
     T_off = T.copy()
     T_off[0, 3] += 0.20
     bad = w.execute_grasp(T_off)
     assert not bad.success and bad.lift_height < 0.10
+
+
+def test_restore_after_a_grasp_leaves_the_arm_folded_and_the_objects_still(stopped_world):
+    """A restored world must stay restored while the physics runs on: the arm's motors must not carry
+    the last grasp's lift pose over (pybullet's restoreState leaves motor targets as they were)."""
+    w, state = stopped_world
+    w.restore_state(state, free=False)
+    q_folded = np.array(w._arm_q())
+    tcp_folded = w.tcp_pose()[:3, 3]
+    before = {o.name: o.aabb_center.copy() for o in w.objects()}
+    assert w.execute_grasp(w.top_down_grasp_pose("duck")).success
+    assert np.linalg.norm(w.tcp_pose()[:3, 3] - tcp_folded) > 0.2  # the grasp moved the arm away
+    w.restore_state(state, free=False)
+    w.advance(1.5)  # a trial's look: the physics runs with the base standing still
+    assert np.abs(np.array(w._arm_q()) - q_folded).max() < 0.02
+    assert np.linalg.norm(w.tcp_pose()[:3, 3] - tcp_folded) < 0.01
+    for o in w.objects():
+        assert np.linalg.norm(o.aabb_center - before[o.name]) < 0.005, o.name
 
 
 def test_bad_inputs_raise_value_error():
