@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/dev_grasp.py walk --dir /tmp/devgrasp --families table two_tables room --seeds 1 2 3
     .venv/bin/python bench/dev_grasp.py replay --dir /tmp/devgrasp --variants '{"core05": {"core_fraction": 0.5}}'
+    .venv/bin/python bench/dev_grasp.py compare --base /tmp/devgrasp --new /tmp/devgrasp_back
 
 ``walk`` walks each dev scene with realistic sensors (as the suite does), then for every reachable
 object with a single-target dev phrasing stands at its grasp pose, grounds the phrasing, plans with
@@ -12,7 +13,9 @@ from the grasp pose (suite.RunConfig.grasp_look), and after looking with the ans
 current view (``live``: MemoryPipeline.refine_in_view, planned on the view's depth). ``replay`` rebuilds each scene's world, plans every cached trial with
 the default and each variant and executes them, and writes results/dev_grasp_<tag>.md: success per
 variant, the trials each fixes and breaks against the default, and whether the default's replay
-matches the live outcome. Dev seeds only (< 100); the suite's grasps (run_all, seed 100, test
+matches the live outcome. ``compare`` pairs the live outcomes of two walks of the same scenes
+whose code differs in what a replay cannot redo (where the robot looks from: ``walk --step-back``).
+Dev seeds only (< 100); the suite's grasps (run_all, seed 100, test
 phrasings) are the report.
 """
 from __future__ import annotations
@@ -54,13 +57,13 @@ def walk(a: argparse.Namespace) -> int:
         for seed in a.seeds:
             rc = RunConfig(family=fam, seed=seed, sensors=SENSORS, m3_modes=["gaussians"], voxel=False,
                            splits=("dev",), grasps=99, grasp_split="dev", keep_grasp_inputs=True,
-                           iou_views=0, extra_train_steps=100)
+                           iou_views=0, extra_train_steps=100, grasp_step_back=a.step_back)
             r = run_scene(rc, pipe)
             a.dir.mkdir(parents=True, exist_ok=True)
             path = a.dir / f"{fam}_{seed}.pt"
             tmp = path.with_suffix(".tmp")
             torch.save({"family": fam, "seed": seed, "live": r.grasps, "inputs": r.grasp_inputs,
-                        "live_mode": "look" if rc.grasp_look else "blind"}, tmp)
+                        "live_mode": "look" if rc.grasp_look else "blind", "step_back": a.step_back}, tmp)
             tmp.replace(path)
             ok = sum(g["success"] for g in r.grasps)
             print(f"[{time.monotonic() - t0:5.0f} s] {fam}/{seed}: {ok} of {len(r.grasps)} grasps", flush=True)
@@ -172,6 +175,45 @@ def replay(a: argparse.Namespace) -> int:
     return 0
 
 
+def compare(a: argparse.Namespace) -> int:
+    """Paired live outcomes of two walks of the same dev scenes (--base, then --new): which trials the
+    new walk's code fixed and broke, where it stepped back, and whether the trials it did not change
+    (no step back) agree, a control for how far two walks of one scene differ by themselves."""
+    rows, fixed, broken, same, ctrl = [], 0, 0, 0, [0, 0]
+    for path in sorted(a.new.glob("*.pt")):
+        base_path = a.base / path.name
+        if not base_path.exists():
+            continue
+        new, base = torch.load(path, weights_only=False), torch.load(base_path, weights_only=False)
+        if min(new["seed"], base["seed"]) >= 100 or new["seed"] != base["seed"]:
+            sys.exit(f"dev_grasp compare: {path.name}: dev seeds only, the same scene in both")
+        b = {g["object"]: g for g in base["live"]}
+        for g in new["live"]:
+            if g["object"] not in b:
+                continue
+            was, now, step = bool(b[g["object"]]["success"]), bool(g["success"]), g.get("step_back_m", 0.0)
+            fixed += now and not was
+            broken += was and not now
+            same += now == was
+            if not step:
+                ctrl[0] += 1
+                ctrl[1] += now == was
+            rows.append([f"{path.stem}/{g['object']}", g["query"], f"{100 * step:.0f}", "yes" if was else "no",
+                         "yes" if now else "no", g.get("in_view", "-")[:50], g["message"][:50]])
+    sections = machine_header() + [
+        "", f"base walks {a.base}, new walks {a.new} (live outcomes, each as its walk executed it). "
+        f"{len(rows)} paired trials: new {sum(r[4] == 'yes' for r in rows)}, base {sum(r[3] == 'yes' for r in rows)}; "
+        f"fixed {fixed}, broken {broken}. Control: of the {ctrl[0]} trials where the new walk did not step "
+        f"back, {ctrl[1]} ended as in the base walk.", "",
+        *table(["trial", "query", "step back cm", "base", "new", "new: found in view", "new: message"], rows)]
+    tag = f"_{a.tag}" if a.tag else ""
+    write_report(f"dev_grasp_compare{tag}", "Paired live grasp outcomes of two dev walks", sections,
+                 {"base_ok": sum(r[3] == "yes" for r in rows), "new_ok": sum(r[4] == "yes" for r in rows),
+                  "fixed": fixed, "broken": broken, "trials": len(rows), "control_same": ctrl[1],
+                  "control_trials": ctrl[0]})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -179,12 +221,17 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--dir", type=Path, required=True)
     w.add_argument("--families", nargs="+", default=["table", "two_tables", "room"])
     w.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    w.add_argument("--step-back", action="store_true", help="suite.RunConfig.grasp_step_back on")
     r = sub.add_parser("replay", help="plan and execute every cached trial with each variant")
     r.add_argument("--dir", type=Path, required=True)
     r.add_argument("--variants", default="{}", metavar="JSON", help='{"name": {GraspConfig field: value}}')
     r.add_argument("--tag", default="")
+    c = sub.add_parser("compare", help="paired live outcomes of two walks of the same dev scenes")
+    c.add_argument("--base", type=Path, required=True)
+    c.add_argument("--new", type=Path, required=True)
+    c.add_argument("--tag", default="")
     a = ap.parse_args(argv)
-    return walk(a) if a.cmd == "walk" else replay(a)
+    return {"walk": walk, "replay": replay, "compare": compare}[a.cmd](a)
 
 
 if __name__ == "__main__":

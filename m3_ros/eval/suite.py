@@ -26,7 +26,8 @@ from m3_ros.geometry import invert, transform_points
 from m3_ros.grasp import GraspConfig, plan_grasp
 from m3_ros.grounding import GroundingConfig
 from m3_ros.pipeline import MemoryPipeline
-from m3_ros.sim.generate import resolve_scene
+from m3_ros.grounding.live import step_back_to_see
+from m3_ros.sim.generate import resolve_scene, robot_pose_clear
 from m3_ros.sim.sensors import SensorConfig
 from m3_ros.sim.world import SimWorld
 
@@ -76,6 +77,10 @@ class RunConfig:
     depth (MemoryPipeline.refine_in_view, grounding/live.py); where it is not found, plan on the memory as
     without it. Needs grasp_look (the view is the look's). On by results/dev_grasp_rules.md round 5
     (decision walks, seeds 7-9: 27 of 45 grasps against 24)."""
+    grasp_step_back: bool = False
+    """Where the memory's answer is not in the camera's view from the grasp pose (a floor object below
+    the head camera's frame), look from a step back (grounding.live.step_back_to_see), then step in to
+    grasp. Needs grasp_look. Decided by results/dev_grasp_rules.md round 6."""
     grasp_split: str = "test"
     """Phrasing split the grasp trials ask with (dev studies: bench/dev_grasp.py asks dev phrasings)."""
     keep_grasp_inputs: bool = False
@@ -339,6 +344,25 @@ def _look(pipe: MemoryPipeline, world: SimWorld, frames: int = 3) -> bool:
     return taken
 
 
+def _step_back(pipe: MemoryPipeline, world: SimWorld, scene, base: tuple, text: str) -> float:
+    """Where the memory's answer to text is out of the camera's view from base (x, y, yaw; world),
+    stand back as far as step_back_to_see says, if the robot is clear of the scene there. The step (m),
+    0 where the robot stays."""
+    try:
+        answer = pipe.ground(text).points[0]
+    except ValueError:  # refused: nothing to look for
+        return 0.0
+    cam = scene.camera
+    s = step_back_to_see(answer, pipe.T_map_odom @ world.T_odom_base, world.T_base_cam, world.K,
+                         (cam.width, cam.height), pipe.cfg.live)
+    x, y, yaw = (float(a) for a in base)
+    pose = np.array([x - (s or 0.0) * np.cos(yaw), y - (s or 0.0) * np.sin(yaw), yaw])
+    if not s or not robot_pose_clear(scene, pose):
+        return 0.0
+    world.teleport_base(pose)
+    return s
+
+
 def _icp_summary(pipe: MemoryPipeline) -> dict | None:
     """The newest keyframe's ICP result (dev diagnostics), None without pose refinement."""
     last = pipe.tracker.last if pipe.cfg.refine_poses else None
@@ -366,7 +390,11 @@ def _grasps(out: RunResult, pipe: MemoryPipeline, world: SimWorld, scene, querie
             try:
                 world.teleport_base(o.grasp_base)
                 if look:
+                    back = _step_back(pipe, world, scene, o.grasp_base, phr[o.name].text) if rc.grasp_step_back else 0.0
                     rec["looked"] = _look(pipe, world)
+                    if back:
+                        world.teleport_base(o.grasp_base)  # step in; odometry carries the view to here
+                    rec["step_back_m"] = back
                 res = pipe.ground(phr[o.name].text)
                 mem = pipe.memory
                 keep = mem.opacities.detach().cpu().numpy() >= CLOUD_MIN_OPACITY
