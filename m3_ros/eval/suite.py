@@ -80,7 +80,8 @@ class RunConfig:
     grasp_step_back: bool = False
     """Where the memory's answer is not in the camera's view from the grasp pose (a floor object below
     the head camera's frame), look from a step back (grounding.live.step_back_to_see), then step in to
-    grasp. Needs grasp_look. Decided by results/dev_grasp_rules.md round 6."""
+    grasp. Needs grasp_look. Off by results/dev_grasp_rules.md round 6: on development walks (seeds 1-3,
+    paired) it lifted 42 of 53 against 41 (5 fixed, 4 broken; the rule asked for +3)."""
     grasp_split: str = "test"
     """Phrasing split the grasp trials ask with (dev studies: bench/dev_grasp.py asks dev phrasings)."""
     keep_grasp_inputs: bool = False
