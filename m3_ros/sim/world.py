@@ -18,6 +18,7 @@ arm are simulated with physics at ``physics_hz``.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import pkgutil
 from dataclasses import dataclass
@@ -94,6 +95,17 @@ class OracleNoise:
         if self.erode_px < 0 or self.min_pixels < 0:
             raise ValueError(f"OracleNoise erode_px/min_pixels must be >= 0, got "
                              f"{self.erode_px}/{self.min_pixels}")
+
+
+def _load_triton_first() -> None:
+    """Import triton, where installed (torch's CUDA wheels bring it), before the EGL plugin loads Mesa.
+
+    triton's library carries its own LLVM; imported after Mesa's llvmpipe has loaded the system's, it
+    crashes the process (SIGSEGV). torch imports it lazily, through torch._dynamo, from any
+    torch.optim optimiser's constructor: a memory built in a process that already made a SimWorld
+    died that way (test_world.py runs the case in a fresh process)."""
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
 
 
 @dataclass
@@ -202,6 +214,7 @@ class SimWorld(PandaArm):
     def _pick_renderer(self) -> None:
         self._egl_plugin = -1
         if self.renderer_request in ("auto", "egl"):
+            _load_triton_first()
             loader = pkgutil.get_loader("eglRenderer")
             if loader is not None:
                 self._egl_plugin = p.loadPlugin(loader.get_filename(), "_eglRendererPlugin",

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pybullet as p
@@ -211,3 +215,20 @@ def test_bad_inputs_raise_value_error():
             w.execute_grasp(np.eye(3))
         with pytest.raises(ValueError, match="banana"):
             w.object_state("banana")
+
+
+def test_a_memory_can_be_built_after_a_world_in_one_process():
+    """torch.optim imports triton lazily; after the EGL renderer loaded Mesa's LLVM that import crashed
+    the process (SIGSEGV). A fresh process, so nothing this test session loaded hides the order."""
+    code = ("from m3_ros.sim.world import SimWorld\n"
+            "w = SimWorld('default', seed=0).connect()\n"
+            "print('renderer', w.renderer)\n"
+            "import torch\n"
+            "from m3_ros.memory.memory import M3Memory, MemoryConfig\n"
+            "M3Memory(MemoryConfig())\n"
+            "w.disconnect()\n"
+            "print('built')\n")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0 and "built" in out.stdout, (out.returncode, out.stdout[-500:], out.stderr[-2000:])
