@@ -63,12 +63,18 @@ def walk(a: argparse.Namespace) -> int:
             path = a.dir / f"{fam}_{seed}.pt"
             tmp = path.with_suffix(".tmp")
             torch.save({"family": fam, "seed": seed, "live": r.grasps, "inputs": r.grasp_inputs,
-                        "live_mode": "look" if rc.grasp_look else "blind", "step_back": a.step_back}, tmp)
+                        "live_mode": _executed(rc), "step_back": a.step_back}, tmp)
             tmp.replace(path)
             ok = sum(g["success"] for g in r.grasps)
             print(f"[{time.monotonic() - t0:5.0f} s] {fam}/{seed}: {ok} of {len(r.grasps)} grasps", flush=True)
     pipe.close()
     return 0
+
+
+def _executed(rc: RunConfig) -> str:
+    """The mode a walk's live grasps executed (until 2026-12-07 recorded as `look` when it was `live`,
+    so replay_agrees compared the live outcomes with the wrong replay: 44 of 53 instead of 53 of 53)."""
+    return ("live" if rc.grasp_live else "look") if rc.grasp_look else "blind"
 
 
 def _refind(t: dict, embed) -> dict | None:
