@@ -50,7 +50,7 @@ def walk_and_train(pipe: MemoryPipeline, world: SimWorld, frame_dt: float, train
 def run_seed(seed: int, extra_train_s: float, modes: dict, rows: list, errs: dict, times: dict,
              noise: OracleNoise | None = None) -> str:
     """Walk one scene layout, train, ground every object in every mode; returns a summary line."""
-    # models load before pybullet's EGL context: the other order crashed the DINOv2 load
+    # models first (the other order crashed until SimWorld imported triton before EGL, 2026-12-07)
     pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"]))
     pipe.load()
     with SimWorld("default", seed=seed) as world:

@@ -290,7 +290,7 @@ def main() -> None:
         result.update(res)
     from m3_ros.foundation.config import FoundationConfig
     from m3_ros.foundation.dinov2 import load_dinov2
-    # Load the model before pybullet's EGL renderer starts: the other order segfaults here.
+    # Models first (the other order segfaulted until SimWorld imported triton before EGL, 2026-12-07).
     model = load_dinov2(FoundationConfig())
     frames = sim_frames(12 if args.quick else 32)
     model.extract(frames[0].rgb)  # warm-up

@@ -47,7 +47,7 @@ def build_memory(scene_name: str, seed: int, extra_train_s: float, max_frames: i
     from m3_ros.sim.library import load_phrasing_records, referents
     from m3_ros.sim.world import SimWorld
 
-    # models load before pybullet's EGL context (the other order crashed the DINOv2 load)
+    # models first (the other order crashed until SimWorld imported triton before EGL, 2026-12-07)
     pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"]))
     pipe.load()
     scene = resolve_scene(scene_name, seed)

@@ -51,7 +51,7 @@ def walk(a: argparse.Namespace) -> int:
     if any(s >= 100 for s in a.seeds):
         sys.exit("dev_grasp: seeds >= 100 are test scenes; dev seeds only")
     pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"]))
-    pipe.load()  # models load before pybullet's EGL context (run_all.py)
+    pipe.load()  # models first (run_all.py)
     t0 = time.monotonic()
     for fam in a.families:
         for seed in a.seeds:

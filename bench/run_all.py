@@ -134,7 +134,7 @@ def main() -> None:
     default = GroundingConfig().mode
     methods = [f"m3_{m}" for m in modes] + ["voxel_labels", "voxel_labels_map"]
     pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"]))
-    pipe.load()  # models load before pybullet's EGL context (the other order crashed the DINOv2 load)
+    pipe.load()  # models first (the other order crashed until SimWorld imported triton before EGL)
     runs: list[RunResult] = []
     fidelity: dict = {}
     for fam in a.families:

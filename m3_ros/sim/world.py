@@ -101,9 +101,10 @@ def _load_triton_first() -> None:
     """Import triton, where installed (torch's CUDA wheels bring it), before the EGL plugin loads Mesa.
 
     triton's library carries its own LLVM; imported after Mesa's llvmpipe has loaded the system's, it
-    crashes the process (SIGSEGV). torch imports it lazily, through torch._dynamo, from any
-    torch.optim optimiser's constructor: a memory built in a process that already made a SimWorld
-    died that way (test_world.py runs the case in a fresh process)."""
+    crashes the process (SIGSEGV). torch imports it lazily, through torch._dynamo: from any
+    torch.optim optimiser's constructor and from the foundation models' load, so a memory built, or
+    DINOv2 loaded, in a process that already made a SimWorld died that way (test_world.py runs the
+    case in a fresh process; the benches load their models first for this reason)."""
     if importlib.util.find_spec("triton") is not None:
         import triton  # noqa: F401
 
