@@ -356,9 +356,11 @@ def _step_back(pipe: MemoryPipeline, world: SimWorld, scene, base: tuple, text: 
     cam = scene.camera
     s = step_back_to_see(answer, pipe.T_map_odom @ world.T_odom_base, world.T_base_cam, world.K,
                          (cam.width, cam.height), pipe.cfg.live)
+    if not s:  # seen from here (0.0), or from no step (None)
+        return 0.0
     x, y, yaw = (float(a) for a in base)
-    pose = np.array([x - (s or 0.0) * np.cos(yaw), y - (s or 0.0) * np.sin(yaw), yaw])
-    if not s or not robot_pose_clear(scene, pose):
+    pose = np.array([x - s * np.cos(yaw), y - s * np.sin(yaw), yaw])
+    if not robot_pose_clear(scene, pose):
         return 0.0
     world.teleport_base(pose)
     return s

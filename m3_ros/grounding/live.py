@@ -176,22 +176,29 @@ def step_back_to_see(target: np.ndarray, T_map_base: np.ndarray, T_base_cam: np.
     target = np.asarray(target, dtype=np.float64).reshape(1, 3)
     if not np.all(np.isfinite(target)) or not np.all(np.isfinite(T_map_base)):
         return None
-    W, H = size
-    m = cfg.frame_margin * H
     for s in np.arange(0.0, cfg.step_back_m + 1e-9, cfg.step_m):
         back = np.eye(4)
         back[0, 3] = -s  # base_link x points ahead
-        (u, v), z = (a[0] for a in project(target, K, np.asarray(T_map_base) @ back @ np.asarray(T_base_cam)))
-        if 0.0 < z <= cfg.max_depth and m - 0.5 <= u < W - 0.5 - m and m - 0.5 <= v < H - 0.5 - m:
+        T_map_cam = np.asarray(T_map_base) @ back @ np.asarray(T_base_cam)
+        if _projects_inside(target[0], K, T_map_cam, size, cfg.frame_margin * size[1], cfg.max_depth):
             return float(s)
     return None
 
 
 def _in_frame(point: np.ndarray, view: LiveView, cfg: LiveConfig) -> bool:
     """Whether point [3] (map) projects into view's image at a depth in (0, max_depth]."""
-    (u, v), z = (a[0] for a in project(np.asarray(point, dtype=np.float64)[None], view.K, view.T_map_cam))
     H, W = np.asarray(view.depth).shape
-    return bool(0.0 < z <= cfg.max_depth and -0.5 <= u < W - 0.5 and -0.5 <= v < H - 0.5)
+    return _projects_inside(point, view.K, view.T_map_cam, (W, H), 0.0, cfg.max_depth)
+
+
+def _projects_inside(point: np.ndarray, K: np.ndarray, T_map_cam: np.ndarray, size: tuple[int, int],
+                     margin_px: float, max_depth: float) -> bool:
+    """Whether point [3] (map) projects at least margin_px inside an image of size (W, H) (pixel
+    centres at integers) at a depth in (0, max_depth]."""
+    (u, v), z = (a[0] for a in project(np.asarray(point, dtype=np.float64)[None], K, T_map_cam))
+    W, H = size
+    m = margin_px - 0.5
+    return bool(0.0 < z <= max_depth and m <= u < W - 1 - m and m <= v < H - 1 - m)
 
 
 def view_cloud(depth: np.ndarray, K: np.ndarray, T_frame_cam: np.ndarray, centre: np.ndarray,
