@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,18 @@ class ObjectState:
     T_world_obj: np.ndarray  # [4, 4] the object's base frame in the world
     aabb_center: np.ndarray  # [3] world axis-aligned bounding-box centre
     aabb_size: np.ndarray  # [3] extent of that box, metres
+
+
+def _repeatable_mesa() -> None:
+    """Turn Mesa's on-disk shader cache off (unless the user set MESA_SHADER_CACHE_DISABLE) before the
+    EGL plugin loads llvmpipe.
+
+    With the cache on, SimWorld processes started together rendered the same walk with 1-13 pixels
+    one level apart in some frames (1 process in 4; room 6, 40 frames: 10 frames differed), and one
+    keyframe's last bits moved a room's dev figure from 0.79 to 0.46 (bench/results/determinism.md).
+    With it off, every process rendered every frame alike. Compiling llvmpipe's few shaders costs
+    well under a second a process."""
+    os.environ.setdefault("MESA_SHADER_CACHE_DISABLE", "true")
 
 
 @dataclass
@@ -216,6 +229,7 @@ class SimWorld(PandaArm):
         self._egl_plugin = -1
         if self.renderer_request in ("auto", "egl"):
             _load_triton_first()
+            _repeatable_mesa()
             loader = pkgutil.get_loader("eglRenderer")
             if loader is not None:
                 self._egl_plugin = p.loadPlugin(loader.get_filename(), "_eglRendererPlugin",
