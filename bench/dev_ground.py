@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not is_absent:
                     j = judge(pt, q.targets, boxes)
                     rec.update(object=q.targets[0], success=j.success, error_cm=100 * j.error_m,
-                               wrong_object=j.wrong_object, live=live.get((q.text, q.targets[0])))
+                               wrong_object=j.wrong_object, hit=j.hit, live=live.get((q.text, q.targets[0])),
+                               answer=None if pt is None else [round(float(v), 4) for v in pt])
                 rows.append(rec)
         print(f"[{time.monotonic() - t0:5.0f} s] {path.stem}: {len(present)} dev + {len(absent)} absent phrasings", flush=True)
 
