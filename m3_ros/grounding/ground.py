@@ -175,6 +175,14 @@ class GroundingConfig:
     grounding unchanged (dev_sweep.py, table / two_tables / room seeds 1 + 2, 160 dev phrasings:
     0.68 within 5 cm, wrong object 0.08, absent refused 0.49 for 0, 1, 2 and 3; bench_scale's
     static queries on those four walks identical)."""
+    left_share: float = 0.0
+    """Gaussians and view modes, region models only: a region is dropped when at least this share of its
+    members carry a standing label contradiction (MemorySnapshot.label_contradicted: the newest keyframes
+    with evidence on their label, at least one since it was last confirmed, saw the place inside regions
+    of other labels) (0 = off). An object is one unit: when part of it was seen replaced by something
+    else, it has left, and the members no view's window covered since are what still answers at a moved
+    object's old place (label_contradictions zeroes only the members contradicted twice). When every
+    region is dropped, the query is refused. See bench/results/dev_ground_rules.md round 5."""
     snap_radius: float = 0.03
     """Render / view modes: a lifted pixel counts only if a Gaussian mean (opacity >= min_opacity) lies
     within this distance (m), and is moved onto it. Expected depth blends the surfaces a pixel sees,
@@ -235,7 +243,8 @@ def select_regions(points: np.ndarray, scores: np.ndarray, radius: float,
 
 def _ranked_regions(points: np.ndarray, scores: np.ndarray, radius: float, min_points: int, threshold: float,
                     seen: np.ndarray | None = None, centre: str = GroundingConfig.centre,
-                    support_gap: float = GroundingConfig.support_gap) -> list[tuple[np.ndarray, float, np.ndarray, float]]:
+                    support_gap: float = GroundingConfig.support_gap, left: np.ndarray | None = None,
+                    left_share: float = 0.0) -> list[tuple[np.ndarray, float, np.ndarray, float]]:
     """Cluster scored points [M, 3] by distance; regions sorted by relevance above threshold.
 
     The rank is the sum of (score - threshold) over a region: a large surface that only just passes
@@ -244,6 +253,9 @@ def _ranked_regions(points: np.ndarray, scores: np.ndarray, radius: float, min_p
 
     seen [M] (view mode): a region needs min_points members the current camera sees; its unseen
     members (the object's far side) still count for its centre and rank.
+
+    left [M] (bool, a standing label contradiction per point): a region where at least left_share of
+    the members carry one is dropped (GroundingConfig.left_share; 0 = off).
 
     Returns [(centre [3] (see centre), mean score, member points [m, 3])]; the ranked form also
     carries each region's rank.
@@ -262,6 +274,8 @@ def _ranked_regions(points: np.ndarray, scores: np.ndarray, radius: float, min_p
     for lab in np.unique(labels):
         idx = np.flatnonzero(labels == lab)
         if len(idx) < min_points or (seen is not None and int(seen[idx].sum()) < min_points):
+            continue
+        if left is not None and left_share > 0 and float(left[idx].mean()) >= left_share:
             continue
         # robust statistics (GroundingConfig.centre): stray points (a label bleeding onto the surface
         # behind an object, a few mis-seeded Gaussians) stretch a bounding box or a mean
@@ -349,6 +363,7 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
     top_k = max(1, int(top_k))
     views: list[int] = []
     maps: list[np.ndarray] = []
+    left = None  # [M] bool, a standing label contradiction per point (GroundingConfig.left_share)
     mode = cfg.mode
     if mode == "render" and len(memory.keyframes) == 0:
         mode = "gaussians"  # a loaded memory carries no keyframe views to render from
@@ -387,8 +402,11 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
         keep = memory.opacities.detach().cpu().numpy() >= cfg.min_opacity
         points = memory.means.detach().cpu().numpy().astype(np.float64)[keep]
         scores = rel[keep]
+        if cfg.left_share > 0 and memory.cfg.models[model].sample_mode == "nearest":
+            left = memory.label_contradicted().detach().cpu().numpy()[keep]
     ok = np.isfinite(scores)
     points, scores = points[ok], scores[ok]
+    left = None if left is None else left[ok]
     seen = None
     if mode == "view":
         T, K, w, h = camera[:4]
@@ -426,14 +444,19 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
         # wider than cluster_radius, and one object would fall apart into fragments
         radius = max(radius, 1.5 * rendered.pixel_spacing(points[sel], cams))
     in_view = None if seen is None else seen[sel]
+    sel_left = None if left is None else left[sel]
     ranked = _ranked_regions(points[sel], scores[sel], radius, cfg.min_region_points, thr, in_view, cfg.centre,
-                             cfg.support_gap)
+                             cfg.support_gap, sel_left, cfg.left_share)
     weak = not ranked
     if weak:
         # only regions smaller than min_region_points pass: a small or far object (a lego brick
         # across the room keeps a handful of Gaussians); the best of them beats no answer
         ranked = _ranked_regions(points[sel], scores[sel], radius, cfg.fallback_points, thr, in_view, cfg.centre,
-                                 cfg.support_gap)
+                                 cfg.support_gap, sel_left, cfg.left_share)
+    if not ranked and sel_left is not None and sel_left.any() and _ranked_regions(
+            points[sel], scores[sel], radius, cfg.fallback_points, thr, in_view, cfg.centre, cfg.support_gap):
+        raise ValueError("every remembered place that matches the query was seen with something else there since "
+                         "(the object has left it and was not seen elsewhere)")
     if not ranked:
         where = "the current camera sees" if in_view is not None else "the memory holds"
         raise ValueError(f"no region of {cfg.fallback_points} or more Gaussians that {where} matches the query "

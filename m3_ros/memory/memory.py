@@ -420,6 +420,11 @@ class M3Memory:
         with self._lock:
             return self._capture(copy=False).label_support(max_contradictions, prior)
 
+    def label_contradicted(self) -> torch.Tensor:
+        """[N] bool: a standing label contradiction (MemorySnapshot.label_contradicted)."""
+        with self._lock:
+            return self._capture(copy=False).label_contradicted()
+
     # ---- training ----------------------------------------------------------------------------
     def _sample_view(self) -> TrainView:
         return sample_view(self._views, self.cfg, self._rng)

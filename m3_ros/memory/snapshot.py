@@ -316,6 +316,13 @@ class MemorySnapshot:
             return torch.full((self.n_gaussians,), 0.5)
         return support(self.label_votes, self.label_contradictions, max_contradictions, prior)
 
+    def label_contradicted(self) -> torch.Tensor:
+        """[N] bool: the newest keyframes that gave evidence on the Gaussian's label contradicted it (at
+        least one since the last that confirmed it; labelvotes.RUN_KEY). False where none were counted."""
+        if self.label_contradictions is None:
+            return torch.zeros(self.n_gaussians, dtype=torch.bool)
+        return self.label_contradictions >= 1
+
     def query_norms(self, model: str) -> torch.Tensor:
         """[N] length of each Gaussian's principal query (seeded ones are unit length)."""
         self.check_model(model)

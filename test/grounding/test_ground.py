@@ -289,6 +289,52 @@ def test_support_prior_decides_how_much_a_few_outside_votes_count():
     assert on_wall(0.1) == 0
 
 
+def test_a_region_partly_seen_with_something_else_there_has_left():
+    """A moved object's old place: some of its Gaussians were seen inside regions of other labels since it
+    was last confirmed (a standing contradiction), the rest were never in a covered window again. With
+    left_share the region is dropped once that share reaches it; a region with fewer such members, and
+    every region with the option off, still answers; when every matching region is dropped the query is
+    refused with a message that says why."""
+    from synthetic_scene import labelled_view
+
+    from m3_ros.memory.labelvotes import RUN_KEY
+
+    slot = ModelSlot(channels=8, theta=0.9, max_rows=20, sample_mode="nearest")
+    mem = M3Memory(MemoryConfig(models={"labels": slot}, voxel_size=0.04, object_voxel_size=0.02, seed_stride=1,
+                                train_scale=1.0, feature_points=200, backend="torch", seed=0))
+    for i, tx in enumerate((0.0, 0.05, -0.05, 0.1)):
+        mem.add_keyframe(labelled_view(tx, i)[0])
+    g = torch.Generator().manual_seed(5)
+    text = region_features(32)[1] + 0.4 * torch.randn(32, generator=g)  # near the red label, not it
+    cfg = GroundingConfig(verify_views=0, cluster_radius=0.05, left_share=0.2)
+    red = np.flatnonzero((np.abs(mem.means[:, 2].numpy() - 1.5) < 0.03) & (mem.means[:, 0].numpy() < 0.05))
+    assert len(red) >= 20
+
+    def contradict(share: float) -> None:
+        with torch.no_grad():
+            mem.params[RUN_KEY].zero_()
+            mem.params[RUN_KEY][torch.from_numpy(red[::int(round(1 / share))])] = 1.0
+        mem._publish()
+
+    def on_red(c: GroundingConfig) -> bool:
+        return bool(np.linalg.norm(ground(mem, text, "labels", c).points[0] - RED_CENTRE) < 0.1)
+
+    assert on_red(cfg)  # nothing contradicted
+    contradict(0.1)
+    assert on_red(cfg)  # under the share
+    contradict(0.5)
+    assert on_red(replace(cfg, left_share=0.0))  # the option off
+    try:
+        assert not on_red(cfg)
+    except ValueError as e:  # no other region matches: refused
+        assert "seen with something else there" in str(e)
+    with torch.no_grad():
+        mem.params[RUN_KEY].fill_(1.0)  # every place seen replaced
+    mem._publish()
+    with pytest.raises(ValueError, match="seen with something else there"):
+        ground(mem, text, "labels", cfg)
+
+
 def test_region_centre_is_the_middle_of_the_seen_surfaces_and_ignores_a_few_strays():
     """Gaussians of a 10 cm box seen from above and one side: many on the top face, fewer on the
     side. The median sits on the top face; the middle of the points' extent is nearer the box
