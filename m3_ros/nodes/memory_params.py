@@ -58,6 +58,7 @@ PARAMS: dict[str, object] = {
     "grounding_label_support": 0.3,
     "grounding_label_contradictions": 2,
     "grounding_support_prior": 0.1,
+    "grounding_left_share": 0.2,
     "grounding_fallback_points": 1,
     "grounding_centre": "mid_range",
     "max_query_chars": 200,
@@ -128,6 +129,9 @@ PARAM_SPECS: dict[str, Param] = {
                                             range=(0, 1000), live=True),
     "grounding_support_prior": Param(0.0, "label models: pseudo-votes on each side of a Gaussian's label support "
                                      "(smaller trusts its first few votes more)", range=(0.001, 100.0), live=True),
+    "grounding_left_share": Param(0.0, "label models: a region is dropped when this share of its Gaussians were "
+                                  "seen since with another label there (a moved object's old place; 0 = off)",
+                                  range=(0.0, 1.0), live=True),
     "grounding_fallback_points": Param(0, "when no region of 5 points passes, the best region of at least this many "
                                        "answers (5 or more: the query is refused instead)", range=(1, 100000), live=True),
     "grounding_centre": Param("", "a region's answer point: above_support (mid_range, x and y above the support "
@@ -146,7 +150,8 @@ GROUNDING_FIELDS = {"grounding_mode": "mode", "grounding_score": "score", "groun
                      "grounding_min_opacity": "min_opacity", "grounding_cluster_radius": "cluster_radius",
                      "grounding_label_support": "label_support",
                      "grounding_label_contradictions": "label_contradictions",
-                     "grounding_support_prior": "support_prior", "grounding_fallback_points": "fallback_points",
+                     "grounding_support_prior": "support_prior", "grounding_left_share": "left_share",
+                     "grounding_fallback_points": "fallback_points",
                      "grounding_centre": "centre",
                      "max_query_chars": "max_query_chars"}
 KEYFRAME_FIELDS = {"kf_min_translation": "min_translation", "kf_min_rotation_deg": "min_rotation_deg",
