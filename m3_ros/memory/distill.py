@@ -29,6 +29,10 @@ class DistillBaseline(nn.Module):
         l, d = mem.cfg.models[model].channels, mem.banks[model].dim
         self.features = nn.Parameter(0.1 * torch.randn(mem.n_gaussians, l, generator=g))
         self.decoder = nn.Linear(l, d)
+        with torch.no_grad():  # nn.Linear's own init draws from torch's global RNG: whatever ran before moves it
+            bound = 1.0 / float(np.sqrt(l))
+            self.decoder.weight.uniform_(-bound, bound, generator=g)
+            self.decoder.bias.uniform_(-bound, bound, generator=g)
         self.opt = torch.optim.Adam(self.parameters(), lr=lr)
         self._gen = g
 
