@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import multiprocessing
 import os
 import resource
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -122,6 +124,24 @@ def _plots(runs: list[RunResult], queries: list[dict], methods: list[str], defau
     return names
 
 
+def _run_one(rc: RunConfig, fidelity: bool) -> tuple[RunResult, dict]:
+    """One scene in a fresh process: (its result, feature fidelity on its held-out frames if asked).
+
+    Why a process per scene: pybullet's EGL renderer draws the first SimWorld of a process alike in every
+    process, but a later one (after the first disconnected) with a few pixels one level apart in some
+    frames, differently from process to process (bench/results/determinism.md, 2026-12-07); one such
+    keyframe turns a walk's memory and answers. Loading the models again costs seconds a scene."""
+    pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"]))
+    pipe.load()  # models first (the other order crashed until SimWorld imported triton before EGL)
+    try:
+        r = run_scene(rc, pipe)
+        fid = feature_fidelity(pipe.memory, pipe.model("dinov2_s"), r.held_out) if fidelity and r.held_out else {}
+    finally:
+        pipe.close()
+    r.held_out = []
+    return r, fid
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one seed per family and condition (< 25 min on 2 cores)")
@@ -133,8 +153,6 @@ def main() -> None:
     modes = _modes()
     default = GroundingConfig().mode
     methods = [f"m3_{m}" for m in modes] + ["voxel_labels", "voxel_labels_map"]
-    pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"]))
-    pipe.load()  # models first (the other order crashed until SimWorld imported triton before EGL)
     runs: list[RunResult] = []
     fidelity: dict = {}
     for fam in a.families:
@@ -146,14 +164,12 @@ def main() -> None:
                                iou_views=3 if a.quick else 8, keep_frames=keep,
                                extra_train_steps=100 if a.quick else 400, absent=24)
                 t0 = time.monotonic()
-                r = run_scene(rc, pipe)
+                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    r, fid = pool.submit(_run_one, rc, bool(keep)).result()
                 print(f"[{time.monotonic() - t_start:6.0f} s] {fam}/{cond}/seed {seed}: {len(r.queries)} answers, "
                       f"{len(r.grasps)} grasps, {time.monotonic() - t0:.0f} s", flush=True)
-                if keep and r.held_out:
-                    fidelity = feature_fidelity(pipe.memory, pipe.model("dinov2_s"), r.held_out)
-                r.held_out = []
+                fidelity = fid or fidelity
                 runs.append(r)
-    pipe.close()
     queries = [q for r in runs for q in r.queries]
     grasps = [g for r in runs for g in r.grasps]
     absent = [q for r in runs for q in r.absent]
@@ -197,7 +213,8 @@ def main() -> None:
                  _frac(r.ious)] for r in runs]
     real = [r for r in runs if r.sensors == "realistic"]
     probe_real = [x["ms"] for r in real for x in r.probe]
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    # the largest scene process's peak (each scene runs in its own: _run_one)
+    rss_mb = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024.0
     pngs = _plots(runs, queries, methods, default)
     dflt = f"m3_{default}"
     t_real = _summary(queries, sensors="realistic", method=dflt, split="test")
