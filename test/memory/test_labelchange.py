@@ -239,7 +239,8 @@ def test_grounding_with_label_contradictions_stops_answering_where_the_mat_was()
     # mat_view carries no detector instances, so every keyframe voted every Gaussian outside all
     # regions (votes 0 / 4): at the default support_prior (0.1) that alone takes the mat's support
     # away. Pseudo-votes of 1 keep a sixth of it, and the contradictions must do the rest.
-    base = GroundingConfig(mode="gaussians", verify_views=0, support_prior=1.0)
+    # left_share (a region mostly contradicted has left) off here: it is the third way to stop answering
+    base = GroundingConfig(mode="gaussians", verify_views=0, support_prior=1.0, left_share=0.0)
     assert base.label_contradictions == 2 == GroundingConfig().label_contradictions  # the default
     p = ground(mem, text, "labels", replace(base, label_contradictions=0)).points[0]
     assert -0.3 < p[0] < 0.1 and abs(p[1]) < 0.2 and abs(p[2] - 1.99) < 0.03  # on the mat that is gone
@@ -247,6 +248,8 @@ def test_grounding_with_label_contradictions_stops_answering_where_the_mat_was()
         ground(mem, text, "labels", base)
     with pytest.raises(ValueError, match="better than an unlabelled surface"):  # the votes alone, as said
         ground(mem, text, "labels", replace(base, support_prior=GroundingConfig().support_prior, label_contradictions=0))
+    with pytest.raises(ValueError, match="seen with something else there"):  # left_share alone, at its default
+        ground(mem, text, "labels", replace(base, label_contradictions=0, left_share=GroundingConfig().left_share))
 
 
 def test_label_verdicts_by_bank_row_match_the_verdict_on_decoded_labels():
