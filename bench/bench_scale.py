@@ -39,10 +39,12 @@ from __future__ import annotations
 import argparse
 import json
 import dataclasses
+import multiprocessing
 import os
 import resource
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -393,6 +395,106 @@ def step_ms(mem: M3Memory, steps: int) -> tuple[float, int]:
     return float(np.median(ts)), mem.n_gaussians if idx is None else int(len(idx))
 
 
+def _fresh(fn, *args):
+    """fn(*args) in a spawned process: every walk is its process's first SimWorld. A process's later
+    SimWorlds render a few pixels of some frames one level apart, differently in each process, and a
+    walk's memory and answers follow them (bench/results/determinism.md, 2026-12-07)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def _pipeline(models: list[str], overrides: dict, refine: bool) -> MemoryPipeline:
+    """Models loaded; built with refinement off and then switched on and reset (refine=True), the path
+    every refined walk of this benchmark and the dev snapshots took (building with it on gives another,
+    equally repeatable, memory)."""
+    torch.manual_seed(0)
+    pipe = MemoryPipeline(PipelineConfig(models=models, refine_poses=False, memory_overrides=overrides))
+    pipe.load()
+    if refine:
+        pipe.cfg.refine_poses = True
+        pipe.reset()
+    return pipe
+
+
+def _job_off(models: list[str], overrides: dict, rc: RunConfig) -> dict:
+    """Refinement off: the suite's own run; {split: fraction within 5 cm}."""
+    pipe = _pipeline(models, overrides, refine=False)
+    try:
+        off = run_scene(rc, pipe)
+    finally:
+        pipe.close()
+    return {s: float(np.mean([q["success"] for q in off.queries if q["split"] == s])) for s in rc.splits}
+
+
+def _job_refined(models: list[str], overrides: dict, rc: RunConfig, queries: dict, n_trials: int, variants: dict,
+                 snap_to: Path | None, n_steps: int) -> dict:
+    """The refined walk and its moved-object trials (refined_walk), with "series" and "psnr_rows"; with
+    n_steps > 0 also the train-step and query cost against map size on the walked memory ("cost")."""
+    pipe = _pipeline(models, overrides, refine=True)
+    try:
+        series: list[list] = []
+        psnr_rows: list[list] = []
+        out = refined_walk(pipe, rc, resolve_scene(rc.family, rc.seed), queries, n_trials, variants, series,
+                           psnr_rows, snap_to)
+        out.update(series=series, psnr_rows=psnr_rows)
+        if n_steps > 0:
+            out["cost"] = _costs(pipe, [q.text for q in queries["dev"]], n_steps)
+    finally:
+        pipe.close()
+    return out
+
+
+def _costs(pipe: MemoryPipeline, dev_texts: list[str], n_steps: int) -> dict:
+    """Train-step and query cost against map size, on the walked memory's last keyframe view."""
+    gen = torch.Generator().manual_seed(0)
+    view = pipe.memory._views[-1]
+    m20 = map_of(pipe.memory, view, 20_000, 20_000, gen)
+    m200 = map_of(pipe.memory, view, 20_000, 200_000, gen)
+    load_steps = os.getloadavg()[0]
+    s20, vis20 = step_ms(m20, n_steps)
+    s200, vis200 = step_ms(m200, n_steps)
+    # the same map with the other optimiser (selective_adam flipped), then without culling
+    m200.cfg.selective_adam = not m200.cfg.selective_adam
+    m200._build_optimizers()
+    s200_other, _ = step_ms(m200, n_steps)
+    m200.cfg.selective_adam = not m200.cfg.selective_adam
+    m200._build_optimizers()
+    m200.cfg.frustum_cull = False
+    s200_all, _ = step_ms(m200, max(2, n_steps // 3))
+    m200.cfg.frustum_cull = True
+    load_steps = f"{load_steps:.1f} -> {os.getloadavg()[0]:.1f}"
+    walked = pipe.memory
+    pipe.memory = m200
+    pipe.ground(dev_texts[0])  # warm-up: the attention cache decodes every Gaussian once
+    qt = []
+    for t in dev_texts:
+        t0 = time.perf_counter()
+        try:
+            pipe.ground(t)
+        except ValueError:
+            pass
+        qt.append((time.perf_counter() - t0) * 1e3)
+    pipe.memory = walked
+    return {"s20": s20, "s200": s200, "qt": qt, "load_steps": load_steps,
+            "default_adam": "selective" if m20.cfg.selective_adam else "dense",
+            "rows": [["20k", m20.n_gaussians, vis20, _adam(m20.cfg), s20],
+                     ["200k", m200.n_gaussians, vis200, _adam(m200.cfg), s200],
+                     ["200k", m200.n_gaussians, vis200, _adam(m200.cfg, flip=True), s200_other],
+                     ["200k, culling off", m200.n_gaussians, m200.n_gaussians, _adam(m200.cfg), s200_all]]}
+
+
+def _job_ctrl(models: list[str], overrides: dict, rc: RunConfig) -> tuple[dict, float]:
+    """The refined walk with odometry that does not drift (run_scene); ({split: within 5 cm}, wall s)."""
+    t0 = time.monotonic()
+    pipe = _pipeline(models, overrides, refine=True)
+    try:
+        ctrl = run_scene(dataclasses.replace(rc, sensors="realistic_nodrift"), pipe)
+    finally:
+        pipe.close()
+    return ({s: float(np.mean([q["success"] for q in ctrl.queries if q["split"] == s])) for s in rc.splits},
+            time.monotonic() - t0)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer timing steps and moved-object trials")
@@ -420,92 +522,48 @@ def main(argv: list[str] | None = None) -> int:
                 for k, v in json.loads(args.ground_variants).items()}
     overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.memory)}
     t_start = time.monotonic()
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
     n_steps, n_trials = (5, 4) if args.quick else (15, 8)
     n_trials = args.trials or n_trials
     rc = RunConfig(family=args.family, seed=args.seed, sensors="realistic", m3_modes=["gaussians"], voxel=False,
                    grasps=0, iou_views=0)
-    pipe = MemoryPipeline(PipelineConfig(models=args.models, refine_poses=False, memory_overrides=overrides))
-    pipe.load()
+    # every walk runs in its own process (_fresh): each is then its process's first SimWorld
 
     # ---- refinement off: the suite's own run
     if not args.moved_only:
-        off = run_scene(rc, pipe)
-        acc_off = {s: float(np.mean([q["success"] for q in off.queries if q["split"] == s])) for s in rc.splits}
+        acc_off = _fresh(_job_off, args.models, overrides, rc)
 
-    # ---- refinement on: the same walk, then the moved-object trials
-    pipe.cfg.refine_poses = True
-    pipe.reset()
+    # ---- refinement on: the same walk, then the moved-object trials (and the costs against map size)
     scene = resolve_scene(rc.family, rc.seed)
     queries = {s: scene_queries(scene, s) for s in rc.splits}
-    series: list[list] = []
-    psnr_rows: list[list] = []
     if args.moved_only:
         queries = {"dev": queries["dev"]}
     snap_to = args.snapshot_dir / f"{args.tag or 'snapshot'}.pt" if args.snapshot_dir and args.moved_only else None
-    w0 = refined_walk(pipe, rc, scene, queries, n_trials, variants, series, psnr_rows, snap_to)
+    w0 = _fresh(_job_refined, args.models, overrides, rc, queries, n_trials, variants, snap_to,
+                0 if args.moved_only else n_steps)
     acc_on, acc_var, trials, skipped = w0["acc"], w0["acc_var"], w0["trials"], w0["skipped"]
     tracker, st, rss, walk_s, frames = w0["tracker"], w0["stats"], w0["rss"], w0["walk_s"], w0["frames"]
+    series, psnr_rows = w0["series"], w0["psnr_rows"]
     if args.moved_only:
-        pipe.close()
         return _moved_report(args, rc, overrides, acc_on, st, trials, skipped, time.monotonic() - t_start, rss, walk_s)
-
-    # ---- train-step and query cost against map size (the walked memory's last keyframe view)
-    view = pipe.memory._views[-1]
-    m20 = map_of(pipe.memory, view, 20_000, 20_000, gen)
-    m200 = map_of(pipe.memory, view, 20_000, 200_000, gen)
-    load_steps = os.getloadavg()[0]
-    s20, vis20 = step_ms(m20, n_steps)
-    s200, vis200 = step_ms(m200, n_steps)
-    # the same map with the other optimiser (selective_adam flipped), then without culling
-    m200.cfg.selective_adam = not m200.cfg.selective_adam
-    m200._build_optimizers()
-    s200_other, _ = step_ms(m200, n_steps)
-    m200.cfg.selective_adam = not m200.cfg.selective_adam
-    m200._build_optimizers()
-    m200.cfg.frustum_cull = False
-    s200_all, _ = step_ms(m200, max(2, n_steps // 3))
-    m200.cfg.frustum_cull = True
-    load_steps = f"{load_steps:.1f} -> {os.getloadavg()[0]:.1f}"
-    walked = pipe.memory
-    pipe.memory = m200
-    dev_texts = [q.text for q in queries["dev"]]
-    pipe.ground(dev_texts[0])  # warm-up: the attention cache decodes every Gaussian once
-    qt = []
-    for t in dev_texts:
-        t0 = time.perf_counter()
-        try:
-            pipe.ground(t)
-        except ValueError:
-            pass
-        qt.append((time.perf_counter() - t0) * 1e3)
-    pipe.memory = walked
+    cost = w0["cost"]
+    s20, s200, qt, load_steps = cost["s20"], cost["s200"], cost["qt"], cost["load_steps"]
 
     # ---- control: the refined walk again with odometry that does not drift (the same sensor draws
     # otherwise): what is left of the gap to 1.0 is grounding's, not drift's
-    t_ctrl = time.monotonic()
-    pipe.reset()
-    ctrl = run_scene(dataclasses.replace(rc, sensors="realistic_nodrift"), pipe)
-    acc_ctrl = {s: float(np.mean([q["success"] for q in ctrl.queries if q["split"] == s])) for s in rc.splits}
-    t_ctrl = time.monotonic() - t_ctrl
+    acc_ctrl, t_ctrl = _fresh(_job_ctrl, args.models, overrides, rc)
     # ---- spread: the refined walk again with other memory seeds (W_m init, sampling; the same sensor
     # draws), each with its own moved-object trials: one walk's 2-4 trials cannot tell 0.6 from 0.9
     acc_seeds = []
     for t in trials + skipped:
         t["memory_seed"] = 0
     for mseed in SPREAD_SEEDS:
-        pipe.cfg.memory_overrides = {**overrides, "seed": mseed}
-        pipe.reset()
-        r = refined_walk(pipe, rc, scene, queries, n_trials, {})
+        r = _fresh(_job_refined, args.models, {**overrides, "seed": mseed}, rc, queries, n_trials, {}, None, 0)
         acc_seeds.append(r["acc"])
         for t in r["trials"] + r["skipped"]:
             t["memory_seed"] = mseed
         trials += r["trials"]
         skipped += r["skipped"]
-    pipe.cfg.memory_overrides = overrides
     drift_mean = float(np.mean([acc_on["test"]] + [a["test"] for a in acc_seeds]))
-    pipe.close()
 
     moved_ok = float(np.mean([t["ok"] for t in trials])) if trials else float("nan")
     seed0 = [t["ok"] for t in trials if t["memory_seed"] == 0]
@@ -552,13 +610,10 @@ def main(argv: list[str] | None = None) -> int:
         "", "Train step against map size, the same keyframe view (densify off while timing). The 200k map is the "
         "20k map plus 180k jittered copies of map Gaussians mirrored behind the camera (synthetic, out of the "
         f"view): with frustum culling the step renders the same visible set. Default optimiser: "
-        f"{'selective' if m20.cfg.selective_adam else 'dense'} Adam (MemoryConfig.selective_adam). 1-min load "
+        f"{cost['default_adam']} Adam (MemoryConfig.selective_adam). 1-min load "
         f"average before -> after these timings: {load_steps} (2 cores; other work inflates every figure).", "",
         *table(["map", "Gaussians", "rendered after culling", "optimiser", "step ms (median)"],
-               [["20k", m20.n_gaussians, vis20, _adam(m20.cfg), s20],
-                ["200k", m200.n_gaussians, vis200, _adam(m200.cfg), s200],
-                ["200k", m200.n_gaussians, vis200, _adam(m200.cfg, flip=True), s200_other],
-                ["200k, culling off", m200.n_gaussians, m200.n_gaussians, _adam(m200.cfg), s200_all]]),
+               cost["rows"]),
         "", "Culling makes the rasterisation follow the visible set; selective Adam (optim.py) makes the "
         "gradients, the optimiser step and the densify statistics follow it too (dense Adam steps and zeroes "
         "every row). What still grows with the map: the culling test (one [5, 3] x [3, N] product and a few "
