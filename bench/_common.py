@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import datetime as _dt
+import multiprocessing
 import os
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -67,3 +69,12 @@ def write_report(name: str, title: str, sections: list[str], result: dict[str, o
     print("\n".join(sections))
     print(result_line)
     return result_line
+
+
+def in_fresh_process(fn, *args):
+    """fn(*args) in a spawned process (fn and args picklable; fn at a module's top level). Benchmarks walk
+    each scene this way, so that every walk is its process's first SimWorld: a process's later SimWorlds
+    render a few pixels of some frames one level apart, differently in each process, and a walk's memory
+    and answers follow them (bench/results/determinism.md, 2026-12-07)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()

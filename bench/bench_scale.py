@@ -39,12 +39,10 @@ from __future__ import annotations
 import argparse
 import json
 import dataclasses
-import multiprocessing
 import os
 import resource
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -55,7 +53,7 @@ import numpy as np  # noqa: E402
 import pybullet as p  # noqa: E402
 import torch  # noqa: E402
 
-from bench._common import machine_header, table, write_report  # noqa: E402
+from bench._common import in_fresh_process, machine_header, table, write_report  # noqa: E402
 from bench._devcache import save_snapshot  # noqa: E402
 from m3_ros.eval.metrics import SUCCESS_M, Box, judge  # noqa: E402
 from m3_ros.eval.phrasings import scene_queries  # noqa: E402
@@ -395,14 +393,6 @@ def step_ms(mem: M3Memory, steps: int) -> tuple[float, int]:
     return float(np.median(ts)), mem.n_gaussians if idx is None else int(len(idx))
 
 
-def _fresh(fn, *args):
-    """fn(*args) in a spawned process: every walk is its process's first SimWorld. A process's later
-    SimWorlds render a few pixels of some frames one level apart, differently in each process, and a
-    walk's memory and answers follow them (bench/results/determinism.md, 2026-12-07)."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
-
-
 def _pipeline(models: list[str], overrides: dict, refine: bool) -> MemoryPipeline:
     """Models loaded; built with refinement off and then switched on and reset (refine=True), the path
     every refined walk of this benchmark and the dev snapshots took (building with it on gives another,
@@ -526,11 +516,11 @@ def main(argv: list[str] | None = None) -> int:
     n_trials = args.trials or n_trials
     rc = RunConfig(family=args.family, seed=args.seed, sensors="realistic", m3_modes=["gaussians"], voxel=False,
                    grasps=0, iou_views=0)
-    # every walk runs in its own process (_fresh): each is then its process's first SimWorld
+    # every walk runs in its own process (in_fresh_process): each is then its process's first SimWorld
 
     # ---- refinement off: the suite's own run
     if not args.moved_only:
-        acc_off = _fresh(_job_off, args.models, overrides, rc)
+        acc_off = in_fresh_process(_job_off, args.models, overrides, rc)
 
     # ---- refinement on: the same walk, then the moved-object trials (and the costs against map size)
     scene = resolve_scene(rc.family, rc.seed)
@@ -538,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.moved_only:
         queries = {"dev": queries["dev"]}
     snap_to = args.snapshot_dir / f"{args.tag or 'snapshot'}.pt" if args.snapshot_dir and args.moved_only else None
-    w0 = _fresh(_job_refined, args.models, overrides, rc, queries, n_trials, variants, snap_to,
+    w0 = in_fresh_process(_job_refined, args.models, overrides, rc, queries, n_trials, variants, snap_to,
                 0 if args.moved_only else n_steps)
     acc_on, acc_var, trials, skipped = w0["acc"], w0["acc_var"], w0["trials"], w0["skipped"]
     tracker, st, rss, walk_s, frames = w0["tracker"], w0["stats"], w0["rss"], w0["walk_s"], w0["frames"]
@@ -550,14 +540,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- control: the refined walk again with odometry that does not drift (the same sensor draws
     # otherwise): what is left of the gap to 1.0 is grounding's, not drift's
-    acc_ctrl, t_ctrl = _fresh(_job_ctrl, args.models, overrides, rc)
+    acc_ctrl, t_ctrl = in_fresh_process(_job_ctrl, args.models, overrides, rc)
     # ---- spread: the refined walk again with other memory seeds (W_m init, sampling; the same sensor
     # draws), each with its own moved-object trials: one walk's 2-4 trials cannot tell 0.6 from 0.9
     acc_seeds = []
     for t in trials + skipped:
         t["memory_seed"] = 0
     for mseed in SPREAD_SEEDS:
-        r = _fresh(_job_refined, args.models, {**overrides, "seed": mseed}, rc, queries, n_trials, {}, None, 0)
+        r = in_fresh_process(_job_refined, args.models, {**overrides, "seed": mseed}, rc, queries, n_trials, {}, None, 0)
         acc_seeds.append(r["acc"])
         for t in r["trials"] + r["skipped"]:
             t["memory_seed"] = mseed

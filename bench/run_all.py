@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import multiprocessing
 import os
 import resource
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from _common import RESULTS_DIR, machine_header, table, write_report  # noqa: E402
+from _common import RESULTS_DIR, in_fresh_process, machine_header, table, write_report  # noqa: E402
 from m3_ros.eval.fidelity import feature_fidelity  # noqa: E402
 from m3_ros.eval.suite import RunConfig, RunResult, run_scene  # noqa: E402
 from m3_ros.grounding import GroundingConfig  # noqa: E402
@@ -127,10 +125,8 @@ def _plots(runs: list[RunResult], queries: list[dict], methods: list[str], defau
 def _run_one(rc: RunConfig, fidelity: bool) -> tuple[RunResult, dict]:
     """One scene in a fresh process: (its result, feature fidelity on its held-out frames if asked).
 
-    Why a process per scene: pybullet's EGL renderer draws the first SimWorld of a process alike in every
-    process, but a later one (after the first disconnected) with a few pixels one level apart in some
-    frames, differently from process to process (bench/results/determinism.md, 2026-12-07); one such
-    keyframe turns a walk's memory and answers. Loading the models again costs seconds a scene."""
+    Run through _common.in_fresh_process (why: its docstring); the models load again for each scene
+    (seconds)."""
     pipe = MemoryPipeline(PipelineConfig(models=["dinov2_s", "minilm_labels"]))
     pipe.load()  # models first (the other order crashed until SimWorld imported triton before EGL)
     try:
@@ -164,8 +160,7 @@ def main() -> None:
                                iou_views=3 if a.quick else 8, keep_frames=keep,
                                extra_train_steps=100 if a.quick else 400, absent=24)
                 t0 = time.monotonic()
-                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                    r, fid = pool.submit(_run_one, rc, bool(keep)).result()
+                r, fid = in_fresh_process(_run_one, rc, bool(keep))
                 print(f"[{time.monotonic() - t_start:6.0f} s] {fam}/{cond}/seed {seed}: {len(r.queries)} answers, "
                       f"{len(r.grasps)} grasps, {time.monotonic() - t0:.0f} s", flush=True)
                 fidelity = fid or fidelity
