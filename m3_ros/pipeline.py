@@ -112,6 +112,9 @@ class MemoryPipeline:
         self.tracker = DriftTracker(cfg.tracking)
         self._ready_kf: deque[Keyframe] = deque()
         self._in_flight = 0
+        # which memory keyframes belong to: reset() and load_memory() raise it under _swap_lock and _lock,
+        # so a keyframe offered before either (its pose in the old map) never reaches the new memory
+        self._epoch = 0
         self._lock = threading.Lock()
         # Swapping the memory (load, reset) happens under this; queries and training only read
         # self.memory once, so they never wait on it.
@@ -227,9 +230,10 @@ class MemoryPipeline:
                 return False
             if not self.selector.consider(stamp, T_map_cam):
                 return False
-            index = self._next_index
+            index = self._next_index  # never reused: the feature worker caches by it
             self._next_index += 1
             self._in_flight += 1
+            epoch = self._epoch
             if self.first_keyframe_wall is None:
                 self.first_keyframe_wall = time.monotonic()
         if self.cfg.refine_poses:  # ICP (~0.1 s) outside self._lock: the worker's callbacks take it
@@ -244,7 +248,10 @@ class MemoryPipeline:
             try:
                 kf.features = f.result()
                 with self._lock:
-                    self._ready_kf.append(kf)
+                    if epoch == self._epoch:
+                        self._ready_kf.append(kf)
+                    else:
+                        log.info("keyframe %d dropped: offered before the memory was reset or loaded", kf.index)
             except Exception as e:  # a failed extraction loses one keyframe, not the node
                 log.error("feature extraction failed for keyframe %d: %s", kf.index, e)
             finally:
@@ -304,13 +311,13 @@ class MemoryPipeline:
     def _train_for(self, budget_s: float, max_steps: int) -> int:
         t0 = time.monotonic()
         with self._swap_lock:
-            mem = self.memory
+            mem, epoch = self.memory, self._epoch
         # A call that may train ingests one waiting keyframe, then steps: ingesting every waiting one
         # first took seconds on a loaded machine (about 1 s each) and training made no step at all
         # while 20 clients asked (test_autosave_load). An ingest-only call (max_steps 0) takes them all.
         while True:
-            with self._lock:
-                kf = self._ready_kf.popleft() if self._ready_kf else None
+            with self._lock:  # a reset since mem was read: its keyframes are for the new memory
+                kf = self._ready_kf.popleft() if self._ready_kf and epoch == self._epoch else None
             if kf is None:
                 break
             self._ingest(mem, kf)
@@ -519,20 +526,29 @@ class MemoryPipeline:
             raise ValueError(f"memory at {path} needs models {sorted(missing)} that are not loaded")
         with self._swap_lock:  # running train steps and queries finish on the memory they hold
             self.memory = mem
+            self._new_epoch()
         if self.cfg.refine_poses:
             # later keyframes align with what the loaded memory saw (it is stored in map);
             # T_map_odom stays: odometry that restarted elsewhere is not relocalised here
             self.tracker.set_reference([(kf.depth, kf.K, kf.T_world_cam) for kf in mem.keyframes])
 
     def reset(self) -> None:
-        if self.ready:
-            with self._swap_lock:
-                self.memory = self._new_memory()
+        """Forget the memory, the keyframe selector's history and the drift correction (map = odom again).
+        Keyframes offered before the call, extracted or not, never reach the new memory."""
         self.selector.reset()
-        self.tracker.reset()
-        with self._lock:
-            self._ready_kf.clear()
+        self.tracker.reset()  # first: a frame offered meanwhile is still of the old epoch, so dropped
+        with self._swap_lock:
+            if self.ready:
+                self.memory = self._new_memory()
+            self._new_epoch()
+        self._camera = None  # its pose is in the old map
         self.first_keyframe_wall = None
+
+    def _new_epoch(self) -> None:
+        """Keyframes offered so far belong to the old memory (call under _swap_lock)."""
+        with self._lock:
+            self._epoch += 1
+            self._ready_kf.clear()
 
     def close(self) -> None:
         if self._worker is not None:

@@ -244,6 +244,62 @@ def test_train_for_interleaves_keyframes_and_steps():
         pipe.close()
 
 
+@pytest.mark.parametrize("swap", ["reset", "load"])
+def test_a_keyframe_offered_before_a_reset_or_load_stays_out_of_the_new_memory(swap, tmp_path, monkeypatch):
+    """A keyframe still being extracted when the memory is reset (or another loaded) carries a pose in the
+    old map: it must not join the new memory. The real MiniLM extraction is held at a gate so that the
+    reset or load surely lands while the keyframe is in flight; keyframes offered afterwards join."""
+    from m3_ros.foundation import FoundationConfig, load_models
+    models = load_models(FoundationConfig(models=["minilm_labels"]))
+    real, gate, started = models["minilm_labels"].extract, threading.Event(), threading.Event()
+
+    def gated(rgb, instances=None):
+        started.set()
+        assert gate.wait(60)
+        return real(rgb, instances)
+
+    cfg = PipelineConfig(models=["minilm_labels"], memory_overrides=dict(backend="torch", seed_stride=1, train_scale=1.0,
+                                                                         feature_points=100, voxel_size=0.04, seed=0))
+    pipe = MemoryPipeline(cfg, models=models)
+    pipe.load()
+
+    def offer(i: int, tx: float) -> None:
+        kf, region = render_view(tx, W=40, H=30, index=i, with_features=False)
+        assert pipe.offer_frame(float(i), kf.rgb, kf.depth, kf.K, kf.T_world_cam,
+                                [Instance(mask=region == 1, label="red box", id=1)])
+
+    def settle() -> None:
+        while not pipe.idle():
+            pipe.train_for(0.0, max_steps=0)
+            threading.Event().wait(0.01)
+
+    try:
+        saved = 0
+        if swap == "load":
+            offer(0, -0.3)
+            settle()
+            pipe.save(str(tmp_path / "mem"))
+            saved = pipe.memory.n_gaussians
+            assert saved > 0
+        monkeypatch.setattr(models["minilm_labels"], "extract", gated)
+        offer(1, 0.0)
+        assert started.wait(60)
+        if swap == "reset":
+            pipe.reset()
+        else:
+            pipe.load_memory(str(tmp_path / "mem"))
+        gate.set()
+        settle()
+        # the in-flight keyframe was dropped (a loaded memory keeps its Gaussians, not its keyframes)
+        assert pipe.stats()["keyframes"] == 0 and pipe.memory.n_gaussians == saved
+        offer(2, 0.3)
+        settle()
+        assert pipe.stats()["keyframes"] == 1 and pipe.memory.n_gaussians > saved
+    finally:
+        gate.set()
+        pipe.close()
+
+
 def test_a_step_that_waited_too_long_runs_at_the_process_priority(pipeline):
     """Priority aging: a niced training thread got 10-20 steps in 40 s under 20 clients with gaps of
     up to 8 s. Once no step has finished for train_max_wait_s, the next runs on the ingest thread
