@@ -396,7 +396,7 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
             # the same discount as a rendered pixel's (alpha = 1): a weak, never-seeded query
             # (floor, walls) decodes as strongly as an object's, cosine attention being scale-invariant
             conf = np.clip(memory.query_norms(model).detach().cpu().numpy().astype(np.float64) / cfg.confidence_norm, 0, 1)
-        if cfg.label_support > 0 and memory.cfg.models[model].sample_mode == "nearest":
+        if cfg.label_support > 0 and memory.cfg.models[model].regions:
             sup = memory.label_support(cfg.label_contradictions, cfg.support_prior)
             sup = sup.detach().cpu().numpy().astype(np.float64)
             conf = conf * np.clip(sup / cfg.label_support, 0, 1)
@@ -408,7 +408,7 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
         keep = memory.opacities.detach().cpu().numpy() >= cfg.min_opacity
         points = memory.means.detach().cpu().numpy().astype(np.float64)[keep]
         scores = rel[keep]
-        if cfg.left_share > 0 and memory.cfg.models[model].sample_mode == "nearest":
+        if cfg.left_share > 0 and memory.cfg.models[model].regions:
             left = memory.label_contradicted().detach().cpu().numpy()[keep]
     ok = np.isfinite(scores)
     points, scores = points[ok], scores[ok]

@@ -33,6 +33,12 @@ class ModelSlot:
     """How ground-truth features are sampled: bilinear for patch grids, nearest for region maps."""
 
     @property
+    def regions(self) -> bool:
+        """A region model (sample_mode "nearest"): piecewise-constant label maps, whose Gaussians carry
+        label votes and contradictions (labelvotes.py, labelchange.py) and seed from detector regions."""
+        return self.sample_mode == "nearest"
+
+    @property
     def centred(self) -> bool:
         """Whether this model's bank centres (``centre``, or its default for the sample mode)."""
         return self.sample_mode == "bilinear" if self.centre is None else bool(self.centre)

@@ -259,7 +259,7 @@ class M3Memory:
             # Inheriting everywhere chained an object's query across the floor, keyframe by
             # keyframe (room dev seed 1: floor 2.3 m from the soccer ball attending to its row).
             allowed = None
-            if m in feats and slot.sample_mode == "nearest":
+            if m in feats and slot.regions:
                 allowed = np.zeros(len(pts), dtype=bool) if objects is None else objects[pix[:, 0], pix[:, 1]]
             inherit_queries(q, pts, tree, self.params[query_key(m)].detach(), cfg.inherit_radius, allowed)
             new[query_key(m)] = q

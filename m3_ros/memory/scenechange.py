@@ -41,12 +41,12 @@ def vote_labels(mem: "M3Memory", kf: Keyframe, feats: dict) -> None:
     {model: FeatureMap}): every Gaussian its depth sees on the surface is inside a detector region or
     outside all of them."""
     cfg = mem.cfg
-    if mem.n_gaussians == 0 or not any(cfg.models[m].sample_mode == "nearest" for m in feats):
+    if mem.n_gaussians == 0 or not any(cfg.models[m].regions for m in feats):
         return
     regions = detected_mask(kf)
     if regions is None:
         regions = np.zeros(kf.size, dtype=bool)  # the detector ran and found nothing
-    models = [m for m in feats if cfg.models[m].sample_mode == "nearest" and m in mem.W
+    models = [m for m in feats if cfg.models[m].regions and m in mem.W
               and len(mem.banks[m]) > 0]
 
     def same_label(idx: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -66,7 +66,7 @@ def _region_banks(mem: "M3Memory", kf: Keyframe) -> dict:
     """{model: MemoryBank} of the region models kf carries features of and the memory has a bank for."""
     cfg = mem.cfg
     return {m: mem.banks[m] for m in kf.features
-            if m in cfg.models and cfg.models[m].sample_mode == "nearest" and m in mem.W and len(mem.banks[m]) > 0}
+            if m in cfg.models and cfg.models[m].regions and m in mem.W and len(mem.banks[m]) > 0}
 
 
 @torch.no_grad()

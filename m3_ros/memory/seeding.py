@@ -206,7 +206,7 @@ def pixel_features(kf: Keyframe, fm, pix: np.ndarray, cfg: MemoryConfig, model: 
     a region's silhouette (depth off its cell's median) for region models."""
     uv = torch.from_numpy(pix[:, ::-1].astype(np.float32).copy())  # (u, v)
     gt = fm.sample(uv, mode="nearest")  # [M, d]
-    if cfg.models[model].sample_mode == "nearest" and cfg.label_depth_rel > 0:
+    if cfg.models[model].regions and cfg.label_depth_rel > 0:
         cd = cell_median_depth(np.nan_to_num(np.asarray(kf.depth, dtype=np.float64)), grid_hw(fm))
         z = np.asarray(kf.depth)[pix[:, 0], pix[:, 1]]
         ok = label_depth_consistent(z, pix[:, 1], pix[:, 0], cd, kf.size, cfg.label_depth_rel)

@@ -138,7 +138,7 @@ def view_losses(cfg: MemoryConfig, v: TrainView, img: torch.Tensor, models: list
             pred = _decode(cfg, q, W[m], banks[m], generator)
             losses[f"feat_{m}"] = feature_loss(pred, gt)
             loss = loss + cfg.lambda_feature * cfg.models[m].weight * losses[f"feat_{m}"]
-            if cfg.own_label_weight > 0 and gaussians is not None and cfg.models[m].sample_mode == "nearest":
+            if cfg.own_label_weight > 0 and gaussians is not None and cfg.models[m].regions:
                 sel, _, _, gt_own = own_label_targets(cfg, v, m, fm, gaussians["means"], generator)
                 if len(sel):
                     own = _decode(cfg, gaussians[query_key(m)][sel], W[m], banks[m], generator)

@@ -108,7 +108,7 @@ def compact_keyframe(kf: Keyframe, cfg: MemoryConfig) -> Keyframe:
     for m, fm in kf.features.items():
         if m not in cfg.models:
             continue
-        if cfg.models[m].sample_mode == "nearest" and isinstance(fm, FeatureMap):
+        if cfg.models[m].regions and isinstance(fm, FeatureMap):
             fm = index_feature_map(fm) or fm
         feats[m] = fm
     return dataclasses.replace(kf, features=feats, instances=[])
@@ -131,7 +131,7 @@ def prepare_view(kf: Keyframe, cfg: MemoryConfig) -> TrainView:
     if cfg.label_depth_rel > 0:
         full = np.nan_to_num(np.asarray(kf.depth, dtype=np.float64))
         for m, fm in kf.features.items():
-            if m in cfg.models and cfg.models[m].sample_mode == "nearest":
+            if m in cfg.models and cfg.models[m].regions:
                 cell_depth[m] = cell_median_depth(full, grid_hw(fm))
     return TrainView(kf=kf, rgb=rgb.contiguous(), depth=depth.contiguous(),
                      K=torch.tensor(geometry.scale_intrinsics(kf.K, sx), dtype=torch.float32),
