@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from _common import machine_header, table, time_ms, write_report  # noqa: E402
+from _common import in_fresh_process, machine_header, table, time_ms, write_report  # noqa: E402
 from m3_ros.geometry import invert, project  # noqa: E402
 from m3_ros.grounding import GroundingConfig  # noqa: E402
 from m3_ros.pipeline import SWITCH_INTERVAL_S, MemoryPipeline, PipelineConfig  # noqa: E402
@@ -198,8 +198,29 @@ def section_latency(pipe: MemoryPipeline, queries: list[str], quick: bool) -> tu
                    "clients20_p95_ms": pct(clients, 95)}
 
 
-def _relevance_case(snap, model: str, text: torch.Tensor, camera: tuple) -> list:
-    """[relevance ms, render ms, levels, median/p99/max |err| against full decoding] on one view."""
+def _synthetic_case(t: int, fitted: bool):
+    """(snapshot, text [D]) of bench_memory's synthetic memory with a t-row bank (W_m fitted or not)."""
+    from bench_memory import D, fit_synthetic_memory, synthetic_bank, synthetic_memory
+    spread = 16 if fitted else D
+    mem = synthetic_memory(20000, 160, 120, t, "cpu", spread_dims=spread)
+    if fitted:
+        fit_synthetic_memory(mem)
+    text = synthetic_bank(t, spread_dims=spread)[3] + 0.3 * torch.randn(D, generator=torch.Generator().manual_seed(2))
+    return mem.snapshot(), text
+
+
+def _synthetic_all_cores_ms(t: int, fitted: bool) -> float:
+    """The synthetic relevance map timed on every core in a process of its own (in_fresh_process)."""
+    import bench_raster
+    torch.set_num_threads(os.cpu_count() or 1)
+    snap, text = _synthetic_case(t, fitted)
+    K = bench_raster.intrinsics(160, 120)
+    return time_ms(lambda: snap.relevance("dinov2_s", text, np.eye(4), K, 160, 120), repeats=5)
+
+
+def _relevance_case(snap, model: str, text: torch.Tensor, camera: tuple, fresh: tuple | None = None) -> list:
+    """[relevance ms, render ms, ms on every core, levels, median/p99/max |err| against full decoding] on one
+    view; fresh (t, fitted): a synthetic case, whose every-core time is taken in a fresh process."""
     T, K, w, h = camera
     out = snap.render_raw(T, K, w, h, models=[model])
     q = out["queries"][model]
@@ -217,6 +238,8 @@ def _relevance_case(snap, model: str, text: torch.Tensor, camera: tuple) -> list
     torch.set_num_threads(os.cpu_count() or 1)  # the same map on every core (nothing else running)
     ms_all = time_ms(lambda: snap.relevance(model, text, T, K, w, h), repeats=5)
     torch.set_num_threads(threads)
+    if fresh is not None:  # the synthetic case again in a process holding nothing else (see section_relevance)
+        ms_all = in_fresh_process(_synthetic_all_cores_ms, *fresh)
     n = max(1, sum(st.values()))
     levels = " / ".join(f"{100 * st[k] / n:.0f}" for k in ("level1", "shared", "level2", "level3"))
     return [ms, render, ms_all, levels, float(np.median(err)), float(np.percentile(err, 99)), float(err.max())]
@@ -226,19 +249,15 @@ def section_relevance(pipe: MemoryPipeline, queries: list[str], cameras: list) -
     """Relevance maps at 160x120 against full decoding: bench_memory's synthetic 1k/5k-row banks
     (untrained W_m, and a 5k bank with W_m fitted), and the walked memory (its current camera)."""
     import bench_raster
-    from bench_memory import D, fit_synthetic_memory, synthetic_bank, synthetic_memory
+    from bench_memory import D
     rows, res = [], {}
     threads = torch.get_num_threads()
     if pipe.cfg.query_threads:  # timed as the pipeline answers: at its query threads
         torch.set_num_threads(pipe.cfg.query_threads)
     for t, fitted in ((1000, False), (5000, False), (5000, True)):
-        spread = 16 if fitted else D
-        mem = synthetic_memory(20000, 160, 120, t, "cpu", spread_dims=spread)
-        if fitted:
-            fit_synthetic_memory(mem)
-        snap = mem.snapshot()
-        text = synthetic_bank(t, spread_dims=spread)[3] + 0.3 * torch.randn(D, generator=torch.Generator().manual_seed(2))
-        r = _relevance_case(snap, "dinov2_s", text, (np.eye(4), bench_raster.intrinsics(160, 120), 160, 120))
+        snap, text = _synthetic_case(t, fitted)
+        r = _relevance_case(snap, "dinov2_s", text, (np.eye(4), bench_raster.intrinsics(160, 120), 160, 120),
+                            fresh=(t, fitted))
         name = "W_m fitted, spread in 16 dims" if fitted else "untrained W_m"
         rows.append([f"synthetic, {t} rows ({name})"] + r)
         res[(t, fitted)] = r
@@ -259,9 +278,10 @@ def section_relevance(pipe: MemoryPipeline, queries: list[str], cameras: list) -
     lines = ["## Relevance map (160x120) against full decoding", "",
              f"- torch intra-op threads: {torch.get_num_threads()} (PipelineConfig.query_threads, the count a "
              f"query's thread computes with); the column 'ms at {os.cpu_count()} threads' times the same map on "
-             "every core with nothing else running (RESULT relevance_ms_all_cores; in this process, which holds more "
-             "threads than cores, libgomp stops spinning between parallel regions, so each small torch op wakes its "
-             "team by futex: 28-29 ms in a fresh process, 2026-12-05)", ""]
+             "every core with nothing else running (RESULT relevance_ms_all_cores): for the synthetic banks in a "
+             "process of its own, since this one holds the pipeline's threads, more than cores, and libgomp then "
+             "stops spinning between parallel regions, so each small torch op wakes its team by futex (the 5000-row "
+             "bank took 55.8 ms on every core in this process, 2026-12-06); for the walked memory in this process", ""]
     torch.set_num_threads(threads)
     lines += table(["bank", "relevance ms", "of which render ms", f"ms at {os.cpu_count()} threads",
                     "pixels at level 1/2s/2/3 %", "median |err|", "p99 |err|", "max |err|"], rows)
