@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pybullet as p  # noqa: E402
 import torch  # noqa: E402
+from scipy.stats import binomtest  # noqa: E402
 
 from bench._common import in_fresh_process, machine_header, table, write_report  # noqa: E402
 from bench._devcache import save_snapshot  # noqa: E402
@@ -281,7 +282,7 @@ def refined_walk(pipe: MemoryPipeline, rc: RunConfig, scene, queries: dict, n_tr
                  series: list | None = None, psnr_rows: list | None = None, snapshot_to: Path | None = None) -> dict:
     """Refinement on: the walk (series: the Gaussian count during it), the suite's 100 steps after it
     (psnr_rows: held-out PSNR every 50), every phrasing, then up to n_trials moved-object trials in
-    the same world. Returns "acc" and "acc_var" {split: fraction within 5 cm}, "trials", "skipped",
+    the same world. Returns "acc" and "acc_var" {split: fraction within 5 cm}, "n" {split: phrasings}, "trials", "skipped",
     "tracker", "stats", "rss", "walk_s", "frames", "held". snapshot_to: where the walked memory's query
     snapshot is cached for dev_ground.py (before the trials move anything)."""
     with SimWorld(scene, seed=rc.seed, sensors=SensorConfig.resolve(rc.sensors)) as world:
@@ -320,7 +321,8 @@ def refined_walk(pipe: MemoryPipeline, rc: RunConfig, scene, queries: dict, n_tr
                 continue
             (skipped if "skipped" in r else trials).append(r)
     return {"acc": acc, "acc_var": acc_var, "trials": trials, "skipped": skipped, "tracker": tracker, "stats": st,
-            "rss": rss, "walk_s": walk_s, "frames": frames, "held": len(held)}
+            "rss": rss, "walk_s": walk_s, "frames": frames, "held": len(held),
+            "n": {s: sum(q["split"] == s for q in on) for s in queries}}
 
 
 def _moved_report(args, rc: RunConfig, overrides: dict, acc_on: dict, st: dict, trials: list, skipped: list,
@@ -343,6 +345,15 @@ def _moved_report(args, rc: RunConfig, overrides: dict, acc_on: dict, st: dict, 
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def _count_ci(frac: float, n: int) -> str:
+    """'k of n, 95 % interval [lo, hi]' for a fraction frac of n (scipy's Wilson interval)."""
+    if n == 0 or not np.isfinite(frac):
+        return "none"
+    k = int(round(frac * n))
+    ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
+    return f"{k} of {n} ({k / n:.2f}, interval {ci.low:.2f}-{ci.high:.2f})"
 
 
 def map_of(mem: M3Memory, view, n_visible: int, n_total: int, gen: torch.Generator) -> M3Memory:
@@ -572,6 +583,10 @@ def main(argv: list[str] | None = None) -> int:
         f"memory overrides {overrides or 'none'}",
         "", "Grounding (`gaussians` mode), fraction of phrasings within 5 cm of the target:", "",
         *table(["pose refinement", "test phrasings", "dev phrasings", "ICP accepted"], rows_acc),
+        "", f"How much one room can say (95 % Wilson intervals, as if the answers were independent draws; "
+        f"they are not: one map serves them all, so the true spread is wider): refined walk, "
+        f"{_count_ci(acc_on['test'], w0['n']['test'])} test phrasings within 5 cm; moved-object trials, "
+        f"{_count_ci(moved_ok, len(trials))} ok.",
         "", "The control walks the same room with the same depth noise, drops and detector draws and exact "
         f"odometry (SensorConfig.realistic_no_drift, refinement on, {t_ctrl:.0f} s). It is one walk, not an upper "
         "bound: a walk's figure moves with small changes (dev seeds: bench/results/scale_dev_*_ctrl.md). The rows "
