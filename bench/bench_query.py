@@ -234,12 +234,13 @@ def _relevance_case(snap, model: str, text: torch.Tensor, camera: tuple, fresh: 
                                             snap.cfg.relevance_tile, stats=st)
     ms = time_ms(lambda: snap.relevance(model, text, T, K, w, h), repeats=5)
     render = time_ms(lambda: snap.render_raw(T, K, w, h, models=[model]), repeats=5)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)  # the same map on every core (nothing else running)
-    ms_all = time_ms(lambda: snap.relevance(model, text, T, K, w, h), repeats=5)
-    torch.set_num_threads(threads)
     if fresh is not None:  # the synthetic case again in a process holding nothing else (see section_relevance)
         ms_all = in_fresh_process(_synthetic_all_cores_ms, *fresh)
+    else:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)  # the same map on every core (nothing else running)
+        ms_all = time_ms(lambda: snap.relevance(model, text, T, K, w, h), repeats=5)
+        torch.set_num_threads(threads)
     n = max(1, sum(st.values()))
     levels = " / ".join(f"{100 * st[k] / n:.0f}" for k in ("level1", "shared", "level2", "level3"))
     return [ms, render, ms_all, levels, float(np.median(err)), float(np.percentile(err, 99)), float(err.max())]

@@ -41,7 +41,7 @@ class ModelSlot:
     @property
     def centred(self) -> bool:
         """Whether this model's bank centres (``centre``, or its default for the sample mode)."""
-        return self.sample_mode == "bilinear" if self.centre is None else bool(self.centre)
+        return not self.regions if self.centre is None else bool(self.centre)
 
 
 _RETIRED = ("relevance_stride", "relevance_candidates", "relevance_max_rows")
