@@ -104,7 +104,15 @@ NOTES = ["", (
     "(3.58 / 5.74); ICP in yaw, x, y only (IcpConfig.dof planar): 4.44 / 6.87. Object cm follows the last "
     "keyframe's placement (answers go through the final map -> odom), so one walk's figure moves a lot with it. "
     "Files: s13vb / s13vb30 the kept form at weight 1 / 30, s13prior / s13prior_w30 the placement-centred form "
-    "(its code not kept), s13planar, s13base.")]
+    "(its code not kept), s13planar, s13base. 2026-12-07: map points that carry their keyframe's placement "
+    "uncertainty (a keyframe inherits the correspondence-weighted placement sigma of the map it aligned to plus "
+    "a rate per metre travelled, a refused one the odometry's 2 % per metre; ICP weighs each correspondence by "
+    "depth and placement noise together), so that the end of a walk leans on the early, least drifted map. "
+    "Dev rooms 1-10 against today's 2.82 object cm / 4.43 camera cm (drift_room_s24_r1to10.md): rate 0.008 m/m "
+    "3.01 / 6.60, rate 0.004 3.34 / 6.62 (drift_room_mu0.008.md, drift_room_mu0.004.md). Room 8's final "
+    "keyframe improved (7.15 -> 5.35 cm, object 7.09 -> 6.20), but down-weighted recent ground left fewer "
+    "keyframes accepted (room 3: 63 -> 48 of 79) and rooms 3 and 7 ran off (camera 6.0 -> 10.4, 8.7 -> 26.7 "
+    "cm): not kept, code not kept.")]
 
 
 MIN_OBJECT_PX = 300
