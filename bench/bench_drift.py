@@ -112,7 +112,9 @@ NOTES = ["", (
     "3.01 / 6.60, rate 0.004 3.34 / 6.62 (drift_room_mu0.008.md, drift_room_mu0.004.md). Room 8's final "
     "keyframe improved (7.15 -> 5.35 cm, object 7.09 -> 6.20), but down-weighted recent ground left fewer "
     "keyframes accepted (room 3: 63 -> 48 of 79) and rooms 3 and 7 ran off (camera 6.0 -> 10.4, 8.7 -> 26.7 "
-    "cm): not kept, code not kept.")]
+    "cm): not kept, code not kept. The same day, refine_ratio 0.5 (21b654a) re-applied on today's code for dev "
+    "rooms 1-10: camera 4.43 -> 3.97 cm, object 2.82 -> 2.98 (drift_room_s25_rr05.md): with the odometry prior "
+    "its object gain is gone; not re-applied.")]
 
 
 MIN_OBJECT_PX = 300
