@@ -566,34 +566,34 @@ def main(argv: list[str] | None = None) -> int:
     head = f"room {rc.seed}" if by_room else "memory seed 0"
     spread = ([(f"room {room}", dataclasses.replace(rc, seed=room), overrides) for room in SPREAD_ROOMS] if by_room
               else [(f"memory seed {m}", rc, {**overrides, "seed": m}) for m in SPREAD_SEEDS])
-    acc_rooms, n_rooms = [], []
+    acc_spread, n_spread = [], []
     for t in trials + skipped:
         t["walk"] = head
     for label, rc_r, over_r in spread:
         scene_r = resolve_scene(rc_r.family, rc_r.seed)
         q_r = {s: scene_queries(scene_r, s) for s in rc.splits}
         r = in_fresh_process(_job_refined, args.models, over_r, rc_r, q_r, n_trials, {}, None, 0)
-        acc_rooms.append(r["acc"])
-        n_rooms.append(r["n"])
+        acc_spread.append(r["acc"])
+        n_spread.append(r["n"])
         for t in r["trials"] + r["skipped"]:
             t["walk"] = label
         trials += r["trials"]
         skipped += r["skipped"]
     walks = [head] + [label for label, _, _ in spread]
-    drift_rooms = float(np.mean([acc_on["test"]] + [a["test"] for a in acc_rooms]))
-    hits_rooms = sum(int(round(a["test"] * n["test"])) for a, n in zip([acc_on] + acc_rooms, [w0["n"]] + n_rooms))
-    n_test_rooms = sum(n["test"] for n in [w0["n"]] + n_rooms)
+    drift_walks = float(np.mean([acc_on["test"]] + [a["test"] for a in acc_spread]))
+    hits_walks = sum(int(round(a["test"] * n["test"])) for a, n in zip([acc_on] + acc_spread, [w0["n"]] + n_spread))
+    n_test_walks = sum(n["test"] for n in [w0["n"]] + n_spread)
 
     moved_ok = float(np.mean([t["ok"] for t in trials])) if trials else float("nan")
-    first = [t["ok"] for t in trials if t["walk"] == head]
-    moved_ok_first = float(np.mean(first)) if first else float("nan")
+    head_trials = [t for t in trials if t["walk"] == head]
+    moved_ok_first = float(np.mean([t["ok"] for t in head_trials])) if head_trials else float("nan")
     rows_acc = [["off (odometry)", f"{acc_off['test']:.2f}", f"{acc_off['dev']:.2f}", "-"],
                 ["on (ICP, map -> odom)", f"{acc_on['test']:.2f}", f"{acc_on['dev']:.2f}",
                  f"{tracker.get('accepted', '-')}/{tracker.get('accepted', 0) + tracker.get('refused', 0)}"],
                 ["on, odometry without drift (control)", f"{acc_ctrl['test']:.2f}", f"{acc_ctrl['dev']:.2f}", "-"]]
-    rows_acc += [[f"on, {label}", f"{a['test']:.2f}", f"{a['dev']:.2f}", "-"] for (label, _, _), a in zip(spread, acc_rooms)]
-    rows_acc += [[f"on, mean of {', '.join(walks)}", f"{drift_rooms:.2f}",
-                  f"{np.mean([acc_on['dev']] + [a['dev'] for a in acc_rooms]):.2f}", "-"]]
+    rows_acc += [[f"on, {label}", f"{a['test']:.2f}", f"{a['dev']:.2f}", "-"] for (label, _, _), a in zip(spread, acc_spread)]
+    rows_acc += [[f"on, mean of {', '.join(walks)}", f"{drift_walks:.2f}",
+                  f"{np.mean([acc_on['dev']] + [a['dev'] for a in acc_spread]):.2f}", "-"]]
     sections = machine_header() + [
         f"- scene: generated `{rc.family}` seed {rc.seed} ({'test' if rc.seed >= 100 else 'dev'} seed), realistic sensors "
         f"(D435-like depth, 2 % odometry drift, dropped frames, noisy detector); models {args.models}; walk {frames} "
@@ -604,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         "", f"How much one room can say (95 % Wilson intervals, as if the answers were independent draws; "
         f"they are not: one map serves them all, so the true spread is wider): refined walk, "
         f"{_count_ci(acc_on['test'], w0['n']['test'])} test phrasings within 5 cm"
-        + (f"; the {len(walks)} test rooms together, {_count_ci(hits_rooms / n_test_rooms, n_test_rooms)}"
+        + (f"; the {len(walks)} test rooms together, {_count_ci(hits_walks / n_test_walks, n_test_walks)}"
            if by_room else "") + f"; moved-object trials, {_count_ci(moved_ok, len(trials))} ok.",
         "", "The control walks the same room with the same depth noise, drops and detector draws and exact "
         f"odometry (SensorConfig.realistic_no_drift, refinement on, {t_ctrl:.0f} s). It is one walk, not an upper "
@@ -660,13 +660,12 @@ def main(argv: list[str] | None = None) -> int:
                      for t in skipped) or "none") + ".",
     ]
     if variants:
-        seed0_t = [t for t in trials if t["walk"] == head]
         sections += ["", "Dev variants of grounding (--ground-variants), asked on the same memory after the refined "
                      "walk and in each moved-object trial:", "",
                      *table(["variant", "settings", "test phrasings", "dev phrasings", "moved ok"],
                             [[n, json.dumps(json.loads(args.ground_variants)[n]), f"{acc_var[n]['test']:.3f}",
                               f"{acc_var[n]['dev']:.3f}",
-                              f"{sum(t['variants'][n] for t in seed0_t)}/{len(seed0_t)} ({head})"]
+                              f"{sum(t['variants'][n] for t in head_trials)}/{len(head_trials)} ({head})"]
                              for n in variants])]
     write_report(f"scale_{args.tag}" if args.tag else "scale", "A memory for a whole home: growth, drift, moved objects, banks", sections, {
         "gaussians_room": st["gaussians"], "step_ms_20k": s20, "step_ms_200k": s200,
@@ -675,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
         "ground_5cm_drift_off": acc_off["test"], "moved_ok": moved_ok, "moved_trials": len(trials),
         "moved_ok_seed0": moved_ok_first,
         "dino_bank_rows": st["bank_rows"].get("dinov2_s", 0), "ground_5cm_nodrift": acc_ctrl["test"],
-        ("ground_5cm_drift_rooms" if by_room else "ground_5cm_drift_mean"): drift_rooms})
+        ("ground_5cm_drift_rooms" if by_room else "ground_5cm_drift_mean"): drift_walks})
     return 0
 
 
