@@ -36,13 +36,22 @@ from m3_ros.eval.phrasings import absent_queries, scene_queries  # noqa: E402
 from m3_ros.foundation import FoundationConfig, grounding_text_model, load_models  # noqa: E402
 from m3_ros.geometry import transform_points  # noqa: E402
 from m3_ros.grounding import GroundingConfig, ground, validate_query  # noqa: E402
+from m3_ros.grounding.contrast import colour_swaps  # noqa: E402
 from m3_ros.sim.generate import resolve_scene  # noqa: E402
 
 
+def embed(text, query: str):
+    """(embedding [d], colour swaps' embeddings [k, d] or None) of a query, as the pipeline asks."""
+    q = validate_query(query)
+    swaps = colour_swaps(q)
+    emb = text.encode_text([q] + swaps)
+    return emb[0], (emb[1:] if swaps else None)
+
+
 def answer(snap, T_world_map: np.ndarray, emb, model: str, cfg: GroundingConfig) -> np.ndarray | None:
-    """The world point [3] a variant answers, or None when it refuses."""
+    """The world point [3] a variant answers, or None when it refuses; emb: embed()'s pair."""
     try:
-        pt = ground(snap, emb, model, cfg).points[0]
+        pt = ground(snap, emb[0], model, cfg, contrast=emb[1]).points[0]
     except ValueError:
         return None
     return transform_points(T_world_map, np.atleast_2d(pt))[0]
@@ -57,10 +66,10 @@ def moved_rows(paths: list[Path], variants: dict, text) -> list[dict]:
             sys.exit(f"dev_ground: {path} is a test scene (seed {meta['seed']}); dev seeds only")
         mv = meta["moved"]
         old, new = np.asarray(mv["old"]), np.asarray(mv["new"])
-        emb = text.encode_text([validate_query(mv["query"])])[0]
+        emb, contrast = embed(text, mv["query"])
         for name, cfg in variants.items():
             try:
-                pts = transform_points(T_wm, ground(snap, emb, text.name, cfg, top_k=3).points)
+                pts = transform_points(T_wm, ground(snap, emb, text.name, cfg, top_k=3, contrast=contrast).points)
                 d_new, d_old = float(np.linalg.norm(pts[0] - new)), float(np.linalg.norm(pts - old, axis=1).min())
             except ValueError:
                 d_new = d_old = float("inf")
@@ -118,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         # the walk's own answers, by phrasing and target (one text can name two objects: "the cube")
         live = {(r["query"], r.get("object")): r["success"] for r in meta.get("answers", []) if "query" in r}
         for q, is_absent in present + absent:
-            emb = text.encode_text([validate_query(q.text)])[0]
+            emb = embed(text, q.text)
             for name, cfg in variants.items():
                 pt = answer(snap, T_wm, emb, text.name, cfg)
                 rec = {"snapshot": path.stem, "family": meta["family"], "seed": meta["seed"],

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from m3_ros.grounding import GroundingConfig, GroundingResult, ground, relevance_image, validate_query
+from m3_ros.grounding.contrast import colour_swaps
 from m3_ros.grounding.live import LiveConfig, LiveTarget, LiveView, refine_in_view, still_views
 from m3_ros.stream import KeyframeSelector, KeyframeSelectorConfig
 from m3_ros.tracking import DriftTracker, TrackerConfig
@@ -57,7 +58,8 @@ class PipelineConfig:
     max_pending: int = 4
     """Keyframes waiting for feature extraction at most; newer ones are dropped while full."""
     text_cache: int = 256
-    """Text embeddings of this many recent distinct queries are kept (a repeated question skips the text encoder)."""
+    """Text embeddings of this many recent distinct texts (queries and their colour swaps) are kept (a repeated
+    question skips the text encoder)."""
     queries_first: bool = True
     """Training starts no new step while a query runs (the step already running finishes)."""
     train_nice: int = 5
@@ -391,18 +393,32 @@ class MemoryPipeline:
             torch.set_num_threads(n)
 
     def _embed(self, q: str) -> torch.Tensor:
-        """Text embedding of a normalised query, from the cache when it was asked recently."""
+        """Text embedding [d] of a normalised query, from the cache when it was asked recently."""
+        return self._embed_many([q])[0]
+
+    def _embed_many(self, texts: list[str]) -> torch.Tensor:
+        """Text embeddings [n, d]: the cached ones looked up, the others encoded in one call and cached."""
+        found: dict[str, torch.Tensor] = {}
         with self._texts_lock:
-            emb = self._texts.get(q)
-            if emb is not None:
-                self._texts.move_to_end(q)
-                return emb
-        emb = self._text_model.encode_text([q])[0]
-        with self._texts_lock:
-            self._texts[q] = emb
-            while len(self._texts) > self.cfg.text_cache:
-                self._texts.popitem(last=False)
-        return emb
+            for t in texts:
+                if t in self._texts:
+                    self._texts.move_to_end(t)
+                    found[t] = self._texts[t]
+        todo = list(dict.fromkeys(t for t in texts if t not in found))
+        if todo:
+            found.update(zip(todo, self._text_model.encode_text(todo)))
+            with self._texts_lock:
+                for t in todo:
+                    self._texts[t] = found[t]
+                while len(self._texts) > self.cfg.text_cache:
+                    self._texts.popitem(last=False)
+        return torch.stack([found[t] for t in texts])
+
+    def _query_embeddings(self, q: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(embedding [d], its colour swaps' [k, d] or None: grounding.contrast) of a normalised query."""
+        swaps = colour_swaps(q) if self.cfg.grounding.colour_contrast != "off" else []
+        emb = self._embed_many([q] + swaps)
+        return emb[0], (emb[1:] if swaps else None)
 
     def _query_memory(self):
         """The memory to query, checked: ValueError while loading, without a text model, or empty."""
@@ -433,8 +449,9 @@ class MemoryPipeline:
             snap = mem.snapshot()
             gcfg = self.cfg.grounding
             if gcfg.mode == "view":  # answers depend on the camera: not shared
-                return ground(snap, self._embed(q), self._text_model.name, gcfg, top_k,
-                              camera=camera if camera is not None else self._camera)
+                emb, contrast = self._query_embeddings(q)
+                return ground(snap, emb, self._text_model.name, gcfg, top_k,
+                              camera=camera if camera is not None else self._camera, contrast=contrast)
             # The same question on the same snapshot has the same answer: a caller that finds it
             # already being answered waits for that answer instead of computing it again.
             key = (q, int(top_k), repr(gcfg), id(snap), snap.version)
@@ -446,7 +463,8 @@ class MemoryPipeline:
             if not owner:
                 return fut.result()
             try:
-                res = ground(snap, self._embed(q), self._text_model.name, gcfg, top_k)
+                emb, contrast = self._query_embeddings(q)
+                res = ground(snap, emb, self._text_model.name, gcfg, top_k, contrast=contrast)
                 fut.set_result(res)
                 return res
             except BaseException as e:

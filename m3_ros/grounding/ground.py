@@ -196,6 +196,21 @@ class GroundingConfig:
     view_max_depth: float = 2.5
     """View mode: surfaces farther than this (m) from the camera are not in view (the pipeline drops
     such depth too)."""
+    colour_contrast: Literal["off", "last", "drop"] = "drop"
+    """Gaussians and view modes, cosine score, a query naming one colour (``ground``'s ``contrast``: the
+    query with its colour word swapped for each other basic colour, contrast.colour_swaps): a region
+    whose members decode closer to the query in another colour than to the query itself, on average by
+    more than colour_margin, goes after the others (``last``) or is dropped (``drop``: a query only
+    other colours answer is refused). Set on cached dev memories by a rule written before the decision
+    set was asked (bench/results/dev_ground_rules.md round 6). Set E (rooms 1-8, explored): off / last /
+    drop gave within 5 cm 0.71 / 0.73 / 0.73 (4 fixed, none broken: a yellow cube, a blue ball answered on
+    the same kind in another colour), absent-object phrasings refused 0.46 / 0.46 / 0.64. Set F (rooms
+    9-12, the decision): drop changed no present phrasing (0.61) and no moved-object trial (8 of 10);
+    answers on another object 0.19 -> 0.16, absent refused 0.59 -> 0.72."""
+    colour_margin: float = 0.02
+    """colour_contrast: how much closer (cosine) to another colour a region must be to count as that colour.
+    Set E: 0 / 0.02 / 0.05 fixed 4 / 4 / 3 and refused 0.65 / 0.64 / 0.63 of absent phrasings; 0.02 leaves
+    a little room for decoding noise."""
     view_margin: float = 0.05
     """View mode: a Gaussian is in view when its mean lies at most this far (m) behind the depth the
     current camera measures (or, without a depth image, renders) at its pixel. A priori: a few times
@@ -250,7 +265,9 @@ def select_regions(points: np.ndarray, scores: np.ndarray, radius: float,
 def _ranked_regions(points: np.ndarray, scores: np.ndarray, radius: float, min_points: int, threshold: float,
                     seen: np.ndarray | None = None, centre: str = GroundingConfig.centre,
                     support_gap: float = GroundingConfig.support_gap, left: np.ndarray | None = None,
-                    left_share: float = 0.0) -> list[tuple[np.ndarray, float, np.ndarray, float]]:
+                    left_share: float = 0.0, contrast: np.ndarray | None = None,
+                    colour_contrast: str = "off", colour_margin: float = GroundingConfig.colour_margin
+                    ) -> list[tuple[np.ndarray, float, np.ndarray, float]]:
     """Cluster scored points [M, 3] by distance; regions sorted by relevance above threshold.
 
     The rank is the sum of (score - threshold) over a region: a large surface that only just passes
@@ -262,6 +279,10 @@ def _ranked_regions(points: np.ndarray, scores: np.ndarray, radius: float, min_p
 
     left [M] (bool, a standing label contradiction per point): a region where at least left_share of
     the members carry one is dropped (GroundingConfig.left_share; 0 = off).
+
+    contrast [M, k] (cosine to each of the query's colour swaps minus cosine to the query, per point):
+    a region whose mean of some column exceeds colour_margin goes after the others (colour_contrast
+    ``last``) or is dropped (``drop``; GroundingConfig.colour_contrast).
 
     Returns [(centre [3] (see centre), mean score, member points [m, 3])]; the ranked form also
     carries each region's rank.
@@ -294,10 +315,14 @@ def _ranked_regions(points: np.ndarray, scores: np.ndarray, radius: float, min_p
             c = _mid_range_above_support(pts, support_gap)
         else:
             c = np.median(pts, axis=0)
+        other = (contrast is not None and colour_contrast != "off" and contrast.shape[1] > 0
+                 and float(contrast[idx].mean(0).max()) > colour_margin)
+        if other and colour_contrast == "drop":
+            continue
         above = scores[idx] - threshold
-        regions.append((c, float(scores[idx].mean()), points[idx], float(np.sum(above))))
-    regions.sort(key=lambda r: -r[3])
-    return regions
+        regions.append((c, float(scores[idx].mean()), points[idx], float(np.sum(above)), other))
+    regions.sort(key=lambda r: (r[4], -r[3]))  # another colour's regions last, then by rank
+    return [r[:4] for r in regions]
 
 
 def _mid_range(pts: np.ndarray) -> np.ndarray:
@@ -350,8 +375,11 @@ def relevance_image(memory, model: str, text_emb: torch.Tensor, camera: Camera,
 
 
 def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | None = None,
-           top_k: int = 1, camera: Camera | None = None) -> GroundingResult:
+           top_k: int = 1, camera: Camera | None = None, contrast: torch.Tensor | None = None) -> GroundingResult:
     """Ground one text embedding [d] (in ``model``'s space) in ``memory`` (an ``M3Memory`` or snapshot).
+
+    ``contrast`` [k, d]: the query's colour swaps embedded as the query (contrast.colour_swaps), read
+    unless GroundingConfig.colour_contrast is ``off`` (gaussians and view modes, cosine score).
 
     ``camera`` (T_world_cam [4, 4], K [3, 3], width, height[, depth [height, width] m]) is the robot's
     current camera, used by ``view`` mode (without it, view mode uses the newest keyframe's camera);
@@ -370,6 +398,7 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
     views: list[int] = []
     maps: list[np.ndarray] = []
     left = None  # [M] bool, a standing label contradiction per point (GroundingConfig.left_share)
+    other = None  # [M, k] cosine to each colour swap minus cosine to the query (GroundingConfig.colour_margin)
     mode = cfg.mode
     if mode == "render" and len(memory.keyframes) == 0:
         mode = "gaussians"  # a loaded memory carries no keyframe views to render from
@@ -403,16 +432,24 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
         if match is not None:
             rel = conf * row_mass(memory, model, match)
         else:
-            rel = memory.gaussian_relevance(model, text_emb).detach().cpu().numpy().astype(np.float64)
+            raw = memory.gaussian_relevance(model, text_emb)
+            if cfg.colour_contrast != "off" and contrast is not None and len(contrast):
+                # the same decoded features against the query in other colours; confidence discounts
+                # both sides alike, so raw cosines compare
+                other = torch.stack([memory.gaussian_relevance(model, c) for c in contrast], 1) - raw[:, None]
+                other = other.detach().cpu().numpy().astype(np.float64)
+            rel = raw.detach().cpu().numpy().astype(np.float64)
             rel = conf * rel + (1 - conf) * baseline
         keep = memory.opacities.detach().cpu().numpy() >= cfg.min_opacity
         points = memory.means.detach().cpu().numpy().astype(np.float64)[keep]
         scores = rel[keep]
         if cfg.left_share > 0 and memory.cfg.models[model].regions:
             left = memory.label_contradicted().detach().cpu().numpy()[keep]
+        other = None if other is None else other[keep]
     ok = np.isfinite(scores)
     points, scores = points[ok], scores[ok]
     left = None if left is None else left[ok]
+    other = None if other is None else other[ok]
     seen = None
     if mode == "view":
         T, K, w, h = camera[:4]
@@ -451,18 +488,25 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
         radius = max(radius, 1.5 * rendered.pixel_spacing(points[sel], cams))
     in_view = None if seen is None else seen[sel]
     sel_left = None if left is None else left[sel]
+    colour = dict(contrast=None if other is None else other[sel], colour_contrast=cfg.colour_contrast,
+                  colour_margin=cfg.colour_margin)
     ranked = _ranked_regions(points[sel], scores[sel], radius, cfg.min_region_points, thr, in_view, cfg.centre,
-                             cfg.support_gap, sel_left, cfg.left_share)
+                             cfg.support_gap, sel_left, cfg.left_share, **colour)
     weak = not ranked
     if weak:
         # only regions smaller than min_region_points pass: a small or far object (a lego brick
         # across the room keeps a handful of Gaussians); the best of them beats no answer
         ranked = _ranked_regions(points[sel], scores[sel], radius, cfg.fallback_points, thr, in_view, cfg.centre,
-                                 cfg.support_gap, sel_left, cfg.left_share)
+                                 cfg.support_gap, sel_left, cfg.left_share, **colour)
     if not ranked and sel_left is not None and sel_left.any() and _ranked_regions(
             points[sel], scores[sel], radius, cfg.fallback_points, thr, in_view, cfg.centre, cfg.support_gap):
         raise ValueError("every remembered place that matches the query was seen with something else there since "
                          "(the object has left it and was not seen elsewhere)")
+    if not ranked and cfg.colour_contrast == "drop" and colour["contrast"] is not None and _ranked_regions(
+            points[sel], scores[sel], radius, cfg.fallback_points, thr, in_view, cfg.centre, cfg.support_gap,
+            sel_left, cfg.left_share):
+        raise ValueError("every remembered place that matches the query matches it better in another colour "
+                         "(nothing of the colour asked for)")
     if not ranked:
         where = "the current camera sees" if in_view is not None else "the memory holds"
         raise ValueError(f"no region of {cfg.fallback_points} or more Gaussians that {where} matches the query "

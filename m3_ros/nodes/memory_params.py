@@ -61,6 +61,8 @@ PARAMS: dict[str, object] = {
     "grounding_left_share": 0.2,
     "grounding_fallback_points": 1,
     "grounding_centre": "mid_range",
+    "grounding_colour_contrast": "drop",
+    "grounding_colour_margin": 0.02,
     "max_query_chars": 200,
     "publish_relevance": True,
     "query_outputs_period_s": 0.5,  # markers and relevance image: at most once per this, for the newest query
@@ -138,6 +140,11 @@ PARAM_SPECS: dict[str, Param] = {
                               "plane), mid_range (middle of its points' 10-90 % extent), "
                               "median, or top_half (median of its better-scoring half)",
                               choices=("above_support", "mid_range", "median", "top_half"), live=True),
+    "grounding_colour_contrast": Param("", "a query naming one colour: regions closer to it in another colour go last "
+                                       "or are dropped (off | last | drop)", choices=("off", "last", "drop"),
+                                       live=True),
+    "grounding_colour_margin": Param(0.0, "how much closer (cosine) to another colour a region must be to count as it",
+                                     range=(-1.0, 2.0), live=True),
     "max_query_chars": Param(0, "longer queries are rejected", range=(1, 100000), live=True),
     "publish_relevance": Param(True, "publish memory/relevance_image after each query", live=True),
     "query_outputs_period_s": Param(0.0, "s between two publications of markers and relevance image (the newest "
@@ -152,7 +159,8 @@ GROUNDING_FIELDS = {"grounding_mode": "mode", "grounding_score": "score", "groun
                      "grounding_label_contradictions": "label_contradictions",
                      "grounding_support_prior": "support_prior", "grounding_left_share": "left_share",
                      "grounding_fallback_points": "fallback_points",
-                     "grounding_centre": "centre",
+                     "grounding_centre": "centre", "grounding_colour_contrast": "colour_contrast",
+                     "grounding_colour_margin": "colour_margin",
                      "max_query_chars": "max_query_chars"}
 KEYFRAME_FIELDS = {"kf_min_translation": "min_translation", "kf_min_rotation_deg": "min_rotation_deg",
                     "kf_min_interval": "min_interval", "kf_max_interval": "max_interval"}
