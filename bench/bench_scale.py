@@ -281,7 +281,10 @@ def moved_trial(pipe: MemoryPipeline, world: SimWorld, scene, obj_cfg, query, rc
         out[name] = dn <= SUCCESS_M and do > SUCCESS_M
     pipe.cfg.grounding = GroundingConfig(mode="gaussians")
     d_new, d_old, near = ask()
+    # height change: an object that rolls or tips off its support comes to rest lower (the trial still counts:
+    # it moved, and the robot saw it; the column says where it went)
     return {"object": obj.name, "query": query.text, "moved_cm": 100 * float(np.linalg.norm(new[:2] - old[:2])),
+            "dz_cm": 100 * float(new[2] - old[2]),
             "keyframes": kfs, "seen": seen, "new_cm": 100 * d_new, "old_cm": 100 * d_old, "nearest": near,
             "ok": d_new <= SUCCESS_M and d_old > SUCCESS_M, "variants": out}
 
@@ -343,9 +346,9 @@ def _moved_report(args, rc: RunConfig, overrides: dict, acc_on: dict, st: dict, 
              f"walk {acc_on['dev']:.2f}; after the walk (nothing moved yet) {st['gaussians']} Gaussians, "
              f"{st.get('cleared', 0)} cleared by scene-change evidence, {st.get('stale_masked', 0)} keyframes masked, "
              f"{st.get('stale_dropped', 0)} left as stale", "",
-             *table(["object", "query", "moved cm", "keyframes", "seen", "answer to new cm",
+             *table(["object", "query", "moved cm", "height change cm", "keyframes", "seen", "answer to new cm",
                      "nearest answer to old cm", "answer nearest to", "ok"],
-                    [[t["object"], t["query"], t["moved_cm"], t["keyframes"], t["seen"], t["new_cm"], t["old_cm"],
+                    [[t["object"], t["query"], t["moved_cm"], t["dz_cm"], t["keyframes"], t["seen"], t["new_cm"], t["old_cm"],
                       t["nearest"], t["ok"]] for t in trials]),
              "", "Not trials: " + ("; ".join(f"{t['object']} ({t['skipped']})" for t in skipped) or "none") + ".",
              "", f"moved ok {ok}/{len(trials)}"]
@@ -647,13 +650,14 @@ def main(argv: list[str] | None = None) -> int:
         "", f"`ground` on the 200k map over {len(qt)} dev phrasings: p50 {np.median(qt):.0f} ms, "
         f"p95 {np.percentile(qt, 95):.0f} ms (after one warm-up query that fills the attention cache).",
         "", "Moved objects (free-space evidence, MemoryConfig.freespace): an object is put 20-35 cm away on its "
-        "support, the robot looks from its grasp base and five poses around it; ok = the first answer within 5 cm "
+        "support (moved cm: horizontal; height change: where it came to rest, lower if it rolled or tipped off), "
+        "the robot looks from its grasp base and five poses around it; ok = the first answer within 5 cm "
         "of the new place and none of the best three within 5 cm of the old one. Each refined walk (the headline "
         "and the spread walks) gets its own trials; RESULT moved_ok pools them (moved_ok_seed0: the headline "
         f"walk's alone, as before). {sum(t['ok'] for t in trials)} of {len(trials)} ok.", "",
-        *table(["walk", "object", "query", "moved cm", "keyframes", "answer to new cm",
+        *table(["walk", "object", "query", "moved cm", "height change cm", "keyframes", "answer to new cm",
                 "nearest answer to old cm", "ok"] + [f"ok, {v}" for v in variants],
-               [[t["walk"], t["object"], t["query"], t["moved_cm"], t["keyframes"], t["new_cm"], t["old_cm"],
+               [[t["walk"], t["object"], t["query"], t["moved_cm"], t["dz_cm"], t["keyframes"], t["new_cm"], t["old_cm"],
                  t["ok"]] + [t["variants"].get(v) for v in variants] for t in trials]),
         "", "Not trials (the memory did not answer at the object before it moved, so a move says nothing): "
         + ("; ".join(f"{t['object']} ({t['walk']}, {t['query']!r}: {t['skipped']})"
