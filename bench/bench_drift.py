@@ -114,7 +114,10 @@ NOTES = ["", (
     "keyframes accepted (room 3: 63 -> 48 of 79) and rooms 3 and 7 ran off (camera 6.0 -> 10.4, 8.7 -> 26.7 "
     "cm): not kept, code not kept. The same day, refine_ratio 0.5 (21b654a) re-applied on today's code for dev "
     "rooms 1-10: camera 4.43 -> 3.97 cm, object 2.82 -> 2.98 (drift_room_s25_rr05.md): with the odometry prior "
-    "its object gain is gone; not re-applied.")]
+    "its object gain is gone; not re-applied. Later the same day: the published map -> odom fused from the 3 "
+    "newest accepted keyframes, each carried to now by odometry and weighted by 1 / (2.7 cm² + (2 % of the "
+    "distance since)²) (drift_room_s26_bw3.md): object cm 2.82 -> 3.55 (room 8 7.09 -> 7.67): the newest "
+    "placement alone stays, as the unweighted mean of 5 (4.42) had said; code not kept.")]
 
 
 MIN_OBJECT_PX = 300
