@@ -398,7 +398,8 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
     views: list[int] = []
     maps: list[np.ndarray] = []
     left = None  # [M] bool, a standing label contradiction per point (GroundingConfig.left_share)
-    other = None  # [M, k] cosine to each colour swap minus cosine to the query (GroundingConfig.colour_margin)
+    gidx = None  # [M] each point's Gaussian index (gaussians and view modes: colour contrast reads them)
+    raw = None  # [N] the query's cosine per Gaussian, before any discount
     mode = cfg.mode
     if mode == "render" and len(memory.keyframes) == 0:
         mode = "gaussians"  # a loaded memory carries no keyframe views to render from
@@ -433,11 +434,6 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
             rel = conf * row_mass(memory, model, match)
         else:
             raw = memory.gaussian_relevance(model, text_emb)
-            if cfg.colour_contrast != "off" and contrast is not None and len(contrast):
-                # the same decoded features against the query in other colours; confidence discounts
-                # both sides alike, so raw cosines compare
-                other = torch.stack([memory.gaussian_relevance(model, c) for c in contrast], 1) - raw[:, None]
-                other = other.detach().cpu().numpy().astype(np.float64)
             rel = raw.detach().cpu().numpy().astype(np.float64)
             rel = conf * rel + (1 - conf) * baseline
         keep = memory.opacities.detach().cpu().numpy() >= cfg.min_opacity
@@ -445,11 +441,11 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
         scores = rel[keep]
         if cfg.left_share > 0 and memory.cfg.models[model].regions:
             left = memory.label_contradicted().detach().cpu().numpy()[keep]
-        other = None if other is None else other[keep]
+        gidx = np.flatnonzero(keep)
     ok = np.isfinite(scores)
     points, scores = points[ok], scores[ok]
     left = None if left is None else left[ok]
-    other = None if other is None else other[ok]
+    gidx = None if gidx is None else gidx[ok]
     seen = None
     if mode == "view":
         T, K, w, h = camera[:4]
@@ -488,8 +484,14 @@ def ground(memory, text_emb: torch.Tensor, model: str, cfg: GroundingConfig | No
         radius = max(radius, 1.5 * rendered.pixel_spacing(points[sel], cams))
     in_view = None if seen is None else seen[sel]
     sel_left = None if left is None else left[sel]
-    colour = dict(contrast=None if other is None else other[sel], colour_contrast=cfg.colour_contrast,
-                  colour_margin=cfg.colour_margin)
+    other = None  # [candidates, k] cosine to each colour swap minus cosine to the query
+    if raw is not None and cfg.colour_contrast != "off" and contrast is not None and len(contrast):
+        # the candidates' decoded features against the query in other colours; confidence discounts both
+        # sides alike, so raw cosines compare
+        rows = torch.from_numpy(gidx[sel])
+        other = (memory.gaussian_relevance(model, contrast, rows) - raw[rows][:, None]).detach().cpu().numpy()
+        other = other.astype(np.float64)
+    colour = dict(contrast=other, colour_contrast=cfg.colour_contrast, colour_margin=cfg.colour_margin)
     ranked = _ranked_regions(points[sel], scores[sel], radius, cfg.min_region_points, thr, in_view, cfg.centre,
                              cfg.support_gap, sel_left, cfg.left_share, **colour)
     weak = not ranked

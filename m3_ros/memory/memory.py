@@ -400,10 +400,12 @@ class M3Memory:
         with self._lock:
             return self._capture(copy=False).decode(model, queries)
 
-    def gaussian_relevance(self, model: str, text_emb: torch.Tensor) -> torch.Tensor:
-        """[N] cosine between each Gaussian's decoded query and the text (per-Gaussian attention cache)."""
+    def gaussian_relevance(self, model: str, text_emb: torch.Tensor, rows: torch.Tensor | None = None
+                           ) -> torch.Tensor:
+        """[N] cosine between each Gaussian's decoded query and the text [d] (per-Gaussian attention cache);
+        [N, k] for texts [k, d]; only the Gaussians ``rows`` [M] (indices) when given."""
         with self._lock:
-            return self._capture(copy=False).gaussian_relevance(model, text_emb)
+            return self._capture(copy=False).gaussian_relevance(model, text_emb, rows)
 
     def attention(self, model: str):
         """Per-Gaussian attention (snapshot.py's cache state: top rows ``idx`` [N, k], weights ``w`` [N, k])."""

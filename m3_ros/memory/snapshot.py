@@ -131,18 +131,26 @@ class AttentionCache:
             self._state = st
             return st
 
-    def relevance(self, state: _Attn, bank: BankView, text_emb: torch.Tensor) -> torch.Tensor:
-        """cos(decoded feature, text) [N] from a cache state: (w·(PSC·t̂)) / ‖R̂‖.
+    def relevance(self, state: _Attn, bank: BankView, text_emb: torch.Tensor,
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
+        """cos(decoded feature, text) [N] from a cache state: (w·(PSC·t̂)) / ‖R̂‖; for texts [k, d], [N, k];
+        only the Gaussians ``rows`` [M] (indices) when given.
 
         Exact when the bank has at most top_rows rows; otherwise the numerator misses the
         weight outside each Gaussian's top rows (tau = 0.05 makes it small).
         """
-        s = bank.rows @ F.normalize(text_emb.float(), dim=0)  # [t] the bank scored once
-        if state.w.shape[1] == len(bank):  # every row kept, in bank order
-            num = state.w @ s
+        t_hat = F.normalize(text_emb.float(), dim=-1)
+        s = bank.rows @ (t_hat.T if t_hat.ndim == 2 else t_hat)  # [t] or [t, k]: the bank scored once
+        w, idx, inv = (state.w, state.idx, state.inv_norm) if rows is None else (
+            state.w[rows], state.idx[rows], state.inv_norm[rows])
+        if w.shape[1] == len(bank):  # every row kept, in bank order
+            num = w @ s
+        elif s.ndim == 1:
+            num = (w * s[idx]).sum(-1)
         else:
-            num = (state.w * s[state.idx]).sum(-1)
-        return (num * state.inv_norm).clamp(-1.0, 1.0)
+            num = torch.einsum("nr,nrk->nk", w, s[idx])
+        inv = inv if num.ndim == 1 else inv[:, None]
+        return (num * inv).clamp(-1.0, 1.0)
 
 
 @dataclass
@@ -332,10 +340,13 @@ class MemorySnapshot:
                 self._index_base[key] = self.queries[model].norm(dim=1)
             return self._index_base[key]
 
-    def gaussian_relevance(self, model: str, text_emb: torch.Tensor) -> torch.Tensor:
-        """[N] cosine between each Gaussian's decoded query and the text (from the attention cache)."""
+    def gaussian_relevance(self, model: str, text_emb: torch.Tensor, rows: torch.Tensor | None = None
+                           ) -> torch.Tensor:
+        """[N] cosine between each Gaussian's decoded query and the text [d] (from the attention cache);
+        [N, k] for texts [k, d]; only the Gaussians ``rows`` [M] (indices) when given."""
         self.check_model(model)
         bank = self.banks[model]
-        if text_emb.ndim != 1 or text_emb.shape[0] != bank.dim:
-            raise ValueError(f"text_emb must be [{bank.dim}] for model {model!r}, got {tuple(text_emb.shape)}")
-        return self.caches[model].relevance(self.attention(model), bank, text_emb)
+        if text_emb.ndim not in (1, 2) or text_emb.shape[-1] != bank.dim:
+            raise ValueError(f"text_emb must be [{bank.dim}] or [k, {bank.dim}] for model {model!r}, "
+                             f"got {tuple(text_emb.shape)}")
+        return self.caches[model].relevance(self.attention(model), bank, text_emb, rows)

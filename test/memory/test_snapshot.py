@@ -1,5 +1,6 @@
 """Snapshots and the per-Gaussian attention cache: read-only copies, cached relevance = fresh decoding."""
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -55,6 +56,21 @@ def test_truncated_cache_is_close_on_a_larger_bank():
     text = region_features()[0]
     err = (mem.snapshot().gaussian_relevance("dino", text) - _fresh(mem, text)).abs().max()
     assert float(err) < 0.02
+
+
+def test_several_texts_at_once_decode_like_each_alone():
+    """Texts [k, d] (grounding's colour swaps) give [N, k], each column the fresh decoding's cosine; with the
+    whole bank cached and with the truncated cache's gather."""
+    texts = region_features() + 0.3 * torch.randn(3, 32, generator=torch.Generator().manual_seed(2))
+    for mem, tol in ((_memory(), 1e-5), (_memory(cache_top_rows=2), 0.02)):
+        got = mem.snapshot().gaussian_relevance("dino", texts)
+        assert got.shape == (mem.n_gaussians, 3)
+        for j in range(3):
+            assert float((got[:, j] - _fresh(mem, texts[j])).abs().max()) < tol
+        rows = torch.tensor([5, 0, 17])
+        torch.testing.assert_close(mem.snapshot().gaussian_relevance("dino", texts, rows), got[rows])
+    with pytest.raises(ValueError, match=r"\[k, 32\]"):
+        mem.snapshot().gaussian_relevance("dino", torch.zeros(2, 3, 32))
 
 
 def test_snapshot_is_a_copy_that_training_does_not_touch():
