@@ -31,15 +31,6 @@ def test_colour_swaps():
 
 
 @pytest.fixture(scope="module")
-def text_model():
-    from m3_ros.foundation import FoundationConfig, load_models
-    m = load_models(FoundationConfig(models=["minilm_labels"]))
-    if "minilm_labels" not in m:
-        pytest.fail("MiniLM weights are not installed: run scripts/setup.sh (a broken setup, not a reason to skip)")
-    return m["minilm_labels"]
-
-
-@pytest.fixture(scope="module")
 def memory(text_model):
     """The near face labelled by a detector as a green cube, the far one as a yellow rubber duck."""
     labels = text_model.encode_text(["a small green cube", "a yellow rubber duck"])

@@ -18,15 +18,6 @@ K = np.array([[100.0, 0.0, 80.0], [0.0, 100.0, 60.0], [0.0, 0.0, 1.0]])
 T_MAP_CAM = np.array([[1.0, 0, 0, 0.5], [0, -1.0, 0, 0.2], [0, 0, -1.0, 1.0], [0, 0, 0, 1]])  # looks down from z=1
 
 
-@pytest.fixture(scope="module")
-def text_model():
-    from m3_ros.foundation import FoundationConfig, load_models
-    m = load_models(FoundationConfig(models=["minilm_labels"]))
-    if "minilm_labels" not in m:
-        pytest.fail("MiniLM weights are not installed: run scripts/setup.sh (a broken setup, not a reason to skip)")
-    return m["minilm_labels"]
-
-
 def _view(boxes: list[tuple[str, tuple[int, int, int, int]]], depth_ok: bool = True) -> LiveView:
     """Boxes 5 cm tall on a table top (z = 0 in map), each with a detector region (label, (v0, v1, u0, u1))."""
     depth = np.full((H, W), 1.0, np.float32)
