@@ -36,16 +36,13 @@ from m3_ros.eval.phrasings import absent_queries, scene_queries  # noqa: E402
 from m3_ros.foundation import FoundationConfig, grounding_text_model, load_models  # noqa: E402
 from m3_ros.geometry import transform_points  # noqa: E402
 from m3_ros.grounding import GroundingConfig, ground, validate_query  # noqa: E402
-from m3_ros.grounding.contrast import colour_swaps  # noqa: E402
+from m3_ros.grounding.contrast import query_embeddings  # noqa: E402
 from m3_ros.sim.generate import resolve_scene  # noqa: E402
 
 
 def embed(text, query: str):
     """(embedding [d], colour swaps' embeddings [k, d] or None) of a query, as the pipeline asks."""
-    q = validate_query(query)
-    swaps = colour_swaps(q)
-    emb = text.encode_text([q] + swaps)
-    return emb[0], (emb[1:] if swaps else None)
+    return query_embeddings(text.encode_text, validate_query(query))
 
 
 def answer(snap, T_world_map: np.ndarray, emb, model: str, cfg: GroundingConfig) -> np.ndarray | None:

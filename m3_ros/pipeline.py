@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from m3_ros.grounding import GroundingConfig, GroundingResult, ground, relevance_image, validate_query
-from m3_ros.grounding.contrast import colour_swaps
+from m3_ros.grounding.contrast import query_embeddings
 from m3_ros.grounding.live import LiveConfig, LiveTarget, LiveView, refine_in_view, still_views
 from m3_ros.stream import KeyframeSelector, KeyframeSelectorConfig
 from m3_ros.tracking import DriftTracker, TrackerConfig
@@ -416,9 +416,9 @@ class MemoryPipeline:
 
     def _query_embeddings(self, q: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(embedding [d], its colour swaps' [k, d] or None: grounding.contrast) of a normalised query."""
-        swaps = colour_swaps(q) if self.cfg.grounding.colour_contrast != "off" else []
-        emb = self._embed_many([q] + swaps)
-        return emb[0], (emb[1:] if swaps else None)
+        if self.cfg.grounding.colour_contrast == "off":
+            return self._embed(q), None
+        return query_embeddings(self._embed_many, q)
 
     def _query_memory(self):
         """The memory to query, checked: ValueError while loading, without a text model, or empty."""

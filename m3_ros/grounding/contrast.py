@@ -9,6 +9,9 @@ word, in its own space, instead of a colour classifier over pixels (GroundingCon
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+
+import torch
 
 BASIC_COLOURS = ("black", "white", "red", "green", "yellow", "blue", "brown", "orange", "pink", "purple", "grey")
 """English basic colour terms (Berlin and Kay's eleven); "gray" is read as "grey"."""
@@ -25,3 +28,12 @@ def colour_swaps(query: str) -> list[str]:
         return []
     own = found.pop()
     return [_WORD.sub(other, query) for other in BASIC_COLOURS if other != own]
+
+
+def query_embeddings(encode: Callable[[list[str]], torch.Tensor], query: str
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(embedding [d], its colour swaps' embeddings [k, d] or None) of a normalised query, in one call of
+    ``encode`` (texts -> [n, d]): what ``ground`` takes as text_emb and contrast."""
+    swaps = colour_swaps(query)
+    emb = encode([query] + swaps)
+    return emb[0], (emb[1:] if swaps else None)

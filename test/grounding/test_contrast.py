@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from m3_ros.grounding import GroundingConfig, ground
-from m3_ros.grounding.contrast import BASIC_COLOURS, colour_swaps
+from m3_ros.grounding.contrast import BASIC_COLOURS, colour_swaps, query_embeddings
 from m3_ros.memory.memory import M3Memory, MemoryConfig, ModelSlot
 from m3_ros.types import FeatureMap
 
@@ -51,9 +51,9 @@ def memory(text_model):
 
 
 def _ask(text_model, memory, query: str, cfg: GroundingConfig) -> np.ndarray:
-    swaps = colour_swaps(query)
-    emb = text_model.encode_text([query] + swaps)
-    return ground(memory, emb[0], "labels", cfg, contrast=emb[1:] if swaps else None).points[0]
+    emb, contrast = query_embeddings(text_model.encode_text, query)
+    assert (contrast is None) == (not colour_swaps(query))
+    return ground(memory, emb, "labels", cfg, contrast=contrast).points[0]
 
 
 def test_a_cube_of_another_colour_is_not_the_one_asked_for(text_model, memory):
