@@ -401,18 +401,42 @@ def _adam(cfg, flip: bool = False) -> str:
     return "dense Adam"
 
 
-def step_ms(mem: M3Memory, steps: int) -> tuple[float, int]:
-    """Median train-step wall time (ms) and the Gaussians the step renders after culling."""
-    mem.train_step()  # warm-up
+def _step_times(mem: M3Memory, steps: int) -> list[float]:
+    """Wall time (ms) of each of `steps` train steps."""
     ts = []
     for _ in range(steps):
         t0 = time.perf_counter()
         mem.train_step()
         ts.append((time.perf_counter() - t0) * 1e3)
+    return ts
+
+
+def _visible(mem: M3Memory) -> int:
+    """Gaussians a train step on mem's first keyframe renders after culling."""
     v = mem._views[0]
     h, w = v.rgb.shape[:2]
     idx = frustum_index(mem.means, mem.scales, v.viewmat, v.K, w, h, mem.cfg.near_plane, mem.cfg.far_plane)
-    return float(np.median(ts)), mem.n_gaussians if idx is None else int(len(idx))
+    return mem.n_gaussians if idx is None else int(len(idx))
+
+
+def step_ms(mem: M3Memory, steps: int) -> tuple[float, int]:
+    """Median train-step wall time (ms) and the Gaussians the step renders after culling."""
+    mem.train_step()  # warm-up
+    return float(np.median(_step_times(mem, steps))), _visible(mem)
+
+
+def paired_step_ms(a: M3Memory, b: M3Memory, steps: int) -> tuple[float, float, float]:
+    """Median step ms of a and of b, and the median of b / a over pairs, the two maps stepped in turn
+    (a, b then b, a) so that a change of machine load between two blocks of steps does not land on one
+    map only: two runs of the same code with a block per map gave ratios 1.03 and 1.31."""
+    a.train_step(), b.train_step()  # warm-up
+    ta, tb = [], []
+    for i in range(steps):
+        first, second = (a, b) if i % 2 == 0 else (b, a)
+        t1, t2 = _step_times(first, 1)[0], _step_times(second, 1)[0]
+        ta.append(t1 if first is a else t2)
+        tb.append(t2 if first is a else t1)
+    return float(np.median(ta)), float(np.median(tb)), float(np.median(np.array(tb) / np.array(ta)))
 
 
 def _pipeline(models: list[str], overrides: dict, refine: bool) -> MemoryPipeline:
@@ -463,8 +487,8 @@ def _costs(pipe: MemoryPipeline, dev_texts: list[str], n_steps: int) -> dict:
     m20 = map_of(pipe.memory, view, 20_000, 20_000, gen)
     m200 = map_of(pipe.memory, view, 20_000, 200_000, gen)
     load_steps = os.getloadavg()[0]
-    s20, vis20 = step_ms(m20, n_steps)
-    s200, vis200 = step_ms(m200, n_steps)
+    s20, s200, pair_ratio = paired_step_ms(m20, m200, n_steps)
+    vis20, vis200 = _visible(m20), _visible(m200)
     # the same map with the other optimiser (selective_adam flipped), then without culling
     m200.cfg.selective_adam = not m200.cfg.selective_adam
     m200._build_optimizers()
@@ -487,7 +511,7 @@ def _costs(pipe: MemoryPipeline, dev_texts: list[str], n_steps: int) -> dict:
             pass
         qt.append((time.perf_counter() - t0) * 1e3)
     pipe.memory = walked
-    return {"s20": s20, "s200": s200, "qt": qt, "load_steps": load_steps,
+    return {"s20": s20, "s200": s200, "pair_ratio": pair_ratio, "steps": n_steps, "qt": qt, "load_steps": load_steps,
             "default_adam": "selective" if m20.cfg.selective_adam else "dense",
             "rows": [["20k", m20.n_gaussians, vis20, _adam(m20.cfg), s20],
                      ["200k", m200.n_gaussians, vis200, _adam(m200.cfg), s200],
@@ -534,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
                 for k, v in json.loads(args.ground_variants).items()}
     overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.memory)}
     t_start = time.monotonic()
-    n_steps, n_trials = (5, 4) if args.quick else (15, 8)
+    n_steps, n_trials = (12, 4) if args.quick else (30, 8)
     n_trials = args.trials or n_trials
     rc = RunConfig(family=args.family, seed=args.seed, sensors="realistic", m3_modes=["gaussians"], voxel=False,
                    grasps=0, iou_views=0)
@@ -639,7 +663,9 @@ def main(argv: list[str] | None = None) -> int:
         "20k map plus 180k jittered copies of map Gaussians mirrored behind the camera (synthetic, out of the "
         f"view): with frustum culling the step renders the same visible set. Default optimiser: "
         f"{cost['default_adam']} Adam (MemoryConfig.selective_adam). 1-min load "
-        f"average before -> after these timings: {load_steps} (2 cores; other work inflates every figure).", "",
+        f"average before -> after these timings: {load_steps} (2 cores; other work inflates every figure). "
+        f"The first two rows step the 20k and the 200k map in turn, {cost['steps']} steps each (paired_step_ms); "
+        f"median over those pairs of 200k / 20k: {cost['pair_ratio']:.2f}.", "",
         *table(["map", "Gaussians", "rendered after culling", "optimiser", "step ms (median)"],
                cost["rows"]),
         "", "Culling makes the rasterisation follow the visible set; selective Adam (optim.py) makes the "

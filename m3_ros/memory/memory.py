@@ -297,11 +297,6 @@ class M3Memory:
         """Parameter ``name``'s rows at index [M] (all N when None), differentiably."""
         return self.params[name] if index is None else self.params[name][index]
 
-    def _activated(self, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Means, quats, scales and opacities of the Gaussians at index [M] (all when None), activated."""
-        return (self._rows("means", index), self._rows("quats", index), self._rows("log_scales", index).exp(),
-                torch.sigmoid(self._rows("opacity_logits", index)))
-
     def _train_rows(self, index: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Every trained parameter's rows at index [M] (all N when None) for a train step's forward.
 
@@ -342,12 +337,12 @@ class M3Memory:
         def c(x: torch.Tensor) -> torch.Tensor:
             x = x.detach()
             return x.clone() if copy else x
-        means, quats, scales, opac = self._activated()
+        # scales and opacities are computed afresh from the parameters: already a copy
         return MemorySnapshot(
             # a live view (copy=False) may see parameters edited since the last publish: version -1
             # makes the attention cache compare queries instead of trusting the version
-            cfg=self.cfg, version=self._version if copy else -1, iteration=self.iteration, means=c(means), quats=c(quats),
-            scales=c(scales), opacities=c(opac), colors=c(self.params["colors"]),
+            cfg=self.cfg, version=self._version if copy else -1, iteration=self.iteration, means=c(self.params["means"]),
+            quats=c(self.params["quats"]), scales=self.scales, opacities=self.opacities, colors=c(self.params["colors"]),
             queries={m: c(self.params[query_key(m)]) for m in self.cfg.models}, label_votes=c(self.params[VOTES_KEY]),
             label_contradictions=c(self.params[RUN_KEY]),
             W={m: c(w) for m, w in self.W.items()},
