@@ -411,7 +411,7 @@ def _step_times(mem: M3Memory, steps: int) -> list[float]:
     return ts
 
 
-def _visible(mem: M3Memory) -> int:
+def _rendered_count(mem: M3Memory) -> int:
     """Gaussians a train step on mem's first keyframe renders after culling."""
     v = mem._views[0]
     h, w = v.rgb.shape[:2]
@@ -422,7 +422,7 @@ def _visible(mem: M3Memory) -> int:
 def step_ms(mem: M3Memory, steps: int) -> tuple[float, int]:
     """Median train-step wall time (ms) and the Gaussians the step renders after culling."""
     mem.train_step()  # warm-up
-    return float(np.median(_step_times(mem, steps))), _visible(mem)
+    return float(np.median(_step_times(mem, steps))), _rendered_count(mem)
 
 
 def paired_step_ms(a: M3Memory, b: M3Memory, steps: int) -> tuple[float, float, float]:
@@ -488,7 +488,7 @@ def _costs(pipe: MemoryPipeline, dev_texts: list[str], n_steps: int) -> dict:
     m200 = map_of(pipe.memory, view, 20_000, 200_000, gen)
     load_steps = os.getloadavg()[0]
     s20, s200, pair_ratio = paired_step_ms(m20, m200, n_steps)
-    vis20, vis200 = _visible(m20), _visible(m200)
+    vis20, vis200 = _rendered_count(m20), _rendered_count(m200)
     # the same map with the other optimiser (selective_adam flipped), then without culling
     m200.cfg.selective_adam = not m200.cfg.selective_adam
     m200._build_optimizers()
