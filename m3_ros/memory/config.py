@@ -177,6 +177,12 @@ class MemoryConfig:
     moved_base2*): 30/38 against 25/38, static 0.705 against 0.692, one run (room 4, seed 0) 0.13
     worse, which kept it opt-in until the fresh-room rule. Also tried and not kept: a faded Gaussian
     loses its spare (moved_expf_room1-4.md)."""
+    spare_objects: bool = False
+    """At the Gaussian limit every object seed (of an object-sized detector region, any age) is evicted only
+    after every other Gaussian, not only young ones (spared_seeds). Why: on dev room 13 (memory seed 13)
+    eviction during seeding removed 76 / 85 / 77 % of the Gaussians ever seeded inside the blue ball, the
+    green ball and the red jenga block (trained object seeds compete with floor and walls on opacity);
+    nothing else removed them. A dev-study knob until decided (bench/results/dev_ground_rules.md round 9)."""
     train_scale: float = 0.5
     """Training renders at this fraction of the keyframe resolution."""
     feature_points: int = 2000

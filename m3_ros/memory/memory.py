@@ -42,8 +42,8 @@ from m3_ros.memory.gaussians import empty_params, query_key
 from m3_ros.memory.labelvotes import RUN_KEY, VOTES_KEY
 from m3_ros.memory.optim import catch_up_rows, selective_adam_step
 from m3_ros.memory.rasterize import rasterize
-from m3_ros.memory.seeding import (BIRTH_KEY, EXPOSURE_KEY, detected_mask, inherit_queries, least_useful, pixel_features,
-                                  seed_geometry, seed_points, small_regions, spared_seeds)
+from m3_ros.memory.seeding import (BIRTH_KEY, EXPOSURE_KEY, NO_BIRTH, detected_mask, inherit_queries, least_useful,
+                                  pixel_features, seed_geometry, seed_points, small_regions, spared_seeds)
 from m3_ros.memory.sh import camera_centre, sh_to_rgb
 from m3_ros.memory.snapshot import AttentionCache, BankView, MemorySnapshot
 from m3_ros.memory.strategy import DensifyStrategy
@@ -266,7 +266,7 @@ class M3Memory:
         new[VOTES_KEY] = torch.zeros(len(pts), 2)  # this keyframe's vote follows (scenechange.vote_labels)
         new[RUN_KEY] = torch.zeros(len(pts))
         in_object = torch.from_numpy(small[pix[:, 0], pix[:, 1]])
-        new[BIRTH_KEY] = torch.where(in_object, float(taken), -1e9)  # the background gets no grace
+        new[BIRTH_KEY] = torch.where(in_object, float(taken), NO_BIRTH)  # the background gets no grace
         new[EXPOSURE_KEY] = torch.zeros(len(pts))
         ops.append_gaussians(self.params, self.optimizer, new)
         self._keep_densify_stats(torch.cat([torch.arange(self.n_gaussians - len(pts)),
@@ -530,7 +530,7 @@ class M3Memory:
                 params[VOTES_KEY] = torch.zeros(int(params["means"].shape[0]), 2)
             if RUN_KEY not in params:  # saved before label verdicts: none contradicted
                 params[RUN_KEY] = torch.zeros(int(params["means"].shape[0]))
-            params[BIRTH_KEY] = torch.full((int(params["means"].shape[0]),), -1e9)  # ages are not saved: all old
+            params[BIRTH_KEY] = torch.full((int(params["means"].shape[0]),), NO_BIRTH)  # ages are not saved: all old
             params[EXPOSURE_KEY] = torch.full((int(params["means"].shape[0]),), 1e9)  # and all trained
             mem.params = nn.ParameterDict({n: nn.Parameter(t.clone(), requires_grad=n not in (VOTES_KEY, RUN_KEY, BIRTH_KEY,
                                                                                                EXPOSURE_KEY))

@@ -130,7 +130,9 @@ def over_budget(pts: np.ndarray, existing_means: np.ndarray, voxel: float, k: in
 BIRTH_KEY = "birth"
 """Non-trained per-Gaussian value [N]: for a seed inside an object-sized detector region
 (small_regions), how many keyframes the memory had taken when it was seeded (its age, for
-least_useful); -1e9 for every other Gaussian. Not saved: a loaded memory's Gaussians are all old."""
+least_useful); NO_BIRTH for every other Gaussian. Not saved: a loaded memory's Gaussians are all old."""
+NO_BIRTH = -1e9
+"""BIRTH_KEY of a Gaussian that is not an object seed (background, or loaded from disk)."""
 
 EXPOSURE_KEY = "exposure"
 """Non-trained per-Gaussian count [N]: train steps whose render reached it (radii > 0), i.e. how
@@ -164,7 +166,10 @@ def spared_seeds(birth: torch.Tensor, exposure: torch.Tensor, taken: int, cfg: M
     """[N] bool: the object seeds (birth [N], BIRTH_KEY) least_useful evicts last, with ``taken``
     keyframes taken. By training exposure (exposure [N], EXPOSURE_KEY) when cfg.evict_exposure > 0:
     rendered fewer times than that, from a keyframe within the newest ``window``. Otherwise the seeds
-    of the newest evict_grace (None: ``recent``) keyframes before this one."""
+    of the newest evict_grace (None: ``recent``) keyframes before this one. cfg.spare_objects: every
+    object seed, whatever its age."""
+    if cfg.spare_objects:
+        return birth > NO_BIRTH / 2
     if cfg.evict_exposure > 0:
         return (birth > taken - 1 - cfg.window) & (exposure < cfg.evict_exposure)
     grace = cfg.recent if cfg.evict_grace is None else cfg.evict_grace
