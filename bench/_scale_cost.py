@@ -67,10 +67,10 @@ def _rendered_count(mem: M3Memory) -> int:
     return mem.n_gaussians if idx is None else int(len(idx))
 
 
-def step_ms(mem: M3Memory, steps: int) -> tuple[float, int]:
-    """Median train-step wall time (ms) and the Gaussians the step renders after culling."""
+def step_ms(mem: M3Memory, steps: int) -> float:
+    """Median train-step wall time (ms)."""
     mem.train_step()  # warm-up
-    return float(np.median(_step_times(mem, steps))), _rendered_count(mem)
+    return float(np.median(_step_times(mem, steps)))
 
 
 def paired_step_ms(a: M3Memory, b: M3Memory, steps: int) -> tuple[float, float, float]:
@@ -80,10 +80,9 @@ def paired_step_ms(a: M3Memory, b: M3Memory, steps: int) -> tuple[float, float, 
     a.train_step(), b.train_step()  # warm-up
     ta, tb = [], []
     for i in range(steps):
-        first, second = (a, b) if i % 2 == 0 else (b, a)
-        t1, t2 = _step_times(first, 1)[0], _step_times(second, 1)[0]
-        ta.append(t1 if first is a else t2)
-        tb.append(t2 if first is a else t1)
+        t = {id(m): _step_times(m, 1)[0] for m in ((a, b) if i % 2 == 0 else (b, a))}
+        ta.append(t[id(a)])
+        tb.append(t[id(b)])
     return float(np.median(ta)), float(np.median(tb)), float(np.median(np.array(tb) / np.array(ta)))
 
 
@@ -99,11 +98,11 @@ def costs(pipe: MemoryPipeline, dev_texts: list[str], n_steps: int) -> dict:
     # the same map with the other optimiser (selective_adam flipped), then without culling
     m200.cfg.selective_adam = not m200.cfg.selective_adam
     m200._build_optimizers()
-    s200_other, _ = step_ms(m200, n_steps)
+    s200_other = step_ms(m200, n_steps)
     m200.cfg.selective_adam = not m200.cfg.selective_adam
     m200._build_optimizers()
     m200.cfg.frustum_cull = False
-    s200_all, _ = step_ms(m200, max(2, n_steps // 3))
+    s200_all = step_ms(m200, max(2, n_steps // 3))
     m200.cfg.frustum_cull = True
     load_steps = f"{load_steps:.1f} -> {os.getloadavg()[0]:.1f}"
     walked = pipe.memory

@@ -491,7 +491,7 @@ class MemoryPipeline:
         views = self.live_views()
         if not views:
             return None, "no camera frame has been seen yet"
-        return refine_in_view(target, feature, views, lambda labels: self._embed_many(list(labels)), self.cfg.live)
+        return refine_in_view(target, feature, views, self._embed_many, self.cfg.live)
 
     def feature_at(self, point: np.ndarray) -> torch.Tensor:
         """[d] the memory's feature at point [3] (map) in the text model's space: the mean decoded feature

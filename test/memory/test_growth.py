@@ -265,7 +265,6 @@ def test_spare_objects_keeps_trained_object_seeds_of_any_age():
     n, kept = _object_seeds_after_a_new_place(recent=1, evict_exposure=5, exposure=50.0, birth=1.0, window=1,
                                               spare_objects=True)
     assert n >= 10 and kept == n
-    assert MemoryConfig().spare_objects is False  # a dev-study knob until decided
 
 
 def test_a_train_step_counts_exposure_only_for_the_gaussians_it_rendered():
