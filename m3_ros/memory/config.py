@@ -160,7 +160,7 @@ class MemoryConfig:
     found, room 1's red bar lost), static 0.66 against 0.71. Over both seeds one trial better on the same
     objects and static 0.65 against 0.68: not the default."""
     evict_exposure: int = 44
-    """When > 0, replaces evict_grace: at the Gaussian limit an object seed (seeding.least_useful) goes
+    """With spare_objects false (it is true by default), and when > 0, replaces evict_grace: at the Gaussian limit an object seed (seeding.least_useful) goes
     only after every other Gaussian until `evict_exposure` train steps have rendered it
     (seeding.EXPOSURE_KEY), as long as its keyframe is within the newest ``window``. A keyframe count
     says nothing about whether training saw a seed: a view the sampler rarely draws keeps its seeds at
@@ -177,12 +177,18 @@ class MemoryConfig:
     moved_base2*): 30/38 against 25/38, static 0.705 against 0.692, one run (room 4, seed 0) 0.13
     worse, which kept it opt-in until the fresh-room rule. Also tried and not kept: a faded Gaussian
     loses its spare (moved_expf_room1-4.md)."""
-    spare_objects: bool = False
+    spare_objects: bool = True
     """At the Gaussian limit every object seed (of an object-sized detector region, any age) is evicted only
-    after every other Gaussian, not only young ones (spared_seeds). Why: on dev room 13 (memory seed 13)
-    eviction during seeding removed 76 / 85 / 77 % of the Gaussians ever seeded inside the blue ball, the
-    green ball and the red jenga block (trained object seeds compete with floor and walls on opacity);
-    nothing else removed them. A dev-study knob until decided (bench/results/dev_ground_rules.md round 9)."""
+    after every other Gaussian (seeding.spared_seeds); when true, evict_exposure and evict_grace do not
+    apply. Object seeds compete among themselves by opacity, and a moved object's old place is cleared by
+    free-space evidence (freespace.py), not by eviction. Why: on dev room 13 (memory seed 13) eviction during
+    seeding removed 76 / 85 / 77 % of the Gaussians ever seeded inside the blue ball, the green ball and the
+    red jenga block (trained object seeds compete with floor and walls on opacity); nothing else removed
+    them. Decided on dev walks under rules written before them (bench/results/dev_ground_rules.md rounds
+    9-10): set H (rooms 17-20, memory seed 14) 0.64 -> 0.71 within 5 cm, not kept then (17 fixed / 9
+    broken, absent refused -0.04); set I (rooms 21-28, memory seed 15) 0.81 -> 0.86 (18 fixed / 7 broken,
+    absent refused 0.69 both, answers on another object 0.055 -> 0.036, moved trials 14 / 18 both on the
+    objects tried in both walks, no room worse, walk wall +1 %): adopted 2026-12-07."""
     train_scale: float = 0.5
     """Training renders at this fraction of the keyframe resolution."""
     feature_points: int = 2000

@@ -211,7 +211,9 @@ def test_object_seeds_of_the_newest_keyframes_go_after_every_older_gaussian():
 
 def _object_seeds_after_a_new_place(exposure: float = 0.0, birth: float | None = None, **cfg) -> tuple[int, int]:
     """(object seeds of keyframe 1, how many of them are still there after keyframe 2 put the memory over
-    its limit): the setup above, with MemoryConfig overrides and the seeds' exposure set beforehand."""
+    its limit): the setup above, with MemoryConfig overrides and the seeds' exposure set beforehand.
+    spare_objects is off unless given: the keyframe and exposure rules apply only then."""
+    cfg.setdefault("spare_objects", False)
     mem = M3Memory(_cfg(max_gaussians=1900, **cfg))
     mem.add_keyframe(render_view(0.0)[0])
     with torch.no_grad():
@@ -237,7 +239,8 @@ def test_evict_grace_overrides_recent():
 
 
 def test_evict_exposure_spares_object_seeds_until_training_has_rendered_them():
-    # the default: untrained seeds (exposure 0) are spared even with no keyframe grace
+    # with spare_objects off, the exposure rule is on by default: untrained seeds (exposure 0) are spared
+    # even with no keyframe grace
     assert MemoryConfig().evict_exposure > 0
     n, kept = _object_seeds_after_a_new_place(recent=1, evict_grace=0)
     assert n >= 10 and kept == n
