@@ -164,8 +164,9 @@ class MemoryConfig:
     Gaussian limit an object seed (seeding.least_useful) goes only after every other Gaussian until
     `evict_exposure` train steps have rendered it (seeding.EXPOSURE_KEY), as long as its keyframe is
     within the newest ``window``. A keyframe count says nothing about whether training saw a seed: a
-    view the sampler rarely draws keeps its seeds at init_opacity for many keyframes. 44 = (logit(0.9) - logit(init_opacity 0.5)) / lr_opacity 0.05,
-    the steps Adam needs to take a seed to a trained surface's opacity (derived, not tuned). 0 = off
+    view the sampler rarely draws keeps its seeds at init_opacity for many keyframes.
+    44 = (logit(0.9) - logit(init_opacity 0.5)) / lr_opacity 0.05, the steps Adam needs to take a seed
+    to a trained surface's opacity (derived, not tuned). 0 = off
     (the keyframe grace, evict_grace, decides). Why (dev room 2, the 7 cm soccer ball on a cabinet,
     moved): each trial keyframe seeds 20-40 Gaussians on the ball that decode to a ball label; with the
     keyframe grace they are evicted after the trial (3 of 51 Gaussians in its box decode to a ball, the
