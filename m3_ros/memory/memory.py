@@ -244,7 +244,7 @@ class M3Memory:
             return
         over = self.n_gaussians + len(pts) - cfg.max_gaussians
         taken = len(self._cam_centres)  # keyframes taken, this one included: its object seeds' birth
-        if over > 0:  # young object seeds (spared_seeds: untrained, or of the newest keyframes) go last
+        if over > 0:  # object seeds go last (spared_seeds: all of them by default, else only young ones)
             spared = spared_seeds(self.params[BIRTH_KEY].detach(), self.params[EXPOSURE_KEY].detach(), taken, cfg)
             self._remove(least_useful(self.opacities, over, spared))
         new = seed_geometry(kf, pts, pix, self.means.numpy(), cfg)
