@@ -31,10 +31,10 @@ import numpy as np  # noqa: E402
 
 from bench._common import RESULTS_DIR, machine_header, table, write_report  # noqa: E402
 from bench._devcache import load_snapshot  # noqa: E402
-from m3_ros.eval.metrics import SUCCESS_M, judge  # noqa: E402
+from m3_ros.eval.metrics import SUCCESS_M, judge, judge_local  # noqa: E402
 from m3_ros.eval.phrasings import absent_queries, scene_queries  # noqa: E402
 from m3_ros.foundation import FoundationConfig, grounding_text_model, load_models  # noqa: E402
-from m3_ros.geometry import transform_points  # noqa: E402
+from m3_ros.geometry import invert, transform_points  # noqa: E402
 from m3_ros.grounding import GroundingConfig, ground, validate_query  # noqa: E402
 from m3_ros.grounding.contrast import query_embeddings  # noqa: E402
 from m3_ros.sim.generate import resolve_scene  # noqa: E402
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if meta["seed"] >= 100:
             sys.exit(f"dev_ground: {path} is a test scene (seed {meta['seed']}); dev seeds only")
         scene = resolve_scene(meta["family"], meta["seed"])
+        local = {k: np.asarray(v, float) for k, v in meta["local"].items()} if "local" in meta else None
         present = [(q, False) for q in scene_queries(scene, "dev")]
         absent = [(q, True) for q in absent_queries(scene, "dev", a.absent)]
         # the walk's own answers, by phrasing and target (one text can name two objects: "the cube")
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                        "absent": is_absent, "refused": pt is None}
                 if not is_absent:
                     j = judge(pt, q.targets, boxes)
+                    if local is not None:  # each target judged where the robot last saw it (bench_scale)
+                        p_map = None if pt is None else transform_points(invert(T_wm), np.atleast_2d(pt))[0]
+                        rec["success_local"] = judge_local(p_map, q.targets, boxes, local, T_wm)
                     rec.update(object=q.targets[0], success=j.success, error_cm=100 * j.error_m,
                                wrong_object=j.wrong_object, hit=j.hit, live=live.get((q.text, q.targets[0])),
                                answer=None if pt is None else [round(float(v), 4) for v in pt])
@@ -147,11 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in variants:
         sel = [r for r in asked if r["variant"] == name]
         gone = [r["refused"] for r in rows if r["absent"] and r["variant"] == name]
+        loc = [r["success_local"] for r in sel if "success_local" in r]
         fixed = sum(1 for r in sel if r["success"] and not ref[key(r)])
         broke = sum(1 for r in sel if not r["success"] and ref[key(r)])
         summary.append([name, len(sel), float(np.mean([r["success"] for r in sel])),
                         float(np.median([r["error_cm"] for r in sel])), float(np.mean([r["wrong_object"] for r in sel])),
-                        float(np.mean(gone)) if gone else float("nan"), fixed, broke])
+                        float(np.mean(gone)) if gone else float("nan"), fixed, broke,
+                        float(np.mean(loc)) if loc and len(loc) == len(sel) else float("nan")])
     per = []
     for snap_name in sorted({r["snapshot"] for r in asked}):
         per.append([snap_name] + [float(np.mean([r["success"] for r in asked if r["variant"] == n and r["snapshot"] == snap_name]))
@@ -162,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         "", f"{len(paths)} cached dev snapshots in {a.dir} ({', '.join(p.stem for p in paths)}); variants: "
         + "; ".join(f"`{k}` {json.loads(a.variants).get(k, {})}" for k in variants), "",
         *table(["variant", "n", "within 5 cm", "median cm", "wrong object", "absent refused",
-                "fixed vs default", "broken vs default"], summary), "",
+                "fixed vs default", "broken vs default", "within 5 cm, where last seen"], summary), "",
+        "Where last seen: each target judged through map -> world as it stood at the last kept keyframe that held "
+        "it (metrics.local_alignments, walks from bench_scale after 2026-12-07 only; nan for older snapshots).", "",
         f"The default's answers from the cache agree with the live run's (after the walk, asked with the defaults "
         f"of the code that walked) on {agree:.3f} of {len(same)} dev phrasings (the attention cache starts empty "
         "here; below 1 when the grounding defaults changed since).", "",

@@ -66,3 +66,37 @@ def otsu_iou(relevance: np.ndarray, mask: np.ndarray) -> float:
     inter = np.count_nonzero(pred & mask)
     union = np.count_nonzero(pred | mask)
     return float(inter / union) if union else 0.0
+
+
+def local_alignments(views: list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]], boxes: list[Box],
+                     max_range: float) -> dict[str, np.ndarray]:
+    """Per box, map -> world [4, 4] as the robot would have it standing where it last saw the object.
+
+    views: the memory's keyframes in order, each (T_map_cam [4, 4] the memory's pose, T_world_cam [4, 4]
+    the true pose, K [3, 3], (H, W)). A box's alignment is T_world_cam · T_map_cam⁻¹ of the last view whose
+    image holds its centre in front of the camera within max_range (m); occlusion is not checked (a robot
+    standing there relocalises on what is around the object). Boxes no view holds are left out.
+    Why: without a loop closure, a map is right where it was built and offset elsewhere by the drift met
+    on the way (two tables: 4-6 cm); one end-of-walk alignment judges the far part by the near part's.
+    """
+    out: dict[str, np.ndarray] = {}
+    for b in boxes:
+        for T_map_cam, T_world_cam, K, (H, W) in reversed(views):
+            pc = np.linalg.inv(np.asarray(T_world_cam, float)) @ np.append(b.centre, 1.0)
+            if not 0.0 < pc[2] <= max_range:
+                continue
+            u, v = K[0, 0] * pc[0] / pc[2] + K[0, 2], K[1, 1] * pc[1] / pc[2] + K[1, 2]
+            if -0.5 <= u < W - 0.5 and -0.5 <= v < H - 0.5:  # pixel centres at integers
+                out[b.name] = np.asarray(T_world_cam, float) @ np.linalg.inv(np.asarray(T_map_cam, float))
+                break
+    return out
+
+
+def judge_local(point_map: np.ndarray | None, targets: list[str], boxes: list[Box], local: dict[str, np.ndarray],
+                T_world_map: np.ndarray) -> bool:
+    """Success of a map-frame answer [3] (None: no answer) when each target is judged through its own
+    local alignment (local_alignments; T_world_map [4, 4] for a target no view held)."""
+    if point_map is None or not np.all(np.isfinite(point_map)):
+        return False
+    p = np.append(np.asarray(point_map, float), 1.0)
+    return any(judge((local.get(t, T_world_map) @ p)[:3], [t], boxes).success for t in targets)

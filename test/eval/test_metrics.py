@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from m3_ros.eval.metrics import Box, judge, otsu_iou
+from m3_ros.eval.metrics import Box, judge, judge_local, local_alignments, otsu_iou
+from m3_ros.geometry import transform_points
 from m3_ros.eval.phrasings import absent_queries, scene_queries
 from m3_ros.sim.scene import ObjectConfig, SceneConfig
 
@@ -92,3 +93,40 @@ def test_absent_queries_limit_spreads_over_the_library():
     step = -(-len(every) // 5)
     assert five == every[::step][:5] and five[-1] != every[4]  # spread, not the first five
     assert absent_queries(scene, "dev", 0) == []
+
+
+def _translation(x: float) -> np.ndarray:
+    T = np.eye(4)
+    T[0, 3] = x
+    return T
+
+
+def test_local_alignment_judges_each_target_where_the_robot_last_saw_it() -> None:
+    """Two views: the map was built right at the first and 6 cm off at the second (drift on the way). An answer
+    where the map holds the second object is 6 cm off through the first view's alignment and right through its
+    own; an object no view held falls back to the end-of-walk alignment; the later of two views wins."""
+    K = np.array([[100.0, 0.0, 50.0], [0.0, 100.0, 50.0], [0.0, 0.0, 1.0]])
+    near = Box("near", np.array([0.0, 0.0, 1.0]), np.full(3, 0.05))
+    far = Box("far", np.array([3.0, 0.0, 1.0]), np.full(3, 0.05))
+    unseen = Box("unseen", np.array([0.0, 0.0, 4.0]), np.full(3, 0.05))  # beyond max_range
+    boxes = [near, far, unseen]
+    views = [(np.eye(4), np.eye(4), K, (100, 100)),  # (T_map_cam, true T_world_cam, K, (H, W))
+             (_translation(3.06), _translation(3.0), K, (100, 100))]
+    local = local_alignments(views, boxes, max_range=2.5)
+    assert set(local) == {"near", "far"}
+    np.testing.assert_allclose(local["near"], np.eye(4))
+    np.testing.assert_allclose(local["far"], _translation(-0.06), atol=1e-12)
+    T_end = np.eye(4)  # the end of the walk aligned like the first view
+    at_far_in_map = np.array([3.06, 0.0, 1.0])
+    assert not judge(transform_points(T_end, at_far_in_map[None])[0], ["far"], boxes).success
+    assert judge_local(at_far_in_map, ["far"], boxes, local, T_end)
+    assert not judge_local(at_far_in_map, ["near"], boxes, local, T_end)
+    assert judge_local(at_far_in_map, ["near", "far"], boxes, local, T_end)  # either target counts
+    assert judge_local(np.array([0.0, 0.0, 4.0]), ["unseen"], boxes, local, T_end)  # through T_end
+    assert not judge_local(None, ["far"], boxes, local, T_end)
+    # a view seeing both objects after the others decides for both
+    both = views + [(_translation(1.52), _translation(1.5), K, (100, 100))]
+    wide = np.array([[10.0, 0.0, 50.0], [0.0, 10.0, 50.0], [0.0, 0.0, 1.0]])  # a 10 px focal length sees +-5 m at 1 m
+    local2 = local_alignments([(T, Tt, wide, s) for T, Tt, _, s in both], boxes, max_range=2.5)
+    np.testing.assert_allclose(local2["near"], _translation(-0.02), atol=1e-12)
+    np.testing.assert_allclose(local2["far"], _translation(-0.02), atol=1e-12)
