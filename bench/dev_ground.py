@@ -160,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                         float(np.mean(loc)) if loc and len(loc) == len(sel) else float("nan")])
     per = []
     for snap_name in sorted({r["snapshot"] for r in asked}):
-        per.append([snap_name] + [float(np.mean([r["success"] for r in asked if r["variant"] == n and r["snapshot"] == snap_name]))
-                                  for n in variants])
+        here = [r for r in asked if r["snapshot"] == snap_name]
+        loc = [r["success_local"] for r in here if r["variant"] == "default" and "success_local" in r]
+        per.append([snap_name] + [float(np.mean([r["success"] for r in here if r["variant"] == n])) for n in variants]
+                   + [float(np.mean(loc)) if loc else float("nan")])
     same = [r for r in asked if r["variant"] == "default" and r["live"] is not None]
     agree = float(np.mean([r["success"] == r["live"] for r in same])) if same else float("nan")
     sections = machine_header() + [
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         f"The default's answers from the cache agree with the live run's (after the walk, asked with the defaults "
         f"of the code that walked) on {agree:.3f} of {len(same)} dev phrasings (the attention cache starts empty "
         "here; below 1 when the grounding defaults changed since).", "",
-        *table(["snapshot"] + list(variants), per)]
+        *table(["snapshot"] + list(variants) + ["default, where last seen"], per)]
     best = max(summary, key=lambda r: r[2])
     write_report(f"dev_ground{tag}", "Grounding variants on cached dev memories", sections,
                  {"default_within5": summary[0][2], "best": best[0], "best_within5": best[2]})
