@@ -60,7 +60,7 @@ from bench._devcache import save_snapshot  # noqa: E402
 from bench._scale_cost import costs  # noqa: E402
 from m3_ros.eval.metrics import SUCCESS_M, Box, judge, judge_local, local_alignments  # noqa: E402
 from m3_ros.eval.phrasings import scene_queries  # noqa: E402
-from m3_ros.eval.suite import RunConfig, offer_and_wait, run_scene  # noqa: E402
+from m3_ros.eval.suite import RunConfig, keyframe_views, offer_and_wait, run_scene  # noqa: E402
 from m3_ros.geometry import invert, transform_points  # noqa: E402
 from m3_ros.grounding import GroundingConfig  # noqa: E402
 from m3_ros.pipeline import MemoryPipeline, PipelineConfig  # noqa: E402
@@ -153,12 +153,6 @@ def ask_all(pipe: MemoryPipeline, world: SimWorld, queries: dict, gcfg: Groundin
             if local is not None:
                 rows[-1]["success_local"] = judge_local(p_map, q.targets, bx, local, T_wm)
     return rows
-
-
-def keyframe_views(pipe: MemoryPipeline, truth: dict) -> list:
-    """The memory's keyframes as metrics.local_alignments views: (T_map_cam, true T_world_cam, K, (H, W)),
-    the true pose looked up by stamp in truth {stamp: T_world_cam} (walk_on)."""
-    return [(kf.T_world_cam, truth[kf.stamp], kf.K, kf.size) for kf in pipe.memory.keyframes if kf.stamp in truth]
 
 
 def walk_on(pipe: MemoryPipeline, rc: RunConfig, world: SimWorld, log: list, truth: dict | None = None

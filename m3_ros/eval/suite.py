@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from m3_ros.baselines.voxel_labels import VoxelLabelMap
-from m3_ros.eval.metrics import Box, judge, otsu_iou
+from m3_ros.eval.metrics import Box, judge, judge_local, local_alignments, otsu_iou
 from m3_ros.eval.phrasings import Query, absent_queries, scene_queries
 from m3_ros.geometry import invert, transform_points
 from m3_ros.grasp import GraspConfig, plan_grasp
@@ -196,6 +196,8 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
         t0, frames, taken_n, dropped = time.monotonic(), 0, 0, 0
         held: list = []
         last = None  # the newest frame the robot received: view mode answers from its camera
+        truth: dict = {}  # stamp -> true T_world_cam of every frame received (judging only)
+        odom_views: list = []  # the voxel map's keyframes: (T_odom_cam, true T_world_cam, K, (H, W))
         try:
             while not world.walk_done:
                 world.advance(rc.frame_dt)
@@ -205,11 +207,13 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
                     dropped += 1
                     continue
                 last = f
+                truth[f.stamp] = f.T_world_cam
                 inst = world.oracle_instances(f)
                 tk = time.perf_counter()
                 taken = pipe.offer_frame(f.stamp, f.rgb, f.depth, f.K, f.T_odom_cam, inst)
                 if taken:
                     taken_n += 1
+                    odom_views.append((f.T_odom_cam, f.T_world_cam, f.K, f.depth.shape))
                     if vmap is not None:  # the same frame, clipped as the memory clips it
                         d = np.where(f.depth <= pipe.cfg.max_depth, f.depth, 0.0)
                         vmap.integrate(d, f.K, f.T_odom_cam, inst)
@@ -241,6 +245,10 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
         boxes = _boxes(world)
         seg = {o.name: o.segmentation_id for o in world.objects()}
         in_view = {n: last is not None and int(np.count_nonzero(last.segmentation == i)) >= 50 for n, i in seg.items()}
+        # each target also judged where the robot last saw it (metrics.local_alignments): odom for the
+        # voxel map on odometry, the memory's keyframe placements for the others
+        local = {"map": local_alignments(keyframe_views(pipe, truth), boxes, pipe.cfg.max_depth),
+                 "odom": local_alignments(odom_views, boxes, pipe.cfg.max_depth)}
 
         variants = {f"m3_{m}": GroundingConfig(mode=m) for m in rc.m3_modes}
         variants.update({f"m3_{k}": v for k, v in rc.m3_variants.items()})
@@ -251,13 +259,16 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
                 emb = text.encode_text([q.text])[0] if vmap is not None else None
                 for method in methods:
                     tq = time.perf_counter()
-                    pt = _answer(method, q.text, emb, world, pipe, vmap, vmap_map, variants)
+                    p, T_world_frame = _answer(method, q.text, emb, world, pipe, vmap, vmap_map, variants)
                     ms = (time.perf_counter() - tq) * 1e3
+                    pt = None if p is None else transform_points(T_world_frame, np.atleast_2d(p))[0]
                     j = judge(pt, q.targets, boxes)
+                    where = local["odom" if method == "voxel_labels" else "map"]
                     out.queries.append({"family": rc.family, "sensors": sensors.name, "seed": rc.seed,
                                         "method": method, "split": split, "kind": q.kind, "object": q.targets[0],
                                         "query": q.text, "error_cm": 100 * j.error_m, "success": j.success,
                                         "wrong_object": j.wrong_object, "hit": j.hit, "ms": ms,
+                                        "success_local": judge_local(p, q.targets, boxes, where, T_world_frame),
                                         "in_view": any(in_view.get(t, False) for t in q.targets),
                                         **_offset(pt, q.targets, boxes)})
             if rc.absent > 0:
@@ -271,22 +282,29 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
     return out
 
 
+def keyframe_views(pipe: MemoryPipeline, truth: dict) -> list:
+    """The memory's keyframes as metrics.local_alignments views: (T_map_cam, true T_world_cam, K, (H, W)),
+    the true pose looked up by stamp in truth {stamp: T_world_cam}."""
+    return [(kf.T_world_cam, truth[kf.stamp], kf.K, kf.size) for kf in pipe.memory.keyframes if kf.stamp in truth]
+
+
 def _answer(method: str, query: str, emb, world: SimWorld, pipe: MemoryPipeline, vmap, vmap_map,
-            variants: dict) -> np.ndarray | None:
-    """One method's answer to ``query`` as a world point [3], or None when it refused."""
+            variants: dict) -> tuple[np.ndarray | None, np.ndarray]:
+    """One method's answer to ``query`` in its own frame [3] (None when it refused) and that frame -> world
+    [4, 4] at query time (odom for the voxel map on odometry, map for the others)."""
     text = pipe.text_model
+    T_world_odom = world.T_world_base @ invert(world.T_odom_base)
+    T_world_frame = T_world_odom if method == "voxel_labels" else _T_world_map(world, pipe)
     try:
-        if method == "voxel_labels":
-            # the labelled voxel map is built on odometry poses: it answers in odom
-            pt_odom = vmap.ground(emb, text.encode_labels).points[0]
-            return transform_points(world.T_world_base @ invert(world.T_odom_base), np.atleast_2d(pt_odom))[0]
+        if method == "voxel_labels":  # built on odometry poses: it answers in odom
+            return vmap.ground(emb, text.encode_labels).points[0], T_world_frame
         if method == "voxel_labels_map":
-            return _to_world(world, pipe, vmap_map.ground(emb, text.encode_labels).points[0])[0]
+            return vmap_map.ground(emb, text.encode_labels).points[0], T_world_frame
         pipe.cfg.grounding = variants[method]
-        return _to_world(world, pipe, pipe.ground(query).points[0])[0]
+        return pipe.ground(query).points[0], T_world_frame
     except ValueError as e:
         log.info("%s: %r: no answer (%s)", method, query, e)
-        return None
+        return None, T_world_frame
 
 
 def _ask_absent(out: RunResult, world: SimWorld, pipe: MemoryPipeline, vmap, vmap_map, variants: dict,
@@ -295,7 +313,7 @@ def _ask_absent(out: RunResult, world: SimWorld, pipe: MemoryPipeline, vmap, vma
     for q in absent_queries(scene, split, n):
         emb = pipe.text_model.encode_text([q.text])[0] if vmap is not None else None
         for method in methods:
-            refused = _answer(method, q.text, emb, world, pipe, vmap, vmap_map, variants) is None
+            refused = _answer(method, q.text, emb, world, pipe, vmap, vmap_map, variants)[0] is None
             out.absent.append({"family": out.family, "sensors": out.sensors, "seed": out.seed, "method": method,
                                "split": split, "kind": q.kind, "query": q.text, "refused": refused})
 
