@@ -8,7 +8,9 @@ memory's ``map`` frame (odometry refined by ICP, PipelineConfig.refine_poses), `
 odom (raw odometry poses) and ``voxel_labels_map`` in map (the same refined keyframe poses as the
 memory, so drift does not separate it from M3); all are judged in the world through the robot's *current* odometry error and, for
 M3, its map -> odom estimate (``T_world_map = T_world_base_true @ inv(T_odom_base) @
-inv(T_map_odom)``), i.e. where the robot would reach for them from where it stands.
+inv(T_map_odom)``), i.e. where the robot would reach for them from where it stands. Each answer is
+also judged where the robot last saw its target (``success_local``, metrics.local_alignments): a
+diagnostic that separates the method's errors from the bending of a map built without loop closure.
 """
 from __future__ import annotations
 
