@@ -58,9 +58,10 @@ from scipy.stats import binomtest  # noqa: E402
 from bench._common import in_fresh_process, machine_header, table, write_report  # noqa: E402
 from bench._devcache import save_snapshot  # noqa: E402
 from bench._scale_cost import costs  # noqa: E402
-from m3_ros.eval.metrics import SUCCESS_M, Box, judge, judge_local, local_alignments  # noqa: E402
+from m3_ros.eval.metrics import SUCCESS_M, judge, judge_local, local_alignments  # noqa: E402
 from m3_ros.eval.phrasings import scene_queries  # noqa: E402
-from m3_ros.eval.suite import RunConfig, keyframe_views, offer_and_wait, run_scene  # noqa: E402
+from m3_ros.eval.suite import (RunConfig, keyframe_views, offer_and_wait, run_scene, to_world,  # noqa: E402
+                               world_boxes, world_from_map)
 from m3_ros.geometry import invert, transform_points  # noqa: E402
 from m3_ros.grounding import GroundingConfig  # noqa: E402
 from m3_ros.pipeline import MemoryPipeline, PipelineConfig  # noqa: E402
@@ -94,20 +95,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def boxes(world: SimWorld) -> list[Box]:
-    return [Box(o.name, np.asarray(o.aabb_center, float), np.asarray(o.aabb_size, float)) for o in world.objects()]
-
-
-def world_from_map(world: SimWorld, pipe: MemoryPipeline) -> np.ndarray:
-    """map -> world [4, 4] through map -> odom and the robot's current odometry error."""
-    return world.T_world_base @ invert(world.T_odom_base) @ invert(pipe.T_map_odom)
-
-
-def to_world(world: SimWorld, pipe: MemoryPipeline, pts_map: np.ndarray) -> np.ndarray:
-    """Answers [k, 3] in map -> world (world_from_map)."""
-    return transform_points(world_from_map(world, pipe), np.atleast_2d(pts_map))
-
-
 def ingest(pipe: MemoryPipeline, world: SimWorld, f, steps: int) -> bool:
     """Offer one frame, wait until a keyframe is ingested (every run holds the same keyframes), train."""
     taken = offer_and_wait(pipe, world, f)
@@ -136,7 +123,7 @@ def ask_all(pipe: MemoryPipeline, world: SimWorld, queries: dict, gcfg: Groundin
             local: dict | None = None) -> list[dict]:
     """Every phrasing in gaussians mode (gcfg: a dev variant), judged like the suite; with local
     (metrics.local_alignments) also "success_local", each target judged where the robot last saw it."""
-    bx = boxes(world)
+    bx = world_boxes(world)
     T_wm = world_from_map(world, pipe)
     rows = []
     pipe.cfg.grounding = gcfg or GroundingConfig(mode="gaussians")
@@ -279,7 +266,7 @@ def moved_trial(pipe: MemoryPipeline, world: SimWorld, scene, obj_cfg, query, rc
         return float(np.linalg.norm(pts[0] - new)), float(np.min(np.linalg.norm(pts - old, axis=1))), near.name
 
     if snapshot_to is not None:
-        save_snapshot(pipe.memory.snapshot(), snapshot_to, world_from_map(world, pipe), boxes(world),
+        save_snapshot(pipe.memory.snapshot(), snapshot_to, world_from_map(world, pipe), world_boxes(world),
                       {"family": rc.family, "seed": rc.seed, "memory": dict(pipe.cfg.memory_overrides),
                        "moved": {"object": obj.name, "query": query.text, "old": old.tolist(), "new": new.tolist()}})
     out = {}
@@ -317,10 +304,10 @@ def refined_walk(pipe: MemoryPipeline, rc: RunConfig, scene, queries: dict, n_tr
                 psnr_rows.append([mem.iteration, mem.n_gaussians, *psnr(pipe, held)])
         rss = peak_rss_mb()
         st = pipe.stats()
-        local = local_alignments(keyframe_views(pipe, truth), boxes(world), pipe.cfg.max_depth)
+        local = local_alignments(keyframe_views(pipe, truth), world_boxes(world), pipe.cfg.max_depth)
         on = ask_all(pipe, world, queries, local=local)
         if snapshot_to is not None:
-            save_snapshot(pipe.memory.snapshot(), snapshot_to, world_from_map(world, pipe), boxes(world),
+            save_snapshot(pipe.memory.snapshot(), snapshot_to, world_from_map(world, pipe), world_boxes(world),
                           {"family": rc.family, "seed": rc.seed, "memory": dict(pipe.cfg.memory_overrides),
                            "answers": on, "local": {k: v.tolist() for k, v in local.items()}})
         acc = {s: float(np.mean([q["success"] for q in on if q["split"] == s])) for s in queries}

@@ -121,21 +121,22 @@ class RunResult:
 _NO_LIMIT_S = 3600.0  # train_for's time budget when a step count is the limit
 
 
-def _boxes(world: SimWorld) -> list[Box]:
+def world_boxes(world: SimWorld) -> list[Box]:
+    """The scene objects' true boxes now (judging only)."""
     return [Box(o.name, np.asarray(o.aabb_center, float), np.asarray(o.aabb_size, float))
             for o in world.objects()]
 
 
-def _T_world_map(world: SimWorld, pipe: MemoryPipeline) -> np.ndarray:
+def world_from_map(world: SimWorld, pipe: MemoryPipeline) -> np.ndarray:
     """map -> world [4, 4]: the memory's map frame through its map -> odom estimate, then odom
     through the robot's current odometry error (what a user of the answer would act on)."""
     T_world_odom = world.T_world_base @ invert(world.T_odom_base)
     return T_world_odom @ invert(pipe.T_map_odom)
 
 
-def _to_world(world: SimWorld, pipe: MemoryPipeline, p_map: np.ndarray) -> np.ndarray:
-    """Map answers [.., 3] in the memory's frame (map) to the world (see _T_world_map)."""
-    return transform_points(_T_world_map(world, pipe), np.atleast_2d(p_map))
+def to_world(world: SimWorld, pipe: MemoryPipeline, p_map: np.ndarray) -> np.ndarray:
+    """Map answers [.., 3] in the memory's frame (map) to the world (see world_from_map)."""
+    return transform_points(world_from_map(world, pipe), np.atleast_2d(p_map))
 
 
 class _Prober(threading.Thread):
@@ -161,7 +162,7 @@ class _Prober(threading.Thread):
             ms = (time.perf_counter() - t0) * 1e3
             t_s = time.monotonic() - t_first
             # the world is read from this thread only for judging: poses are plain arrays
-            pt = _to_world(self.world, self.pipe, res.points[0])[0]
+            pt = to_world(self.world, self.pipe, res.points[0])[0]
             j = judge(pt, self.query.targets, self.boxes)
             self.records.append({"t_s": t_s, "error_m": j.error_m, "ok": j.success, "ms": ms})
 
@@ -189,7 +190,7 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
     text = pipe.text_model
     with SimWorld(scene, seed=rc.seed, sensors=sensors) as world:
         world.advance(0.0)
-        boxes = _boxes(world)
+        boxes = world_boxes(world)
         queries = {s: scene_queries(scene, s) for s in rc.splits}
         probe_q = next(iter(queries.get("dev") or queries[rc.splits[0]]))
         prober = _Prober(pipe, world, probe_q, rc.probe_period_s)
@@ -244,7 +245,7 @@ def run_scene(rc: RunConfig, pipe: MemoryPipeline) -> RunResult:
         ok_t = [r["t_s"] for r in prober.records if r["ok"]]
         out.first_correct_s = float(min(ok_t)) if ok_t else float("nan")
         out.stats = pipe.stats()
-        boxes = _boxes(world)
+        boxes = world_boxes(world)
         seg = {o.name: o.segmentation_id for o in world.objects()}
         in_view = {n: last is not None and int(np.count_nonzero(last.segmentation == i)) >= 50 for n, i in seg.items()}
         # each target also judged where the robot last saw it (metrics.local_alignments): odom for the
@@ -296,7 +297,7 @@ def _answer(method: str, query: str, emb, world: SimWorld, pipe: MemoryPipeline,
     [4, 4] at query time (odom for the voxel map on odometry, map for the others)."""
     text = pipe.text_model
     T_world_odom = world.T_world_base @ invert(world.T_odom_base)
-    T_world_frame = T_world_odom if method == "voxel_labels" else _T_world_map(world, pipe)
+    T_world_frame = T_world_odom if method == "voxel_labels" else world_from_map(world, pipe)
     try:
         if method == "voxel_labels":  # built on odometry poses: it answers in odom
             return vmap.ground(emb, text.encode_labels).points[0], T_world_frame
@@ -423,7 +424,7 @@ def _grasps(out: RunResult, pipe: MemoryPipeline, world: SimWorld, scene, querie
                 keep = mem.opacities.detach().cpu().numpy() >= CLOUD_MIN_OPACITY
                 cloud = mem.means.detach().cpu().numpy()[keep]
                 base_map = (pipe.T_map_odom @ world.T_odom_base)[:3, 3]
-                T_world_map = _T_world_map(world, pipe)
+                T_world_map = world_from_map(world, pipe)
                 found, why = pipe.refine_in_view(res.points[0]) if look else (None, "")
                 if rc.keep_grasp_inputs:
                     out.grasp_inputs.append({"object": o.name, "query": phr[o.name].text, "look": look,

@@ -11,8 +11,7 @@ import numpy as np
 import pybullet as p
 import pytest
 
-from m3_ros.eval.suite import offer_and_wait
-from m3_ros.geometry import invert, transform_points
+from m3_ros.eval.suite import offer_and_wait, to_world
 from m3_ros.pipeline import MemoryPipeline, PipelineConfig
 from m3_ros.sim.world import SimWorld
 
@@ -37,14 +36,10 @@ def _feed(pipe: MemoryPipeline, world: SimWorld, steps: int = 2) -> None:
     pipe.train_for(3600.0, max_steps=steps)
 
 
-def _to_world(pipe: MemoryPipeline, world: SimWorld, pts: np.ndarray) -> np.ndarray:
-    return transform_points(world.T_world_base @ invert(world.T_odom_base) @ invert(pipe.T_map_odom), np.atleast_2d(pts))
-
-
 def _opaque_in_box(pipe: MemoryPipeline, world: SimWorld, centre: np.ndarray, size: np.ndarray, floor: float) -> int:
     """Gaussians that grounding considers (opacity >= 0.2) inside a box, above floor (world z)."""
     mem = pipe.memory
-    m = _to_world(pipe, world, mem.means.numpy())
+    m = to_world(world, pipe, mem.means.numpy())
     inside = np.all(np.abs(m - centre) <= size / 2, axis=1) & (m[:, 2] > floor)
     return int(np.count_nonzero(inside & (mem.opacities.numpy() >= 0.2)))
 
@@ -67,7 +62,7 @@ def moved(models):
             pipe.train_for(3600.0, max_steps=50)
             before = world.object_state("duck")
             old = before.aabb_center.copy()
-            out["before_answer"] = _to_world(pipe, world, pipe.ground(QUERY).points[0])[0]
+            out["before_answer"] = to_world(world, pipe, pipe.ground(QUERY).points[0])[0]
             # the duck's body: more than 3 cm above the table (free-space margins are ~5-9 cm along a grazing ray)
             out["before_old_gaussians"] = _opaque_in_box(pipe, world, old, before.aabb_size, top + 0.03)
 
@@ -81,7 +76,7 @@ def moved(models):
             pipe.train_for(3600.0, max_steps=20)
             after = world.object_state("duck")
             res = pipe.ground(QUERY, top_k=5)
-            out.update(old=old, new=after.aabb_center.copy(), answers=_to_world(pipe, world, res.points),
+            out.update(old=old, new=after.aabb_center.copy(), answers=to_world(world, pipe, res.points),
                        old_gaussians=_opaque_in_box(pipe, world, old, before.aabb_size, top + 0.03),
                        new_gaussians=_opaque_in_box(pipe, world, after.aabb_center, after.aabb_size, top + 0.03))
     finally:
