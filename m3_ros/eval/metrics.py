@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from m3_ros import geometry
 from m3_ros.grounding.ground import otsu_threshold
 
 SUCCESS_M = 0.05
@@ -80,15 +81,17 @@ def local_alignments(views: list[tuple[np.ndarray, np.ndarray, np.ndarray, tuple
     on the way (two tables: 4-6 cm); one end-of-walk alignment judges the far part by the near part's.
     """
     out: dict[str, np.ndarray] = {}
-    for b in boxes:
-        for T_map_cam, T_world_cam, K, (H, W) in reversed(views):
-            pc = np.linalg.inv(np.asarray(T_world_cam, float)) @ np.append(b.centre, 1.0)
-            if not 0.0 < pc[2] <= max_range:
-                continue
-            u, v = K[0, 0] * pc[0] / pc[2] + K[0, 2], K[1, 1] * pc[1] / pc[2] + K[1, 2]
-            if -0.5 <= u < W - 0.5 and -0.5 <= v < H - 0.5:  # pixel centres at integers
-                out[b.name] = np.asarray(T_world_cam, float) @ np.linalg.inv(np.asarray(T_map_cam, float))
-                break
+    if not boxes:
+        return out
+    centres = np.stack([b.centre for b in boxes]).astype(float)
+    for T_map_cam, T_world_cam, K, (H, W) in reversed(views):  # the newest view first
+        uv, z = geometry.project(centres, np.asarray(K, float), np.asarray(T_world_cam, float))
+        held = (z > 0.0) & (z <= max_range) & np.all(uv >= -0.5, axis=1) & (uv[:, 0] < W - 0.5) & \
+            (uv[:, 1] < H - 0.5)  # pixel centres at integers
+        if held.any():
+            T_world_map = np.asarray(T_world_cam, float) @ geometry.invert(np.asarray(T_map_cam, float))
+            for i in np.flatnonzero(held):
+                out.setdefault(boxes[i].name, T_world_map)
     return out
 
 
