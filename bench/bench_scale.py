@@ -329,8 +329,8 @@ def refined_walk(pipe: MemoryPipeline, rc: RunConfig, scene, queries: dict, n_tr
             if r is None:
                 continue
             (skipped if "skipped" in r else trials).append(r)
-    return {"acc": acc, "acc_local": acc_local, "acc_var": acc_var, "trials": trials, "skipped": skipped, "tracker": tracker, "stats": st,
-            "rss": rss, "walk_s": walk_s, "frames": frames, "held": len(held),
+    return {"acc": acc, "acc_local": acc_local, "acc_var": acc_var, "trials": trials, "skipped": skipped,
+            "tracker": tracker, "stats": st, "rss": rss, "walk_s": walk_s, "frames": frames, "held": len(held),
             "n": {s: sum(q["split"] == s for q in on) for s in queries}}
 
 
@@ -341,7 +341,8 @@ def _moved_report(args, rc: RunConfig, overrides: dict, acc_on: dict, st: dict, 
     lines = [f"# Moved-object trials, dev `{rc.family}` seed {rc.seed}", "", *machine_header(),
              f"- memory overrides {overrides or 'none'}; wall {wall_s:.0f} s (walk {walk_s:.0f} s); peak RSS after "
              f"the walk {rss:.0f} MB; dev phrasings within 5 cm after the "
-             f"walk {acc_on['dev']:.2f} (each target judged where the robot last saw it: {acc_local['dev']:.2f}); after the walk (nothing moved yet) {st['gaussians']} Gaussians, "
+             f"walk {acc_on['dev']:.2f} (each target judged where the robot last saw it: {acc_local['dev']:.2f}); "
+             f"after the walk (nothing moved yet) {st['gaussians']} Gaussians, "
              f"{st.get('cleared', 0)} cleared by scene-change evidence, {st.get('stale_masked', 0)} keyframes masked, "
              f"{st.get('stale_dropped', 0)} left as stale", "",
              *table(["object", "query", "moved cm", "height change cm", "keyframes", "seen", "answer to new cm",

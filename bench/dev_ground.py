@@ -34,7 +34,7 @@ from bench._devcache import load_snapshot  # noqa: E402
 from m3_ros.eval.metrics import SUCCESS_M, judge, judge_local  # noqa: E402
 from m3_ros.eval.phrasings import absent_queries, scene_queries  # noqa: E402
 from m3_ros.foundation import FoundationConfig, grounding_text_model, load_models  # noqa: E402
-from m3_ros.geometry import invert, transform_points  # noqa: E402
+from m3_ros.geometry import transform_points  # noqa: E402
 from m3_ros.grounding import GroundingConfig, ground, validate_query  # noqa: E402
 from m3_ros.grounding.contrast import query_embeddings  # noqa: E402
 from m3_ros.sim.generate import resolve_scene  # noqa: E402
@@ -45,13 +45,18 @@ def embed(text, query: str):
     return query_embeddings(text.encode_text, validate_query(query))
 
 
-def answer(snap, T_world_map: np.ndarray, emb, model: str, cfg: GroundingConfig) -> np.ndarray | None:
-    """The world point [3] a variant answers, or None when it refuses; emb: embed()'s pair."""
+def answer_map(snap, emb, model: str, cfg: GroundingConfig) -> np.ndarray | None:
+    """The map point [3] a variant answers, or None when it refuses; emb: embed()'s pair."""
     try:
-        pt = ground(snap, emb[0], model, cfg, contrast=emb[1]).points[0]
+        return ground(snap, emb[0], model, cfg, contrast=emb[1]).points[0]
     except ValueError:
         return None
-    return transform_points(T_world_map, np.atleast_2d(pt))[0]
+
+
+def answer(snap, T_world_map: np.ndarray, emb, model: str, cfg: GroundingConfig) -> np.ndarray | None:
+    """The world point [3] a variant answers (answer_map through T_world_map [4, 4]), or None."""
+    p_map = answer_map(snap, emb, model, cfg)
+    return None if p_map is None else transform_points(T_world_map, np.atleast_2d(p_map))[0]
 
 
 def moved_rows(paths: list[Path], variants: dict, text) -> list[dict]:
@@ -127,14 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         for q, is_absent in present + absent:
             emb = embed(text, q.text)
             for name, cfg in variants.items():
-                pt = answer(snap, T_wm, emb, text.name, cfg)
+                p_map = answer_map(snap, emb, text.name, cfg)
+                pt = None if p_map is None else transform_points(T_wm, np.atleast_2d(p_map))[0]
                 rec = {"snapshot": path.stem, "family": meta["family"], "seed": meta["seed"],
                        "memory_seed": meta["memory"].get("seed", 0), "variant": name, "query": q.text,
                        "absent": is_absent, "refused": pt is None}
                 if not is_absent:
                     j = judge(pt, q.targets, boxes)
                     if local is not None:  # each target judged where the robot last saw it (bench_scale)
-                        p_map = None if pt is None else transform_points(invert(T_wm), np.atleast_2d(pt))[0]
                         rec["success_local"] = judge_local(p_map, q.targets, boxes, local, T_wm)
                     rec.update(object=q.targets[0], success=j.success, error_cm=100 * j.error_m,
                                wrong_object=j.wrong_object, hit=j.hit, live=live.get((q.text, q.targets[0])),

@@ -57,6 +57,11 @@ def _summary(queries: list[dict], **where) -> dict:
             float("nan")}
 
 
+def _winner(m3: float, voxel: float) -> str:
+    """Which of M3 and the better voxel map answers more phrasings within 5 cm."""
+    return "M3" if m3 > voxel else ("voxel baseline" if voxel > m3 else "tie")
+
+
 def _plots(runs: list[RunResult], queries: list[dict], methods: list[str], default: str) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -221,12 +226,10 @@ def main() -> None:
             m3 = _summary(queries, family=fam, sensors=cond, method=dflt, split="test")["within5"]
             vx = _summary(queries, family=fam, sensors=cond, method="voxel_labels", split="test")["within5"]
             vm = _summary(queries, family=fam, sensors=cond, method="voxel_labels_map", split="test")["within5"]
-            best = max(vx, vm)
-            who = "M3" if m3 > best else ("voxel baseline" if best > m3 else "tie")
+            who = _winner(m3, max(vx, vm))
             loc = {m: _summary(queries, family=fam, sensors=cond, method=m, split="test")["local"]
                    for m in (dflt, "voxel_labels", "voxel_labels_map")}
-            who_l = "M3" if loc[dflt] > max(loc["voxel_labels"], loc["voxel_labels_map"]) else (
-                "voxel baseline" if max(loc["voxel_labels"], loc["voxel_labels_map"]) > loc[dflt] else "tie")
+            who_l = _winner(loc[dflt], max(loc["voxel_labels"], loc["voxel_labels_map"]))
             verdict.append(f"- {fam}/{cond}: M3 ({default}) {m3:.2f} vs voxel {vx:.2f} (odometry poses), {vm:.2f} "
                            f"(the memory's refined poses) within 5 cm on test phrasings: **{who}**; judged where "
                            f"the robot last saw each target {loc[dflt]:.2f} vs {loc['voxel_labels']:.2f}, "
